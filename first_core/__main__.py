@@ -1,0 +1,121 @@
+"""Command line: `python -m first_core {run,demo,check-data,bench}`.
+
+User errors (`FirstError`) print one clear message and exit with status 2; nothing else
+is caught, so a real bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import FirstError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "configs" / "demo.toml"
+
+
+def _run_pipeline(args: argparse.Namespace) -> RunConfig:
+    """Run the pipeline and print Table 1; returns the resolved config."""
+    from .config import load_config
+    from .pipeline import run
+
+    cfg = load_config(args.config, list(args.set))
+    if args.store:
+        cfg = dataclasses.replace(cfg, store=args.store)
+    table = run(cfg, force=args.force)
+    print("\nTable 1 (paper convention, %; ID = in-domain test, OOD = out-of-domain test)")
+    print(table.to_string())
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    _run_pipeline(args)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    cfg = _run_pipeline(argparse.Namespace(config=args.config, set=args.set, force=None,
+                                  store=args.store))
+    if args.no_dashboard:
+        return 0
+    from .store import default_store_path
+    store = default_store_path(cfg.store)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+           "--server.address", "localhost", "--", "--store", str(store)]
+    print("\nStarting the dashboard:", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from .data import check_file, load_examples, summarize
+    problems = check_file(args.path, args.format)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.path}: ok: {summarize(load_examples(args.path, args.format))}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    failed = 0
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        print(f"\n=== {script.name}", flush=True)
+        failed += subprocess.call([sys.executable, str(script)]) != 0
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m first_core",
+                                description="FIRST: trustworthy distillation of language models")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run (or resume) the pipeline for a config")
+    r.add_argument("--config", type=Path, default=DEMO_CONFIG)
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set topk.k=10")
+    r.add_argument("--force", metavar="STAGE", help="redo this stage and every later one")
+    r.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    r.set_defaults(fn=_run)
+
+    d = sub.add_parser("demo", help="run the embedded default, then open the dashboard")
+    d.add_argument("--config", type=Path, default=DEMO_CONFIG)
+    d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    d.add_argument("--store")
+    d.add_argument("--no-dashboard", action="store_true", help="only run the pipeline")
+    d.set_defaults(fn=_demo)
+
+    c = sub.add_parser("check-data", help="report every problem in a data file")
+    c.add_argument("path", type=Path)
+    c.add_argument("--format", default="auto", choices=["auto", "csqa", "boolq", "jsonl"])
+    c.set_defaults(fn=_check_data)
+
+    b = sub.add_parser("bench", help="run every benchmark in benchmarks/")
+    b.set_defaults(fn=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("FIRST_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FirstError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Run configuration: dataclasses loaded from a TOML file plus `section.key=value` overrides.
+
+Loading is strict on purpose: an unknown key or a value of the wrong type is a `ConfigError`
+naming the file and the key, because a typo that is silently ignored produces a run that looks
+fine and measures something else. The full resolved config is stored with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+METHODS = ("teacher_ft", "student_ft", "student_distill", "first_ls", "first_ts")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from. `embedded = true` writes the built-in task first."""
+
+    embedded: bool = True
+    train: str = "train.jsonl"
+    val: str = "val.jsonl"
+    test: str = "test.jsonl"
+    test_ood: str = "test_ood.jsonl"
+    fmt: str = "auto"
+    dir: str = "data/embedded"
+    n_train: int = 4000
+    n_val: int = 500
+    n_test: int = 1000
+    n_ood: int = 1000
+    max_train: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A preset name (`tiny-teacher`, `tiny-student`), a Hugging Face id, or a local path."""
+
+    teacher: str = "tiny-teacher"
+    student: str = "tiny-student"
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hugging Face `Trainer` settings shared by teacher SFT, student SFT and distillation."""
+
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: int = 1
+    loss_on: Literal["answer", "sequence"] = "answer"
+    max_length: int = 256
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    save_steps: int = 200
+
+
+@dataclass(frozen=True)
+class TopKConfig:
+    k: int = 5
+    coverage_k: int = 100
+    dtype: Literal["float16", "float32"] = "float32"
+    shard_size: int = 50_000
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Grid searches on the validation split (None = the paper's default grids)."""
+
+    n_bins: int = 10
+    temperature_grid: list[float] | None = None
+    smoothing_grid: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    student_temperature: float | None = None  # None = the teacher-side c
+    ce_weight: float = 0.0  # mixing weight of the cross-entropy on the gold token
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 64
+    n_bins: int = 10
+    n_boot: int = 1000
+    topk: int = 5
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "demo"
+    seed: int = 0
+    runs_dir: str = "runs"
+    store: str | None = None  # None = $FIRST_STORE, else data/first.duckdb
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    student_train: TrainConfig = field(default_factory=TrainConfig)
+    topk: TopKConfig = field(default_factory=TopKConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Stable short hash of the whole config, recorded in manifests and the store."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` converted to `tp` where lossless (int -> float), else raise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in raw.items():
+        tp = hints[key]
+        here = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{here}: expected a table, got {value!r}")
+            kwargs[key] = _build(tp, value, here)
+        else:
+            kwargs[key] = _check_type(value, tp, here)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    """`teacher_train.epochs=2` -> (["teacher_train", "epochs"], 2), values parsed as TOML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as a model id
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Load a TOML config (or the defaults) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    try:
+        cfg = _build(RunConfig, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    bad = sorted(set(cfg.methods) - set(METHODS))
+    if bad:
+        raise ConfigError(f"{where}: methods: unknown {bad}; known: {list(METHODS)}")
+    if cfg.topk.k < 1:
+        raise ConfigError(f"{where}: topk.k must be >= 1, got {cfg.topk.k}")
+    if cfg.topk.coverage_k < cfg.topk.k:
+        raise ConfigError(f"{where}: topk.coverage_k must be >= topk.k")
+    for name in ("teacher_train", "student_train"):
+        t = getattr(cfg, name)
+        if t.epochs <= 0 or t.batch_size < 1 or t.learning_rate <= 0:
+            raise ConfigError(f"{where}: {name}: epochs, batch_size and learning_rate must be > 0")
+    st = cfg.distill.student_temperature
+    if st is not None and not st > 0:
+        raise ConfigError(f"{where}: distill.student_temperature must be > 0, got {st}")
+    return cfg

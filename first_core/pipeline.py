@@ -1,0 +1,330 @@
+"""The FIRST pipeline as resumable stages.
+
+Each stage writes its outputs under the run directory and, only when they are complete, a
+completion record `stages/<stage>.json`. A rerun of the same command skips every stage whose
+record exists, so a run killed at any point resumes from the last finished stage (training
+stages also resume from their last Trainer checkpoint). `force` redoes a stage and every
+stage after it, because later stages consume its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import calibrate, data, store
+from .config import RunConfig
+from .errors import ConfigError, FirstError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test", "test_ood")
+STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Context:
+    """What the stages share: the config, the run directory and lazily loaded examples."""
+
+    cfg: RunConfig
+    run_dir: Path
+    _examples: dict[str, list[data.Example]] | None = None
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    def record(self, stage: str) -> dict[str, Any]:
+        return json.loads(self.path("stages", f"{stage}.json").read_text(encoding="utf-8"))
+
+    @property
+    def examples(self) -> dict[str, list[data.Example]]:
+        if self._examples is None:
+            files = self.record("data")["files"]
+            self._examples = {split: data.load_examples(p, self.cfg.data.fmt)
+                              for split, p in files.items()}
+            if self.cfg.data.max_train:
+                self._examples["train"] = self._examples["train"][: self.cfg.data.max_train]
+        return self._examples
+
+    def model_path(self, method: str) -> Path:
+        return self.path("models", method, "final")
+
+    def init_path(self, role: str) -> str:
+        """The weights a role starts from: a preset saved in this run, or the user's spec."""
+        spec = getattr(self.cfg.model, role)
+        from .models import is_preset
+        return str(self.path("models", f"{role}_init")) if is_preset(spec) else spec
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_data(ctx: Context) -> dict[str, Any]:
+    """Write the embedded task (if asked) and validate every split before training anything."""
+    d = ctx.cfg.data
+    root = Path(d.dir)
+    if d.embedded:
+        from .tasks import write_task
+        files = write_task(root, seed=ctx.cfg.seed, n_train=d.n_train, n_val=d.n_val,
+                           n_test=d.n_test, n_ood=d.n_ood)
+        files = {k: str(v) for k, v in files.items()}
+    else:
+        files = {s: str(root / getattr(d, s)) for s in ("train", *SPLITS)}
+    problems = [p for f in files.values() for p in data.check_file(f, d.fmt)]
+    if problems:
+        shown = "\n".join(str(p) for p in problems[:20])
+        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise FirstError(f"the data has {len(problems)} problem(s):\n{shown}{more}")
+    counts = {s: len(data.load_examples(f, d.fmt)) for s, f in files.items()}
+    return {"files": files, "counts": counts, "dataset_hash": dataset_hash(files)}
+
+
+def dataset_hash(files: dict[str, str]) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for split in sorted(files):
+        h.update(split.encode())
+        h.update(Path(files[split]).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_models(ctx: Context) -> dict[str, Any]:
+    """Build the embedded presets (tokenizer trained on the training text) into the run dir."""
+    from .models import build_preset, is_preset
+    texts = [data.format_prompt(ex) + data.answer_text(ex.answer)
+             for split in ("train", *SPLITS) for ex in ctx.examples[split]]
+    built = {}
+    for role in ("teacher", "student"):
+        spec = getattr(ctx.cfg.model, role)
+        if is_preset(spec):
+            built[role] = str(build_preset(spec, texts, ctx.path("models", f"{role}_init"),
+                                           seed=ctx.cfg.seed))
+    return {"built": built}
+
+
+def _load(ctx: Context, path: str | Path):
+    from .models import load_model
+    m = ctx.cfg.model
+    return load_model(str(path), trust_remote_code=m.trust_remote_code, dtype=m.dtype)
+
+
+def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
+    """Supervised fine-tuning: the teacher, and the 'fine-tuned student' baseline."""
+    from .finetune import finetune
+    role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
+                       else ("student", ctx.cfg.student_train))
+    model, tok = _load(ctx, ctx.init_path(role))
+    out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
+                   train_cfg, seed=ctx.cfg.seed)
+    return {"model": str(out)}
+
+
+def stage_topk(ctx: Context) -> dict[str, Any]:
+    """Concentrated knowledge: the fine-tuned teacher's top-k on train (and val/test for c)."""
+    from .topk import extract_topk
+    model, tok = _load(ctx, ctx.model_path("teacher_ft"))
+    t = ctx.cfg.topk
+    info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
+            "config_hash": ctx.cfg.hash()}
+    out = {}
+    for split in ("train", "val", "test"):
+        manifest = extract_topk(model, tok, ctx.examples[split], ctx.path("topk", split),
+                                k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
+                                shard_size=t.shard_size, batch_size=t.batch_size,
+                                manifest_info={**info, "split": split})
+        out[split] = str(ctx.path("topk", split))
+        del manifest
+    return {"dirs": out}
+
+
+def _load_topk(ctx: Context, split: str):
+    from .topk import load_topk
+    return load_topk(ctx.path("topk", split),
+                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
+                     expect_teacher=ctx.cfg.model.teacher)
+
+
+def stage_calibrate(ctx: Context) -> dict[str, Any]:
+    """Trustworthy maximization: pick c (and the smoothing delta) by ECE on validation."""
+    val, test = _load_topk(ctx, "val"), _load_topk(ctx, "test")
+    c = ctx.cfg.calibration
+    result = {}
+    for kind, search, grid in (("TS", calibrate.search_temperature, c.temperature_grid),
+                               ("LS", calibrate.search_label_smoothing, c.smoothing_grid)):
+        kwargs = {"grid": np.asarray(grid)} if grid is not None else {}
+        res = search(val.probs, val.gold_rank, n_bins=c.n_bins, **kwargs)
+        ece_test = calibrate.evaluate_grid(res, test.probs, test.gold_rank, n_bins=c.n_bins)
+        result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
+                        "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist()}
+    write_json_atomic(ctx.path("calibration.json"), result)
+    return {"c": result["TS"]["best"], "delta": result["LS"]["best"]}
+
+
+def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float | None]:
+    """(mode, c, delta) of the teacher targets a distilled student is trained on."""
+    cal = ctx.record("calibrate")
+    return {"student_distill": ("renorm", None, None),
+            "first_ls": ("ls", None, cal["delta"]),
+            "first_ts": ("first", cal["c"], None)}[method]
+
+
+def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
+    """Knowledge matching: a fresh student trained with KL to the recalibrated top-k."""
+    from .distill import distill
+    mode, c, delta = student_targets(ctx, method)
+    topk = _load_topk(ctx, "train")
+    if mode == "first":
+        targets = calibrate.temperature_scale(topk.probs, c, mode="first")
+    elif mode == "ls":
+        targets = calibrate.label_smooth(calibrate.temperature_scale(topk.probs, 1.0,
+                                                                     mode="renorm"), delta)
+    else:
+        targets = calibrate.temperature_scale(topk.probs, 1.0, mode="renorm")
+    model, tok = _load(ctx, ctx.init_path("student"))
+    student_c = ctx.cfg.distill.student_temperature or c
+    out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
+                  ctx.path("models", method), ctx.cfg.student_train, mode=mode,
+                  student_c=student_c, ce_weight=ctx.cfg.distill.ce_weight, seed=ctx.cfg.seed)
+    return {"model": str(out), "mode": mode, "c": c, "delta": delta}
+
+
+def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
+    """Predictions of one model on val / test / test_ood, kept as Parquet until stored."""
+    from .evaluate import compute_metrics, predict
+    model, tok = _load(ctx, ctx.model_path(method))
+    e = ctx.cfg.eval
+    preds, mets = [], []
+    for split in SPLITS:
+        p = predict(model, tok, ctx.examples[split], k=e.topk, batch_size=e.batch_size)
+        m = compute_metrics(p, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
+        preds.append(p.assign(split=split))
+        mets.append(m.assign(split=split))
+    out = ctx.path("eval", method)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(preds, ignore_index=True).to_parquet(out / "predictions.parquet")
+    pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")
+    return {"dir": str(out)}
+
+
+def run_id(cfg: RunConfig, method: str) -> str:
+    return f"{cfg.name}/{method}/seed{cfg.seed}"
+
+
+def stage_store(ctx: Context) -> dict[str, Any]:
+    """Write everything to DuckDB, one short transaction per table group and per run."""
+    cfg = ctx.cfg
+    path = store.default_store_path(cfg.store)
+    teacher_run = run_id(cfg, "teacher_ft")
+    cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
+    with store.open_store(path) as st:
+        for method in cfg.methods:
+            mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
+                              else (None, None, None))
+            spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
+            record = store.RunRecord(
+                run_id=run_id(cfg, method), method=method, model=spec,
+                dataset=ctx.record("data")["dataset_hash"], seed=cfg.seed, temperature=c,
+                smoothing=delta, config=cfg.to_dict(), pipeline=cfg.name)
+            ev = ctx.path("eval", method)
+            st.write_run(record, pd.read_parquet(ev / "predictions.parquet"),
+                         pd.read_parquet(ev / "metrics.parquet"))
+        rows = [{"run_id": teacher_run, "kind": kind, "value": v, "ece_val": a, "ece_test": b,
+                 "chosen": v == res["best"]}
+                for kind, res in cal.items()
+                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])]
+        st.write_temperature_search(pd.DataFrame(rows))
+        from .topk import coverage_table, read_manifest
+        st.write_topk_coverage(coverage_table(read_manifest(ctx.path("topk", "train")))
+                               .assign(run_id=teacher_run))
+        st.write_examples(examples_frame(ctx))
+    return {"store": str(path)}
+
+
+def examples_frame(ctx: Context) -> pd.DataFrame:
+    dataset = ctx.record("data")["dataset_hash"]
+    return pd.DataFrame([{"dataset": dataset, "split": split, "example_id": ex.id,
+                          "question": ex.question, "context": ex.context,
+                          "labels": list(ex.labels), "choices": list(ex.choices),
+                          "answer": ex.answer}
+                         for split in SPLITS for ex in ctx.examples[split]])
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def stages(cfg: RunConfig) -> list[tuple[str, Callable[[Context], dict[str, Any]]]]:
+    """The ordered stages this config needs."""
+    methods = cfg.methods
+    needs_teacher = any(m in methods for m in ("teacher_ft", *STUDENT_METHODS))
+    out: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
+        ("data", stage_data), ("models", stage_models)]
+    if needs_teacher:
+        out.append(("teacher_ft", lambda c: stage_finetune(c, "teacher_ft")))
+    if any(m in methods for m in STUDENT_METHODS):
+        out += [("topk", stage_topk), ("calibrate", stage_calibrate)]
+    if "student_ft" in methods:
+        out.append(("student_ft", lambda c: stage_finetune(c, "student_ft")))
+    for m in STUDENT_METHODS:
+        if m in methods:
+            out.append((m, lambda c, m=m: stage_distill(c, m)))
+    for m in methods:
+        out.append((f"eval_{m}", lambda c, m=m: stage_evaluate(c, m)))
+    out.append(("store", stage_store))
+    return out
+
+
+def run(cfg: RunConfig, force: str | None = None,
+        echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or resume) every stage, then return the Table-1 summary from the store."""
+    ctx = Context(cfg, cfg.run_dir)
+    plan = stages(cfg)
+    names = [n for n, _ in plan]
+    if force is not None and force not in names:
+        raise ConfigError(f"--force {force}: unknown stage; stages: {names}")
+    forced = set(names[names.index(force):]) if force else set()
+    write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+    for i, (name, fn) in enumerate(plan, 1):
+        done = ctx.path("stages", f"{name}.json")
+        if done.exists() and name not in forced:
+            echo(f"[{i}/{len(plan)}] {name}: done earlier, skipped")
+            continue
+        done.unlink(missing_ok=True)
+        echo(f"[{i}/{len(plan)}] {name} ...")
+        t0 = time.perf_counter()
+        result = fn(ctx)
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json_atomic(done, result)
+        echo(f"[{i}/{len(plan)}] {name}: done in {result['seconds']:.1f} s")
+    return summary(store.default_store_path(cfg.store), cfg)
+
+
+def summary(path: Path, cfg: RunConfig, convention: str = "paper") -> pd.DataFrame:
+    """Table 1 of the paper for this run: Acc / ECE / Trust per method, in-domain and OOD."""
+    with store.open_readonly(path) as con:
+        m = store.load_metrics(con, [run_id(cfg, x) for x in cfg.methods])
+    m = m[(m.convention == convention) & m.metric.isin(["accuracy", "ece", "trust"])
+          & m.split.isin(["test", "test_ood"])]
+    runs = {run_id(cfg, x): x for x in cfg.methods}
+    m = m.assign(method=m.run_id.map(runs), value=100 * m.value)
+    table = m.pivot_table(index="method", columns=["split", "metric"], values="value")
+    table = table.reindex([x for x in cfg.methods if x in table.index])
+    table.columns = [f"{'ID' if s == 'test' else 'OOD'} {k}" for s, k in table.columns]
+    order = [f"{d} {k}" for d in ("ID", "OOD") for k in ("accuracy", "ece", "trust")]
+    return table[[c for c in order if c in table.columns]].round(1)
