@@ -1,0 +1,25 @@
+"""Shared test setup: one torch thread (the CI machine has two cores) and common paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CSQA = ROOT.parent / "shared" / "data" / "commonsenseqa_50.jsonl"
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard requirement
+    pass
+
+
+@pytest.fixture
+def shared_csqa() -> Path:
+    """The 50 real CommonsenseQA items in ../shared, or a skip when the folder is absent."""
+    if not SHARED_CSQA.exists():
+        pytest.skip(f"{SHARED_CSQA} not present (../shared is only beside a team checkout)")
+    return SHARED_CSQA

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from first_core.config import RunConfig, load_config
+from first_core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "tiny", "llama-csqa.example"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(ROOT / "configs" / f"{name}.toml")
+    assert isinstance(cfg, RunConfig)
+    assert cfg.topk.k == 5
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config()
+    assert cfg == RunConfig()
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[teacher_train]\nepoch = 3\n")
+    with pytest.raises(ConfigError, match=r"c\.toml.*teacher_train.*epoch"):
+        load_config(f)
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[teachr]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match="teachr"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[topk]\nk = "five"\n', "topk.k"),
+    ("[teacher_train]\nbf16 = 1\n", "teacher_train.bf16"),
+    ("seed = true\n", "seed"),
+    ('[teacher_train]\nloss_on = "all"\n', "teacher_train.loss_on"),
+    ("[data]\nn_train = 1.5\n", "data.n_train"),
+    ("teacher_train = 3\n", "teacher_train"),
+])
+def test_wrong_types_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(f)
+
+
+def test_int_accepted_for_float() -> None:
+    cfg = load_config(overrides=["teacher_train.learning_rate=1"])
+    assert cfg.teacher_train.learning_rate == 1.0
+    assert isinstance(cfg.teacher_train.learning_rate, float)
+
+
+def test_overrides_parse_toml_values_and_bare_strings() -> None:
+    cfg = load_config(overrides=["topk.k=10", "model.teacher=meta-llama/Llama-2-7b-hf",
+                                 "calibration.temperature_grid=[0.2, 0.3]"])
+    assert cfg.topk.k == 10
+    assert cfg.model.teacher == "meta-llama/Llama-2-7b-hf"
+    assert cfg.calibration.temperature_grid == [0.2, 0.3]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("topk.k=0", "topk.k"),
+    ("distill.student_temperature=0", "student_temperature"),
+    ("distill.student_temperature=nan", "student_temperature"),
+    ("methods=['teacher_ft', 'magic']", "magic"),
+    ("teacher_train.epochs=0", "teacher_train"),
+    ("noequals", "section.key=value"),
+])
+def test_bad_values(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override])
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+
+
+def test_hash_is_stable_and_sensitive() -> None:
+    a, b = load_config(), load_config()
+    assert a.hash() == b.hash()
+    assert load_config(overrides=["seed=1"]).hash() != a.hash()
