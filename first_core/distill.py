@@ -1,0 +1,220 @@
+"""Knowledge matching: train a student with forward KL to the teacher's recalibrated top-k.
+
+As in the paper, the student's full-vocabulary softmax is read at the teacher's k token ids
+and put through the same normalisation as the teacher side:
+
+- `first`: the trustworthy-maximization transform exp(p/c) / sum_j exp(p/c) over the k
+  probabilities, with the student-side temperature `student_c` (the pipeline defaults it to the
+  teacher's c);
+- `renorm` (direct distillation) and `ls` (label smoothing): p / sum_j p.
+
+The loss per example is sum_k q_T (log q_T - log q_S) at the answer position. Reduction: the
+mean over examples. With one answer position per example this is the per-sequence sum
+averaged over the batch; under gradient accumulation or several processes the Trainer's
+`num_items_in_batch` (the number of answer positions in the whole optimizer step) is the
+divisor, so a short final batch is weighted by its size, not as a full batch.
+
+Teacher targets q_T are prepared once, before training, with `first_core.calibrate` from the
+stored raw top-k; the collator only looks rows up by example id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from . import calibrate, inference
+from .config import TrainConfig
+from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
+from .errors import ConfigError, FirstError
+from .finetune import AnswerCollator, EncodedDataset, as_model, train_and_save, training_arguments
+from .models import encode_examples
+
+MODES = ("first", "renorm", "ls")
+LOG_FLOOR = -100.0  # log-probabilities are clamped here so an underflowed entry stays finite
+
+
+def _check_mode(mode: str, student_c: float | None) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
+    if mode == "first" and not (student_c is not None and student_c > 0):
+        raise ConfigError(f"student_c: mode 'first' needs a temperature > 0, got {student_c!r}")
+
+
+def student_log_q(student_logits: torch.Tensor, topk_ids: torch.Tensor, mode: str,
+                  student_c: float | None = None) -> torch.Tensor:
+    """log q_S `[B, k]`: the student's normalised distribution over the teacher's k ids.
+
+    `first` runs `calibrate.temperature_scale` itself, so both sides share one formula.
+    `renorm` / `ls` stay in log space, log p - logsumexp(log p) (= log(p / sum p)): going
+    through p = exp(log p) would turn an underflowed probability into log 0 and a NaN
+    gradient.
+    """
+    _check_mode(mode, student_c)
+    logits = student_logits.to(torch.promote_types(student_logits.dtype, torch.float32))
+    log_p = torch.log_softmax(logits, dim=-1).gather(-1, topk_ids.long())
+    if mode == "first":
+        return calibrate.temperature_scale(log_p.exp(), student_c, mode="first", log=True)
+    return log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
+
+
+def topk_kl_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor,
+                 teacher_target: torch.Tensor, mode: str = "first",
+                 student_c: float | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Forward KL(q_T || q_S) over the teacher's top-k ids at the answer position.
+
+    `student_logits` `[B, V]`, `topk_ids` `[B, k]`, `teacher_target` q_T `[B, k]` (rows sum to
+    1). `reduction="mean"` averages over examples; `"none"` returns the `[B]` values.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
+    if student_logits.ndim != 2 or topk_ids.shape != teacher_target.shape \
+            or topk_ids.shape[0] != student_logits.shape[0]:
+        raise ValueError(f"shapes: student_logits {tuple(student_logits.shape)} must be [B, V], "
+                         f"topk_ids {tuple(topk_ids.shape)} and teacher_target "
+                         f"{tuple(teacher_target.shape)} [B, k]")
+    log_q_s = student_log_q(student_logits, topk_ids, mode, student_c).clamp_min(LOG_FLOOR)
+    q_t = teacher_target.to(log_q_s.dtype)
+    per_example = (torch.special.xlogy(q_t, q_t) - q_t * log_q_s).sum(-1)
+    return per_example.mean() if reduction == "mean" else per_example
+
+
+def align_topk(example_ids: Sequence[str], topk_example_ids: Sequence[str],
+               topk_ids: np.ndarray, topk_targets: np.ndarray,
+               vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder the stored top-k rows to `example_ids`; validate them on the way.
+
+    A missing or duplicated id, a token id outside the vocabulary or a target row that is not
+    a distribution raises `FirstError` naming it: training on misaligned rows would look fine
+    and learn nonsense.
+    """
+    ids, targets = np.asarray(topk_ids), np.asarray(topk_targets, dtype=np.float64)
+    if ids.ndim != 2 or ids.shape != targets.shape or len(ids) != len(topk_example_ids):
+        raise FirstError(f"top-k: topk_ids {ids.shape}, topk_targets {targets.shape} and "
+                         f"{len(topk_example_ids)} example ids must agree as [N, k] / N")
+    index = pd.Index(topk_example_ids)
+    if not index.is_unique:
+        dup = index[index.duplicated()].unique()[:5].tolist()
+        raise FirstError(f"top-k: duplicated example id(s) {dup}")
+    rows = index.get_indexer(pd.Index(example_ids))
+    if (rows < 0).any():
+        missing = [example_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
+        raise FirstError(f"top-k: no stored row for {int((rows < 0).sum())} training example(s), "
+                         f"e.g. {missing}; re-run top-k extraction on this data")
+    ids, targets = ids[rows], targets[rows]
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise FirstError(f"top-k: token ids must lie in [0, {vocab_size}) (the student's "
+                         f"vocabulary), got {ids.min()}..{ids.max()}: teacher and student "
+                         "must share one tokenizer")
+    sums = targets.sum(axis=1)
+    bad = ~np.isfinite(targets).all(axis=1) | (targets < 0).any(axis=1) | (abs(sums - 1) > 1e-3)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise FirstError(f"topk_targets: row for example {example_ids[i]!r} is not a "
+                         f"distribution (sum {sums[i]:.4f}); prepare targets with "
+                         "first_core.calibrate (temperature_scale / label_smooth)")
+    return torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(targets, dtype=torch.float32)
+
+
+@dataclass
+class DistillCollator(AnswerCollator):
+    """`AnswerCollator` plus each example's answer position and teacher top-k rows."""
+
+    topk_ids: torch.Tensor | None = None      # [N, k], rows in dataset order
+    topk_targets: torch.Tensor | None = None  # [N, k]
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(items)
+        rows = torch.tensor([it["index"] for it in items])
+        batch.update(answer_pos=torch.tensor([it["answer_pos"] for it in items]),
+                     answer_id=torch.tensor([it["answer_id"] for it in items]),
+                     topk_ids=self.topk_ids[rows], topk_targets=self.topk_targets[rows])
+        return batch
+
+
+def answer_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                  keep_only: bool) -> torch.Tensor:
+    """Logits `[B, V]` at each row's last prompt token (the one predicting the answer).
+
+    `keep_only`: the model accepts per-row `logits_to_keep`, so only those positions are
+    projected to the vocabulary instead of the whole `[B, T, V]`.
+    """
+    pos = batch["answer_pos"] - 1
+    rows = torch.arange(len(pos), device=pos.device)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "use_cache": False}
+    if keep_only:
+        return model(**inputs, logits_to_keep=pos[:, None]).logits[:, 0]
+    return model(**inputs).logits[rows, pos]
+
+
+class DistillTrainer(Trainer):
+    """A `Trainer` whose loss is the top-k KL, optionally mixed with CE on the gold token.
+
+    loss = (1 - ce_weight) * KL + ce_weight * CE, per example, then reduced as the module
+    docstring says.
+    """
+
+    def __init__(self, *args: Any, mode: str = "first", student_c: float | None = None,
+                 ce_weight: float = 0.0, **kwargs: Any) -> None:
+        _check_mode(mode, student_c)
+        if not 0.0 <= ce_weight <= 1.0:
+            raise ConfigError(f"distill.ce_weight: must be in [0, 1], got {ce_weight}")
+        super().__init__(*args, **kwargs)
+        self.mode, self.student_c, self.ce_weight = mode, student_c, ce_weight
+        forward = self.accelerator.unwrap_model(self.model).forward
+        self._keep_only = "logits_to_keep" in inspect.signature(forward).parameters
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                     return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None
+                     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = answer_logits(model, inputs, self._keep_only)
+        per_example = topk_kl_loss(logits, inputs["topk_ids"], inputs["topk_targets"],
+                                   self.mode, self.student_c, reduction="none")
+        if self.ce_weight:
+            ce = F.cross_entropy(logits.float(), inputs["answer_id"], reduction="none")
+            per_example = (1 - self.ce_weight) * per_example + self.ce_weight * ce
+        if num_items_in_batch is None:
+            loss = per_example.mean()
+        else:
+            # the Trainer counted the answer labels of the whole step (all micro-batches and,
+            # with average_tokens_across_devices, all processes, whose gradients DDP averages)
+            loss = per_example.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+
+def distill(model: Any, tokenizer, examples: Sequence[Example], topk_example_ids: Sequence[str],
+            topk_ids: np.ndarray, topk_targets: np.ndarray, out_dir: str | os.PathLike[str],
+            train_cfg: TrainConfig, mode: str = "first", student_c: float | None = None,
+            ce_weight: float = 0.0, seed: int = 0,
+            template: PromptTemplate = DEFAULT_TEMPLATE,
+            callbacks: Sequence[TrainerCallback] = ()) -> Path:
+    """Train the student `model` (object or path) on the teacher targets; returns out_dir/final.
+
+    `topk_targets` are q_T (already recalibrated, rows summing to 1), row-aligned with
+    `topk_example_ids` and `topk_ids`. `mode` picks the student-side normalisation.
+    """
+    _check_mode(mode, student_c)
+    student = as_model(model)
+    encoded = encode_examples(tokenizer, examples, template, train_cfg.max_length)
+    ids, targets = align_topk(encoded.example_ids, topk_example_ids, topk_ids, topk_targets,
+                              inference.vocab_size(student))
+    collator = DistillCollator(tokenizer.pad_token_id, "answer", ids, targets)
+    trainer = DistillTrainer(model=student, args=training_arguments(out_dir, train_cfg, seed),
+                             train_dataset=EncodedDataset(encoded), processing_class=tokenizer,
+                             data_collator=collator, callbacks=list(callbacks), mode=mode,
+                             student_c=student_c, ce_weight=ce_weight)
+    return train_and_save(trainer, out_dir)

@@ -1,0 +1,167 @@
+"""Supervised fine-tuning with the Hugging Face `Trainer` (teacher and the student baseline).
+
+This module also owns what every training stage shares, so distillation reuses it instead of
+copying it: the dataset over `models.Encoded`, the right-padding collator, the
+`TrainingArguments` built from a `TrainConfig`, and `train_and_save`, which resumes from the
+last complete checkpoint and publishes `out_dir/final` atomically. Because the loop is the
+`Trainer`'s, the same code runs under `accelerate launch` (DDP, FSDP, DeepSpeed) unchanged.
+
+Sequences are `prompt + [answer token]`, right-padded: with causal attention the padding sits
+after every real token, so it cannot change the logits at the answer position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .config import TrainConfig
+from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
+from .errors import ConfigError
+from .models import Encoded, encode_examples, load_model
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label value the loss skips
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Items of an `Encoded` batch-to-be; `index` lets collators fetch per-example tables."""
+
+    def __init__(self, encoded: Encoded) -> None:
+        self.encoded = encoded
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e = self.encoded
+        return {"input_ids": e.input_ids[i], "answer_pos": e.answer_pos[i],
+                "answer_id": e.answer_id[i], "index": i}
+
+
+@dataclass
+class AnswerCollator:
+    """Right-pads a batch; labels are the answer token only, or every real token.
+
+    Returns exactly the model's inputs (`input_ids`, `attention_mask`, `labels`) so the plain
+    `Trainer` can pass the batch to `model(**batch)`.
+    """
+
+    pad_id: int
+    loss_on: str = "answer"
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("answer", "sequence"):
+            raise ConfigError(f"loss_on: expected 'answer' or 'sequence', got {self.loss_on!r}")
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [torch.tensor(it["input_ids"], dtype=torch.long) for it in items]
+        ids = pad_sequence(seqs, batch_first=True, padding_value=self.pad_id)
+        lengths = torch.tensor([len(s) for s in seqs])
+        mask = torch.arange(ids.shape[1]) < lengths[:, None]
+        if self.loss_on == "answer":
+            labels = torch.full_like(ids, IGNORE)
+            pos = torch.tensor([it["answer_pos"] for it in items])
+            labels[torch.arange(len(items)), pos] = ids[torch.arange(len(items)), pos]
+        else:
+            labels = ids.masked_fill(~mask, IGNORE)
+        return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
+
+
+def training_arguments(out_dir: str | os.PathLike[str], cfg: TrainConfig,
+                       seed: int) -> TrainingArguments:
+    """`TrainingArguments` from a `TrainConfig`: checkpoints for resume, no external loggers."""
+    cuda = torch.cuda.is_available()
+    if cfg.fp16 and not cuda:
+        raise ConfigError("train.fp16: needs a CUDA GPU; use bf16 or float32 on CPU")
+    if cfg.fp16 and cfg.bf16:
+        raise ConfigError("train.fp16 and train.bf16: choose one")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.save_steps < 1 or cfg.gradient_accumulation_steps < 1:
+        raise ConfigError("train.save_steps and train.gradient_accumulation_steps must be >= 1")
+    return TrainingArguments(
+        output_dir=str(out_dir), num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,  # float < 1 = a ratio
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        bf16=cfg.bf16, fp16=cfg.fp16, activation_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        logging_steps=max(1, min(50, cfg.save_steps)), report_to=[],
+        disable_tqdm=not sys.stderr.isatty(), use_cpu=not cuda, seed=seed, data_seed=seed,
+        remove_unused_columns=False, dataloader_num_workers=0)
+
+
+def last_checkpoint(out_dir: Path) -> Path | None:
+    """The newest *complete* `checkpoint-N` (the Trainer writes trainer_state.json last)."""
+    if not out_dir.is_dir():
+        return None
+    done = [(int(m.group(1)), p) for p in out_dir.iterdir()
+            if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").exists()]
+    return max(done)[1] if done else None
+
+
+def train_and_save(trainer: Trainer, out_dir: str | os.PathLike[str]) -> Path:
+    """Train (resuming from the last complete checkpoint) and publish `out_dir/final`.
+
+    The final model and tokenizer are written to a temporary directory and renamed, so a
+    reader never sees a half-written `final`. An existing `final` means the job finished:
+    it is returned without training (delete it to retrain). Every rank must call this.
+    """
+    out = Path(out_dir)
+    final, tmp = out / "final", out / ".final.tmp"
+    if (final / "config.json").exists():
+        log.info("%s exists: training already finished", final)
+        return final
+    resume = last_checkpoint(out)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed; rank 0 writes
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep final pickle-free
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def as_model(model: Any) -> torch.nn.Module:
+    """A model object as is, or one loaded (safely, on CPU) from a path or hub id."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device="cpu")[0]
+    return model
+
+
+def finetune(model: Any, tokenizer, examples: Sequence[Example],
+             out_dir: str | os.PathLike[str], train_cfg: TrainConfig, seed: int = 0,
+             template: PromptTemplate = DEFAULT_TEMPLATE,
+             callbacks: Sequence[TrainerCallback] = ()) -> Path:
+    """Fine-tune `model` (an object or a path) on `examples`; returns `out_dir/final`.
+
+    The loss is the model's own causal-LM loss on the labels the collator builds: the answer
+    token only (`train_cfg.loss_on = "answer"`) or every real token ("sequence").
+    """
+    encoded = encode_examples(tokenizer, examples, template, train_cfg.max_length)
+    trainer = Trainer(model=as_model(model), args=training_arguments(out_dir, train_cfg, seed),
+                      train_dataset=EncodedDataset(encoded), processing_class=tokenizer,
+                      data_collator=AnswerCollator(tokenizer.pad_token_id, train_cfg.loss_on),
+                      callbacks=list(callbacks))
+    return train_and_save(trainer, out_dir)

@@ -1,0 +1,150 @@
+"""Supervised fine-tuning (finetune.py): collator, padding, learning, resume, atomic final."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from first_core.config import TrainConfig
+from first_core.data import Example, format_prompt
+from first_core.errors import ConfigError
+from first_core.finetune import IGNORE, AnswerCollator, EncodedDataset, finetune, training_arguments
+from first_core.models import build_preset, encode_examples, load_model
+
+torch.set_num_threads(1)
+
+LETTERS = ("A", "B", "C", "D")
+WORDS = ("red", "blue", "green", "gold")
+
+
+def make_examples(n: int) -> list[Example]:
+    """A separable toy task: the colour named in the question is the answer; the filler
+    words make prompt lengths differ, so batches need padding."""
+    return [Example(id=f"q{i}", question=" ".join(["please"] * (i % 3) + [f"pick {WORDS[i % 4]}"]),
+                    labels=LETTERS, choices=WORDS, answer=LETTERS[i % 4]) for i in range(n)]
+
+
+CFG = TrainConfig(epochs=6, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0, save_steps=4,
+                  max_length=64)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    texts = [format_prompt(ex) + " " + ex.answer for ex in make_examples(8)]
+    path = build_preset("tiny-student", texts, tmp_path_factory.mktemp("m") / "s", seed=0)
+    return path, load_model(path, device="cpu")[1]
+
+
+def answer_nll(model, tok, examples) -> float:
+    """Mean CE of the gold letter, one unpadded example at a time (independent of the collator)."""
+    enc = encode_examples(tok, examples, max_length=64)
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(torch.tensor([ids[:-1]])).logits[0, -1],
+                                  torch.tensor(ids[-1])) for ids in enc.input_ids]
+    return float(torch.stack(losses).mean())
+
+
+def test_collator_right_pads_and_labels_only_the_answer(student):
+    _, tok = student
+    enc = encode_examples(tok, make_examples(3), max_length=64)
+    items = [EncodedDataset(enc)[i] for i in range(3)]
+    lengths = [len(s) for s in enc.input_ids]
+    assert len(set(lengths)) == 3
+    batch = AnswerCollator(tok.pad_token_id, "answer")(items)
+    for row, ids in enumerate(enc.input_ids):
+        n = len(ids)
+        assert batch["input_ids"][row, :n].tolist() == ids
+        assert (batch["input_ids"][row, n:] == tok.pad_token_id).all()
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
+        labels = batch["labels"][row]
+        assert labels[n - 1] == enc.answer_id[row] and (labels[: n - 1] == IGNORE).all()
+        assert (labels[n:] == IGNORE).all()
+    seq = AnswerCollator(tok.pad_token_id, "sequence")(items)["labels"]
+    assert torch.equal(seq != IGNORE, batch["attention_mask"].bool())
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "sequence"])
+def test_loss_with_padding_equals_unpadded(student, loss_on):
+    path, tok = student
+    model = load_model(path, device="cpu")[0].eval()
+    enc = encode_examples(tok, make_examples(3)[1:], max_length=64)  # lengths differ
+    items = [EncodedDataset(enc)[i] for i in range(2)]
+    collate = AnswerCollator(tok.pad_token_id, loss_on)
+    with torch.no_grad():
+        singles = [model(**collate([it])).loss for it in items]
+        both = model(**collate(items)).loss
+    counts = torch.tensor([1.0, 1.0]) if loss_on == "answer" else \
+        torch.tensor([len(s) - 1 for s in enc.input_ids], dtype=torch.float)
+    expected = (torch.stack(singles) * counts).sum() / counts.sum()
+    torch.testing.assert_close(both, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(singles[0], singles[1])  # the comparison can tell rows apart
+
+
+class Crash(TrainerCallback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+@pytest.fixture(scope="module")
+def reference(student, tmp_path_factory):
+    """One uninterrupted fine-tuning run (24 steps)."""
+    path, tok = student
+    out = tmp_path_factory.mktemp("ft") / "ref"
+    return finetune(path, tok, make_examples(32), out, CFG, seed=0)
+
+
+def test_finetune_learns_and_publishes_final(student, reference):
+    path, tok = student
+    examples = make_examples(32)
+    before = answer_nll(load_model(path, device="cpu")[0], tok, examples)
+    model, tok2 = load_model(reference, device="cpu")
+    after = answer_nll(model, tok2, examples)
+    assert after < 0.5 * before and after < 0.8 * math.log(4)  # beats guessing among letters
+    names = {p.name for p in reference.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
+    assert "training_args.bin" not in names and not (reference.parent / ".final.tmp").exists()
+
+
+def test_killed_run_resumes_from_its_checkpoint(student, reference, tmp_path):
+    path, tok = student
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(path, tok, make_examples(32), out, CFG, seed=0, callbacks=[Crash(6)])
+    assert (out / "checkpoint-4").is_dir() and not (out / "final").exists()
+    counter = CountSteps()
+    final = finetune(path, tok, make_examples(32), out, CFG, seed=0, callbacks=[counter])
+    assert counter.steps == list(range(5, 25))  # continued after step 4, did not restart
+    resumed = load_file(final / "model.safetensors")
+    ref = load_file(reference / "model.safetensors")
+    for name in ref:
+        torch.testing.assert_close(resumed[name], ref[name], rtol=1e-4, atol=1e-5)
+    again = CountSteps()
+    assert finetune(path, tok, make_examples(32), out, CFG, seed=0, callbacks=[again]) == final
+    assert again.steps == []  # a finished run is not trained again
+
+
+def test_bad_training_options_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="warmup_ratio"):
+        training_arguments(tmp_path, TrainConfig(warmup_ratio=1.5), seed=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16"):
+            training_arguments(tmp_path, TrainConfig(fp16=True), seed=0)
+    with pytest.raises(ConfigError, match="loss_on"):
+        AnswerCollator(0, "everything")
