@@ -1,0 +1,388 @@
+"""Calibration and accuracy metrics: the only place these numbers are computed.
+
+Bins (see docs/METRICS.md): `uniform` uses scikit-learn's convention, edges
+`np.linspace(0, 1, n_bins + 1)`, right-closed bins (a, b] with a confidence of 0 in the first
+bin, so per-bin values equal `sklearn.calibration.calibration_curve` exactly, edges included.
+torchmetrics uses left-closed bins [a, b) instead, so the two differ only for confidences that
+sit exactly on an inner edge. `quantile` gives equal-mass bins (edges at the percentiles of the
+confidences, as scikit-learn does).
+
+Arguments are validated here (`ValueError` naming the argument) because a silent NaN in a
+calibration number is worse than a crash. Scalar settings (n_bins, strategy, n_boot, ...) raise
+`ConfigError`, a `ValueError` that the CLI reports without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+STRATEGIES = ("uniform", "quantile")
+ROW_SUM_TOL = 1e-6  # rows of top-k probabilities may sum to < 1 (dropped tail), never > 1 + tol
+_NLL_FLOOR = np.finfo(np.float64).eps  # as scikit-learn's log_loss: log(0) would be -inf
+_BOOT_CELLS = 1 << 22  # resampled indices held at once (n_resamples_in_chunk * n)
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def check_confidence(confidence, name: str = "confidence") -> np.ndarray:
+    """A non-empty 1-D float64 array of finite values in [0, 1]."""
+    x = np.asarray(confidence, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name}: empty input")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or inf (first at index "
+                         f"{int(np.flatnonzero(~np.isfinite(x))[0])})")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{name}: values must lie in [0, 1], got range "
+                         f"[{x.min():.6g}, {x.max():.6g}]")
+    return x
+
+
+def check_correct(correct, n: int, name: str = "correct") -> np.ndarray:
+    """A 1-D boolean array of length n (0/1 and True/False accepted)."""
+    x = np.asarray(correct)
+    if x.ndim != 1 or len(x) != n:
+        raise ValueError(f"{name}: expected length {n} to match, got shape {x.shape}")
+    if x.dtype != bool:
+        if not np.isin(x, (0, 1)).all():
+            raise ValueError(f"{name}: expected booleans or 0/1 values")
+        x = x.astype(bool)
+    return x
+
+
+def check_probs(probs, name: str = "probs") -> np.ndarray:
+    """A non-empty N x k float64 array, finite, in [0, 1], rows summing to <= 1 + tol and > 0."""
+    x = np.asarray(probs, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty N x k array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name}: contains NaN or inf (first in row {row})")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{name}: probabilities must lie in [0, 1], got range "
+                         f"[{x.min():.6g}, {x.max():.6g}]")
+    sums = x.sum(axis=1)
+    if sums.max() > 1 + ROW_SUM_TOL:
+        raise ValueError(f"{name}: row {int(sums.argmax())} sums to {sums.max():.9g} > 1")
+    if sums.min() <= 0:
+        raise ValueError(f"{name}: row {int(sums.argmin())} is all zeros")
+    return x
+
+
+def check_labels(labels, n: int, k: int, name: str = "labels",
+                 allow_missing: bool = True) -> np.ndarray:
+    """Integer column indices in [0, k), or -1 (gold not in the top-k) when allowed."""
+    x = np.asarray(labels)
+    if x.ndim != 1 or len(x) != n:
+        raise ValueError(f"{name}: expected length {n} to match, got shape {x.shape}")
+    if x.dtype.kind not in "iub":
+        if x.dtype.kind != "f" or not np.all(np.isfinite(x) & (x == np.round(x))):
+            raise ValueError(f"{name}: expected integer column indices")
+    x = x.astype(np.int64)
+    low = -1 if allow_missing else 0
+    bad = (x < low) | (x >= k)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        allowed = f"[0, {k})" + (" or -1" if allow_missing else "")
+        raise ValueError(f"{name}: value {x[i]} at index {i} is outside {allowed}")
+    return x
+
+
+def check_n_bins(n_bins) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ConfigError(f"n_bins: expected an integer >= 1, got {n_bins!r}")
+    return int(n_bins)
+
+
+def _check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    return strategy
+
+
+def _conf_correct(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
+    conf = check_confidence(confidence)
+    return conf, check_correct(correct, len(conf))
+
+
+# ---------------------------------------------------------------- binning
+
+
+def uniform_bin_ids(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each confidence for edges `linspace(0, 1, n_bins + 1)`, bins (a, b], 0 in bin 0.
+
+    Equal to `np.searchsorted(edges[1:-1], confidence)` (scikit-learn's rule) but without the
+    binary search: floor(conf * n) is off by at most one near an edge, and two comparisons
+    with the true edges correct it. The grid searches bin 10^8 confidences through this.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    lower, upper = edges[:-1].copy(), edges[1:].copy()
+    lower[0], upper[-1] = -np.inf, np.inf
+    ids = np.multiply(confidence, n_bins).astype(np.intp)
+    np.clip(ids, 0, n_bins - 1, out=ids)
+    ids -= confidence <= lower[ids]
+    ids += confidence > upper[ids]
+    return ids
+
+
+def bin_edges(confidence: np.ndarray, n_bins: int, strategy: str = "uniform") -> np.ndarray:
+    """The n_bins + 1 bin edges; for `quantile`, percentiles of the confidences (sklearn's)."""
+    if _check_strategy(strategy) == "uniform":
+        return np.linspace(0.0, 1.0, n_bins + 1)
+    return np.percentile(confidence, np.linspace(0, 1, n_bins + 1) * 100)
+
+
+def bin_ids(confidence: np.ndarray, n_bins: int, strategy: str = "uniform") -> np.ndarray:
+    """Bin index of each confidence under `strategy` (right-closed bins, see module doc)."""
+    if _check_strategy(strategy) == "uniform":
+        return uniform_bin_ids(confidence, n_bins)
+    return np.searchsorted(bin_edges(confidence, n_bins, strategy)[1:-1], confidence)
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin statistics of a reliability diagram; empty bins have count 0 and NaN means.
+
+    `gap = confidence - accuracy`: positive where the model is over-confident.
+    """
+
+    edges: np.ndarray       # n_bins + 1
+    count: np.ndarray       # int, n_bins
+    confidence: np.ndarray  # mean confidence per bin
+    accuracy: np.ndarray    # fraction correct per bin
+    gap: np.ndarray
+
+
+def reliability_bins(confidence, correct, n_bins: int = 10,
+                     strategy: str = "uniform") -> ReliabilityBins:
+    """Count, mean confidence, accuracy and gap per bin (the reliability diagram's data)."""
+    conf, ok = _conf_correct(confidence, correct)
+    n_bins = check_n_bins(n_bins)
+    ids = bin_ids(conf, n_bins, strategy)
+    count = np.bincount(ids, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(ids, weights=conf, minlength=n_bins) / count
+        acc = np.bincount(ids, weights=ok, minlength=n_bins) / count
+    return ReliabilityBins(bin_edges(conf, n_bins, strategy), count, mean_conf, acc,
+                           mean_conf - acc)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def expected_calibration_error(confidence, correct, n_bins: int = 10,
+                               strategy: str = "uniform") -> float:
+    """ECE = sum_b (n_b / n) |acc_b - conf_b| = (1/n) sum_b |sum_{i in b} (correct_i - conf_i)|."""
+    conf, ok = _conf_correct(confidence, correct)
+    n_bins = check_n_bins(n_bins)
+    sums = np.bincount(bin_ids(conf, n_bins, strategy), weights=ok - conf, minlength=n_bins)
+    return float(np.abs(sums).sum() / len(conf))
+
+
+def maximum_calibration_error(confidence, correct, n_bins: int = 10,
+                              strategy: str = "uniform") -> float:
+    """MCE = max over non-empty bins of |acc_b - conf_b|."""
+    bins = reliability_bins(confidence, correct, n_bins, strategy)
+    return float(np.abs(bins.gap[bins.count > 0]).max())
+
+
+def accuracy(correct) -> float:
+    """Fraction of correct predictions."""
+    ok = np.asarray(correct)
+    if ok.ndim != 1 or ok.size == 0:
+        raise ValueError(f"correct: expected a non-empty 1-D array, got shape {ok.shape}")
+    return float(check_correct(ok, len(ok)).mean())
+
+
+def _probs_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    p = check_probs(probs)
+    return p, check_labels(labels, len(p), p.shape[1], allow_missing=False)
+
+
+def brier_score(probs, labels) -> float:
+    """Multi-class Brier score: mean over rows of sum_j (p_j - [j == label])^2.
+
+    Over the option distribution: pass rows that sum to 1 (a dropped tail is not counted).
+    Ranges over [0, 2]; it equals scikit-learn's multi-class `brier_score_loss` with
+    `scale_by_half=False`.
+    """
+    p, y = _probs_labels(probs, labels)
+    return float(_brier_rows(p, y).mean())
+
+
+def negative_log_likelihood(probs, labels) -> float:
+    """Mean of -log p[label]; p is floored at float64 eps like scikit-learn's `log_loss`."""
+    p, y = _probs_labels(probs, labels)
+    return float(_nll_rows(p, y).mean())
+
+
+def _brier_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    hit = p[np.arange(len(p)), y]
+    return (p * p).sum(axis=1) - 2 * hit + 1
+
+
+def _nll_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(p[np.arange(len(p)), y], _NLL_FLOOR))
+
+
+def trust_score(accuracy: float, ece: float) -> float:
+    """Trust = accuracy - ECE, both as fractions. OUR definition, not verified from the paper.
+
+    The FIRST paper reports a "Trust Score" combining accuracy and calibration; its exact
+    formula could not be checked from the sources available to us, so this project uses
+    Acc - ECE. This is the only place that knows the formula.
+    """
+    return float(accuracy) - float(ece)
+
+
+# ---------------------------------------------------------------- confidence conventions
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Prediction, confidence and correctness of each example under one convention."""
+
+    pred: np.ndarray        # paper: token id; option: option index
+    confidence: np.ndarray
+    correct: np.ndarray
+
+
+def paper_convention(topk_probs, topk_ids, gold_ids) -> Predictions:
+    """The paper's convention: confidence = the largest probability over the whole vocabulary.
+
+    `topk_probs`/`topk_ids` are a full-vocabulary top-k (k >= 1), so its best entry is the
+    vocabulary's top-1; correct only if that token is the gold answer token.
+    """
+    p = check_probs(topk_probs, "topk_probs")
+    ids = np.asarray(topk_ids)
+    if ids.shape != p.shape:
+        raise ValueError(f"topk_ids: shape {ids.shape} does not match topk_probs {p.shape}")
+    gold = np.asarray(gold_ids)
+    if gold.shape != (len(p),):
+        raise ValueError(f"gold_ids: expected length {len(p)} to match, got shape {gold.shape}")
+    best = p.argmax(axis=1)
+    pred = ids[np.arange(len(p)), best]
+    return Predictions(pred, p[np.arange(len(p)), best], pred == gold)
+
+
+def option_convention(option_probs, gold_option) -> Predictions:
+    """Option-renormalised convention: p over the answer letters / its sum; pred = best option."""
+    p = check_probs(option_probs, "option_probs")
+    gold = check_labels(gold_option, len(p), p.shape[1], "gold_option", allow_missing=False)
+    q = p / p.sum(axis=1, keepdims=True)
+    pred = q.argmax(axis=1)
+    return Predictions(pred, q[np.arange(len(q)), pred], pred == gold)
+
+
+def topk_labels(topk_ids, gold_ids) -> np.ndarray:
+    """DESIGN's label convention: the column of the gold token in each top-k row, or -1."""
+    ids, gold = np.asarray(topk_ids), np.asarray(gold_ids)
+    if ids.ndim != 2 or gold.shape != (len(ids),):
+        raise ValueError(f"gold_ids: expected length {len(ids)} to match topk_ids {ids.shape}")
+    hit = ids == gold[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class _Decomposed:
+    """A metric written as per-group sums of per-example values, so that every bootstrap
+    resample costs one gather and one `bincount` per value column."""
+
+    groups: np.ndarray  # group (bin) of each example
+    n_groups: int
+    values: np.ndarray  # m x n per-example values
+    finish: Callable[[np.ndarray, int], np.ndarray]  # (B, n_groups, m) sums, n -> (B,)
+
+
+def _binned(confidence, correct, n_bins=10, strategy="uniform", *, extra: str) -> _Decomposed:
+    conf, ok = _conf_correct(confidence, correct)
+    n_bins = check_n_bins(n_bins)
+    ids = bin_ids(conf, n_bins, strategy)
+    second = {"ece": (), "mce": (np.ones_like(conf),), "trust": (ok.astype(np.float64),)}[extra]
+
+    def ece(s, n):
+        return np.abs(s[..., 0]).sum(axis=1) / n
+
+    def mce(s, n):  # |sum gap| / count over non-empty bins
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nanmax(np.abs(s[..., 0]) / np.where(s[..., 1] > 0, s[..., 1], np.nan),
+                             axis=1)
+
+    def trust(s, n):  # accuracy - ECE
+        return s[..., 1].sum(axis=1) / n - ece(s, n)
+
+    return _Decomposed(ids, n_bins, np.stack([ok - conf, *second]),
+                       {"ece": ece, "mce": mce, "trust": trust}[extra])
+
+
+def _mean_of(rows: np.ndarray) -> _Decomposed:
+    return _Decomposed(np.zeros(len(rows), np.intp), 1, rows[None, :],
+                       lambda s, n: s[:, 0, 0] / n)
+
+
+def _trust_point(confidence, correct, n_bins=10, strategy="uniform") -> float:
+    return trust_score(accuracy(correct),
+                       expected_calibration_error(confidence, correct, n_bins, strategy))
+
+
+# metric -> (point estimate, decomposition); names match the store's `metric` column
+_BOOTSTRAPPABLE: dict[str, tuple[Callable[..., float], Callable[..., _Decomposed]]] = {
+    "ece": (expected_calibration_error, lambda *a, **k: _binned(*a, **k, extra="ece")),
+    "mce": (maximum_calibration_error, lambda *a, **k: _binned(*a, **k, extra="mce")),
+    "trust": (_trust_point, lambda *a, **k: _binned(*a, **k, extra="trust")),
+    "accuracy": (accuracy, lambda c: _mean_of(check_correct(c, np.size(c)).astype(float))),
+    "brier": (brier_score, lambda p, y: _mean_of(_brier_rows(*_probs_labels(p, y)))),
+    "nll": (negative_log_likelihood, lambda p, y: _mean_of(_nll_rows(*_probs_labels(p, y)))),
+}
+_BY_FUNCTION = {point: name for name, (point, _) in _BOOTSTRAPPABLE.items()}
+_BY_FUNCTION[trust_score] = "trust"
+
+
+def bootstrap_interval(metric: str | Callable[..., float], *arrays, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95,
+                       **kwargs) -> tuple[float, float, float]:
+    """(point, low, high): the metric and its percentile bootstrap interval.
+
+    `metric` is a function of this module or its store name (`accuracy`, `ece`, `mce`,
+    `brier`, `nll`, `trust`); `arrays`/`kwargs` are that metric's arguments (`trust` takes
+    `confidence, correct` like ECE). Resamples of examples are drawn as an (n_boot, n) index
+    array in chunks of bounded size; each chunk is scored with one gather and one `bincount`
+    per value, never a loop over examples. Binned metrics keep the bins of the full sample
+    (exact for uniform bins; the usual conditional approximation for quantile bins). The same
+    seed gives the same interval.
+    """
+    name = metric if isinstance(metric, str) else _BY_FUNCTION.get(metric)
+    if name not in _BOOTSTRAPPABLE:
+        raise ConfigError(f"metric: expected one of {sorted(_BOOTSTRAPPABLE)} or their "
+                          f"functions, got {metric!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ConfigError(f"n_boot: expected an integer >= 1, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ConfigError(f"level: expected a value in (0, 1), got {level!r}")
+    point_fn, decompose = _BOOTSTRAPPABLE[name]
+    point = point_fn(*arrays, **kwargs)
+    d = decompose(*arrays, **kwargs)
+    n = d.values.shape[1]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOT_CELLS // n)  # depends on n only, so the stream is seed-determined
+    stats = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        keys = (d.groups[idx] + (np.arange(b) * d.n_groups)[:, None]).ravel()
+        sums = np.stack([np.bincount(keys, weights=v[idx].ravel(), minlength=b * d.n_groups)
+                         for v in d.values], axis=-1).reshape(b, d.n_groups, -1)
+        stats.append(d.finish(sums, n))
+    low, high = np.quantile(np.concatenate(stats), [(1 - level) / 2, (1 + level) / 2])
+    return float(point), float(low), float(high)
