@@ -1,0 +1,118 @@
+"""Batched forward passes that return the logits at the answer position.
+
+One implementation shared by top-k extraction (`topk.py`) and evaluation (`evaluate.py`), so
+the teacher's stored distribution and the evaluated one come from the same position with the
+same padding. The answer position is the last prompt token: its logits predict the answer
+letter (the prompt ends with `Answer:`, the target is `" A"`).
+
+Batches are *left*-padded with explicit position ids (what `generate()` does), so every row's
+last token sits in the last column and the model only has to project that one position to the
+vocabulary (`logits_to_keep=1`): a batch never materialises a `B x T x V` logits tensor. Rows
+are padded independently of each other, so a row's logits equal those of an unbatched forward
+(checked in tests). Prompts are tokenised one batch at a time, so memory does not grow with
+the number of prompts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
+from .models import MAX_POSITIONS, answer_token_ids, encode_examples
+
+Prompts = Sequence[str] | Sequence[Sequence[int]]
+
+
+class PromptIds(Sequence[list[int]]):
+    """The prompt token ids of `examples`, encoded lazily one slice at a time.
+
+    Encoding goes through `models.encode_examples`, so inference sees exactly the prompts
+    that training saw (same special tokens, same left truncation at `max_length`), and only
+    the batch being run is held as token ids.
+    """
+
+    def __init__(self, tokenizer, examples: Sequence[Example],
+                 template: PromptTemplate = DEFAULT_TEMPLATE, max_length: int = MAX_POSITIONS):
+        self.tokenizer, self.examples = tokenizer, examples
+        self.template, self.max_length = template, max_length
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            return self[index:index + 1 or None][0]
+        chunk = self.examples[index]
+        return (encode_examples(self.tokenizer, chunk, self.template, self.max_length)
+                .prompt_ids() if chunk else [])
+
+
+def label_token_ids(tokenizer, examples: Sequence[Example]) -> dict[str, int]:
+    """Answer letter -> its single target token id, for every label used by `examples`."""
+    labels = sorted({lab for ex in examples for lab in ex.labels})
+    return dict(zip(labels, answer_token_ids(tokenizer, labels)))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
+def vocab_size(model: torch.nn.Module) -> int:
+    """Width of the model's output distribution (the rows of its output embedding)."""
+    out = model.get_output_embeddings()
+    return int(out.weight.shape[0]) if out is not None else int(model.config.vocab_size)
+
+
+def _encode(tokenizer, batch: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    if all(isinstance(p, str) for p in batch):
+        return tokenizer(list(batch), add_special_tokens=True)["input_ids"]
+    if any(isinstance(p, str) for p in batch):
+        raise TypeError("prompts: give strings or token id lists, not a mix of both")
+    return [list(p) for p in batch]
+
+
+def _left_pad(seqs: list[list[int]], device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids), left-padded with id 0 (masked out)."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    if int(lengths.min()) == 0:
+        raise ValueError(f"prompts: an empty prompt at batch row {int(lengths.argmin())}")
+    width = int(lengths.max())
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.arange(width).unsqueeze(0) >= (width - lengths).unsqueeze(1)
+    ids[mask] = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    return ids.to(device), mask.long().to(device), positions.to(device)
+
+
+def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_size: int = 64,
+                  progress: bool | None = None, desc: str = "forward"
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield `(start, logits)` per batch: float32 CPU logits `[B, V]` of prompts[start:start+B].
+
+    `prompts` are strings (tokenised with the tokenizer's special tokens, as in training) or
+    token id lists. `progress=None` shows a bar only when stderr is a terminal.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model.eval()
+    device = model_device(model)
+    params = inspect.signature(model.forward).parameters
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    use_positions = "position_ids" in params
+    show = sys.stderr.isatty() if progress is None else progress
+    with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="ex",
+                                      disable=not show) as bar:
+        for start in range(0, len(prompts), batch_size):
+            seqs = _encode(tokenizer, prompts[start:start + batch_size])
+            ids, mask, positions = _left_pad(seqs, device)
+            kwargs = {"position_ids": positions} if use_positions else {}
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs, **extra)
+            yield start, out.logits[:, -1, :].float().cpu()
+            bar.update(len(seqs))

@@ -1,0 +1,99 @@
+"""The shared answer-position forward: padding-exact, position-exact, streaming in batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from first_core.data import format_prompt
+from first_core.inference import PromptIds, answer_logits, label_token_ids, vocab_size
+from first_core.models import answer_token_ids, encode_examples
+from helpers.tiny_lm import make_examples, make_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    examples = make_examples(13, seed=1, n_options=(2, 4))
+    model, tokenizer = make_model(examples, seed=1)
+    return model, tokenizer, examples
+
+
+def _unbatched(model, prompt_ids):
+    with torch.no_grad():
+        return torch.stack([model(input_ids=torch.tensor([ids])).logits[0, -1]
+                            for ids in prompt_ids])
+
+
+def test_padded_batches_equal_unbatched_forward(setup):
+    model, tokenizer, examples = setup
+    prompt_ids = encode_examples(tokenizer, examples).prompt_ids()
+    assert len({len(p) for p in prompt_ids}) > 3  # the batches really are padded
+    got = list(answer_logits(model, tokenizer, PromptIds(tokenizer, examples), batch_size=5))
+    assert [s for s, _ in got] == [0, 5, 10]
+    assert [len(x) for _, x in got] == [5, 5, 3]
+    logits = torch.cat([x for _, x in got])
+    assert logits.dtype == torch.float32 and logits.shape == (13, vocab_size(model))
+    torch.testing.assert_close(logits, _unbatched(model, prompt_ids), rtol=1e-5, atol=1e-5)
+
+
+def test_absolute_position_models_get_positions_that_ignore_padding(setup):
+    """GPT-2 adds absolute position embeddings: left padding must not shift them."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer, examples = setup
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2,
+                                      n_head=4, n_positions=128,
+                                      bos_token_id=tokenizer.bos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id)).eval()
+    prompt_ids = encode_examples(tokenizer, examples).prompt_ids()
+    logits = torch.cat([x for _, x in answer_logits(gpt2, tokenizer, prompt_ids, batch_size=13)])
+    torch.testing.assert_close(logits, _unbatched(gpt2, prompt_ids), rtol=1e-5, atol=1e-5)
+
+
+def test_logits_are_those_that_predict_the_answer_token(setup):
+    model, tokenizer, examples = setup
+    enc = encode_examples(tokenizer, examples)
+    with torch.no_grad():
+        ref = torch.stack([model(input_ids=torch.tensor([ids])).logits[0, pos - 1]
+                           for ids, pos in zip(enc.input_ids, enc.answer_pos)])
+    (_, logits), = answer_logits(model, tokenizer, enc.prompt_ids(), batch_size=64)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_string_prompts_match_token_prompts(setup):
+    model, tokenizer, examples = setup
+    texts = [format_prompt(ex) for ex in examples]
+    assert list(PromptIds(tokenizer, examples)) == encode_examples(tokenizer,
+                                                                   examples).prompt_ids()
+    a = torch.cat([x for _, x in answer_logits(model, tokenizer, texts, batch_size=4)])
+    b = torch.cat([x for _, x in answer_logits(model, tokenizer, PromptIds(tokenizer, examples),
+                                               batch_size=7)])
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_puts_model_in_eval_mode(setup):
+    model, tokenizer, examples = setup
+    model.train()
+    next(answer_logits(model, tokenizer, PromptIds(tokenizer, examples[:2]), batch_size=2))
+    assert not model.training
+
+
+def test_label_token_ids_cover_every_label(setup):
+    _, tokenizer, examples = setup
+    ids = label_token_ids(tokenizer, examples)
+    assert sorted(ids) == ["A", "B", "C", "D"]
+    assert list(ids.values()) == answer_token_ids(tokenizer, list(ids))
+
+
+@pytest.mark.parametrize("prompts, batch_size, error, match", [
+    ([[3, 4]], 0, ValueError, "batch_size"),
+    ([[3, 4], []], 2, ValueError, "empty prompt at batch row 1"),
+    (["a b", [3, 4]], 2, TypeError, "not a mix"),
+])
+def test_bad_input(setup, prompts, batch_size, error, match):
+    model, tokenizer, _ = setup
+    with pytest.raises(error, match=match):
+        list(answer_logits(model, tokenizer, prompts, batch_size=batch_size))
