@@ -1,0 +1,60 @@
+"""first-lab dashboard: `streamlit run app.py -- --store PATH`.
+
+The store is `--store PATH`, else `$FIRST_STORE`, else `data/first.duckdb`; the sidebar
+picker can switch to another `*.duckdb` file under `data/` only (checked by
+`store.safe_store_path`, so `..` or symlinks cannot leave the folder). The server binds to
+localhost by default (`.streamlit/config.toml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from first_core import store
+from first_core.errors import StoreError
+from app_pages._common import DATA_DIR, STORE_KEY
+
+PAGES = [
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/reliability.py", title="Reliability", icon=":material/insights:"),
+    st.Page("app_pages/coverage.py", title="Top-k coverage", icon=":material/stacked_line_chart:"),
+    st.Page("app_pages/temperature.py", title="Temperature search", icon=":material/thermostat:"),
+    st.Page("app_pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
+    st.Page("app_pages/examples.py", title="Examples", icon=":material/quiz:"),
+    st.Page("app_pages/learn.py", title="Learn calibration", icon=":material/school:"),
+]
+
+
+def cli_store() -> str | None:
+    """`--store PATH` from `streamlit run app.py -- --store PATH` (other arguments ignored)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--store")
+    return parser.parse_known_args(sys.argv[1:])[0].store
+
+
+def pick_store() -> Path:
+    """Sidebar picker: the configured store, or a `*.duckdb` file under the data folder."""
+    configured = store.default_store_path(cli_store())
+    others = [p.relative_to(DATA_DIR.resolve()).as_posix()
+              for p in store.list_store_files(DATA_DIR)
+              if p != configured.resolve()]
+    choice = st.sidebar.selectbox(
+        "Store", [str(configured), *others], key="store_choice",
+        help="The store given with --store or $FIRST_STORE (default data/first.duckdb), "
+             f"or another *.duckdb file under {DATA_DIR}/.")
+    if choice == str(configured):
+        return configured
+    try:
+        return store.safe_store_path(choice, DATA_DIR)
+    except StoreError as exc:
+        st.sidebar.error(str(exc))
+        return configured
+
+
+st.set_page_config(page_title="first-lab", page_icon=":material/thermostat:", layout="wide")
+st.session_state[STORE_KEY] = str(pick_store())
+st.navigation(PAGES).run()

@@ -1,0 +1,124 @@
+"""Streamlit glue shared by the pages: which store is open, cached reads, error display.
+
+Reads go through `first_core.store` (read-only, bound parameters, retry on a writer's lock)
+and are cached per store *version* (modification times of the file and its WAL), so a
+pipeline finishing a run invalidates the cache and nothing else does. User-facing store
+problems (missing, corrupt, run in progress) become an `st.error` plus `st.stop()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import streamlit as st
+
+from first_core import store, views
+from first_core.errors import FirstError, StoreError
+
+STORE_KEY = "store_path"
+DATA_DIR = store.DEFAULT_STORE.parent
+DEMO_COMMAND = "python -m first_core demo"
+LOADERS: dict[str, Callable[..., Any]] = {
+    "runs": store.list_runs, "splits": store.available_splits, "predictions": store.load_predictions,
+    "metrics": store.load_metrics, "search": store.load_temperature_search,
+    "coverage": store.load_topk_coverage, "examples": store.load_examples}
+
+
+def store_path() -> Path:
+    """The store chosen in app.py (CLI `--store`, `$FIRST_STORE`, default, or the picker)."""
+    return Path(st.session_state.get(STORE_KEY) or store.default_store_path())
+
+
+def store_version(path: Path) -> tuple[int, int]:
+    """Modification times (ns) of the store and its write-ahead log: the cache key."""
+    wal = path.with_name(path.name + ".wal")
+    return (path.stat().st_mtime_ns if path.exists() else 0,
+            wal.stat().st_mtime_ns if wal.exists() else 0)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _query(name: str, path: str, version: tuple[int, int],
+           kwargs: tuple[tuple[str, Any], ...]) -> Any:
+    del version  # only part of the cache key
+    return LOADERS[name](path, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs})
+
+
+def query(name: str, **kwargs: Any) -> Any:
+    """`store.<loader>(current store, **kwargs)`, cached until the store file changes."""
+    path = store_path()
+    return _query(name, str(path), store_version(path),
+                  tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _arrays(path: str, version: tuple[int, int], run_id: str, split: str
+            ) -> views.PredictionArrays:
+    del version
+    frame = store.load_predictions(path, run_id, split, columns=views.PREDICTION_COLUMNS)
+    try:
+        return views.prediction_arrays(frame)
+    except ValueError as exc:
+        raise StoreError(f"store {path}: run {run_id}, split {split}: {exc}") from exc
+
+
+def arrays(run_id: str, split: str) -> views.PredictionArrays:
+    """Dense, read-only slider inputs for one run and split (shared, not copied, per rerun)."""
+    path = store_path()
+    return _arrays(str(path), store_version(path), run_id, split)
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Show a store problem as a message on the page (never a traceback) and stop."""
+    try:
+        yield
+    except (FirstError, duckdb.Error) as exc:
+        st.error(f"{exc}")
+        if "run in progress" in str(exc):
+            st.info("The pipeline is writing to this store. The page will work again as soon "
+                    "as it finishes this step; reload in a moment.")
+        st.stop()
+
+
+def first_visit(path: Path) -> None:
+    """The empty/missing-store state: say what to run."""
+    reason = "does not exist yet" if not path.exists() else "holds no runs yet"
+    st.info(f"The store `{path}` {reason}. Create it by running the embedded demo "
+            "(a few minutes on a laptop CPU):")
+    st.code(DEMO_COMMAND, language="bash")
+
+
+def require_runs() -> pd.DataFrame:
+    """The store's runs, or the first-visit message and a stop when there are none."""
+    path = store_path()
+    if not path.exists():
+        first_visit(path)
+        st.stop()
+    with store_errors():
+        runs = query("runs")
+    if runs.empty:
+        first_visit(path)
+        st.stop()
+    return runs
+
+
+def run_label(runs: pd.DataFrame) -> Callable[[str], str]:
+    """format_func for run pickers: 'method (seed N): run_id'."""
+    info = runs.set_index("run_id")
+    return lambda r: f"{info.at[r, 'method']} (seed {info.at[r, 'seed']}): {r}" \
+        if r in info.index else r
+
+
+def csv_download(frame: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
+    """A CSV download button for a table."""
+    st.download_button(label, frame.to_csv(index=False).encode(), file_name=name,
+                       mime="text/csv", key=f"download-{name}")

@@ -1,0 +1,60 @@
+"""Temperature search: ECE versus c (and delta) on validation and test, the paper's figure 6."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from first_core import plots, views
+from first_core.calibrate import temperature_scale
+from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+
+st.title("Temperature search")
+runs = require_runs()
+with store_errors():
+    search = query("search")
+if search.empty:
+    st.info("No temperature search in this store yet (the pipeline's `calibrate` stage "
+            "records it).")
+    st.stop()
+teachers = list(dict.fromkeys(search["run_id"]))
+run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="ts_run")
+curves, chosen = views.search_curves(search[search["run_id"] == run_id])
+
+cols = st.columns(2)
+for column, kind, x_title in ((cols[0], "TS", "temperature c (FIRST transform)"),
+                              (cols[1], "LS", "label-smoothing delta")):
+    with column:
+        part = curves[curves["kind"] == kind]
+        if part.empty:
+            st.info(f"No {kind} search stored.")
+            continue
+        best = chosen[chosen["kind"] == kind]
+        title = ("Temperature scaling" if kind == "TS" else "Label smoothing") + (
+            f": chosen {best['value'].iloc[0]:.3g}" if len(best) else "")
+        st.plotly_chart(plots.search_curve_figure(part, best, x_title, title), key=f"ts-{kind}")
+st.caption("Chosen on validation (star); the test curve shows whether the choice carries over.")
+csv_download(search[search["run_id"] == run_id], "temperature-search.csv")
+
+st.subheader("The teacher's top-5 before and after")
+with store_errors():
+    preds = query("predictions", run_ids=run_id, split="test",
+                  columns=["example_id", "gold", "topk_tokens", "topk_probs"])
+if preds.empty:
+    st.info("No test predictions for this run.")
+    st.stop()
+ts_best = chosen.loc[chosen["kind"] == "TS", "value"]
+start = views.snap_temperature(float(ts_best.iloc[0])) if len(ts_best) else 1.0
+cols = st.columns([2, 3])
+example = cols[0].selectbox("Example", preds["example_id"].tolist(), key="ts_example")
+c = cols[1].select_slider("c", options=list(views.TEMPERATURE_GRID), value=start,
+                          key="ts_c", format_func=lambda v: f"{v:g}")
+row = preds[preds["example_id"] == example].iloc[0]
+raw = np.asarray(row["topk_probs"], dtype=float)
+after = temperature_scale(raw[None, :], c, mode="first")[0]
+labels, gold = views.token_labels(row["topk_tokens"], row["gold"])
+st.plotly_chart(plots.probability_bars(labels, {"stored (raw top-5)": raw,
+                                                f"FIRST transform, c = {c:g}": after},
+                                       highlight=gold), key="ts-bars")
+st.caption(f"Gold answer: {row['gold']} (outlined). The raw top-5 sums to {raw.sum():.1%}; "
+           "the transform renormalises over the kept tokens and, for c < 1, sharpens them.")

@@ -1,0 +1,172 @@
+"""Plotly figure builders for the dashboard.
+
+Each builder takes plain tables (pandas DataFrames built by `first_core.views`) and returns a
+`go.Figure`; nothing here computes a metric, so the figures can never disagree with the
+numbers on the metric cards. Plotly's toolbar gives PNG/SVG downloads for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+OVER_COLOR = "rgba(214, 39, 40, 0.55)"    # red: confidence above accuracy
+UNDER_COLOR = "rgba(31, 119, 180, 0.55)"  # blue: confidence below accuracy
+ACC_COLOR = "rgba(90, 90, 90, 0.85)"
+BIN_COLUMNS = ("lo", "hi", "count", "confidence", "accuracy")
+
+
+def _check_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing}; got {list(frame.columns)}")
+
+
+def reliability_figure(bins: pd.DataFrame, title: str = "") -> go.Figure:
+    """Reliability diagram (top) over a confidence histogram (bottom), as in the paper's fig. 5.
+
+    `bins` has one row per bin with columns lo, hi, count, confidence, accuracy (NaN where
+    the bin is empty). The gap between accuracy and mean confidence is drawn on top of the
+    accuracy bar: red where the model is over-confident, blue where it is under-confident.
+    """
+    _check_columns(bins, BIN_COLUMNS, "bins")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
+                        vertical_spacing=0.04)
+    full = bins[bins["count"] > 0]
+    lo, hi, count = (full[c].to_numpy(dtype=float) for c in ("lo", "hi", "count"))
+    acc, conf = full["accuracy"].to_numpy(dtype=float), full["confidence"].to_numpy(dtype=float)
+    centre, width = (lo + hi) / 2, hi - lo
+    hover = [f"bin ({a:.3f}, {b:.3f}]<br>n = {n:,.0f}<br>acc = {y:.3f}<br>conf = {x:.3f}"
+             for a, b, n, y, x in zip(lo, hi, count, acc, conf)]
+    fig.add_bar(x=centre, y=acc, width=width, name="Accuracy",
+                marker=dict(color=ACC_COLOR, line=dict(width=1, color="white")),
+                hovertext=hover, hoverinfo="text", row=1, col=1)
+    gap = conf - acc
+    for mask, color, name in ((gap > 0, OVER_COLOR, "Over-confidence gap"),
+                              (gap < 0, UNDER_COLOR, "Under-confidence gap")):
+        fig.add_bar(x=centre[mask], y=np.abs(gap[mask]), width=width[mask],
+                    base=np.minimum(acc, conf)[mask],
+                    name=name, marker=dict(color=color, line=dict(width=1, color=color)),
+                    hoverinfo="skip", row=1, col=1)
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfect calibration",
+                    line=dict(dash="dash", color="black", width=1), row=1, col=1)
+    fig.add_bar(x=(bins["lo"] + bins["hi"]) / 2, y=bins["count"], width=bins["hi"] - bins["lo"],
+                name="Examples per bin", marker=dict(color="rgba(120, 120, 120, 0.6)"),
+                showlegend=False, row=2, col=1)
+    fig.update_layout(barmode="overlay", title=title, height=520, bargap=0,
+                      margin=dict(l=50, r=20, t=50 if title else 20, b=40),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_yaxes(title_text="Accuracy", range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="Count", row=2, col=1)
+    fig.update_xaxes(range=[0, 1], row=1, col=1)
+    fig.update_xaxes(title_text="Confidence", range=[0, 1], row=2, col=1)
+    return fig
+
+
+def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
+                    mark_k: int = 5) -> go.Figure:
+    """Cumulative top-K probability coverage (mean with a p10-p90 band), K = `mark_k` marked.
+
+    `coverage` has columns k, mean, p10, p90. With `disk` (columns k, topk_bytes,
+    full_bytes), disk usage is drawn on a second, logarithmic y axis.
+    """
+    _check_columns(coverage, ("k", "mean", "p10", "p90"), "coverage")
+    fig = make_subplots(specs=[[{"secondary_y": disk is not None}]])
+    fig.add_scatter(x=coverage["k"], y=coverage["p90"], mode="lines", line=dict(width=0),
+                    showlegend=False, hoverinfo="skip")
+    fig.add_scatter(x=coverage["k"], y=coverage["p10"], mode="lines", line=dict(width=0),
+                    fill="tonexty", fillcolor="rgba(31, 119, 180, 0.2)", name="p10-p90")
+    fig.add_scatter(x=coverage["k"], y=coverage["mean"], mode="lines", name="Mean coverage",
+                    line=dict(color="rgb(31, 119, 180)", width=2))
+    marked = coverage[coverage["k"] == mark_k]
+    if len(marked):
+        value = float(marked["mean"].iloc[0])
+        fig.add_scatter(x=[mark_k], y=[value], mode="markers+text", name=f"K = {mark_k}",
+                        text=[f"K={mark_k}: {value:.1%}"], textposition="bottom right",
+                        marker=dict(size=10, color="rgb(214, 39, 40)"))
+    if disk is not None:
+        _check_columns(disk, ("k", "topk_bytes", "full_bytes"), "disk")
+        fig.add_scatter(x=disk["k"], y=disk["topk_bytes"], mode="lines", name="Top-K store (bytes)",
+                        line=dict(color="rgb(44, 160, 44)", dash="dot"), secondary_y=True)
+        fig.add_scatter(x=disk["k"], y=disk["full_bytes"], mode="lines",
+                        name="Full distribution (bytes)",
+                        line=dict(color="rgb(148, 103, 189)", dash="dash"), secondary_y=True)
+        fig.update_yaxes(title_text="Disk usage (bytes)", type="log", dtick=1,
+                         exponentformat="SI", showgrid=False, secondary_y=True)
+    fig.update_yaxes(title_text="Cumulative probability", range=[0, 1.02], secondary_y=False)
+    fig.update_xaxes(title_text="K (top-K tokens kept)")
+    fig.update_layout(height=460, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      margin=dict(l=50, r=50, t=30, b=40))
+    return fig
+
+
+def search_curve_figure(curves: pd.DataFrame, chosen: pd.DataFrame | None = None,
+                        x_title: str = "c", title: str = "") -> go.Figure:
+    """ECE versus the searched value (the paper's figure 6), one line per `series`.
+
+    `curves` has columns value, ece, series (e.g. "TS val", "LS test"); `chosen` has
+    value, ece, series for the points to mark.
+    """
+    _check_columns(curves, ("value", "ece", "series"), "curves")
+    fig = go.Figure()
+    for series, part in curves.groupby("series", sort=False):
+        part = part.sort_values("value")
+        fig.add_scatter(x=part["value"], y=part["ece"], mode="lines+markers", name=str(series),
+                        marker=dict(size=4))
+    if chosen is not None and len(chosen):
+        _check_columns(chosen, ("value", "ece", "series"), "chosen")
+        fig.add_scatter(x=chosen["value"], y=chosen["ece"], mode="markers+text",
+                        name="chosen", text=[f"{v:.3g}" for v in chosen["value"]],
+                        textposition="top center",
+                        marker=dict(size=12, symbol="star", color="rgb(214, 39, 40)"))
+    fig.update_layout(title=title, height=380, margin=dict(l=50, r=20, t=50 if title else 20, b=40),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text="ECE", tickformat=".0%")
+    return fig
+
+
+def grouped_bars(table: pd.DataFrame, x: str, y: str, group: str, title: str = "",
+                 percent: bool = True, error: str | None = None) -> go.Figure:
+    """Grouped bar chart of `y` per `x`, one bar colour per `group` (e.g. method x split);
+    `error` names a column drawn as +- error bars (e.g. the std over seeds)."""
+    _check_columns(table, (x, y, group) + ((error,) if error else ()), "table")
+    fig = go.Figure()
+    for name, part in table.groupby(group, sort=False):
+        fig.add_bar(x=part[x], y=part[y], name=str(name),
+                    text=[f"{v:.1%}" if percent else f"{v:.3g}" for v in part[y]],
+                    textposition="outside",
+                    error_y=dict(type="data", array=part[error]) if error else None)
+    fig.update_layout(barmode="group", title=title, height=380,
+                      margin=dict(l=50, r=20, t=50 if title else 20, b=40),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    if percent:
+        fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def probability_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
+                     highlight: str | None = None, title: str = "") -> go.Figure:
+    """Bars of one or more probability vectors over the same labels (e.g. top-5 before/after).
+
+    `highlight` names the label to outline (the gold answer).
+    """
+    labels = [str(label) for label in labels]
+    fig = go.Figure()
+    for name, values in series.items():
+        if len(values) != len(labels):
+            raise ValueError(f"series {name!r}: {len(values)} values for {len(labels)} labels")
+        fig.add_bar(x=labels, y=list(values), name=name, text=[f"{v:.1%}" for v in values],
+                    textposition="outside",
+                    marker=dict(line=dict(width=[3 if lab == highlight else 0 for lab in labels],
+                                          color="rgb(44, 160, 44)")))
+    fig.update_layout(barmode="group", title=title, height=320,
+                      margin=dict(l=40, r=20, t=50 if title else 20, b=40),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.1])
+    fig.update_xaxes(type="category")
+    return fig

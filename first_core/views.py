@@ -1,0 +1,501 @@
+"""Everything the dashboard pages compute, kept out of the pages so it can be tested.
+
+Pages query the store (`first_core.store`), call a function here and render the result with
+`first_core.plots`. The hot path is `calibration_view`: the temperature slider calls it on
+every move, so it works on dense arrays prepared once per store version
+(`prediction_arrays`) and does no Python loop over examples.
+
+What the temperature slider re-scales (documented on the Reliability page too):
+- `option` convention: the stored raw probabilities of the answer letters (`option_probs`).
+  Classic scaling (`logit`) at c = 1 gives back the stored option-renormalised confidence.
+- `paper` convention: the stored top-k probabilities (`topk_probs`). The FIRST transform
+  works on the k entries as the paper defines it. Classic scaling adds the dropped tail mass
+  as one extra entry, so c = 1 gives back the stored top-1 confidence exactly; for other c
+  it is an approximation (the tail's individual tokens are not stored).
+Correctness never changes with c (both transforms keep the arg-max). Brier and NLL are
+always over the answer options, re-scaled with the same c and mode.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .calibrate import temperature_scale
+from .config import METHODS
+
+# 10^(-1.3) ~ 0.05 .. 10 in steps of 1/40 decade (~6 %), with c = 1 exactly on the grid.
+TEMPERATURE_GRID: np.ndarray = np.array(
+    [float(f"{10 ** (i / 40):.3g}") for i in range(-52, 41)])
+MODES: dict[str, str] = {"logit": "Classic temperature scaling: softmax(log p / c)",
+                         "first": "FIRST transform (paper): softmax(p / c)"}
+CONVENTIONS: dict[str, str] = {
+    "option": "Option-renormalised (probabilities over the answer letters)",
+    "paper": "Paper (top-1 over the whole vocabulary)"}
+STRATEGIES: dict[str, str] = {"uniform": "equal-width", "quantile": "equal-mass"}
+SPLIT_NAMES: dict[str, str] = {"val": "validation", "test": "in-domain test",
+                               "test_ood": "out-of-domain test"}
+BIN_RANGE = (5, 30)
+FILTERS: dict[str, str] = {"all": "All predictions", "wrong_confident": "Wrong but confident",
+                           "right_unsure": "Right but unsure", "wrong": "All wrong"}
+PREDICTION_COLUMNS = ("example_id", "correct", "topk_probs", "option_labels",
+                      "option_probs", "gold")
+
+
+# ---------------------------------------------------------------------------- view state
+
+def snap_temperature(c: float) -> float:
+    """The grid value nearest to `c` on a log scale (what a shared URL or a search snaps to)."""
+    if not np.isfinite(c) or c <= 0:
+        raise ValueError(f"c: must be a positive number, got {c!r}")
+    return float(TEMPERATURE_GRID[np.abs(np.log(TEMPERATURE_GRID) - np.log(c)).argmin()])
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """What a Reliability view shows; round-trips through `st.query_params` for sharing."""
+
+    runs: tuple[str, ...] = ()
+    split: str = "test"
+    c: float = 1.0
+    mode: str = "logit"
+    convention: str = "option"
+    n_bins: int = 10
+    strategy: str = "uniform"
+
+    def to_params(self) -> dict[str, str]:
+        """Query-string values (all strings, as `st.query_params` stores them)."""
+        return {"runs": ",".join(self.runs), "split": self.split, "c": f"{self.c:g}",
+                "mode": self.mode, "conv": self.convention, "bins": str(self.n_bins),
+                "strategy": self.strategy}
+
+
+def _first(value: str | Sequence[str] | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value[0] if len(value) else None
+
+
+def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequence[str],
+                     splits: Sequence[str], max_runs: int = 2) -> ViewState:
+    """Read a ViewState from query parameters, ignoring anything unknown or invalid.
+
+    A URL is user input: unknown runs, splits or modes are dropped (never passed on to
+    SQL or code), numbers are clamped to the allowed ranges and c snaps to the grid.
+    """
+    state = ViewState(runs=tuple(run_ids[:1]), split=splits[0] if splits else "test")
+    if "test" in splits:
+        state = replace(state, split="test")
+    raw_runs = _first(params.get("runs"))
+    if raw_runs:
+        picked = tuple(dict.fromkeys(r for r in raw_runs.split(",") if r in run_ids))[:max_runs]
+        state = replace(state, runs=picked or state.runs)
+    choices = {"split": tuple(splits), "mode": tuple(MODES), "conv": tuple(CONVENTIONS),
+               "strategy": tuple(STRATEGIES)}
+    fields = {"split": "split", "mode": "mode", "conv": "convention", "strategy": "strategy"}
+    for key, allowed in choices.items():
+        value = _first(params.get(key))
+        if value in allowed:
+            state = replace(state, **{fields[key]: value})
+    try:
+        state = replace(state, c=snap_temperature(float(_first(params.get("c")) or "nan")))
+    except ValueError:
+        pass
+    try:
+        bins = int(_first(params.get("bins")) or "")
+        state = replace(state, n_bins=int(np.clip(bins, *BIN_RANGE)))
+    except ValueError:
+        pass
+    return state
+
+
+# ---------------------------------------------------------------------------- arrays
+
+@dataclass(frozen=True)
+class PredictionArrays:
+    """Dense, read-only arrays of one run and split: the input of the slider path."""
+
+    topk_probs: np.ndarray    # N x k raw top-k probabilities, descending
+    correct: np.ndarray       # N bool: paper convention (top-1 token is the gold letter)
+    option_probs: np.ndarray  # N x m raw probabilities of the answer letters
+    gold_option: np.ndarray   # N int: column of the gold letter in option_probs
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    @cached_property
+    def topk_with_tail(self) -> np.ndarray:
+        """N x (k + 1): the top-k plus the dropped tail mass as one entry (classic mode)."""
+        tail = np.clip(1.0 - self.topk_probs.sum(axis=1, keepdims=True), 0.0, None)
+        out = np.hstack([self.topk_probs, tail])
+        out.flags.writeable = False
+        return out
+
+
+def _stack(column: pd.Series, name: str) -> np.ndarray:
+    """A list column as an N x k float array; ragged rows are an error naming the column."""
+    lengths = np.fromiter((len(v) for v in column), dtype=np.int64, count=len(column))
+    if len(lengths) and (lengths != lengths[0]).any():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise ValueError(f"predictions.{name}: rows have different lengths "
+                         f"({lengths[0]} and {lengths[row]} at row {row})")
+    width = int(lengths[0]) if len(lengths) else 0
+    return np.concatenate([np.asarray(v) for v in column]).reshape(len(column), width) \
+        if len(column) else np.zeros((0, width))
+
+
+def prediction_arrays(frame: pd.DataFrame) -> PredictionArrays:
+    """Turn `store.load_predictions` rows (one run, one split) into `PredictionArrays`."""
+    missing = [c for c in PREDICTION_COLUMNS[1:] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"predictions: missing column(s) {missing}")
+    if frame[list(PREDICTION_COLUMNS[1:])].isna().any().any():
+        bad = frame[list(PREDICTION_COLUMNS[1:])].isna().any()
+        raise ValueError(f"predictions: missing values in {list(bad[bad].index)}")
+    labels = _stack(frame["option_labels"], "option_labels").astype(str)
+    is_gold = labels == frame["gold"].to_numpy(dtype=str)[:, None]
+    if len(frame) and not is_gold.any(axis=1).all():
+        row = int(np.flatnonzero(~is_gold.any(axis=1))[0])
+        raise ValueError(f"predictions.gold: {frame['gold'].iloc[row]!r} (row {row}) is not "
+                         "among option_labels")
+    arrays = PredictionArrays(
+        topk_probs=_stack(frame["topk_probs"], "topk_probs").astype(np.float64),
+        correct=frame["correct"].to_numpy(dtype=bool),
+        option_probs=_stack(frame["option_probs"], "option_probs").astype(np.float64),
+        gold_option=is_gold.argmax(axis=1))
+    for array in (arrays.topk_probs, arrays.correct, arrays.option_probs, arrays.gold_option):
+        array.flags.writeable = False  # shared through st.cache_resource: nobody may mutate
+    return arrays
+
+
+# ---------------------------------------------------------------------------- slider path
+
+CHUNK_ROWS = 1 << 14  # rows per block: the block's temporaries stay in cache
+_POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+
+
+@dataclass(frozen=True)
+class Rescaled:
+    """Confidence and correctness under one convention; Brier and NLL over the options."""
+
+    confidence: np.ndarray
+    correct: np.ndarray
+    brier: float
+    nll: float
+
+
+def _rescale_block(arrays: PredictionArrays, rows: slice, c: float, mode: str,
+                   convention: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One block of rows: confidence, correctness, and Brier / NLL sums over the block."""
+    options = temperature_scale(arrays.option_probs[rows], c, mode=mode)
+    gold = arrays.gold_option[rows]
+    n = len(gold)
+    sums = (n * metrics.brier_score(options, gold),
+            n * metrics.negative_log_likelihood(options, gold))
+    if convention == "option":
+        best = options.argmax(axis=1)
+        return (np.take_along_axis(options, best[:, None], axis=1)[:, 0], best == gold) + sums
+    # classic mode: the dropped tail as one entry keeps c = 1 the identity
+    topk = arrays.topk_with_tail if mode == "logit" else arrays.topk_probs
+    return (temperature_scale(topk[rows], c, mode=mode)[:, 0], arrays.correct[rows]) + sums
+
+
+def rescale(arrays: PredictionArrays, c: float, mode: str, convention: str) -> Rescaled:
+    """Apply temperature `c` in `mode` to the stored probabilities (see the module docstring).
+
+    Works through cache-sized blocks of rows on a small thread pool (numpy releases the GIL),
+    which at a million rows is several times faster than whole-array temporaries; Brier and
+    NLL are means, so block sums add up exactly.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention: {convention!r} is not one of {list(CONVENTIONS)}")
+    n = len(arrays)
+    if n == 0:
+        raise ValueError("arrays: no predictions to re-scale")
+    blocks = list(_POOL.map(lambda lo: _rescale_block(
+        arrays, slice(lo, lo + CHUNK_ROWS), c, mode, convention), range(0, n, CHUNK_ROWS)))
+    conf, correct, brier, nll = zip(*blocks)
+    return Rescaled(np.concatenate(conf), np.concatenate(correct), sum(brier) / n, sum(nll) / n)
+
+
+def bins_frame(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
+               strategy: str = "uniform") -> pd.DataFrame:
+    """`metrics.reliability_bins` as a table (lo, hi, count, confidence, accuracy, gap)."""
+    bins = metrics.reliability_bins(confidence, correct, n_bins=n_bins, strategy=strategy)
+    return pd.DataFrame({"lo": bins.edges[:-1], "hi": bins.edges[1:], "count": bins.count,
+                         "confidence": bins.confidence, "accuracy": bins.accuracy,
+                         "gap": bins.gap})
+
+
+@dataclass(frozen=True)
+class CalibrationView:
+    """Everything a reliability panel shows: metric cards and the bins of its diagram."""
+
+    cards: dict[str, float]  # accuracy, ece, ece_low, ece_high, mce, brier, nll, trust
+    bins: pd.DataFrame
+    n: int
+
+
+BOOT_RESAMPLES = 200
+BOOT_MAX_N = 20_000
+
+
+def interval_resamples(n: int) -> int:
+    """Bootstrap resamples for the ECE card: `BOOT_RESAMPLES`, or 0 above `BOOT_MAX_N`.
+
+    The bootstrap costs n_boot x n gathers per slider move (seconds at a million
+    predictions), so large splits show the point ECE and keep the slider live; at that size
+    the interval is narrow anyway.
+    """
+    return BOOT_RESAMPLES if n <= BOOT_MAX_N else 0
+
+
+def summarize(scaled: Rescaled, n_bins: int = 10, strategy: str = "uniform",
+              n_boot: int | None = None, seed: int = 0) -> CalibrationView:
+    """Metric cards and bins for given confidences; `n_boot = 0` skips the ECE interval and
+    None picks `interval_resamples(n)`."""
+    if n_boot is None:
+        n_boot = interval_resamples(len(scaled.confidence))
+    conf, correct = scaled.confidence, scaled.correct
+    acc = metrics.accuracy(correct)
+    ece = metrics.expected_calibration_error(conf, correct, n_bins=n_bins, strategy=strategy)
+    low, high = (metrics.bootstrap_interval("ece", conf, correct, n_boot=n_boot, seed=seed,
+                                            n_bins=n_bins, strategy=strategy)[1:]
+                 if n_boot else (float("nan"), float("nan")))
+    cards = {"accuracy": acc, "ece": ece, "ece_low": low, "ece_high": high,
+             "mce": metrics.maximum_calibration_error(conf, correct, n_bins=n_bins,
+                                                      strategy=strategy),
+             "brier": scaled.brier, "nll": scaled.nll,
+             "trust": metrics.trust_score(acc, ece)}
+    return CalibrationView({k: float(v) for k, v in cards.items()},
+                           bins_frame(conf, correct, n_bins, strategy), len(conf))
+
+
+def calibration_view(arrays: PredictionArrays, c: float, mode: str, convention: str,
+                     n_bins: int = 10, strategy: str = "uniform", n_boot: int | None = None,
+                     seed: int = 0) -> CalibrationView:
+    """The slider's recompute path: re-scale, then every metric card and bin (vectorised)."""
+    return summarize(rescale(arrays, c, mode, convention), n_bins, strategy, n_boot, seed)
+
+
+def ece_curve(arrays: PredictionArrays, mode: str, convention: str, n_bins: int = 10,
+              strategy: str = "uniform", grid: np.ndarray = TEMPERATURE_GRID) -> pd.DataFrame:
+    """ECE at every slider value (columns c, ece), through exactly the slider's transform.
+
+    Not `calibrate.search_temperature`: this one must score the slider's own conventions
+    (option letters, or top-k plus tail in logit mode) so that "best c" is the arg-min of
+    what the slider would show. One vectorised evaluation per grid value.
+    """
+    eces = []
+    for c in grid:
+        scaled = rescale(arrays, float(c), mode, convention)
+        eces.append(metrics.expected_calibration_error(scaled.confidence, scaled.correct,
+                                                       n_bins=n_bins, strategy=strategy))
+    return pd.DataFrame({"c": grid, "ece": eces})
+
+
+def best_temperature(arrays: PredictionArrays, mode: str, convention: str, n_bins: int = 10,
+                     strategy: str = "uniform") -> float:
+    """The slider value with the lowest ECE on `arrays` (the validation split on the page)."""
+    if not len(arrays):
+        raise ValueError("arrays: no predictions to search a temperature on")
+    curve = ece_curve(arrays, mode, convention, n_bins, strategy)
+    return float(curve["c"].iloc[int(curve["ece"].to_numpy().argmin())])
+
+
+def format_interval(low: float, high: float) -> str | None:
+    """'[5.9, 8.4]': a bootstrap interval in percent, shown under the ECE card (None if NaN)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+# ---------------------------------------------------------------------------- tables
+
+def _method_order(methods: pd.Series) -> pd.Series:
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return methods.map(lambda m: rank.get(m, len(rank)))
+
+
+def headline_table(metric_rows: pd.DataFrame, convention: str = "paper") -> pd.DataFrame:
+    """Table-1 layout: one row per method, Acc / ECE / Trust in-domain and OOD (seed means).
+
+    `metric_rows` is `store.load_metrics(...)`; values stay fractions (format for display).
+    """
+    wanted = metric_rows[(metric_rows["convention"] == convention)
+                         & metric_rows["split"].isin(["test", "test_ood"])
+                         & metric_rows["metric"].isin(["accuracy", "ece", "trust"])]
+    if wanted.empty:
+        return pd.DataFrame(columns=["method"])
+    table = wanted.pivot_table(index="method", columns=["split", "metric"], values="value",
+                               aggfunc="mean")
+    names = {"test": "ID", "test_ood": "OOD"}
+    short = {"accuracy": "Acc", "ece": "ECE", "trust": "Trust"}
+    order = [(s, m) for s in names for m in short if (s, m) in table.columns]
+    table = table[order]
+    table.columns = [f"{short[m]} {names[s]}" for s, m in order]
+    table = table.reset_index()
+    return table.sort_values("method", key=_method_order).reset_index(drop=True)
+
+
+def compare_table(metric_rows: pd.DataFrame, convention: str = "paper",
+                  splits: Sequence[str] = ("test", "test_ood")) -> pd.DataFrame:
+    """Per method and split: mean, std and number of seeds of each metric (tidy, for bars)."""
+    wanted = metric_rows[(metric_rows["convention"] == convention)
+                         & metric_rows["split"].isin(list(splits))]
+    out = (wanted.groupby(["method", "split", "metric"], sort=False)["value"]
+           .agg(mean="mean", std="std", seeds="count").reset_index())
+    out["std"] = out["std"].fillna(0.0)
+    split_rank = {s: i for i, s in enumerate(splits)}
+    return out.sort_values(["method", "split", "metric"],
+                           key=lambda col: _method_order(col) if col.name == "method"
+                           else col.map(split_rank) if col.name == "split" else col
+                           ).reset_index(drop=True)
+
+
+def teacher_for(runs: pd.DataFrame, run_id: str) -> str | None:
+    """The teacher run that goes with `run_id`: same pipeline if there is one, else any."""
+    teachers = runs[runs["method"] == "teacher_ft"]
+    if teachers.empty:
+        return None
+    mine = runs.loc[runs["run_id"] == run_id, "pipeline"]
+    same = teachers[teachers["pipeline"] == mine.iloc[0]] if len(mine) else teachers.iloc[:0]
+    return str((same if len(same) else teachers)["run_id"].iloc[0])
+
+
+def token_labels(tokens: Sequence[object], gold: str) -> tuple[list[str], str | None]:
+    """Bar labels for stored tokens (repr, so " A" shows its space) and the gold one's label."""
+    texts = [str(t) for t in tokens]
+    labels = [repr(t) for t in texts]
+    return labels, next((lab for lab, t in zip(labels, texts) if t.strip() == gold), None)
+
+
+def filter_predictions(frame: pd.DataFrame, kind: str, convention: str = "option",
+                       confident: float = 0.8, unsure: float = 0.5) -> pd.DataFrame:
+    """Rows of `store.load_predictions` matching a filter, most striking first.
+
+    "wrong_confident": wrong with confidence >= `confident`; "right_unsure": right with
+    confidence < `unsure`; "wrong": every wrong one; "all": everything.
+    """
+    if kind not in FILTERS:
+        raise ValueError(f"kind: {kind!r} is not one of {list(FILTERS)}")
+    conf_col, ok_col = (("confidence_option", "correct_option") if convention == "option"
+                        else ("confidence", "correct"))
+    conf, ok = frame[conf_col].to_numpy(dtype=float), frame[ok_col].to_numpy(dtype=bool)
+    mask = {"all": np.ones(len(frame), dtype=bool), "wrong": ~ok,
+            "wrong_confident": ~ok & (conf >= confident),
+            "right_unsure": ok & (conf < unsure)}[kind]
+    ascending = kind == "right_unsure"
+    return frame[mask].sort_values(conf_col, ascending=ascending, kind="stable")
+
+
+def search_curves(search: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`store.load_temperature_search` rows -> (curves, chosen) for `plots.search_curve_figure`.
+
+    curves: kind, value, ece, series ("val" / "test"), one row per point and split;
+    chosen: the rows marked chosen, at their validation ECE.
+    """
+    long = search.melt(id_vars=["kind", "value", "chosen"], value_vars=["ece_val", "ece_test"],
+                       var_name="series", value_name="ece").dropna(subset=["ece"])
+    long["series"] = long["series"].map({"ece_val": "validation", "ece_test": "test"})
+    picked = long[long["chosen"].astype(bool) & (long["series"] == "validation")]
+    columns = ["kind", "value", "ece", "series"]
+    return long[columns].reset_index(drop=True), picked[columns].reset_index(drop=True)
+
+
+_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
+
+
+def parse_progress(line: str) -> tuple[int, int, str] | None:
+    """'[3/12] topk ...' (the pipeline's stage lines) -> (3, 12, 'topk ...'); else None."""
+    match = _PROGRESS.match(line.strip())
+    if not match or int(match[2]) < 1:
+        return None
+    return int(match[1]), int(match[2]), match[3]
+
+
+# ---------------------------------------------------------------------------- coverage
+
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16 / bfloat16": 2, "int8": 1}
+
+
+def disk_usage(ks: Sequence[int] | np.ndarray, n_positions: float, vocab_size: int,
+               prob_bytes: int, id_bytes: int = 4) -> pd.DataFrame:
+    """Bytes to store top-K (ids + probabilities) versus the full distribution, per K.
+
+    Uncompressed arithmetic, so a user can redo the paper's "terabytes vs gigabytes"
+    comparison: full = positions x vocabulary x bytes; top-K = positions x K x (id + prob).
+    """
+    for name, value in (("n_positions", n_positions), ("vocab_size", vocab_size),
+                        ("prob_bytes", prob_bytes), ("id_bytes", id_bytes)):
+        if not value > 0:
+            raise ValueError(f"{name}: must be positive, got {value!r}")
+    ks = np.asarray(ks, dtype=np.float64)
+    return pd.DataFrame({"k": ks.astype(int),
+                         "topk_bytes": n_positions * ks * (id_bytes + prob_bytes),
+                         "full_bytes": np.full(len(ks), float(n_positions) * vocab_size
+                                               * prob_bytes)})
+
+
+def human_bytes(n: float) -> str:
+    """1.2e12 -> '1.2 TB' (decimal units, as the paper uses)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
+    power = int(np.clip(np.floor(np.log10(max(abs(n), 1)) / 3), 0, len(units) - 1))
+    return f"{n / 1000 ** power:.3g} {units[power]}"
+
+
+# ---------------------------------------------------------------------------- teaching
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def simulate_classifier(accuracy: float, overconfidence: float, n: int = 4000,
+                        n_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic classifier for the teaching page: (probs N x n_classes, labels N).
+
+    The "true" distribution p = softmax(beta * g) (g Gaussian, beta chosen so that a
+    calibrated model has the requested expected `accuracy`) generates the labels; the model
+    reports p ** s renormalised with s = `overconfidence` (1 = calibrated, > 1 over-confident,
+    < 1 under-confident). Classic temperature scaling with c = s therefore undoes it exactly.
+    """
+    if not 1.0 / n_classes < accuracy < 1.0:
+        raise ValueError(f"accuracy: must be in (1/{n_classes}, 1), got {accuracy!r}")
+    if not overconfidence > 0:
+        raise ValueError(f"overconfidence: must be positive, got {overconfidence!r}")
+    if n < 1 or n_classes < 2:
+        raise ValueError(f"n, n_classes: need n >= 1 and n_classes >= 2, got {n}, {n_classes}")
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n, n_classes))
+    lo, hi = 0.0, 1.0
+    while _softmax(hi * g).max(axis=1).mean() < accuracy:  # expected accuracy rises with beta
+        lo, hi = hi, hi * 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _softmax(mid * g).max(axis=1).mean() < accuracy else (lo, mid)
+    p = _softmax(hi * g)
+    labels = (p.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(max=n_classes - 1)
+    return _softmax(overconfidence * hi * g), labels
+
+
+def classifier_view(probs: np.ndarray, labels: np.ndarray, c: float = 1.0, mode: str = "logit",
+                    n_bins: int = 10, strategy: str = "uniform", n_boot: int = 0
+                    ) -> CalibrationView:
+    """Calibration of a plain classifier (confidence = max prob) after temperature `c`.
+
+    The classes play the role of the answer options, so this is the slider path itself.
+    """
+    arrays = PredictionArrays(probs, probs.argmax(axis=1) == labels, probs, labels)
+    return calibration_view(arrays, c, mode, "option", n_bins, strategy, n_boot)

@@ -1,0 +1,95 @@
+"""Figure builders: the traces carry exactly the numbers they were given, in the right places."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from first_core import plots
+
+
+@pytest.fixture
+def bins() -> pd.DataFrame:
+    edges = np.linspace(0, 1, 6)
+    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": [0, 10, 20, 30, 40],
+                         "confidence": [np.nan, 0.3, 0.5, 0.7, 0.9],
+                         "accuracy": [np.nan, 0.4, 0.5, 0.6, 0.7]})
+
+
+def _trace(fig, name):
+    found = [t for t in fig.data if t.name == name]
+    assert len(found) == 1, [t.name for t in fig.data]
+    return found[0]
+
+
+def test_reliability_gaps_are_split_by_sign_and_drawn_from_accuracy(bins):
+    fig = plots.reliability_figure(bins)
+    acc = _trace(fig, "Accuracy")
+    np.testing.assert_allclose(acc.y, [0.4, 0.5, 0.6, 0.7])  # the empty bin is not drawn
+    np.testing.assert_allclose(acc.x, [0.3, 0.5, 0.7, 0.9])
+    over, under = _trace(fig, "Over-confidence gap"), _trace(fig, "Under-confidence gap")
+    np.testing.assert_allclose(over.x, [0.7, 0.9])
+    np.testing.assert_allclose(np.asarray(over.base, float), [0.6, 0.7])
+    np.testing.assert_allclose(over.y, [0.1, 0.2])
+    np.testing.assert_allclose(under.x, [0.3])
+    np.testing.assert_allclose(np.asarray(under.base, float), [0.3])
+    np.testing.assert_allclose(under.y, [0.1])
+    assert over.marker.color != under.marker.color
+    hist = _trace(fig, "Examples per bin")
+    np.testing.assert_array_equal(hist.y, bins["count"])
+    assert hist.xaxis == "x2" and acc.xaxis == "x"  # histogram sits in the lower panel
+
+
+def test_reliability_uses_bin_widths_for_equal_mass_bins(bins):
+    bins = bins.assign(lo=[0.0, 0.1, 0.45, 0.5, 0.8], hi=[0.1, 0.45, 0.5, 0.8, 1.0])
+    acc = _trace(plots.reliability_figure(bins), "Accuracy")
+    np.testing.assert_allclose(acc.width, [0.35, 0.05, 0.3, 0.2])
+
+
+def test_reliability_names_missing_column(bins):
+    with pytest.raises(ValueError, match="accuracy"):
+        plots.reliability_figure(bins.drop(columns="accuracy"))
+
+
+def test_coverage_band_mark_and_disk_axis():
+    k = np.arange(1, 11)
+    cov = pd.DataFrame({"k": k, "mean": 1 - 0.5 ** k, "p10": 1 - 0.6 ** k, "p90": 1 - 0.4 ** k})
+    disk = pd.DataFrame({"k": k, "topk_bytes": k * 6.0, "full_bytes": np.full(10, 64000.0)})
+    fig = plots.coverage_figure(cov, disk, mark_k=5)
+    band = _trace(fig, "p10-p90")
+    assert band.fill == "tonexty"
+    np.testing.assert_allclose(band.y, cov["p10"])
+    mark = _trace(fig, "K = 5")
+    assert mark.x == (5,) and mark.y[0] == pytest.approx(1 - 0.5 ** 5)
+    store = _trace(fig, "Top-K store (bytes)")
+    assert store.yaxis == "y2" and fig.layout.yaxis2.type == "log"
+    without = plots.coverage_figure(cov)
+    assert all(t.yaxis in (None, "y") for t in without.data)
+
+
+def test_search_curve_one_line_per_series_and_chosen_star():
+    curves = pd.DataFrame({"value": [0.1, 0.2, 0.1, 0.2], "ece": [0.3, 0.1, 0.35, 0.15],
+                           "series": ["val", "val", "test", "test"]})
+    chosen = pd.DataFrame({"value": [0.2], "ece": [0.1], "series": ["val"]})
+    fig = plots.search_curve_figure(curves, chosen)
+    assert [t.name for t in fig.data] == ["val", "test", "chosen"]
+    assert _trace(fig, "chosen").marker.symbol == "star"
+
+
+def test_grouped_bars_group_per_colour_with_error_bars():
+    table = pd.DataFrame({"method": ["a", "b", "a", "b"], "split": ["ID", "ID", "OOD", "OOD"],
+                          "mean": [0.1, 0.2, 0.3, 0.4], "std": [0.01, 0.02, 0.03, 0.04]})
+    fig = plots.grouped_bars(table, "method", "mean", "split", error="std")
+    assert fig.layout.barmode == "group"
+    ood = _trace(fig, "OOD")
+    np.testing.assert_allclose(ood.y, [0.3, 0.4])
+    np.testing.assert_allclose(ood.error_y.array, [0.03, 0.04])
+
+
+def test_probability_bars_outline_gold_and_check_lengths():
+    fig = plots.probability_bars(["A", "B"], {"before": [0.7, 0.3], "after": [0.9, 0.1]},
+                                 highlight="B")
+    assert list(fig.data[0].marker.line.width) == [0, 3]
+    with pytest.raises(ValueError, match="after"):
+        plots.probability_bars(["A", "B"], {"after": [1.0]})

@@ -1,0 +1,270 @@
+"""Dashboard computations, checked against small independent numpy implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from first_core import store, views
+from first_core.fixtures import write_fixture_store
+
+
+def ref_ece(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
+    """Independent uniform-bin ECE with scikit-learn's (a, b] edges."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], conf)
+    total = 0.0
+    for b in range(n_bins):
+        sel = ids == b
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return total
+
+
+@pytest.fixture(scope="module")
+def fixture_store(tmp_path_factory) -> str:
+    return str(write_fixture_store(tmp_path_factory.mktemp("store") / "f.duckdb", 120, seed=1))
+
+
+@pytest.fixture(scope="module")
+def preds(fixture_store) -> pd.DataFrame:
+    runs = store.list_runs(fixture_store)
+    run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
+    return store.load_predictions(fixture_store, run, "test")
+
+
+@pytest.fixture(scope="module")
+def arrays(preds) -> views.PredictionArrays:
+    return views.prediction_arrays(preds[list(views.PREDICTION_COLUMNS)])
+
+
+# ---------------------------------------------------------------- grid and view state
+
+def test_grid_is_log_spaced_from_005_to_10_with_one():
+    grid = views.TEMPERATURE_GRID
+    assert grid[0] == pytest.approx(0.05, rel=0.01) and grid[-1] == 10.0 and 1.0 in grid
+    steps = np.diff(np.log10(grid))
+    assert (steps > 0).all() and np.allclose(steps, 1 / 40, atol=0.003)
+
+
+def test_snap_temperature_picks_nearest_in_log_space():
+    assert views.snap_temperature(0.3) == pytest.approx(0.299)
+    assert views.snap_temperature(1e6) == 10.0 and views.snap_temperature(1e-6) == views.TEMPERATURE_GRID[0]
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="c"):
+            views.snap_temperature(bad)
+
+
+def test_view_state_round_trips_through_query_params():
+    state = views.ViewState(("r2", "r1"), "test_ood", views.snap_temperature(0.3), "first",
+                            "paper", 15, "quantile")
+    assert views.parse_view_state(state.to_params(), ["r1", "r2", "r3"],
+                                  ["val", "test", "test_ood"]) == state
+
+
+def test_view_state_drops_invalid_url_values():
+    params = {"runs": "nope,r1'; DROP TABLE runs; --", "split": "train", "c": "abc",
+              "mode": "exec", "conv": "x", "bins": "999", "strategy": "?"}
+    state = views.parse_view_state(params, ["r1", "r2"], ["val", "test"])
+    assert state == views.ViewState(("r1",), "test", 1.0, "logit", "option", 30, "uniform")
+    assert views.parse_view_state({"bins": "1", "c": "0.33"}, ["r1"], ["val"]).n_bins == 5
+    assert views.parse_view_state({"c": ["0.33"]}, ["r1"], ["val"]).c == pytest.approx(0.335)
+
+
+# ---------------------------------------------------------------- arrays and slider path
+
+def test_prediction_arrays_are_dense_read_only_and_find_gold(preds, arrays):
+    n = len(preds)
+    assert arrays.topk_probs.shape[0] == n and arrays.option_probs.shape[0] == n
+    labels = np.stack(preds["option_labels"].to_numpy())
+    assert (labels[np.arange(n), arrays.gold_option] == preds["gold"].to_numpy()).all()
+    with pytest.raises(ValueError):
+        arrays.option_probs[0, 0] = 1.0
+
+
+def test_prediction_arrays_reject_ragged_rows_and_unknown_gold(preds):
+    frame = preds[list(views.PREDICTION_COLUMNS)].copy()
+    ragged = frame.copy()
+    ragged.at[ragged.index[3], "topk_probs"] = np.array([0.5, 0.2])
+    with pytest.raises(ValueError, match="topk_probs.*row 3"):
+        views.prediction_arrays(ragged)
+    unknown = frame.copy()
+    unknown.at[unknown.index[2], "gold"] = "Z"
+    with pytest.raises(ValueError, match="gold.*'Z'"):
+        views.prediction_arrays(unknown)
+
+
+def test_classic_scaling_at_one_shows_the_stored_confidence(preds, arrays):
+    option = views.rescale(arrays, 1.0, "logit", "option")
+    np.testing.assert_allclose(option.confidence, preds["confidence_option"], rtol=1e-9)
+    np.testing.assert_array_equal(option.correct, preds["correct_option"])
+    paper = views.rescale(arrays, 1.0, "logit", "paper")
+    np.testing.assert_allclose(paper.confidence, preds["confidence"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("c", [0.1, 0.3, 2.0])
+def test_first_transform_matches_the_paper_formula(arrays, c):
+    p = arrays.topk_probs
+    expected = np.exp(p / c) / np.exp(p / c).sum(axis=1, keepdims=True)
+    scaled = views.rescale(arrays, c, "first", "paper")
+    np.testing.assert_allclose(scaled.confidence, expected.max(axis=1), rtol=1e-9)
+    np.testing.assert_array_equal(scaled.correct, arrays.correct)  # arg-max kept
+
+
+def test_calibration_view_agrees_with_reference_metrics(arrays):
+    view = views.calibration_view(arrays, 0.5, "logit", "option", n_bins=12, n_boot=100)
+    p = arrays.option_probs ** 2  # c = 0.5: p^(1/c)
+    p = p / p.sum(axis=1, keepdims=True)
+    conf, correct = p.max(axis=1), p.argmax(axis=1) == arrays.gold_option
+    cards = view.cards
+    assert cards["ece"] == pytest.approx(ref_ece(conf, correct, 12), abs=1e-12)
+    assert cards["accuracy"] == pytest.approx(correct.mean())
+    assert cards["trust"] == pytest.approx(correct.mean() - cards["ece"])
+    onehot = np.eye(p.shape[1])[arrays.gold_option]
+    assert cards["brier"] == pytest.approx(((p - onehot) ** 2).sum(axis=1).mean())
+    assert cards["nll"] == pytest.approx(-np.log(p[np.arange(len(p)), arrays.gold_option]).mean())
+    assert cards["ece_low"] <= cards["ece"] <= cards["ece_high"]
+    assert len(view.bins) == 12 and view.bins["count"].sum() == len(arrays)
+
+
+def test_ece_moves_with_the_slider(arrays):
+    eces = {c: views.calibration_view(arrays, c, "first", "paper", n_boot=0).cards["ece"]
+            for c in (0.1, 0.3, 1.0)}
+    assert len(set(np.round(list(eces.values()), 6))) == 3
+
+
+@pytest.mark.parametrize("mode,convention", [("logit", "option"), ("first", "paper")])
+def test_best_temperature_is_the_argmin_over_the_grid(arrays, mode, convention):
+    best = views.best_temperature(arrays, mode, convention, n_bins=10)
+    brute = []
+    for c in views.TEMPERATURE_GRID:
+        s = views.rescale(arrays, float(c), mode, convention)
+        brute.append(ref_ece(s.confidence, s.correct, 10))
+    assert best == views.TEMPERATURE_GRID[int(np.argmin(brute))]
+
+
+def test_rescale_rejects_unknown_mode_and_convention(arrays):
+    with pytest.raises(ValueError, match="mode"):
+        views.rescale(arrays, 1.0, "softmax", "option")
+    with pytest.raises(ValueError, match="convention"):
+        views.rescale(arrays, 1.0, "logit", "vocab")
+
+
+def test_format_interval():
+    assert views.format_interval(0.059, 0.0844) == "[5.9, 8.4]"
+    assert views.format_interval(float("nan"), float("nan")) is None
+
+
+# ---------------------------------------------------------------- tables and filters
+
+@pytest.fixture
+def metric_rows() -> pd.DataFrame:
+    rows = []
+    for method, acc in (("first_ts", 0.7), ("teacher_ft", 0.9)):
+        for seed in (0, 1):
+            for split, shift in (("test", 0.0), ("test_ood", -0.1), ("val", 0.5)):
+                for metric, value in (("accuracy", acc + shift + seed / 100), ("ece", 0.1),
+                                      ("trust", acc + shift + seed / 100 - 0.1)):
+                    rows.append({"run_id": f"{method}{seed}", "split": split, "seed": seed,
+                                 "convention": "paper", "metric": metric, "value": value,
+                                 "method": method})
+    return pd.DataFrame(rows)
+
+
+def test_headline_table_is_table_one(metric_rows):
+    table = views.headline_table(metric_rows, "paper")
+    assert table["method"].tolist() == ["teacher_ft", "first_ts"]  # pipeline order
+    assert list(table.columns) == ["method", "Acc ID", "ECE ID", "Trust ID", "Acc OOD",
+                                   "ECE OOD", "Trust OOD"]
+    assert table.loc[0, "Acc OOD"] == pytest.approx(0.805)  # mean over seeds 0.80, 0.81
+    assert views.headline_table(metric_rows, "option").columns.tolist() == ["method"]
+
+
+def test_compare_table_mean_std_and_seeds(metric_rows):
+    table = views.compare_table(metric_rows, "paper")
+    row = table[(table["method"] == "first_ts") & (table["split"] == "test")
+                & (table["metric"] == "accuracy")].iloc[0]
+    assert row["mean"] == pytest.approx(0.705) and row["seeds"] == 2
+    assert row["std"] == pytest.approx(np.std([0.70, 0.71], ddof=1))
+    assert set(table["split"]) == {"test", "test_ood"}
+
+
+def test_filters_pick_wrong_confident_and_right_unsure(preds):
+    conf, ok = preds["confidence_option"], preds["correct_option"]
+    wrong = views.filter_predictions(preds, "wrong_confident", "option", confident=0.6)
+    assert set(wrong.index) == set(preds.index[~ok & (conf >= 0.6)])
+    assert wrong["confidence_option"].is_monotonic_decreasing
+    unsure = views.filter_predictions(preds, "right_unsure", "paper", unsure=0.5)
+    assert set(unsure.index) == set(preds.index[preds["correct"] & (preds["confidence"] < 0.5)])
+    assert len(views.filter_predictions(preds, "all")) == len(preds)
+    with pytest.raises(ValueError, match="kind"):
+        views.filter_predictions(preds, "DROP TABLE")
+
+
+def test_teacher_for_prefers_the_same_pipeline():
+    runs = pd.DataFrame({"run_id": ["a/t", "b/t", "b/s"],
+                         "method": ["teacher_ft", "teacher_ft", "first_ts"],
+                         "pipeline": ["a", "b", "b"]})
+    assert views.teacher_for(runs, "b/s") == "b/t"
+    assert views.teacher_for(runs[runs["method"] != "teacher_ft"], "b/s") is None
+
+
+def test_token_labels_show_spaces_and_find_gold():
+    labels, gold = views.token_labels([" A", " The", "B"], "B")
+    assert labels == ["' A'", "' The'", "'B'"] and gold == "'B'"
+    assert views.token_labels([" A"], "C")[1] is None
+
+
+def test_search_curves_long_format_and_chosen():
+    search = pd.DataFrame({"kind": ["TS", "TS", "LS"], "value": [0.2, 0.3, 0.1],
+                           "ece_val": [0.2, 0.1, 0.3], "ece_test": [0.25, 0.15, np.nan],
+                           "chosen": [False, True, True]})
+    curves, chosen = views.search_curves(search)
+    assert len(curves) == 5 and set(curves["series"]) == {"validation", "test"}
+    assert chosen[["kind", "value", "ece"]].values.tolist() == [["TS", 0.3, 0.1],
+                                                               ["LS", 0.1, 0.3]]
+
+
+def test_parse_progress():
+    assert views.parse_progress("[3/12] topk ...\n") == (3, 12, "topk ...")
+    assert views.parse_progress("loading") is None and views.parse_progress("[1/0] x") is None
+
+
+# ---------------------------------------------------------------- coverage arithmetic
+
+def test_disk_usage_reproduces_terabytes_vs_gigabytes():
+    disk = views.disk_usage([1, 5], n_positions=1.875e9, vocab_size=32000, prob_bytes=2)
+    assert disk["full_bytes"].iloc[0] == pytest.approx(120e12)
+    assert disk["topk_bytes"].tolist() == pytest.approx([1.875e9 * 6, 1.875e9 * 30])
+    assert views.human_bytes(120e12) == "120 TB" and views.human_bytes(999) == "999 B"
+    with pytest.raises(ValueError, match="vocab_size"):
+        views.disk_usage([5], 10, 0, 2)
+
+
+# ---------------------------------------------------------------- teaching page
+
+def test_simulated_classifier_hits_accuracy_and_is_calibrated_at_s_one():
+    probs, labels = views.simulate_classifier(0.7, 1.0, n=20000, seed=3)
+    view = views.classifier_view(probs, labels)
+    assert view.cards["accuracy"] == pytest.approx(0.7, abs=0.02)
+    assert view.cards["ece"] < 0.02
+
+
+def test_classic_scaling_with_c_equal_s_undoes_over_confidence():
+    probs, labels = views.simulate_classifier(0.6, 2.5, n=20000, seed=4)
+    raw = views.classifier_view(probs, labels)
+    fixed = views.classifier_view(probs, labels, c=2.5, mode="logit")
+    conf = probs.max(axis=1)
+    assert raw.cards["ece"] == pytest.approx(ref_ece(conf, probs.argmax(1) == labels, 10))
+    assert raw.cards["ece"] > 0.1 and fixed.cards["ece"] < 0.02
+    assert raw.cards["accuracy"] == fixed.cards["accuracy"]
+
+
+@pytest.mark.parametrize("kwargs,name", [({"accuracy": 0.2}, "accuracy"),
+                                         ({"accuracy": 1.0}, "accuracy"),
+                                         ({"overconfidence": 0.0}, "overconfidence")])
+def test_simulated_classifier_rejects_bad_arguments(kwargs, name):
+    args = {"accuracy": 0.7, "overconfidence": 1.0} | kwargs
+    with pytest.raises(ValueError, match=name):
+        views.simulate_classifier(**args)
