@@ -25,8 +25,8 @@ import torch
 
 from . import metrics, store
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
-from .inference import PromptIds, answer_logits, label_token_ids, vocab_size
-from .models import MAX_POSITIONS
+from .inference import PromptIds, answer_logits, vocab_size
+from .models import MAX_POSITIONS, label_token_ids
 from .topk import check_k
 
 PREDICTION_COLUMNS = tuple(c for c in store.TABLES["predictions"].columns

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
-from .models import MAX_POSITIONS, answer_token_ids, encode_examples
+from .models import MAX_POSITIONS, encode_examples
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
 
@@ -50,12 +50,6 @@ class PromptIds(Sequence[list[int]]):
         chunk = self.examples[index]
         return (encode_examples(self.tokenizer, chunk, self.template, self.max_length)
                 .prompt_ids() if chunk else [])
-
-
-def label_token_ids(tokenizer, examples: Sequence[Example]) -> dict[str, int]:
-    """Answer letter -> its single target token id, for every label used by `examples`."""
-    labels = sorted({lab for ex in examples for lab in ex.labels})
-    return dict(zip(labels, answer_token_ids(tokenizer, labels)))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

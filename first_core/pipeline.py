@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
         manifest = extract_topk(model, tok, ctx.examples[split], ctx.path("topk", split),
                                 k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
                                 shard_size=t.shard_size, batch_size=t.batch_size,
+                                max_length=ctx.cfg.teacher_train.max_length,
                                 manifest_info={**info, "split": split})
         out[split] = str(ctx.path("topk", split))
         del manifest
@@ -210,9 +212,11 @@ def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
     from .evaluate import compute_metrics, predict
     model, tok = _load(ctx, ctx.model_path(method))
     e = ctx.cfg.eval
+    train_cfg = ctx.cfg.teacher_train if method == "teacher_ft" else ctx.cfg.student_train
     preds, mets = [], []
     for split in SPLITS:
-        p = predict(model, tok, ctx.examples[split], k=e.topk, batch_size=e.batch_size)
+        p = predict(model, tok, ctx.examples[split], k=e.topk, batch_size=e.batch_size,
+                    max_length=train_cfg.max_length)
         m = compute_metrics(p, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
         preds.append(p.assign(split=split))
         mets.append(m.assign(split=split))
@@ -269,25 +273,40 @@ def examples_frame(ctx: Context) -> pd.DataFrame:
 # ---------------------------------------------------------------- orchestration
 
 
-def stages(cfg: RunConfig) -> list[tuple[str, Callable[[Context], dict[str, Any]]]]:
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[Context], dict[str, Any]]
+    outputs: tuple[str, ...] = ()  # paths under the run dir that `force` deletes first
+
+
+def stages(cfg: RunConfig) -> list[Stage]:
     """The ordered stages this config needs."""
     methods = cfg.methods
-    needs_teacher = any(m in methods for m in ("teacher_ft", *STUDENT_METHODS))
-    out: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
-        ("data", stage_data), ("models", stage_models)]
-    if needs_teacher:
-        out.append(("teacher_ft", lambda c: stage_finetune(c, "teacher_ft")))
+    out = [Stage("data", stage_data),
+           Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
+    if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):
+        out.append(Stage("teacher_ft", lambda c: stage_finetune(c, "teacher_ft"),
+                         ("models/teacher_ft",)))
     if any(m in methods for m in STUDENT_METHODS):
-        out += [("topk", stage_topk), ("calibrate", stage_calibrate)]
+        out += [Stage("topk", stage_topk, ("topk",)),
+                Stage("calibrate", stage_calibrate, ("calibration.json",))]
     if "student_ft" in methods:
-        out.append(("student_ft", lambda c: stage_finetune(c, "student_ft")))
-    for m in STUDENT_METHODS:
-        if m in methods:
-            out.append((m, lambda c, m=m: stage_distill(c, m)))
-    for m in methods:
-        out.append((f"eval_{m}", lambda c, m=m: stage_evaluate(c, m)))
-    out.append(("store", stage_store))
+        out.append(Stage("student_ft", lambda c: stage_finetune(c, "student_ft"),
+                         ("models/student_ft",)))
+    out += [Stage(m, lambda c, m=m: stage_distill(c, m), (f"models/{m}",))
+            for m in STUDENT_METHODS if m in methods]
+    out += [Stage(f"eval_{m}", lambda c, m=m: stage_evaluate(c, m), (f"eval/{m}",))
+            for m in methods]
+    out.append(Stage("store", stage_store))
     return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def run(cfg: RunConfig, force: str | None = None,
@@ -295,23 +314,26 @@ def run(cfg: RunConfig, force: str | None = None,
     """Run (or resume) every stage, then return the Table-1 summary from the store."""
     ctx = Context(cfg, cfg.run_dir)
     plan = stages(cfg)
-    names = [n for n, _ in plan]
+    names = [st.name for st in plan]
     if force is not None and force not in names:
         raise ConfigError(f"--force {force}: unknown stage; stages: {names}")
     forced = set(names[names.index(force):]) if force else set()
     write_json_atomic(ctx.path("config.json"), cfg.to_dict())
-    for i, (name, fn) in enumerate(plan, 1):
-        done = ctx.path("stages", f"{name}.json")
-        if done.exists() and name not in forced:
-            echo(f"[{i}/{len(plan)}] {name}: done earlier, skipped")
+    for i, st in enumerate(plan, 1):
+        done = ctx.path("stages", f"{st.name}.json")
+        if done.exists() and st.name not in forced:
+            echo(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
             continue
         done.unlink(missing_ok=True)
-        echo(f"[{i}/{len(plan)}] {name} ...")
+        if st.name in forced:
+            for rel in st.outputs:
+                _remove(ctx.path(rel))
+        echo(f"[{i}/{len(plan)}] {st.name} ...")
         t0 = time.perf_counter()
-        result = fn(ctx)
+        result = st.fn(ctx)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         write_json_atomic(done, result)
-        echo(f"[{i}/{len(plan)}] {name}: done in {result['seconds']:.1f} s")
+        echo(f"[{i}/{len(plan)}] {st.name}: done in {result['seconds']:.1f} s")
     return summary(store.default_store_path(cfg.store), cfg)
 
 

@@ -46,9 +46,9 @@ import torch
 
 from . import data
 from .errors import ConfigError, StoreError
-from .inference import PromptIds, answer_logits, label_token_ids, model_device, vocab_size
+from .inference import PromptIds, answer_logits, model_device, vocab_size
 from .metrics import topk_labels
-from .models import MAX_POSITIONS
+from .models import MAX_POSITIONS, label_token_ids
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

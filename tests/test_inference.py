@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from first_core.data import format_prompt
-from first_core.inference import PromptIds, answer_logits, label_token_ids, vocab_size
+from first_core.inference import PromptIds, answer_logits, vocab_size
+from first_core.models import label_token_ids
 from first_core.models import answer_token_ids, encode_examples
 from helpers.tiny_lm import make_examples, make_model
 
