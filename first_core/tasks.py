@@ -1,22 +1,26 @@
-"""The embedded default task, "noisy max/min": procedurally generated, deterministic per seed.
+"""The embedded default task, "noisy max": procedurally generated, deterministic per seed.
 
-Each item shows four distinct two-digit numbers as options A-D and asks for the largest or
-the smallest. The numbers are *readings*: the gold option is the arg-max (arg-min) of the
-readings plus unseen Gaussian noise N(0, SIGMA), so when two readings are close the answer is
-genuinely uncertain and even the best possible model cannot be sure. That is what makes
-calibration matter here: a model that says 99% on a near-tie is over-confident.
+Each item shows four distinct numbers (1..20) as options A-D and asks for the largest. The
+numbers are *readings*: the gold option is the arg-max of the readings plus unseen Gaussian
+noise N(0, SIGMA), so when two readings are close the answer is genuinely uncertain and even
+the best possible model cannot be sure. That is what makes calibration matter here: a model
+that says 99% on a near-tie is over-confident.
 
-The Bayes-optimal predictor picks the largest (smallest) reading; its probability for option
-j is P(j wins | readings) = E_z[prod_{k != j} Phi(z + (s_j - s_k) / SIGMA)], z ~ N(0, 1),
-s = readings (or -readings for "smallest"), computed exactly (Gauss-Hermite quadrature,
-vectorised over items) and stored per item in `meta.bayes_probs` (and `meta.bayes_p`, the
-probability of the gold option) so that a model's calibration can be compared with the best
-achievable.
+The Bayes-optimal predictor picks the largest reading; its probability for option j is
+P(j wins | readings) = E_z[prod_{k != j} Phi(z + (s_j - s_k) / SIGMA)], z ~ N(0, 1),
+s = readings, computed exactly (Gauss-Hermite quadrature, vectorised over items) and stored
+per item in `meta.bayes_probs` (and `meta.bayes_p`, the probability of the gold option) so
+that a model's calibration can be compared with the best achievable.
+
+Why only "largest": a tiny transformer trained from scratch on 2 CPU cores learns the
+arg-max of four numbers in a minute, but asking for the largest *or* the smallest kept
+students of the demo's size on the chance plateau for the whole budget, and a distillation
+demo whose students learn nothing shows nothing about calibration.
 
 In-domain (train / val / test): readings are distinct integers from a random window of
-IN_WIDTH consecutive values in 10..99 (Bayes accuracy about 80%), four phrasings per operation.
+IN_WIDTH consecutive values in 1..20 (Bayes accuracy about 84%), four phrasings.
 Out-of-domain (test_ood): readings from a narrower window (OOD_WIDTH: closer together, so
-harder), other phrasings built from the same words (so a word-level tokenizer trained on the
+harder; Bayes accuracy about 72%), other phrasings built from the same words (so a word-level tokenizer trained on the
 training split covers them), and options sometimes written as "number 47" / "value 47".
 
 Text is lower case with punctuation as separate words, so every number and symbol is its own
@@ -39,30 +43,24 @@ from scipy.special import ndtr
 
 SPLITS = ("train", "val", "test", "test_ood")
 LETTERS = ("A", "B", "C", "D")
-SIGMA = 5.0        # noise on the readings (same in every split)
-IN_WIDTH = 45      # in-domain readings lie in a window of this many consecutive integers
-OOD_WIDTH = 25     # out-of-domain window: readings closer together
-LOW, HIGH = 10, 99  # two-digit readings
+SIGMA = 2.0        # noise on the readings (same in every split)
+IN_WIDTH = 20      # in-domain readings lie in a window of this many consecutive integers
+OOD_WIDTH = 10     # out-of-domain window: readings closer together
+LOW, HIGH = 1, 20  # the readings' range
 _QUAD_NODES = 48   # Gauss-Hermite nodes; exact to ~1e-6 for these gaps
 
-# Phrasings: (operation, text). 0 = largest, 1 = smallest. OOD ones reuse in-domain words.
+# Phrasings; the OOD ones reuse in-domain words in other orders.
 IN_DOMAIN = (
-    (0, "which number is the largest ?"),
-    (0, "which of these numbers is the biggest ?"),
-    (0, "pick the highest number ."),
-    (0, "what is the largest value here ?"),
-    (1, "which number is the smallest ?"),
-    (1, "which of these numbers is the lowest ?"),
-    (1, "pick the smallest number ."),
-    (1, "what is the smallest value here ?"),
+    "which number is the largest ?",
+    "which of these numbers is the biggest ?",
+    "pick the highest number .",
+    "what is the largest value here ?",
 )
 OUT_OF_DOMAIN = (
-    (0, "of these numbers which is the largest ?"),
-    (0, "the largest value here is which number ?"),
-    (0, "what number here is the biggest ?"),
-    (1, "of these numbers which is the smallest ?"),
-    (1, "the smallest value here is which number ?"),
-    (1, "what number here is the lowest ?"),
+    "of these numbers which is the largest ?",
+    "the largest value here is which number ?",
+    "what number here is the biggest ?",
+    "which value here is the highest ?",
 )
 IN_OPTION_STYLES = ("{n}",)
 OOD_OPTION_STYLES = ("{n}", "number {n}", "value {n}")
@@ -71,7 +69,7 @@ OOD_OPTION_STYLES = ("{n}", "number {n}", "value {n}")
 @dataclass(frozen=True)
 class _Variant:
     width: int
-    phrasings: tuple[tuple[int, str], ...]
+    phrasings: tuple[str, ...]
     option_styles: tuple[str, ...]
 
 
@@ -79,13 +77,12 @@ _IN = _Variant(IN_WIDTH, IN_DOMAIN, IN_OPTION_STYLES)
 _OOD = _Variant(OOD_WIDTH, OUT_OF_DOMAIN, OOD_OPTION_STYLES)
 
 
-def bayes_probs(readings: np.ndarray, smallest: np.ndarray, sigma: float = SIGMA,
-                chunk: int = 8192) -> np.ndarray:
+def bayes_probs(readings: np.ndarray, sigma: float = SIGMA, chunk: int = 8192) -> np.ndarray:
     """N x 4 probability that each option is gold, given the readings (exact, vectorised).
 
     Chunked over items so memory stays bounded (nodes x chunk x 4 x 4 floats).
     """
-    s = np.where(np.asarray(smallest, bool)[:, None], -readings, readings).astype(np.float64)
+    s = np.asarray(readings, dtype=np.float64)
     z, w = hermegauss(_QUAD_NODES)
     w = w / w.sum()
     eye = np.eye(s.shape[1], dtype=bool)
@@ -100,38 +97,33 @@ def bayes_probs(readings: np.ndarray, smallest: np.ndarray, sigma: float = SIGMA
 
 
 def _generate(rng: np.random.Generator, n: int, variant: _Variant) -> dict[str, np.ndarray]:
-    """Vectorised draw of n items: readings, operation, phrasing, option style, gold."""
+    """Vectorised draw of n items: readings, phrasing, option style, gold."""
     start = rng.integers(LOW, HIGH - variant.width + 2, size=n)
     offsets = np.argsort(rng.random((n, variant.width)), axis=1)[:, : len(LETTERS)]
     readings = start[:, None] + offsets                                # distinct per row
     phrasing = rng.integers(len(variant.phrasings), size=n)
-    smallest = np.array([op for op, _ in variant.phrasings])[phrasing] == 1
     style = rng.integers(len(variant.option_styles), size=n)
     noisy = readings + rng.normal(0.0, SIGMA, size=readings.shape)
-    gold = np.where(smallest, noisy.argmin(axis=1), noisy.argmax(axis=1))
-    probs = bayes_probs(readings, smallest)
-    return dict(readings=readings, phrasing=phrasing, smallest=smallest, style=style,
-                probs=probs, gold=gold)
+    return dict(readings=readings, phrasing=phrasing, style=style,
+                probs=bayes_probs(readings), gold=noisy.argmax(axis=1))
 
 
 def _records(split: str, items: dict[str, np.ndarray], variant: _Variant) -> str:
     """The JSONL text of one split (CommonsenseQA original layout + `meta`)."""
     lines = []
-    for i, (values, ph, small, st, probs, gold) in enumerate(zip(
-            items["readings"].tolist(), items["phrasing"].tolist(),
-            items["smallest"].tolist(), items["style"].tolist(),
+    for i, (values, ph, st, probs, gold) in enumerate(zip(
+            items["readings"].tolist(), items["phrasing"].tolist(), items["style"].tolist(),
             np.round(items["probs"], 6).tolist(), items["gold"].tolist())):
         fmt = variant.option_styles[st]
         rec = {
             "answerKey": LETTERS[gold],
             "id": f"{split}-{i:05d}",
             "question": {
-                "stem": variant.phrasings[ph][1],
+                "stem": variant.phrasings[ph],
                 "choices": [{"label": lab, "text": fmt.format(n=v)}
                             for lab, v in zip(LETTERS, values)],
             },
-            "meta": {"op": "min" if small else "max", "bayes_probs": probs,
-                     "bayes_p": probs[gold]},
+            "meta": {"bayes_probs": probs, "bayes_p": probs[gold]},
         }
         lines.append(json.dumps(rec))
     return "\n".join(lines) + "\n" if lines else ""
