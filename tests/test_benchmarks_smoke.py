@@ -1,0 +1,68 @@
+"""Every benchmark runs end to end in `--quick` mode and prints its ratio lines.
+
+Behaviour only: exit status 0, the machine banner, and each expected `RATIO` line with a
+finite number and a verdict. Timings on a shared CI machine are noise, so PASS/MISS is not
+asserted (except for the store size, which is deterministic).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+LINE = re.compile(r"^RATIO (?P<name>\S+(?: \S+)*?) = (?P<value>\S+?)(?: B| MiB|x)"
+                  r"(?:  \(target [^)]*\))?  (?P<verdict>PASS|MISS|INFO)$", re.M)
+
+EXPECTED = {
+    "bench_store.py": ["store_top5_fp16_bytes_per_position@32k", "full_fp16/top5_fp16@32k",
+                       "full_fp16/top5_fp16@128k", "measured_full/top5 at the same N"],
+    "bench_extract.py": ["extract_throughput/forward_throughput[tiny-teacher]",
+                         "extract_throughput/forward_throughput[llama-h256-L4-V32k]"],
+    "bench_distill_step.py": ["first_step/sft_answer_step[tiny presets]",
+                              "online_kd_step/sft_answer_step[tiny presets]",
+                              "first_step/sft_answer_step[llama V=32k]"],
+    "bench_memory.py": ["peak_rss_extract[10x/1x]", "peak_rss_distill[10x/1x]"],
+}
+
+
+@functools.cache
+def run_quick(script: str) -> dict[str, tuple[float, str]]:
+    """{name: (value, verdict)} of the RATIO lines of one `--quick` run (run once per session),
+    started from outside the repository to prove the script finds `first_core` itself."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick"],
+                          cwd=ROOT.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert "# machine:" in proc.stdout and "torch" in proc.stdout
+    return {m["name"]: (float(m["value"]), m["verdict"]) for m in LINE.finditer(proc.stdout)}
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_benchmark_prints_its_ratios(script: str) -> None:
+    lines = run_quick(script)
+    missing = [name for name in EXPECTED[script] if name not in lines]
+    assert not missing, f"{script}: no RATIO line for {missing}; got {sorted(lines)}"
+    for name, (value, _) in lines.items():
+        assert math.isfinite(value), f"{script}: {name} = {value}"
+    for name in EXPECTED[script]:  # sizes, times and their ratios: positive
+        assert lines[name][0] > 0, f"{script}: {name} = {lines[name][0]}"
+
+
+def test_store_ratio_is_consistent_with_bytes_per_position() -> None:
+    """Full fp16 at 32k is 64000 B a position: the ratio line must be 64000 / bytes-per-position
+    (an independent check of the arithmetic), and top-5 fp16 fits in 5 x (4 + 2) = 30 B."""
+    lines = run_quick("bench_store.py")
+    bpp, verdict = lines["store_top5_fp16_bytes_per_position@32k"]
+    ratio, _ = lines["full_fp16/top5_fp16@32k"]
+    assert ratio == pytest.approx(2 * 32_000 / bpp, rel=1e-3)
+    assert 0 < bpp <= 30 and verdict == "PASS"
+
