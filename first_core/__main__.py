@@ -30,8 +30,9 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
     table = run(cfg, force=args.force)
-    print("\nTable 1 (paper convention, %; ID = in-domain test, OOD = out-of-domain test)")
-    print(table.to_string())
+    if not table.empty:  # empty on every rank but the first of a multi-process launch
+        print("\nTable 1 (paper convention, %; ID = in-domain test, OOD = out-of-domain test)")
+        print(table.to_string())
     return cfg
 
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import check_labels, check_n_bins, check_probs, uniform_bin_ids
+from .metrics import check_labels, check_n_bins, check_probs, row_reduce, uniform_bin_ids
 
 MODES = ("first", "logit", "renorm")
 SEARCH_MODES = ("first", "logit")
@@ -52,8 +52,8 @@ class _Ops(NamedTuple):
 
 
 _NUMPY = _Ops(np.log, np.exp, np.where,
-              lambda x: x.max(axis=-1, keepdims=True),
-              lambda x: x.sum(axis=-1, keepdims=True),
+              lambda x: row_reduce(np.maximum, x)[..., None],
+              lambda x: row_reduce(np.add, x)[..., None],
               lambda x: np.argmax(x, axis=-1)[..., None] == np.arange(x.shape[-1]))
 
 
@@ -67,14 +67,15 @@ def _torch_ops() -> _Ops:
                 == torch.arange(x.shape[-1], device=x.device))
 
 
-def _prepare(probs, name: str = "probs") -> tuple[Any, _Ops]:
-    """Validated float64 numpy rows, or a torch tensor as is, with the matching operations."""
+def _prepare(probs, name: str = "probs", check: bool = True) -> tuple[Any, _Ops]:
+    """float64 numpy rows (validated unless `check=False`), or a torch tensor as is, with the
+    matching operations."""
     if type(probs).__module__.startswith("torch"):
         if probs.ndim < 1 or probs.shape[-1] == 0:
             raise ValueError(f"{name}: expected a tensor of shape (..., k), "
                              f"got {tuple(probs.shape)}")
         return probs, _torch_ops()
-    return check_probs(probs, name), _NUMPY
+    return (check_probs(probs, name) if check else np.asarray(probs, np.float64)), _NUMPY
 
 
 # ---------------------------------------------------------------- argument checks
@@ -111,29 +112,41 @@ def _check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
 # ---------------------------------------------------------------- transforms
 
 
-def _scores(x, mode: str, ops: _Ops):
-    """What the temperature divides: the probabilities (`first`) or their logs."""
-    if mode == "first":
-        return x
-    with np.errstate(divide="ignore"):  # log 0 = -inf -> weight 0, as p^(1/c) = 0
-        return ops.log(x)
+def _centered(x, mode: str, ops: _Ops):
+    """z - max z per row, z = p (`first`) or log p: what the temperature divides."""
+    if mode != "first":
+        with np.errstate(divide="ignore"):  # log 0 = -inf -> weight 0, as p^(1/c) = 0
+            x = ops.log(x)
+    return x - ops.amax(x)
 
 
-def temperature_scale(probs, c: float, mode: str = "first", *, log: bool = False):
+def centered_scores(probs, mode: str = "first", *, check: bool = True) -> np.ndarray:
+    """z - max z per row (z = p, or log p in `logit`/`renorm`): all of the transform that does
+    not depend on c, so `temperature_scale(p, c, mode)` is softmax(centered_scores(p) / c).
+
+    Callers that re-scale the same rows for many c (the dashboard's slider) compute this
+    once; `check=False` skips validating rows that were validated when they were loaded.
+    """
+    x, ops = _prepare(probs, check=check)
+    return _centered(x, _check_mode(mode), ops)
+
+
+def temperature_scale(probs, c: float, mode: str = "first", *, log: bool = False,
+                      check: bool = True):
     """Rows rescaled by temperature c in `mode` (`first`, `logit` or `renorm`); keeps arg-max.
 
     Computed as e = exp((z - max z) / c), e / sum(e), with z = p (`first`) or log p
     (`logit`, `renorm`). With `log=True` returns log-probabilities (z - max)/c - log sum(e).
     Accepts numpy arrays or torch tensors (any leading shape; with tensors, c may be a 0-d
-    tensor that requires grad); returns the same kind.
+    tensor that requires grad); returns the same kind. `check=False` skips validating numpy
+    rows that the caller has already validated (a hot loop over the same rows).
     """
     mode = _check_mode(mode)
     value = check_temperature(c)
     if mode == "renorm" and value != 1.0:
         raise ConfigError(f"c: mode 'renorm' is p / sum(p) (logit at c = 1), got c = {value}")
-    x, ops = _prepare(probs)
-    z = _scores(x, mode, ops)
-    z = (z - ops.amax(z)) / (value if ops is _NUMPY else c)  # a tensor c keeps its gradient
+    x, ops = _prepare(probs, check=check)
+    z = _centered(x, mode, ops) / (value if ops is _NUMPY else c)  # a tensor c keeps its grad
     e = ops.exp(z)
     norm = ops.total(e)
     return z - ops.log(norm) if log else e / norm
@@ -194,12 +207,16 @@ def _ece_blocks(n: int, n_values: int, width: int, score_block) -> np.ndarray:
     return np.sum(parts, axis=0)
 
 
-def _binned_gap_sums(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
-    """(values x rows) confidences -> (values x bins) sums of (correct - confidence)."""
+def _binned_gap_sums(conf: np.ndarray, correct: np.ndarray, n_bins: int,
+                     keys: np.ndarray | None = None) -> np.ndarray:
+    """(values x rows) confidences -> (values x bins) sums of (correct - confidence).
+
+    `conf` is overwritten (it becomes the weights); `keys` is an optional intp scratch.
+    """
     n_values = conf.shape[0]
-    keys = uniform_bin_ids(conf.ravel(), n_bins).reshape(conf.shape)
+    keys = uniform_bin_ids(conf, n_bins, out=keys)
     keys += (np.arange(n_values) * n_bins)[:, None]
-    weights = np.subtract(correct, conf)
+    weights = np.subtract(correct, conf, out=conf)
     return np.bincount(keys.ravel(), weights=weights.ravel(),
                        minlength=n_values * n_bins).reshape(n_values, n_bins)
 
@@ -209,27 +226,28 @@ def _ts_curve(p: np.ndarray, labels: np.ndarray, cs: np.ndarray, mode: str,
     """ECE of `temperature_scale(p, c, mode)` for every c, without materialising the rows.
 
     The arg-max (so correctness) does not depend on c, and the confidence is the transform's
-    top entry 1 / sum_j exp((z_j - max z) / c): only the k - 1 non-top gaps are exponentiated.
+    top entry 1 / (1 + sum_j exp(gap_j / c)) over the k - 1 non-top gaps z_j - max z: those
+    are exponentiated in place, in (values x (k - 1) x rows) buffers reused per row chunk.
     """
     top = _NUMPY.first_max(p)
     correct = (np.argmax(p, axis=1) == labels).astype(np.float64)
-    z = _scores(p, mode, _NUMPY)
-    gaps = np.ascontiguousarray((z - z.max(axis=1, keepdims=True))[~top]
+    gaps = np.ascontiguousarray(_centered(p, mode, _NUMPY)[~top]
                                 .reshape(len(p), -1).T)  # (k - 1) x N, all <= 0
     inv_c = (1.0 / cs)[:, None, None]
 
     def score(lo: int, hi: int) -> np.ndarray:
         out = np.zeros((len(cs), n_bins))
         a = np.ascontiguousarray(gaps[:, lo:hi])
-        per = max(1, _CELLS // max(1, a.size))
-        e = np.empty((min(per, len(cs)), *a.shape))  # reused: no page faults per block
+        per = min(len(cs), max(1, _CELLS // max(1, a.size)))
+        e = np.empty((per, *a.shape))  # reused buffers: no page faults per block
+        conf, keys = np.empty((per, hi - lo)), np.empty((per, hi - lo), np.intp)
         for g in range(0, len(cs), per):
-            block = e[:len(inv_c[g:g + per])]
+            v = len(inv_c[g:g + per])
+            block, cf = e[:v], conf[:v]
             np.exp(np.multiply(a, inv_c[g:g + per], out=block), out=block)
-            conf = block.sum(axis=1)  # (values, rows): 1 / sum_j exp(gap_j / c), gap_top = 0
-            conf += 1.0
-            np.reciprocal(conf, out=conf)
-            out[g:g + per] = _binned_gap_sums(conf, correct[lo:hi], n_bins)
+            np.add.reduce(block, axis=1, out=cf, initial=1.0)  # + exp(0) of the top entry
+            np.reciprocal(cf, out=cf)
+            out[g:g + v] = _binned_gap_sums(cf, correct[lo:hi], n_bins, keys[:v])
         return out
 
     sums = _ece_blocks(len(p), len(cs), p.shape[1], score)
@@ -255,7 +273,7 @@ def _clean_grid(grid, valid: Callable[[np.ndarray], np.ndarray], what: str) -> n
     g = np.unique(np.asarray(grid, dtype=np.float64).ravel())
     with np.errstate(invalid="ignore"):
         if g.size == 0 or not valid(g).any():
-            raise ConfigError(f"grid: no valid value (expected {what}), got {list(grid)}")
+            raise ConfigError(f"grid: no valid value (expected {what}), got {g.tolist()}")
     return g
 
 

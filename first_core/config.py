@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -229,6 +230,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if t.epochs <= 0 or t.batch_size < 1 or t.learning_rate <= 0:
             raise ConfigError(f"{where}: {name}: epochs, batch_size and learning_rate must be > 0")
     st = cfg.distill.student_temperature
-    if st is not None and not st > 0:
-        raise ConfigError(f"{where}: distill.student_temperature must be > 0, got {st}")
+    if st is not None and not (math.isfinite(st) and st > 0):
+        raise ConfigError(f"{where}: distill.student_temperature must be finite and > 0, "
+                          f"got {st}")
+    grids = (("temperature_grid", cfg.calibration.temperature_grid, lambda v: v > 0, "> 0"),
+             ("smoothing_grid", cfg.calibration.smoothing_grid, lambda v: 0 <= v < 1, "in [0, 1)"))
+    for key, grid, ok, what in grids:
+        if grid is not None and not any(math.isfinite(v) and ok(v) for v in grid):
+            raise ConfigError(f"{where}: calibration.{key}: no valid value (each must be {what}),"
+                              f" got {grid}")
     return cfg

@@ -102,7 +102,8 @@ def training_arguments(out_dir: str | os.PathLike[str], cfg: TrainConfig,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         logging_steps=max(1, min(50, cfg.save_steps)), report_to=[],
         disable_tqdm=not sys.stderr.isatty(), use_cpu=not cuda, seed=seed, data_seed=seed,
-        remove_unused_columns=False, dataloader_num_workers=0)
+        remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False)
 
 
 def last_checkpoint(out_dir: Path) -> Path | None:

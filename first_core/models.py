@@ -49,10 +49,12 @@ def is_preset(spec: str | os.PathLike[str]) -> bool:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` if given, else CUDA when available, else CPU."""
+    """`device` if given, else this rank's CUDA device when available, else CPU."""
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():  # under torchrun / accelerate each rank owns one GPU
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- loading

@@ -107,10 +107,9 @@ def dataset_hash(files: dict[str, str]) -> str:
 
 
 def stage_models(ctx: Context) -> dict[str, Any]:
-    """Build the embedded presets (tokenizer trained on the training text) into the run dir."""
+    """Build the embedded presets (tokenizer trained on the training text only) into the run dir."""
     from .models import build_preset, is_preset
-    texts = [data.format_prompt(ex) + data.answer_text(ex.answer)
-             for split in ("train", *SPLITS) for ex in ctx.examples[split]]
+    texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in ctx.examples["train"]]
     built = {}
     for role in ("teacher", "student"):
         spec = getattr(ctx.cfg.model, role)
@@ -157,8 +156,10 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
 
 
 def _load_topk(ctx: Context, split: str):
+    """The stored top-k, refused unless it came from this run's teacher, data and vocabulary."""
     from .topk import load_topk
-    return load_topk(ctx.path("topk", split),
+    teacher = json.loads((ctx.model_path("teacher_ft") / "config.json").read_text())
+    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher["vocab_size"],
                      expect_dataset_hash=ctx.record("data")["dataset_hash"],
                      expect_teacher=ctx.cfg.model.teacher)
 
@@ -167,11 +168,18 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
     """Trustworthy maximization: pick c (and the smoothing delta) by ECE on validation."""
     val, test = _load_topk(ctx, "val"), _load_topk(ctx, "test")
     c = ctx.cfg.calibration
+    # a delta above some training row's top-1 would make that target negative, so the LS
+    # search only considers deltas that every training row can take
+    train = calibrate.temperature_scale(_load_topk(ctx, "train").probs, 1.0, mode="renorm")
+    ls_limit = float(train.max(axis=1).min())
     result = {}
     for kind, search, grid in (("TS", calibrate.search_temperature, c.temperature_grid),
                                ("LS", calibrate.search_label_smoothing, c.smoothing_grid)):
         kwargs = {"grid": np.asarray(grid)} if grid is not None else {}
         res = search(val.probs, val.gold_rank, n_bins=c.n_bins, **kwargs)
+        if kind == "LS" and res.best > ls_limit:
+            res = search(val.probs, val.gold_rank, n_bins=c.n_bins,
+                         grid=res.grid[res.grid <= ls_limit])
         ece_test = calibrate.evaluate_grid(res, test.probs, test.gold_rank, n_bins=c.n_bins)
         result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
                         "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist()}
@@ -278,6 +286,7 @@ class Stage:
     name: str
     fn: Callable[[Context], dict[str, Any]]
     outputs: tuple[str, ...] = ()  # paths under the run dir that `force` deletes first
+    every_rank: bool = False  # training and extraction run on every rank; the rest on rank 0
 
 
 def stages(cfg: RunConfig) -> list[Stage]:
@@ -287,14 +296,14 @@ def stages(cfg: RunConfig) -> list[Stage]:
            Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
     if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):
         out.append(Stage("teacher_ft", lambda c: stage_finetune(c, "teacher_ft"),
-                         ("models/teacher_ft",)))
+                         ("models/teacher_ft",), every_rank=True))
     if any(m in methods for m in STUDENT_METHODS):
-        out += [Stage("topk", stage_topk, ("topk",)),
+        out += [Stage("topk", stage_topk, ("topk",), every_rank=True),
                 Stage("calibrate", stage_calibrate, ("calibration.json",))]
     if "student_ft" in methods:
         out.append(Stage("student_ft", lambda c: stage_finetune(c, "student_ft"),
-                         ("models/student_ft",)))
-    out += [Stage(m, lambda c, m=m: stage_distill(c, m), (f"models/{m}",))
+                         ("models/student_ft",), every_rank=True))
+    out += [Stage(m, lambda c, m=m: stage_distill(c, m), (f"models/{m}",), every_rank=True)
             for m in STUDENT_METHODS if m in methods]
     out += [Stage(f"eval_{m}", lambda c, m=m: stage_evaluate(c, m), (f"eval/{m}",))
             for m in methods]
@@ -309,31 +318,77 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def check_same_config(ctx: Context, force: str | None) -> None:
+    """Refuse to resume a run directory with another config: its finished stages would be
+    silently reused. `--force STAGE` says which stages the user wants redone."""
+    old_path = ctx.path("config.json")
+    if force is not None or not old_path.exists():
+        return
+    old = _flatten(json.loads(old_path.read_text(encoding="utf-8")))
+    new = _flatten(json.loads(json.dumps(ctx.cfg.to_dict())))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(
+            f"{ctx.run_dir} was made with another config (changed: {', '.join(changed)}); "
+            f"its finished stages would be reused. Use another `name`, or --force STAGE to "
+            f"redo the first stage the change affects and everything after it")
+
+
 def run(cfg: RunConfig, force: str | None = None,
         echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or resume) every stage, then return the Table-1 summary from the store."""
+    """Run (or resume) every stage, then return the Table-1 summary from the store.
+
+    Under `accelerate launch` / `torchrun` every rank runs this: training and extraction
+    stages on all ranks (the `Trainer` and the extractor split the work), every other stage
+    and every completion record on rank 0 alone, with a barrier after each stage.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    main = state.is_main_process
+    say = echo if main else (lambda _: None)
     ctx = Context(cfg, cfg.run_dir)
     plan = stages(cfg)
     names = [st.name for st in plan]
     if force is not None and force not in names:
         raise ConfigError(f"--force {force}: unknown stage; stages: {names}")
     forced = set(names[names.index(force):]) if force else set()
-    write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+    todo = {st.name for st in plan
+            if st.name in forced or not ctx.path("stages", f"{st.name}.json").exists()}
+    state.wait_for_everyone()  # every rank has decided before rank 0 deletes anything
+    if main:
+        check_same_config(ctx, force)
+        for name in todo:  # all first: a forced run that fails must not leave later stages done
+            ctx.path("stages", f"{name}.json").unlink(missing_ok=True)
+        write_json_atomic(ctx.path("config.json"), cfg.to_dict())
     for i, st in enumerate(plan, 1):
         done = ctx.path("stages", f"{st.name}.json")
-        if done.exists() and st.name not in forced:
-            echo(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
+        if st.name not in todo:
+            say(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
             continue
-        done.unlink(missing_ok=True)
-        if st.name in forced:
-            for rel in st.outputs:
-                _remove(ctx.path(rel))
-        echo(f"[{i}/{len(plan)}] {st.name} ...")
+        if main:
+            if st.name in forced:
+                for rel in st.outputs:
+                    _remove(ctx.path(rel))
+        state.wait_for_everyone()
+        say(f"[{i}/{len(plan)}] {st.name} ...")
         t0 = time.perf_counter()
-        result = st.fn(ctx)
-        result["seconds"] = round(time.perf_counter() - t0, 2)
-        write_json_atomic(done, result)
-        echo(f"[{i}/{len(plan)}] {st.name}: done in {result['seconds']:.1f} s")
+        if st.every_rank or main:
+            result = st.fn(ctx)
+            result["seconds"] = round(time.perf_counter() - t0, 2)
+            if main:
+                write_json_atomic(done, result)
+                say(f"[{i}/{len(plan)}] {st.name}: done in {result['seconds']:.1f} s")
+        state.wait_for_everyone()
+    if not main:
+        return pd.DataFrame()
     return summary(store.default_store_path(cfg.store), cfg)
 
 
