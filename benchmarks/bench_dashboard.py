@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,13 @@ def main() -> int:
     arrays = synthetic_arrays(args.n)
     cs = [0.3, 0.5, 1.0, 2.0]
     print(f"slider recompute at n = {args.n:,} predictions (k = 5 top-k, 4 options), "
-          f"interval resamples at this n: {views.interval_resamples(args.n)}")
+          f"interval resamples at this n: {views.interval_resamples(args.n)}; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (other jobs slow "
+          "every figure alike; compare the ratio)")
+    t0 = time.perf_counter()
+    views.calibration_view(arrays, 0.5, "first", "paper")
+    print(f"  first move after loading: {1000 * (time.perf_counter() - t0):.1f} ms "
+          "(includes the per-mode cache of the c-independent scores)")
     worst = 0.0
     for mode, convention in (("logit", "option"), ("first", "paper"), ("logit", "paper")):
         ms = max(best_ms(lambda: views.calibration_view(arrays, c, mode, convention), 3)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .calibrate import temperature_scale
+from .calibrate import centered_scores, check_temperature
 from .config import METHODS
 
 # 10^(-1.3) ~ 0.05 .. 10 in steps of 1/40 decade (~6 %), with c = 1 exactly on the grid.
@@ -121,12 +121,33 @@ def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequenc
 
 @dataclass(frozen=True)
 class PredictionArrays:
-    """Dense, read-only arrays of one run and split: the input of the slider path."""
+    """Dense, read-only arrays of one run and split: the input of the slider path.
+
+    Validated once, here (probabilities finite, in [0, 1], rows summing to <= 1 and > 0;
+    labels in range; lengths equal), so that the slider path, which re-scales the same rows
+    on every move, never re-checks them. An empty split is allowed (the page says so).
+    """
 
     topk_probs: np.ndarray    # N x k raw top-k probabilities, descending
     correct: np.ndarray       # N bool: paper convention (top-1 token is the gold letter)
     option_probs: np.ndarray  # N x m raw probabilities of the answer letters
     gold_option: np.ndarray   # N int: column of the gold letter in option_probs
+
+    def __post_init__(self) -> None:
+        n = len(self.correct)
+        if n == 0:
+            return
+        checked = {"topk_probs": metrics.check_probs(self.topk_probs, "topk_probs"),
+                   "option_probs": metrics.check_probs(self.option_probs, "option_probs")}
+        for name, rows in checked.items():
+            if len(rows) != n:
+                raise ValueError(f"{name}: {len(rows)} rows, expected {n} to match correct")
+        checked["correct"] = metrics.check_correct(self.correct, n)
+        checked["gold_option"] = metrics.check_labels(
+            self.gold_option, n, checked["option_probs"].shape[1], "gold_option",
+            allow_missing=False)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def __len__(self) -> int:
         return len(self.correct)
@@ -134,10 +155,38 @@ class PredictionArrays:
     @cached_property
     def topk_with_tail(self) -> np.ndarray:
         """N x (k + 1): the top-k plus the dropped tail mass as one entry (classic mode)."""
-        tail = np.clip(1.0 - self.topk_probs.sum(axis=1, keepdims=True), 0.0, None)
+        tail = np.clip(1.0 - metrics.row_reduce(np.add, self.topk_probs)[:, None], 0.0, None)
         out = np.hstack([self.topk_probs, tail])
         out.flags.writeable = False
         return out
+
+    @cached_property
+    def option_correct(self) -> np.ndarray:
+        """Option convention's correctness; both transforms keep the arg-max, so it holds
+        for every c."""
+        out = self.option_probs.argmax(axis=1) == self.gold_option
+        out.flags.writeable = False
+        return out
+
+    def centered(self, source: str, mode: str) -> np.ndarray:
+        """The part of the slider's transform that does not depend on c, computed once per
+        mode and kept: `calibrate.centered_scores` of the answer letters (`option`) or of the
+        top-k (`topk`, plus the tail in `logit` mode), transposed to k x N so that the
+        per-move sums over k are contiguous adds; `gold` is the gold letter's entry (N).
+        """
+        cache = self.__dict__.setdefault("_centered", {})
+        if (source, mode) not in cache:
+            if source == "gold":
+                scores = np.take_along_axis(self.centered("option", mode),
+                                            self.gold_option[None, :], axis=0)[0]
+            else:
+                rows = (self.option_probs if source == "option" else
+                        self.topk_with_tail if mode == "logit" else self.topk_probs)
+                scores = np.ascontiguousarray(  # rows were validated in __post_init__
+                    centered_scores(rows, mode, check=False).T)
+            scores.flags.writeable = False
+            cache[source, mode] = scores
+        return cache[source, mode]
 
 
 def _stack(column: pd.Series, name: str) -> np.ndarray:
@@ -184,7 +233,10 @@ _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
 
 @dataclass(frozen=True)
 class Rescaled:
-    """Confidence and correctness under one convention; Brier and NLL over the options."""
+    """Confidence and correctness under one convention; Brier and NLL over the options.
+
+    Made by `rescale` from validated arrays, so `summarize` does not re-check it.
+    """
 
     confidence: np.ndarray
     correct: np.ndarray
@@ -192,28 +244,37 @@ class Rescaled:
     nll: float
 
 
-def _rescale_block(arrays: PredictionArrays, rows: slice, c: float, mode: str,
-                   convention: str) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """One block of rows: confidence, correctness, and Brier / NLL sums over the block."""
-    options = temperature_scale(arrays.option_probs[rows], c, mode=mode)
-    gold = arrays.gold_option[rows]
-    n = len(gold)
-    sums = (n * metrics.brier_score(options, gold),
-            n * metrics.negative_log_likelihood(options, gold))
-    if convention == "option":
-        best = options.argmax(axis=1)
-        return (np.take_along_axis(options, best[:, None], axis=1)[:, 0], best == gold) + sums
-    # classic mode: the dropped tail as one entry keeps c = 1 the identity
-    topk = arrays.topk_with_tail if mode == "logit" else arrays.topk_probs
-    return (temperature_scale(topk[rows], c, mode=mode)[:, 0], arrays.correct[rows]) + sums
+def _softmax_parts(centered: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """e = exp(centered / c) (k x rows) and its sums over k: `temperature_scale` is e / sum.
+
+    The same operations in the same order as `temperature_scale` (for k <= 8 columns), so
+    the slider shows the same floats.
+    """
+    e = np.divide(centered, c)
+    np.exp(e, out=e)
+    return e, np.add.reduce(e, axis=0)
+
+
+def _rescale_block(options: np.ndarray, gold: np.ndarray, topk: np.ndarray | None,
+                   rows: slice, c: float, confidence: np.ndarray) -> tuple[float, float]:
+    """One block of rows of the centered scores: writes its confidences (of the best option,
+    or of the top-1 token when `topk` is given), returns its Brier and NLL sums."""
+    e, norm = _softmax_parts(options[:, rows], c)
+    if topk is None:  # the best option's e is exp(0) = 1
+        np.divide(1.0, norm, out=confidence[rows])
+    else:  # the top-1 token's share of the top-k (plus the tail in classic mode)
+        top, top_norm = _softmax_parts(topk[:, rows], c)
+        np.divide(top[0], top_norm, out=confidence[rows])
+    return metrics.proper_score_sums(e, norm, np.exp(np.divide(gold[rows], c)))
 
 
 def rescale(arrays: PredictionArrays, c: float, mode: str, convention: str) -> Rescaled:
     """Apply temperature `c` in `mode` to the stored probabilities (see the module docstring).
 
-    Works through cache-sized blocks of rows on a small thread pool (numpy releases the GIL),
-    which at a million rows is several times faster than whole-array temporaries; Brier and
-    NLL are means, so block sums add up exactly.
+    The slider's hot path: the arrays were validated when they were built and their
+    c-independent part (`PredictionArrays.centered`) is cached, so a move costs one
+    exp over the rows, worked through cache-sized blocks on a small thread pool (numpy
+    releases the GIL); Brier and NLL are means, so block sums add up exactly.
     """
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")
@@ -222,19 +283,29 @@ def rescale(arrays: PredictionArrays, c: float, mode: str, convention: str) -> R
     n = len(arrays)
     if n == 0:
         raise ValueError("arrays: no predictions to re-scale")
-    blocks = list(_POOL.map(lambda lo: _rescale_block(
-        arrays, slice(lo, lo + CHUNK_ROWS), c, mode, convention), range(0, n, CHUNK_ROWS)))
-    conf, correct, brier, nll = zip(*blocks)
-    return Rescaled(np.concatenate(conf), np.concatenate(correct), sum(brier) / n, sum(nll) / n)
+    c = check_temperature(c)
+    options, gold = arrays.centered("option", mode), arrays.centered("gold", mode)
+    topk = arrays.centered("topk", mode) if convention == "paper" else None
+    confidence = np.empty(n)
+    sums = list(_POOL.map(lambda lo: _rescale_block(
+        options, gold, topk, slice(lo, lo + CHUNK_ROWS), c, confidence),
+        range(0, n, CHUNK_ROWS)))
+    brier, nll = np.sum(sums, axis=0) / n
+    correct = arrays.option_correct if convention == "option" else arrays.correct
+    return Rescaled(confidence, correct, float(brier), float(nll))
+
+
+def _bins_table(bins: metrics.ReliabilityBins) -> pd.DataFrame:
+    return pd.DataFrame({"lo": bins.edges[:-1], "hi": bins.edges[1:], "count": bins.count,
+                         "confidence": bins.confidence, "accuracy": bins.accuracy,
+                         "gap": bins.gap})
 
 
 def bins_frame(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
                strategy: str = "uniform") -> pd.DataFrame:
     """`metrics.reliability_bins` as a table (lo, hi, count, confidence, accuracy, gap)."""
-    bins = metrics.reliability_bins(confidence, correct, n_bins=n_bins, strategy=strategy)
-    return pd.DataFrame({"lo": bins.edges[:-1], "hi": bins.edges[1:], "count": bins.count,
-                         "confidence": bins.confidence, "accuracy": bins.accuracy,
-                         "gap": bins.gap})
+    return _bins_table(metrics.reliability_bins(confidence, correct, n_bins=n_bins,
+                                                strategy=strategy))
 
 
 @dataclass(frozen=True)
@@ -267,18 +338,17 @@ def summarize(scaled: Rescaled, n_bins: int = 10, strategy: str = "uniform",
     if n_boot is None:
         n_boot = interval_resamples(len(scaled.confidence))
     conf, correct = scaled.confidence, scaled.correct
-    acc = metrics.accuracy(correct)
-    ece = metrics.expected_calibration_error(conf, correct, n_bins=n_bins, strategy=strategy)
+    # one binning serves the diagram, ECE and MCE; `rescale` made these arrays, so no checks
+    bins = metrics.reliability_bins(conf, correct, n_bins, strategy, check=False)
+    acc = metrics.accuracy(correct, check=False)
     low, high = (metrics.bootstrap_interval("ece", conf, correct, n_boot=n_boot, seed=seed,
                                             n_bins=n_bins, strategy=strategy)[1:]
                  if n_boot else (float("nan"), float("nan")))
-    cards = {"accuracy": acc, "ece": ece, "ece_low": low, "ece_high": high,
-             "mce": metrics.maximum_calibration_error(conf, correct, n_bins=n_bins,
-                                                      strategy=strategy),
-             "brier": scaled.brier, "nll": scaled.nll,
-             "trust": metrics.trust_score(acc, ece)}
-    return CalibrationView({k: float(v) for k, v in cards.items()},
-                           bins_frame(conf, correct, n_bins, strategy), len(conf))
+    cards = {"accuracy": acc, "ece": bins.ece, "ece_low": low, "ece_high": high,
+             "mce": bins.mce, "brier": scaled.brier, "nll": scaled.nll,
+             "trust": metrics.trust_score(acc, bins.ece)}
+    return CalibrationView({k: float(v) for k, v in cards.items()}, _bins_table(bins),
+                           len(conf))
 
 
 def calibration_view(arrays: PredictionArrays, c: float, mode: str, convention: str,
@@ -300,7 +370,8 @@ def ece_curve(arrays: PredictionArrays, mode: str, convention: str, n_bins: int 
     for c in grid:
         scaled = rescale(arrays, float(c), mode, convention)
         eces.append(metrics.expected_calibration_error(scaled.confidence, scaled.correct,
-                                                       n_bins=n_bins, strategy=strategy))
+                                                       n_bins=n_bins, strategy=strategy,
+                                                       check=False))
     return pd.DataFrame({"c": grid, "ece": eces})
 
 

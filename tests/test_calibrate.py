@@ -84,6 +84,28 @@ def test_logit_mode_at_c_1_is_the_identity(seed, n, k):
         or np.allclose(p[0], p[0, 0])  # first mode at c = 1 is not the identity
 
 
+@SETTINGS
+@given(seeds, st.integers(1, 40), st.integers(1, 6), temperatures,
+       st.sampled_from(["first", "logit"]))
+def test_centered_scores_are_the_c_independent_part(seed, n, k, c, mode):
+    p, _ = topk_rows(seed, n, k)
+    z = C.centered_scores(p, mode)
+    assert (z.max(axis=1) == 0).all()
+    np.testing.assert_allclose(softmax(z / c, axis=1), C.temperature_scale(p, c, mode),
+                               rtol=1e-12, atol=1e-300)
+    np.testing.assert_array_equal(C.temperature_scale(p, c, mode, check=False),
+                                  C.temperature_scale(p, c, mode))
+
+
+def test_check_false_skips_only_the_row_validation():
+    row = np.array([[0.9, 0.05, 0.05, 0.05, 0.05]])  # sums to 1.1: rejected when checked
+    with pytest.raises(ValueError, match="probs"):
+        C.centered_scores(row)
+    assert C.temperature_scale(row, 1.0, check=False)[0, 0] == pytest.approx(0.369, abs=5e-3)
+    with pytest.raises(ConfigError, match="c:"):  # scalar arguments are always checked
+        C.temperature_scale(row, 0.0, check=False)
+
+
 def test_torch_path_equals_numpy_and_has_gradients():
     p, _ = topk_rows(1, 30, 5)
     t = torch.tensor(p, requires_grad=True)

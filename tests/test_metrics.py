@@ -105,6 +105,57 @@ def test_multiclass_ece_matches_torchmetrics_and_netcal(seed, n, k, n_bins):
         NetcalMCE(bins=n_bins).measure(probs, labels), abs=1e-9)
 
 
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 7, 9, 10, 15, 30, 97, 1000])
+def test_uniform_bin_ids_equal_searchsorted_on_and_next_to_every_edge(n_bins):
+    # the floor-and-one-comparison shortcut against scikit-learn's rule, at the floats where
+    # rounding of conf * n_bins could put a value in the wrong bin
+    edges = np.linspace(0, 1, n_bins + 1)
+    near = np.concatenate([edges, np.nextafter(edges, 2), np.nextafter(edges, -1),
+                           np.random.default_rng(n_bins).random(5000)])
+    conf = near[(near >= 0) & (near <= 1)]
+    np.testing.assert_array_equal(M.uniform_bin_ids(conf, n_bins),
+                                  np.searchsorted(edges[1:-1], conf))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seeds, st.integers(1, 300), n_bins_st, st.sampled_from(["uniform", "quantile"]))
+def test_unchecked_paths_give_the_checked_numbers(seed, n, n_bins, strategy):
+    conf, ok = sample(seed, n, n_bins, on_edges=True)
+    for fn in (M.expected_calibration_error, M.maximum_calibration_error):
+        assert fn(conf, ok, n_bins, strategy, check=False) == fn(conf, ok, n_bins, strategy)
+    bins = M.reliability_bins(conf, ok, n_bins, strategy, check=False)
+    assert bins.ece == pytest.approx(M.expected_calibration_error(conf, ok, n_bins, strategy),
+                                     abs=1e-12)
+    assert bins.mce == M.maximum_calibration_error(conf, ok, n_bins, strategy)
+    assert M.accuracy(ok, check=False) == M.accuracy(ok)
+    probs = np.random.default_rng(seed).dirichlet(np.ones(3), n)
+    labels = np.random.default_rng(seed + 1).integers(0, 3, n)
+    for fn in (M.brier_score, M.negative_log_likelihood):
+        assert fn(probs, labels, check=False) == fn(probs, labels)
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 200), st.integers(2, 8), st.floats(0.1, 10.0))
+def test_proper_score_sums_match_sklearn_on_unnormalised_columns(seed, n, k, scale):
+    rng = np.random.default_rng(seed)
+    weights = rng.random((k, n)) * scale  # k x N, columns sum to anything
+    labels = rng.integers(0, k, n)
+    probs = (weights / weights.sum(axis=0)).T
+    brier, nll = M.proper_score_sums(weights, weights.sum(axis=0), weights[labels, np.arange(n)])
+    assert brier == pytest.approx(
+        n * brier_score_loss(labels, probs, labels=range(k), scale_by_half=False), rel=1e-12)
+    assert nll == pytest.approx(n * log_loss(labels, probs, labels=range(k)), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(50, 1), (50, 5), (3, 20, 7), (40, 12)])
+def test_row_reduce_equals_numpy_reductions(shape):
+    x = np.random.default_rng(0).random(shape)
+    np.testing.assert_array_equal(M.row_reduce(np.maximum, x), x.max(axis=-1))
+    if shape[-1] <= 8:  # same order of additions: the same floats
+        np.testing.assert_array_equal(M.row_reduce(np.add, x), x.sum(axis=-1))
+    np.testing.assert_allclose(M.row_reduce(np.add, x), x.sum(axis=-1), rtol=1e-14)
+
+
 def test_single_example_and_all_in_one_bin():
     assert M.expected_calibration_error([0.7], [True]) == pytest.approx(0.3)
     assert M.maximum_calibration_error([0.7], [False]) == pytest.approx(0.7)

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core import store, views
+from scipy.special import softmax
+
+from first_core import metrics, store, views
 from first_core.fixtures import write_fixture_store
 
 
@@ -126,6 +128,72 @@ def test_calibration_view_agrees_with_reference_metrics(arrays):
     assert cards["nll"] == pytest.approx(-np.log(p[np.arange(len(p)), arrays.gold_option]).mean())
     assert cards["ece_low"] <= cards["ece"] <= cards["ece_high"]
     assert len(view.bins) == 12 and view.bins["count"].sum() == len(arrays)
+
+
+def _reference_scaled(arrays, c, mode, convention):
+    """Independent: the transform written out with scipy's softmax, no first_core code."""
+    def scaled(p):
+        with np.errstate(divide="ignore"):
+            return softmax((np.log(p) if mode == "logit" else p) / c, axis=1)
+    options = scaled(arrays.option_probs)
+    if convention == "option":
+        conf, correct = options.max(axis=1), options.argmax(axis=1) == arrays.gold_option
+    else:
+        topk = arrays.topk_probs
+        if mode == "logit":
+            topk = np.hstack([topk, np.clip(1 - topk.sum(axis=1, keepdims=True), 0, None)])
+        conf, correct = scaled(topk)[:, 0], arrays.correct
+    onehot = np.eye(options.shape[1])[arrays.gold_option]
+    hit = np.maximum(options[np.arange(len(options)), arrays.gold_option], 2.0 ** -52)
+    return conf, correct, ((options - onehot) ** 2).sum(axis=1).mean(), -np.log(hit).mean()
+
+
+@pytest.mark.parametrize("mode", ["logit", "first"])
+@pytest.mark.parametrize("convention", ["option", "paper"])
+@pytest.mark.parametrize("c", [0.07, 0.5, 1.0, 4.0])
+def test_slider_numbers_match_an_independent_transform(arrays, mode, convention, c):
+    conf, correct, brier, nll = _reference_scaled(arrays, c, mode, convention)
+    scaled = views.rescale(arrays, c, mode, convention)
+    np.testing.assert_allclose(scaled.confidence, conf, rtol=1e-12)
+    np.testing.assert_array_equal(scaled.correct, correct)
+    assert scaled.brier == pytest.approx(brier, rel=1e-12)
+    assert scaled.nll == pytest.approx(nll, rel=1e-12)
+    for strategy in ("uniform", "quantile"):
+        cards = views.calibration_view(arrays, c, mode, convention, 7, strategy, 0).cards
+        assert cards["ece"] == pytest.approx(metrics.expected_calibration_error(
+            conf, correct, 7, strategy), abs=1e-12)
+        assert cards["mce"] == pytest.approx(metrics.maximum_calibration_error(
+            conf, correct, 7, strategy), abs=1e-12)
+
+
+def test_arrays_are_validated_once_and_the_slider_never_rechecks(arrays, monkeypatch):
+    before = views.calibration_view(arrays, 0.4, "first", "paper", n_boot=0).cards
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the slider path re-validated its input")
+
+    for name in ("check_probs", "check_confidence", "check_correct", "check_labels"):
+        monkeypatch.setattr(metrics, name, refuse)
+    for mode, convention in (("first", "paper"), ("logit", "option"), ("logit", "paper")):
+        views.calibration_view(arrays, 0.4, mode, convention, n_boot=0)
+    np.testing.assert_equal(views.calibration_view(arrays, 0.4, "first", "paper",
+                                                   n_boot=0).cards, before)
+
+
+@pytest.mark.parametrize("field, value, word", [
+    ("option_probs", np.array([[0.7, 0.5]]), "option_probs: row 0 sums"),
+    ("option_probs", np.array([[np.nan, 0.5]]), "option_probs: contains NaN"),
+    ("topk_probs", np.array([[1.5, 0.0]]), "topk_probs: probabilities must lie"),
+    ("gold_option", np.array([2]), "gold_option: value 2"),
+    ("correct", np.array([True, False]), "topk_probs: 1 rows, expected 2"),
+])
+def test_prediction_arrays_reject_bad_values_naming_the_field(field, value, word):
+    good = {"topk_probs": np.array([[0.6, 0.3]]), "correct": np.array([True]),
+            "option_probs": np.array([[0.6, 0.3]]), "gold_option": np.array([0])}
+    with pytest.raises(ValueError, match=word):
+        views.PredictionArrays(**(good | {field: value}))
+    assert len(views.PredictionArrays(np.zeros((0, 2)), np.zeros(0, bool), np.zeros((0, 2)),
+                                      np.zeros(0, int))) == 0  # an empty split is fine
 
 
 def test_ece_moves_with_the_slider(arrays):
