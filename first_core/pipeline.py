@@ -9,8 +9,8 @@ stage after it, because later stages consume its outputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -26,7 +26,6 @@ from . import calibrate, data, store
 from .config import RunConfig
 from .errors import ConfigError, FirstError
 
-log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test", "test_ood")
 STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
@@ -98,7 +97,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
 
 
 def dataset_hash(files: dict[str, str]) -> str:
-    import hashlib
+    """Content hash of every split file: the top-k store is refused for other data."""
     h = hashlib.sha256()
     for split in sorted(files):
         h.update(split.encode())
@@ -145,13 +144,12 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
             "config_hash": ctx.cfg.hash()}
     out = {}
     for split in ("train", "val", "test"):
-        manifest = extract_topk(model, tok, ctx.examples[split], ctx.path("topk", split),
-                                k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
-                                shard_size=t.shard_size, batch_size=t.batch_size,
-                                max_length=ctx.cfg.teacher_train.max_length,
-                                manifest_info={**info, "split": split})
+        extract_topk(model, tok, ctx.examples[split], ctx.path("topk", split),
+                     k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
+                     shard_size=t.shard_size, batch_size=t.batch_size,
+                     max_length=ctx.cfg.teacher_train.max_length,
+                     manifest_info={**info, "split": split})
         out[split] = str(ctx.path("topk", split))
-        del manifest
     return {"dirs": out}
 
 
