@@ -89,7 +89,9 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    student_temperature: float | None = None  # None = the teacher-side c
+    # how the student is read at the teacher's ids: "full" (its full-vocabulary probabilities,
+    # the FIRST loss) or "renorm" (renormalised over the ids, the official code's option)
+    student_side: Literal["full", "renorm"] = "full"
     ce_weight: float = 0.0  # mixing weight of the cross-entropy on the gold token
 
 
@@ -229,10 +231,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         t = getattr(cfg, name)
         if t.epochs <= 0 or t.batch_size < 1 or t.learning_rate <= 0:
             raise ConfigError(f"{where}: {name}: epochs, batch_size and learning_rate must be > 0")
-    st = cfg.distill.student_temperature
-    if st is not None and not (math.isfinite(st) and st > 0):
-        raise ConfigError(f"{where}: distill.student_temperature must be finite and > 0, "
-                          f"got {st}")
     grids = (("temperature_grid", cfg.calibration.temperature_grid, lambda v: v > 0, "> 0"),
              ("smoothing_grid", cfg.calibration.smoothing_grid, lambda v: 0 <= v < 1, "in [0, 1)"))
     for key, grid, ok, what in grids:
