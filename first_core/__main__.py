@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -33,13 +34,29 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     cfg = load_config(args.config, [*args.set, *seeds])
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
+    main = PartialState().is_main_process  # print once, not once per rank of a launch
     for one in cfg.per_seed():
-        if cfg.seeds is not None:
+        if cfg.seeds is not None and main:
             print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")
         run(one, force=args.force)
-    if PartialState().is_main_process:  # one table, not one per rank of a launch
+        if main:
+            _say_calibration(one)
+    if main:
         print(_table(default_store_path(cfg.store), cfg.name, "markdown", ("paper",)))
     return cfg
+
+
+def _say_calibration(cfg: RunConfig) -> None:
+    """One line on what the chosen c does to the teacher on validation."""
+    path = cfg.run_dir / "stages" / "calibrate.json"
+    if not path.exists():
+        return
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    if "val_top1_raw" in rec:
+        print(f"trustworthy maximization: c = {rec['c']:.3g} (chosen on validation"
+              f"{'' if rec['c_interior'] else ', AT THE EDGE of the grid'}); the teacher's "
+              f"mean top-1 on validation {100 * rec['val_top1_raw']:.1f}% -> "
+              f"{100 * rec['val_top1_first']:.1f}% at accuracy {100 * rec['val_accuracy']:.1f}%")
 
 
 def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "option")) -> str:

@@ -182,7 +182,15 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
         result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
                         "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist()}
     write_json_atomic(ctx.path("calibration.json"), result)
-    return {"c": result["TS"]["best"], "delta": result["LS"]["best"]}
+    best = result["TS"]["best"]
+    # what the transform does to the teacher on validation: mean top-1 before and after,
+    # against its accuracy (a useful c moves the first towards the last)
+    return {"c": best, "delta": result["LS"]["best"],
+            "val_accuracy": float(np.mean(val.gold_rank == 0)),
+            "val_top1_raw": float(val.probs.max(axis=1).mean()),
+            "val_top1_first": float(calibrate.temperature_scale(val.probs, best, mode="first")
+                                    .max(axis=1).mean()),
+            "c_interior": bool(min(result["TS"]["grid"]) < best < max(result["TS"]["grid"]))}
 
 
 def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float | None]:
