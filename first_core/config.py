@@ -90,7 +90,9 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    student_temperature: float | None = None  # None = the teacher-side c
+    # how the student is read at the teacher's ids: "full" (its full-vocabulary probabilities,
+    # the FIRST loss) or "renorm" (renormalised over the ids, the official code's option)
+    student_side: Literal["full", "renorm"] = "full"
     ce_weight: float = 0.0  # mixing weight of the cross-entropy on the gold token
 
 

@@ -212,8 +212,11 @@ def test_answer_labels_split_into_several_tokens_are_explained(tmp_path: Path) -
                                                     "finite")),
     (("eval.batch_size=0",), ("eval.batch_size", ">= 1")),
     (("name='../../x'",), ("name", "'../../x'", "plain folder name")),
+    (("distill.student_side='softmax'",), ("distill.student_side", "'softmax'")),
+    (("distill.student_temperature=0.3",), ("distill", "'student_temperature'",
+                                            "unknown key")),
 ], ids=["unknown-key", "wrong-type", "k-0", "k-negative", "lr-nan", "grid-nan", "batch-0",
-        "name-escapes"])
+        "name-escapes", "student-side", "removed-key"])
 def test_bad_config_values_stop_before_any_output(tmp_path: Path, sets: tuple[str, ...],
                                                   words: tuple[str, ...]) -> None:
     # no data: a value the config lets through fails fast at the data stage instead of
