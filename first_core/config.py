@@ -167,7 +167,7 @@ _LIMITS: dict[tuple[type, str], Range] = {
     (TrainConfig, "batch_size"): _AT_LEAST_1,
     (TrainConfig, "learning_rate"): _POSITIVE,
     (TrainConfig, "weight_decay"): _NON_NEGATIVE,
-    (TrainConfig, "warmup_ratio"): Range(0, 1, high_open=True),  # a float >= 1 is a step count to HF
+    (TrainConfig, "warmup_ratio"): Range(0, 1, high_open=True),  # HF reads >= 1 as steps
     (TrainConfig, "gradient_accumulation_steps"): _AT_LEAST_1,
     (TrainConfig, "max_length"): Range(3),
     (TrainConfig, "save_steps"): _AT_LEAST_1,

@@ -37,6 +37,12 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def run(work: Path, *sets: str, data_dir: Path | None = None, store: Path | None = None,
         extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`run --config tiny.toml` inside `work`; `data_dir` switches to user data files."""
+    return cli(*run_args(work, *sets, data_dir=data_dir, store=store, extra=extra), cwd=work)
+
+
+def run_args(work: Path, *sets: str, data_dir: Path | None = None, store: Path | None = None,
+             extra: tuple[str, ...] = ()) -> list[str]:
+    """The arguments of `run` above."""
     args = ["run", "--config", str(TINY), "--set", f"runs_dir='{work / 'runs'}'",
             "--store", str(store or work / "first.duckdb")]
     if data_dir is None:
@@ -45,7 +51,7 @@ def run(work: Path, *sets: str, data_dir: Path | None = None, store: Path | None
         args += ["--set", "data.embedded=false", "--set", f"data.dir='{data_dir}'"]
     for s in (*SMALL, *sets):
         args += ["--set", s]
-    return cli(*args, *extra, cwd=work)
+    return [*args, *extra]
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> None:
@@ -84,8 +90,8 @@ def write_lines(path: Path, lines: list[str | bytes]) -> Path:
 def user_data(folder: Path, **splits: list[str | bytes]) -> Path:
     """Four split files of 6 clean questions each, with `splits` replacing some of them."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split in SPLIT_FILES:
-        lines = splits.get(split, [csqa(i, "ABCD"[i % 4]) for i in range(6)])
+    for k, split in enumerate(SPLIT_FILES):  # other questions in each split: no leakage
+        lines = splits.get(split, [csqa(100 * k + i, "ABCD"[i % 4]) for i in range(6)])
         write_lines(folder / f"{split}.jsonl", lines)
     return folder
 
@@ -190,8 +196,9 @@ def test_check_data_on_a_missing_file(tmp_path: Path) -> None:
 
 def test_answer_labels_split_into_several_tokens_are_explained(tmp_path: Path) -> None:
     labels = ("A-1", "B-1", "C-1", "D-1")
-    split = [csqa(i, labels[i % 4], labels=labels) for i in range(6)]
-    data = user_data(tmp_path / "d", **{s: split for s in SPLIT_FILES})
+    data = user_data(tmp_path / "d", **{s: [csqa(100 * k + i, labels[i % 4], labels=labels)
+                                            for i in range(6)]
+                                        for k, s in enumerate(SPLIT_FILES)})
     assert cli("check-data", str(data / "train.jsonl"), cwd=tmp_path).returncode == 0
     proc = run(tmp_path, data_dir=data)
     assert_user_error(proc, "answer label 'A-1'", "becomes 3 tokens", "exactly one")
@@ -257,9 +264,13 @@ def copy(finished: Path, tmp_path: Path) -> Path:
 
 def rerun(work: Path, *sets: str, force: str, store: Path | None = None
           ) -> subprocess.CompletedProcess:
-    """The finished run's command again, with `sets`, redoing stage `force` onwards."""
-    return run(work, 'methods=["teacher_ft","first_ts"]', *sets, store=store,
-               extra=("--force", force))
+    """The finished run's command again, with `sets`, redoing stage `force` onwards.
+
+    `data.dir` stays the one the run was made with (a copy's records point there): the
+    config check refuses a change that reaches an earlier stage than `force`, even forced."""
+    made = json.loads((work / "runs" / "tiny" / "config.json").read_text())["data"]["dir"]
+    return run(work, 'methods=["teacher_ft","first_ts"]', f"data.dir='{made}'", *sets,
+               store=store, extra=("--force", force))
 
 
 def topk_dir(work: Path, split: str = "val") -> Path:
