@@ -344,21 +344,22 @@ def test_store_from_a_newer_schema_is_refused_and_left_alone(copy: Path) -> None
     with duckdb.connect(str(store)) as con:
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    done = records(copy)
     proc = rerun(copy, force="store")
     assert_user_error(proc, str(store), "schema version 2", "newer")
     with duckdb.connect(str(store), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == n_runs
-    assert "store" not in records(copy)
+    assert records(copy) == done  # refused before the first stage: no record touched
 
 
 def test_file_that_is_not_duckdb_is_refused_and_left_alone(copy: Path) -> None:
     junk = copy / "notes.duckdb"
     junk.write_text("these are my notes, not a database\n" * 50)
-    before = junk.read_bytes()
+    before, done = junk.read_bytes(), records(copy)
     proc = rerun(copy, force="store", store=junk)
     assert_user_error(proc, str(junk), "not a DuckDB database file")
     assert junk.read_bytes() == before
-    assert "store" not in records(copy)
+    assert records(copy) == done  # refused before the first stage: no record touched
 
 
 def test_model_path_without_safetensors_weights_is_refused(copy: Path) -> None:

@@ -82,9 +82,16 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture
 def copy(finished: dict, tmp_path: Path) -> Path:
+    """A private copy of the finished run (its data record still points at the original)."""
     work = tmp_path / "w"
     shutil.copytree(finished["work"], work)
     return work
+
+
+def made_with(work: Path) -> str:
+    """`data.dir=...` of the config the run in `work` was made with."""
+    made = json.loads((work / "runs" / "tiny" / "config.json").read_text())["data"]["dir"]
+    return f"data.dir='{made}'"
 
 
 # ---------------------------------------------------------------- 1 and 2
@@ -235,9 +242,8 @@ def test_store_stage_is_one_transaction(copy: Path, monkeypatch: pytest.MonkeyPa
     """A failure after some runs were written (as a kill would) leaves the old store whole."""
     path = copy / "first.duckdb"
     rows = store_rows(path)
-    recorded = json.loads((copy / "runs" / "tiny" / "config.json").read_text())
     cfg = load_config(TINY, [f"runs_dir='{copy / 'runs'}'", f"store='{path}'",
-                             f"data.dir='{recorded['data']['dir']}'", *SMALL, PLAIN])
+                             made_with(copy), *SMALL, PLAIN])
     written = []
     real = store.Store.write_run
 
@@ -328,7 +334,7 @@ def test_a_second_run_on_the_same_directory_is_refused(copy: Path) -> None:
     from filelock import FileLock
     before = tree(copy)
     with FileLock(str(copy / "runs" / "tiny" / ".lock")):
-        proc = run_here(copy, PLAIN, extra=("--force", "eval_teacher_ft"))
+        proc = run_here(copy, PLAIN, made_with(copy), extra=("--force", "eval_teacher_ft"))
     assert_user_error(proc, f"{copy / 'runs' / 'tiny'}: another run is using this run "
                             "directory")
     assert no_stage_started(proc) and tree(copy) == before
@@ -346,13 +352,14 @@ def test_a_name_that_leaves_runs_dir_is_refused(tmp_path: Path) -> None:
 
 def test_force_still_refuses_a_change_that_reaches_an_earlier_stage(copy: Path) -> None:
     before = tree(copy)
-    proc = run_here(copy, PLAIN, "data.n_train=100", extra=("--force", "eval_teacher_ft"))
+    proc = run_here(copy, PLAIN, made_with(copy), "data.n_train=100",
+                    extra=("--force", "eval_teacher_ft"))
     assert_user_error(proc, "changed: data.n_train (affects data)", "--force data")
     assert no_stage_started(proc) and tree(copy) == before
 
 
 def test_force_records_the_new_config_of_the_stages_it_redid(copy: Path) -> None:
-    proc = run(copy, PLAIN, "eval.n_boot=5", extra=("--force", "eval_teacher_ft"))
+    proc = run(copy, PLAIN, made_with(copy), "eval.n_boot=5", extra=("--force", "eval_teacher_ft"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = json.loads((copy / "runs" / "tiny" / "config.json").read_text())
     assert recorded["eval"]["n_boot"] == 5
