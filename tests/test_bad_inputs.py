@@ -369,7 +369,7 @@ def test_model_path_without_safetensors_weights_is_refused(copy: Path) -> None:
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(init / name, bare / name)
     (bare / "pytorch_model.bin").write_bytes(b"a pickle would run code when loaded")
-    proc = rerun(copy, f"model.teacher='{bare}'", force="teacher_ft")
+    proc = rerun(copy, f"model.teacher='{bare}'", force="models")  # the first it affects
     assert_user_error(proc, f"model directory {bare}", "missing", "model.safetensors",
                       "pytorch_model.bin", "pickle", "refused")
     assert "teacher_ft" not in records(copy)
