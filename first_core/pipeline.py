@@ -499,9 +499,10 @@ def run(cfg: RunConfig, force: str | None = None,
     error on any rank stops all of them.
 
     Before the first stage rank 0 locks the run directory, checks the config against the
-    one its finished stages were made with, and checks the store and the model paths. The
-    config is recorded (`config.json`) only once a stage has finished under it, so a run
-    that fails before that never blocks the corrected command.
+    one its outputs were made with, and checks the store and the model paths. The config is
+    recorded (`config.json`) once a stage has finished under it, or once the outputs a
+    config change made stale are deleted, never before: a run that fails first never blocks
+    the corrected command, and a resume never reuses a checkpoint of another config.
     """
     import torch
     from accelerate import PartialState
@@ -519,7 +520,7 @@ def run(cfg: RunConfig, force: str | None = None,
     lock = None
 
     def prepare() -> tuple[set[str], set[str]]:
-        """Rank 0: lock, check, clear the records to redo; returns (todo, redo) for all."""
+        """Rank 0: lock, check, clear what is to be redone; returns the stages to run."""
         nonlocal lock
         make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
         lock = _lock(ctx)
@@ -529,19 +530,22 @@ def run(cfg: RunConfig, force: str | None = None,
         preflight(ctx, names)
         for name in todo:  # all first: a forced run that fails must not leave later stages done
             ctx.path("stages", f"{name}.json").unlink(missing_ok=True)
-        return todo, forced | stale
+        for st in plan:  # outputs of forced stages, and those made under the old config
+            if st.name in forced | stale:
+                for rel in st.outputs:
+                    _remove(ctx.path(rel))
+        if stale:  # what is left on disk now agrees with this config (a resume must see it)
+            write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+        return todo
 
     try:
-        todo, redo = _together(state, prepare if main else lambda: None, share=True)
+        todo = _together(state, prepare if main else lambda: None, share=True)
         recorded = False
         for i, st in enumerate(plan, 1):
             done = ctx.path("stages", f"{st.name}.json")
             if st.name not in todo:
                 say(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
                 continue
-            if st.name in redo:  # outputs of a forced or stale stage go before it starts
-                _together(state, lambda st=st: [_remove(ctx.path(rel)) for rel in st.outputs]
-                          if main else None)
             say(f"[{i}/{len(plan)}] {st.name} ...")
 
             def work(st: Stage = st, done: Path = done) -> None:

@@ -359,11 +359,39 @@ def test_force_still_refuses_a_change_that_reaches_an_earlier_stage(copy: Path) 
 
 
 def test_force_records_the_new_config_of_the_stages_it_redid(copy: Path) -> None:
-    proc = run(copy, PLAIN, made_with(copy), "eval.n_boot=5", extra=("--force", "eval_teacher_ft"))
+    proc = run_here(copy, PLAIN, made_with(copy), "eval.n_boot=5",
+                    extra=("--force", "eval_teacher_ft"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = json.loads((copy / "runs" / "tiny" / "config.json").read_text())
     assert recorded["eval"]["n_boot"] == 5
     assert "done earlier, skipped" in proc.stdout and "[5/7] eval_teacher_ft: done" in proc.stdout
+
+
+def test_a_changed_config_never_resumes_a_checkpoint_made_under_the_old_one(
+        copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a diverged (or killed) training, the rerun with a fixed learning rate is
+    accepted and starts that stage afresh: the old checkpoint goes before anything runs."""
+    run_dir = copy / "runs" / "tiny"
+    for name in ("student_ft", "eval_teacher_ft", "eval_student_ft", "store"):
+        (run_dir / "stages" / f"{name}.json").unlink()  # as if student_ft had been killed
+    shutil.rmtree(run_dir / "models" / "student_ft")
+    old = run_dir / "models" / "student_ft" / "checkpoint-3"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text("{}")
+    seen = []
+
+    def stage_finetune(ctx, method):
+        seen.append(old.exists())
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(pipeline, "stage_finetune", stage_finetune)
+    cfg = load_config(TINY, [f"runs_dir='{run_dir.parent}'", f"store='{copy / 'first.duckdb'}'",
+                             made_with(copy), *SMALL, PLAIN, "student_train.learning_rate=1e-4"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        pipeline.run(cfg, echo=lambda _: None)
+    assert seen == [False]  # the checkpoint of the old learning rate was gone before training
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["student_train"]["learning_rate"] == 1e-4
+    assert {"data", "models", "teacher_ft"} <= records(copy) and "student_ft" not in records(copy)
 
 
 @pytest.mark.parametrize("spec", ["./no-such-model", "mine/llama-typo"])
