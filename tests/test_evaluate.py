@@ -120,7 +120,7 @@ def test_compute_metrics_equals_first_core_metrics(pred):
                                if c not in ("run_id", "split")]
     got = {(r.convention, r.metric): r for r in m.itertuples()}
     assert set(got) == {(c, x) for c in ("paper", "option") for x in
-                        ("accuracy", "ece", "mce", "trust")} | {("option", "brier"),
+                        ("accuracy", "confidence", "ece", "mce", "trust")} | {("option", "brier"),
                                                                ("option", "nll")}
     for conv, conf, ok in (("paper", pred.confidence, pred.correct),
                            ("option", pred.confidence_option, pred.correct_option)):
@@ -128,6 +128,7 @@ def test_compute_metrics_equals_first_core_metrics(pred):
         acc = metrics.accuracy(ok)
         ece = metrics.expected_calibration_error(conf, ok, n_bins=5)
         assert got[conv, "accuracy"].value == pytest.approx(acc)
+        assert got[conv, "confidence"].value == pytest.approx(float(np.mean(conf)))
         assert got[conv, "ece"].value == pytest.approx(ece)
         assert got[conv, "mce"].value == pytest.approx(
             metrics.maximum_calibration_error(conf, ok, n_bins=5))
@@ -159,7 +160,7 @@ def test_predictions_and_metrics_round_trip_through_the_store(pred, tmp_path):
     assert back.correct_option.tolist() == pred.correct_option.tolist()
     assert [list(v) for v in back.topk_ids] == pred.topk_ids.tolist()
     assert [list(v) for v in back.option_labels] == pred.option_labels.tolist()
-    assert len(store.load_metrics(path, run.run_id)) == 10
+    assert len(store.load_metrics(path, run.run_id)) == 12  # 5 per convention + Brier, NLL
 
 
 def test_empty_examples(setup):
