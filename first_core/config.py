@@ -172,6 +172,7 @@ MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
 # fail (or silently misbehave) after hours of training stops the run before its first stage.
 _LIMITS: dict[tuple[type, str], Range] = {
     (RunConfig, "seed"): Range(0, MAX_SEED),
+    (DataConfig, "seed"): Range(0, MAX_SEED),
     **{(DataConfig, k): _AT_LEAST_1 for k in ("n_train", "n_val", "n_test", "n_ood",
                                               "max_train")},
     (TrainConfig, "epochs"): _POSITIVE,
@@ -295,8 +296,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)
-                                  or min(cfg.seeds) < 0):
-        raise ConfigError(f"{where}: seeds: expected distinct non-negative integers, "
+                                  or min(cfg.seeds) < 0 or max(cfg.seeds) > MAX_SEED):
+        raise ConfigError(f"{where}: seeds: expected distinct integers in [0, {MAX_SEED}], "
                           f"got {cfg.seeds}")
     bad = sorted(set(cfg.methods) - set(METHODS))
     if bad:

@@ -362,11 +362,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # The first stage that reads each config section: changing a key there makes that stage and
 # every later one stale. Keys that only pick the store (or which runs go into it) make just
 # the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
-_AFFECTS = {"seed": "data", "data": "data", "model": "models", "teacher_train": "teacher_ft",
+_AFFECTS = {"seed": "models", "data": "data", "model": "models", "teacher_train": "teacher_ft",
             "topk": "topk", "calibration": "calibrate", "student_train": "student_ft",
             "distill": "student_distill", "eval": "eval_teacher_ft", "methods": "store",
             "store": "store"}
-_WHERE = ("name", "runs_dir")  # they pick the run directory itself
+_WHERE = ("name", "runs_dir", "seeds")  # they pick the run directory itself
 _ORDER = [st.name for st in stages(RunConfig())]  # every stage, in pipeline order
 
 

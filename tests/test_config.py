@@ -108,6 +108,8 @@ def test_hash_is_stable_and_sensitive() -> None:
     ("eval.batch_size=0", "eval.batch_size: must be >= 1"),
     ("seed=-1", r"seed: must be in \[0, 4294967295\], got -1"),
     ("seed=4294967296", r"seed: must be in \[0, 4294967295\]"),
+    ("data.seed=-1", r"data.seed: must be in \[0, 4294967295\]"),
+    ("seeds=[0, 4294967296]", r"seeds: expected distinct integers in \[0, 4294967295\]"),
     ("calibration.n_bins=0", "calibration.n_bins: must be >= 1"),
     ("eval.n_bins=0", "eval.n_bins: must be >= 1"),
     ("eval.n_boot=-1", "eval.n_boot: must be >= 0"),
