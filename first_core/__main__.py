@@ -1,13 +1,15 @@
 """Command line: `python -m first_core {run,demo,report,check-data,bench}`.
 
-User errors (`FirstError`) print one clear message and exit with status 2; nothing else
-is caught, so a real bug still shows its traceback.
+User errors (`FirstError`) print one clear message and exit with status 2, and so do the
+errors of the machine rather than of the code (a full disk, a read-only or unreadable path);
+nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -19,6 +21,9 @@ from .config import RunConfig
 from .errors import FirstError
 
 ROOT = Path(__file__).resolve().parent.parent
+# OSErrors that say something about the machine or the paths given, not about a bug
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                      errno.ENAMETOOLONG, errno.EIO}
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 
 
@@ -159,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except FirstError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (nothing was marked done by the step that "
+              "failed; fix it and rerun the same command to resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
