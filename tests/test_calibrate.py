@@ -158,11 +158,16 @@ def test_temperature_search_is_the_argmin_of_brute_force(seed, n, k, n_bins, mod
     np.testing.assert_allclose(C.evaluate_grid(res, p, labels), res.ece, atol=1e-15)
 
 
-def test_search_chunking_does_not_change_the_curve(monkeypatch):
-    p, labels = topk_rows(7, 5000, 5)
+def test_search_chunking_and_threads_do_not_change_the_curve(monkeypatch):
+    from first_core import ece_kernel
+
+    p, labels = topk_rows(7, 50_000, 5)
     grid = np.linspace(0.05, 3, 37)
+    monkeypatch.setattr(C, "THREADS", 1)
     whole = C.search_temperature(p, labels, grid=grid).ece
-    monkeypatch.setattr(C, "_CELLS", 512)  # many tiny blocks and row chunks
+    monkeypatch.setattr(C, "THREADS", 3)
+    assert np.array_equal(C.search_temperature(p, labels, grid=grid).ece, whole)
+    monkeypatch.setattr(ece_kernel, "_MIN_CHUNK", 700)  # many uneven row chunks
     np.testing.assert_allclose(C.search_temperature(p, labels, grid=grid).ece, whole, atol=1e-14)
 
 
