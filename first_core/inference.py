@@ -110,3 +110,20 @@ def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_siz
             out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs, **extra)
             yield start, out.logits[:, -1, :].float().cpu()
             bar.update(len(seqs))
+
+
+def top_probabilities(logits: torch.Tensor, k: int, dtype: torch.dtype | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probs [B, k], ids [B, k], log-normaliser [B, 1]) of the k most likely tokens.
+
+    softmax is monotone, so the top-k of the logits are the top-k tokens, and a kept token's
+    probability is exp(logit - logsumexp(logits)): one `topk` and one `logsumexp` over the
+    vocabulary, no [B, V] probability tensor. `dtype` (e.g. float64) is the precision of the
+    returned probabilities and normaliser; other entries' probabilities follow as
+    `torch.exp(logits.gather(...).to(dtype) - lse)`.
+    """
+    top, ids = torch.topk(logits, k, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    if dtype is not None:
+        top, lse = top.to(dtype), lse.to(dtype)
+    return torch.exp(top - lse), ids, lse
