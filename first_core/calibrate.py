@@ -34,6 +34,7 @@ from .metrics import check_labels, check_n_bins, check_probs, row_reduce
 
 MODES = ("first", "logit", "renorm")
 SEARCH_MODES = ("first", "logit")
+STRATEGIES = ("grid", "nll")  # how `choose_temperature` picks c
 THREADS: int | None = None  # grid-search threads; None = the usable cores, at most 8
 
 
@@ -385,3 +386,32 @@ def fit_temperature_nll(probs, labels, mode: str = "logit", init: float = 1.0,
 
     opt.step(nll)
     return float(np.clip(math.exp(log_c.item()), 1e-3, 1e3))
+
+
+def choose_temperature(probs, labels, grid=None, n_bins: int = 10, mode: str = "first",
+                       strategy: str = "grid") -> SearchResult:
+    """The temperature the pipeline uses, by `strategy` (`[calibration] strategy`):
+
+    - `grid`: `search_temperature`, the c with the lowest validation ECE (the paper);
+    - `nll`: `fit_temperature_nll` (Guo et al.), the c maximising the likelihood of the
+      labels; the ECE curve of the grid is still computed (the dashboard shows it) and the
+      fitted c is added to it, scored the same way, as the result's `best`.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    res = search_temperature(probs, labels, grid=grid, n_bins=n_bins, mode=mode)
+    if strategy == "grid":
+        return res
+    c = fit_temperature_nll(probs, labels, mode=mode)
+    p, y = _topk_inputs(probs, labels)
+    values = np.union1d(res.grid, [c])
+    ece = _masked(lambda cs: _ts_curve(p, y, cs, mode, res.n_bins), values, _valid_c)
+    return SearchResult("TS", mode, res.n_bins, values, ece, c, float(ece[values == c][0]))
+
+
+def token_labels(topk_tokens, gold) -> np.ndarray:
+    """Column of the gold answer letter among each row's stored top-k token texts, or -1
+    (`evaluate.predict` stores tokens as decoded, e.g. " A", and the gold as the letter)."""
+    tokens = np.char.strip(np.asarray([list(map(str, row)) for row in topk_tokens], dtype=str))
+    hit = tokens == np.asarray(gold, dtype=str)[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1).astype(np.int64)
