@@ -67,15 +67,14 @@ class OnlineKDTrainer(Trainer):
 
 def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[[], None]]:
     """One optimizer-step closure per contender, all on the same batch and student weights."""
-    from first_core import calibrate
-    from first_core.distill import DistillCollator, DistillTrainer
+    from first_core.distill import DistillCollator, DistillTrainer, teacher_targets
     from first_core.finetune import AnswerCollator, EncodedDataset
     from first_core.models import encode_examples
     from first_core.topk import extract_topk, load_topk
 
     extract_topk(teacher, tok, examples, work / "topk", k=5, coverage_k=5, progress=False)
     topk = load_topk(work / "topk")
-    targets = calibrate.temperature_scale(topk.probs, FIRST_C, mode="first")
+    targets = teacher_targets(topk.probs, "first", c=FIRST_C)
     items = list(EncodedDataset(encode_examples(tok, examples)))  # same order as the store
     sft_batch = AnswerCollator(tok.pad_token_id)(items)
     first_batch = DistillCollator(tok.pad_token_id, "answer", torch.as_tensor(topk.ids),
@@ -85,7 +84,7 @@ def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[
     trainers = {
         "sft_trainer": (Trainer(model=student, args=args), sft_batch),
         "sft_answer": (AnswerCETrainer(model=student, args=args), first_batch),
-        "first": (DistillTrainer(model=student, args=args, mode="first", student_c=FIRST_C),
+        "first": (DistillTrainer(model=student, args=args),
                   first_batch),
         "online_kd": (OnlineKDTrainer(model=student, args=args, teacher=teacher), first_batch),
     }

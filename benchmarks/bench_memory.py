@@ -49,18 +49,17 @@ def child(job: str, work: Path, data_file: Path, store: Path) -> dict[str, float
         extract_topk(model, tok, load_examples(data_file), store, k=5, coverage_k=100,
                      dtype="float16", shard_size=1000, batch_size=64, progress=False)
     else:
-        from first_core import calibrate
         from first_core.config import TrainConfig
-        from first_core.distill import distill
+        from first_core.distill import distill, teacher_targets
         from first_core.topk import load_topk
 
         model, tok = load_model(work / "student_init", device="cpu")
         baseline = peak_rss_mb()
         topk = load_topk(store)
-        targets = calibrate.temperature_scale(topk.probs, FIRST_C, mode="first")
+        targets = teacher_targets(topk.probs, "first", c=FIRST_C)
         cfg = TrainConfig(epochs=1, batch_size=32, save_steps=10**9)
         distill(model, tok, load_examples(data_file), topk.example_ids, topk.ids, targets,
-                store.parent / f"student-{store.name}", cfg, mode="first", student_c=FIRST_C)
+                store.parent / f"student-{store.name}", cfg)
     return {"baseline": baseline, "peak": peak_rss_mb()}
 
 

@@ -39,6 +39,7 @@ class DataConfig:
     n_test: int = 1000
     n_ood: int = 1000
     max_train: int | None = None
+    seed: int = 0  # the embedded task's seed: the data stay fixed across training seeds
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    student_temperature: float | None = None  # None = the teacher-side c
+    # how the student is read at the teacher's ids: "full" (its full-vocabulary probabilities,
+    # the FIRST loss) or "renorm" (renormalised over the ids, the official code's option)
+    student_side: Literal["full", "renorm"] = "full"
     ce_weight: float = 0.0  # mixing weight of the cross-entropy on the gold token
 
 
@@ -106,6 +109,9 @@ class EvalConfig:
 class RunConfig:
     name: str = "demo"
     seed: int = 0
+    # several training seeds of one pipeline (None: just `seed`); each seed runs in
+    # runs_dir/name/seed<N> and the report averages them
+    seeds: list[int] | None = None
     runs_dir: str = "runs"
     store: str | None = None  # None = $FIRST_STORE, else data/first.duckdb
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -120,7 +126,14 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
+        root = Path(self.runs_dir) / self.name
+        return root if self.seeds is None else root / f"seed{self.seed}"
+
+    def per_seed(self) -> list[RunConfig]:
+        """One config per training seed (`seeds`, else just this one)."""
+        if self.seeds is None:
+            return [self]
+        return [dataclasses.replace(self, seed=s) for s in self.seeds]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,6 +232,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         cfg = _build(RunConfig, raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)
+                                  or min(cfg.seeds) < 0):
+        raise ConfigError(f"{where}: seeds: expected distinct non-negative integers, "
+                          f"got {cfg.seeds}")
     bad = sorted(set(cfg.methods) - set(METHODS))
     if bad:
         raise ConfigError(f"{where}: methods: unknown {bad}; known: {list(METHODS)}")
@@ -230,10 +247,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         t = getattr(cfg, name)
         if t.epochs <= 0 or t.batch_size < 1 or t.learning_rate <= 0:
             raise ConfigError(f"{where}: {name}: epochs, batch_size and learning_rate must be > 0")
-    st = cfg.distill.student_temperature
-    if st is not None and not (math.isfinite(st) and st > 0):
-        raise ConfigError(f"{where}: distill.student_temperature must be finite and > 0, "
-                          f"got {st}")
     grids = (("temperature_grid", cfg.calibration.temperature_grid, lambda v: v > 0, "> 0"),
              ("smoothing_grid", cfg.calibration.smoothing_grid, lambda v: 0 <= v < 1, "in [0, 1)"))
     for key, grid, ok, what in grids:

@@ -82,7 +82,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     root = Path(d.dir)
     if d.embedded:
         from .tasks import write_task
-        files = write_task(root, seed=ctx.cfg.seed, n_train=d.n_train, n_val=d.n_val,
+        files = write_task(root, seed=d.seed, n_train=d.n_train, n_val=d.n_val,
                            n_test=d.n_test, n_ood=d.n_ood)
         files = {k: str(v) for k, v in files.items()}
     else:
@@ -199,21 +199,15 @@ def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float
 
 def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     """Knowledge matching: a fresh student trained with KL to the recalibrated top-k."""
-    from .distill import distill
+    from .distill import distill, teacher_targets
     mode, c, delta = student_targets(ctx, method)
     topk = _load_topk(ctx, "train")
-    if mode == "first":
-        targets = calibrate.temperature_scale(topk.probs, c, mode="first")
-    elif mode == "ls":
-        targets = calibrate.label_smooth(calibrate.temperature_scale(topk.probs, 1.0,
-                                                                     mode="renorm"), delta)
-    else:
-        targets = calibrate.temperature_scale(topk.probs, 1.0, mode="renorm")
+    targets = teacher_targets(topk.probs, mode, c, delta)
     model, tok = _load(ctx, ctx.init_path("student"))
-    student_c = ctx.cfg.distill.student_temperature or c
+    d = ctx.cfg.distill
     out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
-                  ctx.path("models", method), ctx.cfg.student_train, mode=mode,
-                  student_c=student_c, ce_weight=ctx.cfg.distill.ce_weight, seed=ctx.cfg.seed)
+                  ctx.path("models", method), ctx.cfg.student_train,
+                  student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed)
     return {"model": str(out), "mode": mode, "c": c, "delta": delta}
 
 
