@@ -160,7 +160,7 @@ def test_predictions_and_metrics_round_trip_through_the_store(pred, tmp_path):
     assert back.correct_option.tolist() == pred.correct_option.tolist()
     assert [list(v) for v in back.topk_ids] == pred.topk_ids.tolist()
     assert [list(v) for v in back.option_labels] == pred.option_labels.tolist()
-    assert len(store.load_metrics(path, run.run_id)) == 10
+    assert len(store.load_metrics(path, run.run_id)) == 12  # 5 per convention + Brier, NLL
 
 
 def test_empty_examples(setup):
