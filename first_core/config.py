@@ -87,6 +87,7 @@ class CalibrationConfig:
     n_bins: int = 10
     temperature_grid: list[float] | None = None
     smoothing_grid: list[float] | None = None
+    strategy: Literal["grid", "nll"] = "grid"  # c by lowest ECE, or by NLL (Guo et al.)
 
 
 @dataclass(frozen=True)

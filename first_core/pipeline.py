@@ -202,7 +202,11 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
     train = calibrate.temperature_scale(_load_topk(ctx, "train").probs, 1.0, mode="renorm")
     ls_limit = float(train.max(axis=1).min())
     result = {}
-    for kind, search, grid in (("TS", calibrate.search_temperature, c.temperature_grid),
+
+    def choose(*args, **kwargs):  # `[calibration] strategy`: grid (lowest ECE) or nll
+        return calibrate.choose_temperature(*args, strategy=c.strategy, **kwargs)
+
+    for kind, search, grid in (("TS", choose, c.temperature_grid),
                                ("LS", calibrate.search_label_smoothing, c.smoothing_grid)):
         kwargs = {"grid": np.asarray(grid)} if grid is not None else {}
         res = search(val.probs, val.gold_rank, n_bins=c.n_bins, **kwargs)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from . import calibrate
 from .calibrate import centered_scores, check_temperature
 from .config import METHODS
 
@@ -364,8 +365,14 @@ def ece_curve(arrays: PredictionArrays, mode: str, convention: str, n_bins: int 
 
     Not `calibrate.search_temperature`: this one must score the slider's own conventions
     (option letters, or top-k plus tail in logit mode) so that "best c" is the arg-min of
-    what the slider would show. One vectorised evaluation per grid value.
+    what the slider would show. Uniform bins: one compiled pass per grid value.
     """
+    if strategy == "uniform":
+        option = convention == "option"
+        return pd.DataFrame({"c": grid, "ece": calibrate.scores_ece_curve(
+            arrays.centered("option" if option else "topk", mode),
+            arrays.option_correct if option else arrays.correct, grid, n_bins,
+            top=None if option else 0)})
     eces = []
     for c in grid:
         scaled = rescale(arrays, float(c), mode, convention)

@@ -167,3 +167,18 @@ def test_empty_examples(setup):
     model, tokenizer, _ = setup
     with pytest.raises(ValueError, match="examples"):
         predict(model, tokenizer, [], progress=False)
+
+
+def test_predict_forms_no_full_softmax(setup, pred, monkeypatch):
+    """Confidences come from topk + logsumexp: the same rows with every softmax disabled."""
+    model, tokenizer, examples = setup
+
+    def no_softmax(*args, **kwargs):
+        raise AssertionError("predict formed a [B, V] softmax")
+
+    monkeypatch.setattr(torch, "softmax", no_softmax)
+    monkeypatch.setattr(torch.Tensor, "softmax", no_softmax)
+    monkeypatch.setattr(torch.nn.functional, "softmax", no_softmax)
+    again = predict(model, tokenizer, examples, k=4, batch_size=5, progress=False)
+    np.testing.assert_array_equal(again.confidence, pred.confidence)
+    assert again.option_probs.tolist() == pred.option_probs.tolist()
