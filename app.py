@@ -16,16 +16,16 @@ import streamlit as st
 
 from first_core import store
 from first_core.errors import StoreError
-from app_pages._common import DATA_DIR, STORE_KEY
+from pages._common import DATA_DIR, STORE_KEY
 
 PAGES = [
-    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/reliability.py", title="Reliability", icon=":material/insights:"),
-    st.Page("app_pages/coverage.py", title="Top-k coverage", icon=":material/stacked_line_chart:"),
-    st.Page("app_pages/temperature.py", title="Temperature search", icon=":material/thermostat:"),
-    st.Page("app_pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
-    st.Page("app_pages/examples.py", title="Examples", icon=":material/quiz:"),
-    st.Page("app_pages/learn.py", title="Learn calibration", icon=":material/school:"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/reliability.py", title="Reliability", icon=":material/insights:"),
+    st.Page("pages/coverage.py", title="Top-k coverage", icon=":material/stacked_line_chart:"),
+    st.Page("pages/temperature.py", title="Temperature search", icon=":material/thermostat:"),
+    st.Page("pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
+    st.Page("pages/examples.py", title="Examples", icon=":material/quiz:"),
+    st.Page("pages/learn.py", title="Learn calibration", icon=":material/school:"),
 ]
 
 

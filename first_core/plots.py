@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 OVER_COLOR = "rgba(214, 39, 40, 0.55)"    # red: confidence above accuracy
 UNDER_COLOR = "rgba(31, 119, 180, 0.55)"  # blue: confidence below accuracy
 ACC_COLOR = "rgba(90, 90, 90, 0.85)"
+SMOOTH_COLOR = "rgb(255, 127, 14)"
 BIN_COLUMNS = ("lo", "hi", "count", "confidence", "accuracy")
 
 
@@ -26,12 +27,32 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> No
         raise ValueError(f"{name}: missing column(s) {missing}; got {list(frame.columns)}")
 
 
-def reliability_figure(bins: pd.DataFrame, title: str = "") -> go.Figure:
+LEGEND_ROW_PX = 26  # one horizontal legend row
+TITLE_PX = 34       # the title's line
+
+
+def _title_and_legend(fig: go.Figure, title: str, height: int, left: int = 50,
+                      right: int = 20, bottom: int = 40, legend_rows: int = 1) -> None:
+    """Title and horizontal legend in separate bands above the plot, never on top of each
+    other: the legend sits just above the plot area, the title above the legend, pinned to
+    the top of the figure, with the top margin sized for both."""
+    top = legend_rows * LEGEND_ROW_PX + (TITLE_PX if title else 0) + 8
+    fig.update_layout(
+        height=height, margin=dict(l=left, r=right, t=top, b=bottom),
+        title=dict(text=title, x=0, xref="paper", y=1, yref="container", yanchor="top",
+                   pad=dict(t=8)) if title else None,
+        legend=dict(orientation="h", x=0, y=1, yanchor="bottom", yref="paper"))
+
+
+def reliability_figure(bins: pd.DataFrame, title: str = "",
+                       smooth: pd.DataFrame | None = None) -> go.Figure:
     """Reliability diagram (top) over a confidence histogram (bottom), as in the paper's fig. 5.
 
     `bins` has one row per bin with columns lo, hi, count, confidence, accuracy (NaN where
     the bin is empty). The gap between accuracy and mean confidence is drawn on top of the
     accuracy bar: red where the model is over-confident, blue where it is under-confident.
+    `smooth` (columns x, y: `views.smooth_calibration(...).curve`) is drawn as a line over
+    the bars: relplot's kernel-smoothed reliability curve, the one SmoothECE integrates.
     """
     _check_columns(bins, BIN_COLUMNS, "bins")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
@@ -54,12 +75,16 @@ def reliability_figure(bins: pd.DataFrame, title: str = "") -> go.Figure:
                     hoverinfo="skip", row=1, col=1)
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfect calibration",
                     line=dict(dash="dash", color="black", width=1), row=1, col=1)
+    if smooth is not None:
+        _check_columns(smooth, ("x", "y"), "smooth")
+        fig.add_scatter(x=smooth["x"], y=smooth["y"], mode="lines", name="Smoothed (SmoothECE)",
+                        line=dict(color=SMOOTH_COLOR, width=2.5), hoverinfo="skip",
+                        row=1, col=1)
     fig.add_bar(x=(bins["lo"] + bins["hi"]) / 2, y=bins["count"], width=bins["hi"] - bins["lo"],
                 name="Examples per bin", marker=dict(color="rgba(120, 120, 120, 0.6)"),
                 showlegend=False, row=2, col=1)
-    fig.update_layout(barmode="overlay", title=title, height=520, bargap=0,
-                      margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_layout(barmode="overlay", bargap=0, clickmode="event+select")
+    _title_and_legend(fig, title, 540, legend_rows=2)  # five entries wrap in a half-width panel
     fig.update_yaxes(title_text="Accuracy", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="Count", row=2, col=1)
     fig.update_xaxes(range=[0, 1], row=1, col=1)
@@ -99,8 +124,7 @@ def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
                          exponentformat="SI", showgrid=False, secondary_y=True)
     fig.update_yaxes(title_text="Cumulative probability", range=[0, 1.02], secondary_y=False)
     fig.update_xaxes(title_text="K (top-K tokens kept)")
-    fig.update_layout(height=460, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-                      margin=dict(l=50, r=50, t=30, b=40))
+    _title_and_legend(fig, "", 460, right=50)
     return fig
 
 
@@ -123,8 +147,7 @@ def search_curve_figure(curves: pd.DataFrame, chosen: pd.DataFrame | None = None
                         name="chosen", text=[f"{v:.3g}" for v in chosen["value"]],
                         textposition="top center",
                         marker=dict(size=12, symbol="star", color="rgb(214, 39, 40)"))
-    fig.update_layout(title=title, height=380, margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    _title_and_legend(fig, title, 380)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="ECE", tickformat=".0%")
     return fig
@@ -141,9 +164,8 @@ def grouped_bars(table: pd.DataFrame, x: str, y: str, group: str, title: str = "
                     text=[f"{v:.1%}" if percent else f"{v:.3g}" for v in part[y]],
                     textposition="outside",
                     error_y=dict(type="data", array=part[error]) if error else None)
-    fig.update_layout(barmode="group", title=title, height=380,
-                      margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_layout(barmode="group")
+    _title_and_legend(fig, title, 380)
     if percent:
         fig.update_yaxes(tickformat=".0%")
     return fig
@@ -164,9 +186,8 @@ def probability_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
                     textposition="outside",
                     marker=dict(line=dict(width=[3 if lab == highlight else 0 for lab in labels],
                                           color="rgb(44, 160, 44)")))
-    fig.update_layout(barmode="group", title=title, height=320,
-                      margin=dict(l=40, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_layout(barmode="group")
+    _title_and_legend(fig, title, 320, left=40)
     fig.update_yaxes(tickformat=".0%", range=[0, 1.1])
     fig.update_xaxes(type="category")
     return fig

@@ -16,16 +16,16 @@ from first_core.fixtures import write_fixture_store
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
 PAGES = {  # page -> labels of widgets that must be there
-    "app_pages/home.py": {"radio": ["Confidence convention"]},
-    "app_pages/reliability.py": {"select_slider": ["Temperature c (log scale)"],
+    "pages/home.py": {"radio": ["Confidence convention"]},
+    "pages/reliability.py": {"select_slider": ["Temperature c (log scale)"],
                              "button": ["Best c on validation"], "slider": ["Bins"],
                              "multiselect": ["Runs (up to two, side by side)"]},
-    "app_pages/coverage.py": {"number_input": ["Token positions in the data set", "Vocabulary size"],
+    "pages/coverage.py": {"number_input": ["Token positions in the data set", "Vocabulary size"],
                           "selectbox": ["Teacher run", "Probability dtype"]},
-    "app_pages/temperature.py": {"selectbox": ["Teacher run", "Example"], "select_slider": ["c"]},
-    "app_pages/compare.py": {"radio": ["Confidence"], "multiselect": ["Splits"]},
-    "app_pages/examples.py": {"selectbox": ["Run", "Split", "Show", "Look at"]},
-    "app_pages/learn.py": {"slider": ["Accuracy of the simulated classifier"],
+    "pages/temperature.py": {"selectbox": ["Teacher run", "Example"], "select_slider": ["c"]},
+    "pages/compare.py": {"radio": ["Confidence"], "multiselect": ["Splits"]},
+    "pages/examples.py": {"selectbox": ["Run", "Split", "Show", "Look at"]},
+    "pages/learn.py": {"slider": ["Accuracy of the simulated classifier"],
                        "select_slider": ["Temperature c"]},
 }
 
@@ -76,7 +76,7 @@ def test_home_shows_the_store_and_the_headline(monkeypatch, fixture_store):
 
 
 def test_moving_the_temperature_slider_changes_the_ece(monkeypatch, fixture_store):
-    at = open_app(monkeypatch, fixture_store, "app_pages/reliability.py")
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py")
     before = ece_shown(at)
     assert before and all(re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", v) for v in before)
     at.radio(key="rel_mode").set_value("first").run()
@@ -87,7 +87,7 @@ def test_moving_the_temperature_slider_changes_the_ece(monkeypatch, fixture_stor
 
 
 def test_best_c_button_snaps_to_the_validation_optimum(monkeypatch, fixture_store):
-    at = open_app(monkeypatch, fixture_store, "app_pages/reliability.py")
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py")
     run_id = at.multiselect(key="rel_runs").value[0]
     at.button(key="rel_best").click().run()
     frame = store.load_predictions(fixture_store, run_id, "val",
@@ -101,7 +101,7 @@ def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
     runs = store.list_runs(fixture_store)["run_id"].tolist()
     query = {"runs": f"{runs[1]},{runs[2]}", "split": "test_ood", "c": "0.3", "mode": "first",
              "conv": "paper", "bins": "15", "strategy": "quantile"}
-    at = open_app(monkeypatch, fixture_store, "app_pages/reliability.py", query)
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     assert at.multiselect(key="rel_runs").value == runs[1:3]
     assert at.select_slider(key="rel_c").value == views.snap_temperature(0.3)
     assert at.slider(key="rel_bins").value == 15
@@ -110,7 +110,7 @@ def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
     assert len(ece_shown(at)) == 2  # two runs side by side
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p != "app_pages/learn.py"])
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "pages/learn.py"])
 def test_missing_store_shows_the_command(monkeypatch, tmp_path, page):
     at = open_app(monkeypatch, tmp_path / "nothing.duckdb", page)
     assert "python -m first_core demo" in [c.value for c in at.code]
@@ -126,7 +126,7 @@ def test_empty_store_shows_the_command_and_the_demo_button(monkeypatch, tmp_path
 def test_corrupt_store_is_a_message_not_a_traceback(monkeypatch, tmp_path):
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"this is not a database" * 100)
-    at = open_app(monkeypatch, bad, "app_pages/reliability.py")
+    at = open_app(monkeypatch, bad, "pages/reliability.py")
     assert any("not a DuckDB database" in e.value for e in at.error)
 
 
@@ -162,7 +162,7 @@ def test_picker_lists_only_stores_under_the_data_folder(monkeypatch, tmp_path, f
 
 
 def test_learn_page_needs_no_store_and_moves_with_its_sliders(monkeypatch, tmp_path):
-    at = open_app(monkeypatch, tmp_path / "none.duckdb", "app_pages/learn.py")
+    at = open_app(monkeypatch, tmp_path / "none.duckdb", "pages/learn.py")
     before = [m.value for m in at.metric if m.label == "ECE"]
     at.slider(key="learn_s").set_value(3.0).run()
     after = [m.value for m in at.metric if m.label == "ECE"]

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from first_core import plots, views
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors
 
 SHOWN = ["example_id", "gold", "pred_option", "confidence_option", "correct_option", "pred",
          "confidence", "correct"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from first_core import views
-from app_pages._common import (DEMO_COMMAND, csv_download, first_visit, query, store_errors,
+from pages._common import (DEMO_COMMAND, csv_download, first_visit, query, store_errors,
                            store_path)
 
 ROOT = Path(__file__).resolve().parents[1]

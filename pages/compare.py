@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots, views
-from app_pages._common import csv_download, query, require_runs, store_errors
+from pages._common import csv_download, query, require_runs, store_errors
 
 METRIC_NAMES = {"accuracy": "Accuracy", "ece": "ECE", "trust": "Trust", "mce": "MCE",
                 "brier": "Brier", "nll": "NLL"}

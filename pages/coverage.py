@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots, views
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors
 
 st.title("Top-k coverage")
 runs = require_runs()

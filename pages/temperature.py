@@ -7,7 +7,7 @@ import streamlit as st
 
 from first_core import plots, views
 from first_core.calibrate import temperature_scale
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors
 
 st.title("Temperature search")
 runs = require_runs()
