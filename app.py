@@ -16,17 +16,9 @@ import streamlit as st
 
 from first_core import store
 from first_core.errors import StoreError
-from pages._common import DATA_DIR, STORE_KEY
+from pages._common import DATA_DIR, STORE_KEY, navigation_pages
 
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/reliability.py", title="Reliability", icon=":material/insights:"),
-    st.Page("pages/coverage.py", title="Top-k coverage", icon=":material/stacked_line_chart:"),
-    st.Page("pages/temperature.py", title="Temperature search", icon=":material/thermostat:"),
-    st.Page("pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
-    st.Page("pages/examples.py", title="Examples", icon=":material/quiz:"),
-    st.Page("pages/learn.py", title="Learn calibration", icon=":material/school:"),
-]
+PAGES = navigation_pages()  # the seven pages, listed explicitly
 
 
 def cli_store() -> str | None:

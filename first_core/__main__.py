@@ -1,4 +1,4 @@
-"""Command line: `python -m first_core {run,demo,check-data,bench}`.
+"""Command line: `python -m first_core {run,demo,check-data,import,bench}`.
 
 User errors (`FirstError`) print one clear message and exit with status 2; nothing else
 is caught, so a real bug still shows its traceback.
@@ -66,6 +66,14 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from .importer import import_predictions
+    path, run_id, n = import_predictions(args.path, args.name, args.store, args.model)
+    print(f"{args.path}: imported {n:,} predictions as pipeline {args.name!r} "
+          f"(run {run_id}) into {path}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     failed = 0
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
@@ -98,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", type=Path)
     c.add_argument("--format", default="auto", choices=["auto", "csqa", "boolq", "jsonl"])
     c.set_defaults(fn=_check_data)
+
+    i = sub.add_parser("import", help="store another model's predictions (CSV, Parquet, JSONL) "
+                       "as their own pipeline; see first_core/importer.py for the columns")
+    i.add_argument("path", type=Path)
+    i.add_argument("--name", required=True, help="pipeline name shown in the dashboard")
+    i.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    i.add_argument("--model", help="the model's name, recorded with the run")
+    i.set_defaults(fn=_import)
 
     b = sub.add_parser("bench", help="run every benchmark in benchmarks/")
     b.set_defaults(fn=_bench)

@@ -7,8 +7,9 @@ import streamlit as st
 
 from first_core import plots, views
 from first_core.calibrate import temperature_scale
-from pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
+through_app()
 st.title("Temperature search")
 runs = require_runs()
 with store_errors():
