@@ -31,17 +31,22 @@ LEGEND_ROW_PX = 26  # one horizontal legend row
 TITLE_PX = 34       # the title's line
 
 
-def _title_and_legend(fig: go.Figure, title: str, height: int, left: int = 50,
-                      right: int = 20, bottom: int = 40, legend_rows: int = 1) -> None:
+def _title_legend_layout(title: str, height: int, left: int = 50, right: int = 20,
+                         bottom: int = 40, legend_rows: int = 1) -> dict:
     """Title and horizontal legend in separate bands above the plot, never on top of each
     other: the legend sits just above the plot area, the title above the legend, pinned to
     the top of the figure, with the top margin sized for both."""
     top = legend_rows * LEGEND_ROW_PX + (TITLE_PX if title else 0) + 8
-    fig.update_layout(
-        height=height, margin=dict(l=left, r=right, t=top, b=bottom),
-        title=dict(text=title, x=0, xref="paper", y=1, yref="container", yanchor="top",
-                   pad=dict(t=8)) if title else None,
-        legend=dict(orientation="h", x=0, y=1, yanchor="bottom", yref="paper"))
+    layout = dict(height=height, margin=dict(l=left, r=right, t=top, b=bottom),
+                  legend=dict(orientation="h", x=0, y=1, yanchor="bottom", yref="paper"))
+    if title:
+        layout["title"] = dict(text=title, x=0, xref="paper", y=1, yref="container",
+                               yanchor="top", pad=dict(t=8))
+    return layout
+
+
+def _title_and_legend(fig: go.Figure, title: str, height: int, **kwargs: int) -> None:
+    fig.update_layout(**_title_legend_layout(title, height, **kwargs))
 
 
 def reliability_figure(bins: pd.DataFrame, title: str = "",
@@ -55,41 +60,46 @@ def reliability_figure(bins: pd.DataFrame, title: str = "",
     the bars: relplot's kernel-smoothed reliability curve, the one SmoothECE integrates.
     """
     _check_columns(bins, BIN_COLUMNS, "bins")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
-                        vertical_spacing=0.04)
+    # Built as one dict and validated once: the slider redraws this on every move, and
+    # make_subplots + add_* (each validating and re-laying out) cost ~30x more.
     full = bins[bins["count"] > 0]
     lo, hi, count = (full[c].to_numpy(dtype=float) for c in ("lo", "hi", "count"))
     acc, conf = full["accuracy"].to_numpy(dtype=float), full["confidence"].to_numpy(dtype=float)
     centre, width = (lo + hi) / 2, hi - lo
     hover = [f"bin ({a:.3f}, {b:.3f}]<br>n = {n:,.0f}<br>acc = {y:.3f}<br>conf = {x:.3f}"
              for a, b, n, y, x in zip(lo, hi, count, acc, conf)]
-    fig.add_bar(x=centre, y=acc, width=width, name="Accuracy",
-                marker=dict(color=ACC_COLOR, line=dict(width=1, color="white")),
-                hovertext=hover, hoverinfo="text", row=1, col=1)
+    top = dict(xaxis="x", yaxis="y")
+    data = [dict(type="bar", x=centre, y=acc, width=width, name="Accuracy",
+                 marker=dict(color=ACC_COLOR, line=dict(width=1, color="white")),
+                 hovertext=hover, hoverinfo="text", **top)]
     gap = conf - acc
     for mask, color, name in ((gap > 0, OVER_COLOR, "Over-confidence gap"),
                               (gap < 0, UNDER_COLOR, "Under-confidence gap")):
-        fig.add_bar(x=centre[mask], y=np.abs(gap[mask]), width=width[mask],
-                    base=np.minimum(acc, conf)[mask],
-                    name=name, marker=dict(color=color, line=dict(width=1, color=color)),
-                    hoverinfo="skip", row=1, col=1)
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfect calibration",
-                    line=dict(dash="dash", color="black", width=1), row=1, col=1)
+        data.append(dict(type="bar", x=centre[mask], y=np.abs(gap[mask]), width=width[mask],
+                         base=np.minimum(acc, conf)[mask], name=name,
+                         marker=dict(color=color, line=dict(width=1, color=color)),
+                         hoverinfo="skip", **top))
+    data.append(dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines",
+                     name="Perfect calibration",
+                     line=dict(dash="dash", color="black", width=1), **top))
     if smooth is not None:
         _check_columns(smooth, ("x", "y"), "smooth")
-        fig.add_scatter(x=smooth["x"], y=smooth["y"], mode="lines", name="Smoothed (SmoothECE)",
-                        line=dict(color=SMOOTH_COLOR, width=2.5), hoverinfo="skip",
-                        row=1, col=1)
-    fig.add_bar(x=(bins["lo"] + bins["hi"]) / 2, y=bins["count"], width=bins["hi"] - bins["lo"],
-                name="Examples per bin", marker=dict(color="rgba(120, 120, 120, 0.6)"),
-                showlegend=False, row=2, col=1)
-    fig.update_layout(barmode="overlay", bargap=0, clickmode="event+select")
-    _title_and_legend(fig, title, 540, legend_rows=2)  # five entries wrap in a half-width panel
-    fig.update_yaxes(title_text="Accuracy", range=[0, 1], row=1, col=1)
-    fig.update_yaxes(title_text="Count", row=2, col=1)
-    fig.update_xaxes(range=[0, 1], row=1, col=1)
-    fig.update_xaxes(title_text="Confidence", range=[0, 1], row=2, col=1)
-    return fig
+        data.append(dict(type="scatter", x=smooth["x"].to_numpy(), y=smooth["y"].to_numpy(),
+                         mode="lines", name="Smoothed (SmoothECE)",
+                         line=dict(color=SMOOTH_COLOR, width=2.5), hoverinfo="skip", **top))
+    data.append(dict(type="bar", x=((bins["lo"] + bins["hi"]) / 2).to_numpy(),
+                     y=bins["count"].to_numpy(), width=(bins["hi"] - bins["lo"]).to_numpy(),
+                     name="Examples per bin", marker=dict(color="rgba(120, 120, 120, 0.6)"),
+                     showlegend=False, xaxis="x2", yaxis="y2"))
+    layout = dict(  # two rows sharing x: the diagram (72%) over the histogram (28%)
+        barmode="overlay", bargap=0, clickmode="event+select",
+        xaxis=dict(range=[0, 1], anchor="y", matches="x2", showticklabels=False),
+        yaxis=dict(title=dict(text="Accuracy"), range=[0, 1], domain=[0.3, 1.0]),
+        xaxis2=dict(title=dict(text="Confidence"), range=[0, 1], anchor="y2"),
+        yaxis2=dict(title=dict(text="Count"), domain=[0.0, 0.26]),
+        # five legend entries wrap to two rows in a half-width panel
+        **_title_legend_layout(title, 540, legend_rows=2))
+    return go.Figure(dict(data=data, layout=layout))
 
 
 def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
