@@ -16,7 +16,7 @@ import streamlit as st
 
 from first_core import store
 from first_core.errors import StoreError
-from pages._common import DATA_DIR, STORE_KEY, navigation_pages
+from pages._common import DATA_DIR, STORE_KEY, navigation_pages, through_app
 
 PAGES = navigation_pages()  # the seven pages, listed explicitly
 
@@ -47,6 +47,7 @@ def pick_store() -> Path:
         return configured
 
 
+through_app()  # a fresh server's first run is in Streamlit's legacy pages/ mode: leave it
 st.set_page_config(page_title="first-lab", page_icon=":material/thermostat:", layout="wide")
 st.session_state[STORE_KEY] = str(pick_store())
 st.navigation(PAGES).run()

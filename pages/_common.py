@@ -40,15 +40,17 @@ def navigation_pages() -> list[st.Page]:
 
 
 def through_app() -> None:
-    """Make sure this page runs inside app.py's navigation; called first by every page.
+    """Make sure this page runs inside app.py's navigation; called first by app.py and by
+    every page.
 
     Streamlit decides once per server process, when the first session starts, whether the
     app "uses the pages/ directory" (Streamlit 1.67, `PagesManager.uses_pages_directory`);
     until some script calls `st.navigation`, it runs scripts in that legacy mode, where a
     first request for, say, /reliability runs pages/reliability.py directly, without
     app.py (no store picker, every file of pages/ in the sidebar). Calling `st.navigation`
-    switches the legacy mode off for good, so a page started that way does so and reruns:
-    the rerun goes through app.py. Read-only use of the flag; the switch is the public call.
+    switches the legacy mode off for good, so a script started that way does so and reruns:
+    the rerun goes through app.py, and the sidebar lists exactly app.py's seven pages (in
+    legacy mode it would list every file of pages/, app.py included). Read-only use of the flag; the switch is the public call.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
