@@ -99,7 +99,7 @@ split = top[1].selectbox("Split", splits, key="rel_split", format_func=views.SPL
 @live
 def panels() -> None:
     """Controls, metric cards, diagrams and the drill-down: what a slider move reruns."""
-    row = st.columns([3, 2, 3, 1])
+    row = st.columns([3, 2, 3, 2])
     convention = row[0].radio("Confidence", list(views.CONVENTIONS), key="rel_conv",
                               format_func=views.CONVENTIONS.get)
     mode = row[1].radio("Re-scaling", list(views.MODES), key="rel_mode",

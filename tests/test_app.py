@@ -369,3 +369,15 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(monkeypatch, tmp_path):
     at = open_app(monkeypatch, path, "pages/reliability.py",
                   {"runs": "my-llm/imported/seed0", "split": "test_ood"})
     assert len(ece_shown(at)) == 1 and not at.error
+
+
+@pytest.mark.parametrize("page", [None, "pages/reliability.py", "pages/learn.py"])
+def test_first_run_of_a_fresh_server_goes_through_app_py(monkeypatch, fixture_store, page):
+    """Without `as_after_the_first_request`, every AppTest run is a fresh server's first:
+    Streamlit's legacy pages/ mode, which would run a page without app.py."""
+    at = open_app(monkeypatch, fixture_store, page, fresh_server=True)
+    assert at.selectbox(key="store_choice")  # app.py's sidebar ran
+    assert PagesManager.uses_pages_directory is False  # st.navigation switched it off
+    title = {None: "first-lab", "pages/reliability.py": "Reliability",
+             "pages/learn.py": "Learn calibration"}[page]
+    assert at.title[0].value.startswith(title)
