@@ -50,13 +50,16 @@ def through_app() -> None:
     app.py (no store picker, every file of pages/ in the sidebar). Calling `st.navigation`
     switches the legacy mode off for good, so a script started that way does so and reruns:
     the rerun goes through app.py, and the sidebar lists exactly app.py's seven pages (in
-    legacy mode it would list every file of pages/, app.py included). Read-only use of the flag; the switch is the public call.
+    legacy mode it would list every file of pages/, app.py included). The flag is only
+    read; the switch is the public call.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         st.navigation(navigation_pages(), position="hidden")
         st.rerun()
+
+
 DATA_DIR = store.DEFAULT_STORE.parent
 DEMO_COMMAND = "python -m first_core demo"
 LOADERS: dict[str, Callable[..., Any]] = {

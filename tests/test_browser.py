@@ -138,7 +138,8 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(tmp_path, browser):
 def test_markdown_in_data_makes_the_browser_fetch_nothing(tmp_path, browser):
     path = write_fixture_store(tmp_path / "md.duckdb", 20, seed=0)
     examples = store.load_examples(path, split="test")
-    examples.loc[:, "question"] = "Pick one ![](http://tracker.invalid/x.png) [link](http://tracker.invalid/)"
+    examples.loc[:, "question"] = ("Pick one ![](http://tracker.invalid/x.png) "
+                                   "[link](http://tracker.invalid/)")
     store.Store(path).write_examples(examples)
     with dashboard_server(path) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
