@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ import pandas as pd
 from . import metrics
 from .calibrate import centered_scores, check_temperature
 from .config import METHODS
+from .store import IMPORTED_METHOD
 
 # 10^(-1.3) ~ 0.05 .. 10 in steps of 1/40 decade (~6 %), with c = 1 exactly on the grid.
 TEMPERATURE_GRID: np.ndarray = np.array(
@@ -513,11 +514,15 @@ class SmoothCalibration:
     sigma: float         # the kernel bandwidth relplot chose
 
 
+@lru_cache(maxsize=16)
 def smooth_sample(n: int, max_n: int = SMOOTH_MAX_N, seed: int = 0) -> np.ndarray | None:
-    """The fixed rows SmoothECE uses above `max_n` predictions (None: all of them)."""
+    """The fixed rows SmoothECE uses above `max_n` predictions (None: all of them); drawn
+    once per size (read-only), not on every slider move."""
     if n <= max_n:
         return None
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_n, replace=False))
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_n, replace=False))
+    rows.flags.writeable = False
+    return rows
 
 
 def smooth_calibration(confidence: np.ndarray, correct: np.ndarray,
@@ -625,12 +630,14 @@ def compare_table(metric_rows: pd.DataFrame, convention: str = "paper",
 
 
 def teacher_for(runs: pd.DataFrame, run_id: str) -> str | None:
-    """The teacher run that goes with `run_id`: same pipeline if there is one, else any."""
+    """The teacher run that goes with `run_id`: same pipeline if there is one, else any;
+    None for imported predictions (another model: no teacher of this project's goes with it)."""
     teachers = runs[runs["method"] == "teacher_ft"]
-    if teachers.empty:
+    mine = runs[runs["run_id"] == run_id]
+    if teachers.empty or (len(mine) and mine["method"].iloc[0] == IMPORTED_METHOD):
         return None
-    mine = runs.loc[runs["run_id"] == run_id, "pipeline"]
-    same = teachers[teachers["pipeline"] == mine.iloc[0]] if len(mine) else teachers.iloc[:0]
+    same = teachers[teachers["pipeline"] == mine["pipeline"].iloc[0]] if len(mine) \
+        else teachers.iloc[:0]
     return str((same if len(same) else teachers)["run_id"].iloc[0])
 
 

@@ -426,6 +426,9 @@ def test_teacher_for_prefers_the_same_pipeline():
                          "pipeline": ["a", "b", "b"]})
     assert views.teacher_for(runs, "b/s") == "b/t"
     assert views.teacher_for(runs[runs["method"] != "teacher_ft"], "b/s") is None
+    imported = pd.concat([runs, pd.DataFrame({"run_id": ["x/imported/seed0"],
+                                              "method": ["imported"], "pipeline": ["x"]})])
+    assert views.teacher_for(imported, "x/imported/seed0") is None  # another model's
 
 
 def test_token_labels_show_spaces_and_find_gold():
