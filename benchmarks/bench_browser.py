@@ -4,8 +4,10 @@ Starts `streamlit run app.py` on a fixture store (demo-sized, n = 1,000 predicti
 split, and 1M predictions), drives headless Debian Chromium (`/usr/bin/chromium`, through
 Playwright; never `playwright install`) on the Reliability page, presses the arrow key on
 the temperature slider 20 times and times each move *inside the browser*: from the keydown
-event to the DOM mutation that changes the first panel's metric cards (ECE, and Brier / NLL
-at three decimals so that a move whose rounded ECE text stays the same is still seen).
+event to the first DOM mutation after it that changes the first panel's metric cards (ECE,
+and Brier / NLL at three decimals so that a move whose rounded ECE text stays the same is
+still seen); the time to the first panel's redrawn diagram is printed beside it. Each key
+press waits until the page has been quiet for 400 ms, so moves do not overlap.
 
 The baseline is the same page with `FIRST_FULL_RERUNS=1` (no `st.fragment`: every move
 reruns the whole page, as before issue 12), measured in the same run on the same store.
@@ -46,16 +48,24 @@ TARGETS_MS = {"demo": 150.0, "1M": 300.0}
 # In-page probe: timestamps of every keydown and of every change of the first panel's
 # metric texts, on the browser's own clock (no Python round trip in the figure).
 PROBE = """() => {
-  window.__moves = []; window.__keys = [];
+  window.__moves = []; window.__charts = []; window.__keys = []; window.__last = 0;
   const cards = () => Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
-      .slice(0, 8).map(m => m.innerText).join('|');
-  let last = cards();
+      .slice(0, 7).map(m => m.innerText).join('|');
+  const chart = () => {
+    const bars = document.querySelector('[data-testid="stPlotlyChart"] g.barlayer');
+    return bars ? bars.innerHTML.length + ':' + bars.innerHTML.slice(0, 2000) : '';
+  };
+  let last = cards(), lastChart = chart();
   document.addEventListener('keydown', () => window.__keys.push(performance.now()), true);
   new MutationObserver(() => {
-    const now = cards();
-    if (now !== last) { last = now; window.__moves.push(performance.now()); }
-  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    const t = performance.now(); window.__last = t;
+    const now = cards(), c = chart();
+    if (now !== last) { last = now; window.__moves.push(t); }
+    if (c !== lastChart) { lastChart = c; window.__charts.push(t); }
+  }).observe(document.body, {subtree: true, childList: true, characterData: true,
+                             attributes: true});
 }"""
+QUIET_MS = 400  # no DOM change for this long: the previous move has finished rendering
 
 
 def free_port() -> int:
@@ -111,8 +121,10 @@ def launch(pw):
                               headless=True)
 
 
-def slider_moves(url: str, runs: str, moves: int, warmup: int = 3) -> list[float]:
-    """Milliseconds from each key press to the metric cards' update, `moves` times."""
+def slider_moves(url: str, runs: str, moves: int, warmup: int = 3
+                 ) -> tuple[list[float], list[float]]:
+    """Milliseconds from each key press to the first panel's metric cards' update, and to
+    its diagram's update, `moves` times."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -127,18 +139,20 @@ def slider_moves(url: str, runs: str, moves: int, warmup: int = 3) -> list[float
             page.evaluate(PROBE)
             thumb = page.get_by_role("slider", name="Temperature c (log scale)")
             thumb.focus()
-            out = []
+            cards, charts = [], []
+            quiet = f"performance.now() - window.__last > {QUIET_MS}"
             for i in range(warmup + moves):
-                seen = page.evaluate("window.__moves.length")
+                page.wait_for_function(quiet, timeout=60_000)  # the last move has settled
                 thumb.press("ArrowRight")
-                page.wait_for_function(f"window.__moves.length > {seen}", timeout=60_000)
-                # wait until the rerun has finished (no "running" state) before the next key
-                page.wait_for_timeout(250)
                 key = page.evaluate("window.__keys[window.__keys.length - 1]")
-                done = page.evaluate(f"window.__moves[{seen}]")
+                first_after = ("(name) => window[name].find(t => t > window.__keys["
+                               "window.__keys.length - 1])")
+                page.wait_for_function(f"({first_after})('__moves') && ({first_after})"
+                                       "('__charts')", timeout=60_000)
                 if i >= warmup:
-                    out.append(done - key)
-            return out
+                    cards.append(page.evaluate(first_after, "__moves") - key)
+                    charts.append(page.evaluate(first_after, "__charts") - key)
+            return cards, charts
         finally:
             browser.close()
 
@@ -195,12 +209,13 @@ def main() -> int:
                      else big_store(Path(tmp) / "big.duckdb", n))
             print(f"# {label}: fixture store with {n:,} predictions per split written in "
                   f"{time.perf_counter() - t0:.0f} s")
-            timings = {}
+            timings, charts = {}, {}
             for mode, env in (("fragment", {}), ("full", {"FIRST_FULL_RERUNS": "1"})):
                 with dashboard_server(store, env, timeout=120) as url:
-                    timings[mode] = slider_moves(url, runs, moves)
-                print(f"#   {mode:8s}: median {statistics.median(timings[mode]):7.1f} ms, "
-                      f"p90 {p90(timings[mode]):7.1f} ms, all: "
+                    timings[mode], charts[mode] = slider_moves(url, runs, moves)
+                print(f"#   {mode:8s}: cards median {statistics.median(timings[mode]):6.1f} ms, "
+                      f"p90 {p90(timings[mode]):6.1f}; diagram median "
+                      f"{statistics.median(charts[mode]):6.1f} ms; cards, all: "
                       + " ".join(f"{t:.0f}" for t in timings[mode]))
             median = statistics.median(timings["fragment"])
             target = TARGETS_MS[label]
@@ -208,6 +223,8 @@ def main() -> int:
             print(f"RATIO slider_median_ms[{label}] = {median:.1f} ms  (target <= {target:.0f})  "
                   f"{verdict}")
             print(f"RATIO slider_p90_ms[{label}] = {p90(timings['fragment']):.1f} ms  INFO")
+            print(f"RATIO diagram_median_ms[{label}] = "
+                  f"{statistics.median(charts['fragment']):.1f} ms  INFO")
             print(f"RATIO full_rerun_median_ms[{label}] = "
                   f"{statistics.median(timings['full']):.1f} ms  INFO")
             print(f"RATIO full_rerun/fragment[{label}] = "

@@ -141,10 +141,11 @@ def panels() -> None:
                 continue
             scaled = views.rescale(data, c, mode, convention)
             view = views.summarize(scaled, n_bins, strategy)
-            smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
             cards = view.cards
             st.markdown(f"**{run_label(runs)(run_id)}**, {views.SPLIT_NAMES[split]}, "
                         f"n = {view.n:,}")
+            # the binned cards go out first; SmoothECE (relplot, the slowest number) and the
+            # figure follow, so the numbers update as soon as they are known
             grid = st.columns(4)
             grid[0].metric("Accuracy", f"{cards['accuracy']:.1%}")
             interval = views.format_interval(cards["ece_low"], cards["ece_high"])
@@ -153,18 +154,20 @@ def panels() -> None:
                            help="Expected calibration error; below it the 95% bootstrap "
                                 "interval in percent (omitted above "
                                 f"{views.BOOT_MAX_N:,} predictions to keep the slider live).")
-            grid[2].metric("SmoothECE", f"{smooth.ece:.1%}",
-                           help="Kernel-smoothed ECE (Blasiok & Nakkiran 2023, the `relplot` "
-                                f"package, bandwidth {smooth.sigma:.3f}); no bins to choose. "
-                                "Its smoothed curve is the orange line. Above "
-                                f"{views.SMOOTH_MAX_N:,} predictions it uses a fixed random "
-                                f"sample of that size (here {smooth.n_used:,}).")
+            smooth_card = grid[2].empty()
             grid[3].metric("MCE", f"{cards['mce']:.1%}")
             grid = st.columns(4)
             grid[0].metric("Brier", f"{cards['brier']:.3f}")
             grid[1].metric("NLL", f"{cards['nll']:.3f}")
             grid[2].metric("Trust", f"{cards['trust']:.1%}",
                            help="Accuracy - ECE (our definition).")
+            smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
+            smooth_card.metric(
+                "SmoothECE", f"{smooth.ece:.1%}",
+                help="Kernel-smoothed ECE (Blasiok & Nakkiran 2023, the `relplot` package, "
+                     f"bandwidth {smooth.sigma:.3f}); no bins to choose. Its smoothed curve "
+                     f"is the orange line. Above {views.SMOOTH_MAX_N:,} predictions it uses a "
+                     f"fixed random sample of that size (here {smooth.n_used:,}).")
             st.session_state[f"rel-bins-{i}"] = view.bins
             key = f"rel-fig-{i}"
             st.plotly_chart(plots.reliability_figure(view.bins, smooth=smooth.curve), key=key,
