@@ -1,4 +1,4 @@
-"""Command line: `python -m first_core {run,demo,report,check-data,bench}`.
+"""Command line: `python -m first_core {run,demo,report,check-data,import,bench}`.
 
 User errors (`FirstError`) print one clear message and exit with status 2, and so do the
 errors of the machine rather than of the code (a full disk, a read-only or unreadable path);
@@ -109,6 +109,14 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from .importer import import_predictions
+    path, run_id, n = import_predictions(args.path, args.name, args.store, args.model)
+    print(f"{args.path}: imported {n:,} predictions as pipeline {args.name!r} "
+          f"(run {run_id}) into {path}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     failed = 0
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
@@ -150,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pipeline", help="only this pipeline (the config's `name`)")
     t.add_argument("--format", default="markdown", choices=["markdown", "csv"])
     t.set_defaults(fn=_report)
+
+    i = sub.add_parser("import", help="store another model's predictions (CSV, Parquet, JSONL) "
+                       "as their own pipeline; see first_core/importer.py for the columns")
+    i.add_argument("path", type=Path)
+    i.add_argument("--name", required=True, help="pipeline name shown in the dashboard")
+    i.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    i.add_argument("--model", help="the model's name, recorded with the run")
+    i.set_defaults(fn=_import)
 
     b = sub.add_parser("bench", help="run every benchmark in benchmarks/")
     b.set_defaults(fn=_bench)

@@ -590,3 +590,56 @@ def available_splits(source: Source | None = None,
         found = {r[0] for r in con.execute(
             f"SELECT DISTINCT p.split FROM predictions AS p{where}", params).fetchall()}
     return [s for s in SPLITS if s in found]
+
+
+# ---------------------------------------------------------------------------- imported runs
+
+IMPORTED_METHOD = "imported"  # `runs.method` of predictions imported from another model
+
+
+def list_pipelines(source: Source | None = None) -> pd.DataFrame:
+    """One row per pipeline: pipeline, runs, methods (list), first created_at; oldest first."""
+    sql = ("SELECT pipeline, count(*) AS runs, list(DISTINCT method ORDER BY method) AS methods, "
+           "min(created_at) AS created_at FROM runs GROUP BY pipeline ORDER BY 4, 1")
+    with _reading(source) as con:
+        return con.execute(sql).df()
+
+
+def write_imported_run(path: str | os.PathLike[str] | None, pipeline: str, run_id: str,
+                       model: str, dataset: str, predictions: pd.DataFrame,
+                       metrics: pd.DataFrame, examples: pd.DataFrame | None = None,
+                       config: Mapping[str, Any] | None = None,
+                       timeout: float = WRITE_TIMEOUT_S) -> Path:
+    """Store another model's predictions as pipeline `pipeline` (method `imported`), in one
+    transaction: its runs row, predictions, metrics and question texts land whole or not at
+    all. Re-importing the same name replaces the earlier import; a name that belongs to a
+    pipeline of this project's own runs is refused (choose another name)."""
+    if not pipeline or not run_id:
+        raise ValueError("pipeline, run_id: must be non-empty")
+    fixed = {"run_id": run_id}
+    for name, frame in (("predictions", predictions), ("metrics", metrics)):
+        _validate(TABLES[name], frame, fixed)
+    if examples is not None:
+        _validate(TABLES["examples"], examples, {})
+    store = default_store_path(path)
+    row = RunRecord(run_id=run_id, method=METHODS[0], model=model, dataset=dataset, seed=0,
+                    config=dict(config or {}), pipeline=pipeline).row()
+    row[1] = IMPORTED_METHOD  # RunRecord checks the project's own methods; this is not one
+    cols = ", ".join(f'"{c}"' for c in TABLES["runs"].columns)
+    marks = ", ".join("?" for _ in TABLES["runs"].columns)
+    with connect(store, read_only=False, timeout=timeout) as con, transaction(con):
+        owners = {r[0] for r in con.execute(
+            "SELECT DISTINCT method FROM runs WHERE pipeline = ?", [pipeline]).fetchall()}
+        if owners - {IMPORTED_METHOD}:
+            raise StoreError(f"store {store}: pipeline {pipeline!r} holds this project's own "
+                             f"runs ({sorted(owners)}); import under another name")
+        old = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE pipeline = ?",
+                                         [pipeline]).fetchall()] + [run_id]
+        for name in ("predictions", "metrics", "runs"):
+            con.execute(f'DELETE FROM "{name}" WHERE list_contains(?, run_id)', [old])
+        con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
+        _insert(con, TABLES["predictions"], predictions, fixed)
+        _insert(con, TABLES["metrics"], metrics, fixed)
+        if examples is not None and len(examples):
+            _replace(con, TABLES["examples"], examples)
+    return store
