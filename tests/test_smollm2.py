@@ -128,7 +128,7 @@ def test_gguf_converts_once_to_an_ordinary_safetensors_folder(built, teacher, mo
     def dequantized(name: str) -> torch.Tensor:
         t = tensors[name]
         return torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type),
-                                           dtype=np.float32))
+                                          dtype=np.float32))
 
     torch.testing.assert_close(model.model.embed_tokens.weight.detach(),
                                dequantized("token_embd.weight"))
