@@ -81,9 +81,12 @@ class Context:
         return self.path("models", method, "final")
 
     def init_path(self, role: str) -> str:
-        """The weights a role starts from: a preset saved in this run, or the user's spec."""
+        """The weights a role starts from: a preset saved in this run, a GGUF / layer-subset
+        spec built in this run (`models.build_model`), or the user's spec."""
         spec = getattr(self.cfg.model, role)
-        from .models import is_preset
+        from .models import build_dir_name, is_preset, needs_build
+        if needs_build(spec):
+            return str(self.path("models", "built", build_dir_name(spec)))
         return str(self.path("models", f"{role}_init")) if is_preset(spec) else spec
 
 
@@ -125,8 +128,9 @@ def dataset_hash(files: dict[str, str]) -> str:
 
 
 def stage_models(ctx: Context) -> dict[str, Any]:
-    """Build the embedded presets (tokenizer trained on the training text only) into the run dir."""
-    from .models import build_preset, is_preset
+    """Build the embedded presets (tokenizer trained on the training text only), and convert
+    GGUF / layer-subset specs to safetensors folders (each GGUF file once), in the run dir."""
+    from .models import build_model, build_preset, is_preset, needs_build
     texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in ctx.examples["train"]]
     built = {}
     for role in ("teacher", "student"):
@@ -134,6 +138,8 @@ def stage_models(ctx: Context) -> dict[str, Any]:
         if is_preset(spec):
             built[role] = str(build_preset(spec, texts, ctx.path("models", f"{role}_init"),
                                            seed=ctx.cfg.seed))
+        elif needs_build(spec):
+            built[role] = str(build_model(spec, ctx.path("models", "built")))
     return {"built": built}
 
 
