@@ -39,6 +39,33 @@ class DataConfig:
     n_test: int = 1000
     n_ood: int = 1000
     max_train: int | None = None
+    # "mc": the multiple-choice setting; "instruct": the paper's instruction-tuning setting
+    # ([instruct] section; the files above are then the multiple-choice OOD test)
+    kind: Literal["mc", "instruct"] = "mc"
+
+
+@dataclass(frozen=True)
+class InstructConfig:
+    """The instruction-tuning setting (`data.kind = "instruct"`, first_core/instruct_pipeline.py).
+
+    `with_input` / `no_input` are the Alpaca prompt templates (Stanford Alpaca's by default),
+    `mc_prompt` the multiple-choice prompt of the OOD test (placeholders as in data.py's
+    PromptTemplate), in the same layout so only the task is new to the model.
+    """
+
+    embedded: bool = True
+    dir: str = "data/embedded/instruct"
+    train: str = "instruct_train.jsonl"
+    val: str = "instruct_val.jsonl"
+    test: str = "instruct_test.jsonl"
+    fmt: Literal["auto", "alpaca", "prompt_response"] = "auto"
+    n_train: int = 4000
+    n_val: int = 500
+    n_test: int = 500
+    with_input: str | None = None  # None = Stanford Alpaca's template
+    no_input: str | None = None
+    mc_prompt: str | None = None   # None = the Alpaca no-input layout around the question
+    mc_split: Literal["test", "test_ood"] = "test"  # which [data] split is the OOD test
 
 
 @dataclass(frozen=True)
@@ -61,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     gradient_accumulation_steps: int = 1
-    loss_on: Literal["answer", "sequence"] = "answer"
+    loss_on: Literal["answer", "sequence", "response"] = "answer"  # response: instruct setting
     max_length: int = 256
     bf16: bool = False
     fp16: bool = False
@@ -118,6 +145,7 @@ class RunConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    instruct: InstructConfig = field(default_factory=InstructConfig)
 
     @property
     def run_dir(self) -> Path:
