@@ -259,6 +259,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         t = getattr(cfg, name)
         if t.epochs <= 0 or t.batch_size < 1 or t.learning_rate <= 0:
             raise ConfigError(f"{where}: {name}: epochs, batch_size and learning_rate must be > 0")
+    for name in ("teacher_train", "student_train"):  # the two settings train different tokens
+        on, kind = getattr(cfg, name).loss_on, cfg.data.kind
+        if (on == "response") != (kind == "instruct"):
+            want = '"response"' if kind == "instruct" else '"answer" or "sequence"'
+            raise ConfigError(f"{where}: {name}.loss_on: data.kind = \"{kind}\" trains with "
+                              f"loss_on = {want}, got {on!r}")
     grids = (("temperature_grid", cfg.calibration.temperature_grid, lambda v: v > 0, "> 0"),
              ("smoothing_grid", cfg.calibration.smoothing_grid, lambda v: 0 <= v < 1, "in [0, 1)"))
     for key, grid, ok, what in grids:

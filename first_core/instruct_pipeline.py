@@ -257,13 +257,7 @@ def stage_store(ctx) -> dict[str, Any]:
 def instruct_stages(cfg: RunConfig) -> list:
     """The ordered stages of the instruction setting (same shape as `pipeline.stages`)."""
     from .pipeline import Stage
-    methods = cfg.methods
-    for name in ("teacher_train", "student_train"):
-        if getattr(cfg, name).loss_on != "response":
-            from .errors import ConfigError
-            raise ConfigError(f"{name}.loss_on: the instruction setting (data.kind = "
-                              f"\"instruct\") trains on the response tokens; set loss_on = "
-                              f"\"response\"")
+    methods = cfg.methods  # config.load_config checked loss_on = "response"
     out = [Stage("data", stage_data),
            Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
     if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):

@@ -90,3 +90,15 @@ def test_hash_is_stable_and_sensitive() -> None:
     a, b = load_config(), load_config()
     assert a.hash() == b.hash()
     assert load_config(overrides=["seed=1"]).hash() != a.hash()
+
+
+def test_loss_on_must_match_the_setting() -> None:
+    """The instruction setting trains on response tokens, the MC setting on the answer."""
+    with pytest.raises(ConfigError, match='data.kind = "instruct" trains with loss_on = '
+                                          '"response"'):
+        load_config(None, ["data.kind=instruct"])
+    with pytest.raises(ConfigError, match='data.kind = "mc"'):
+        load_config(None, ["teacher_train.loss_on=response"])
+    cfg = load_config(None, ["data.kind=instruct", "teacher_train.loss_on=response",
+                             "student_train.loss_on=response"])
+    assert cfg.data.kind == "instruct" and cfg.instruct.mc_split == "test"

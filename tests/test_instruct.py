@@ -307,5 +307,33 @@ def test_instruct_rerun_skips_and_bad_config_is_one_line(tiny_instruct_run, tmp_
     bad = _cli("run", "--config", str(ROOT / "configs" / "instruct-tiny.toml"),
                "--set", "teacher_train.loss_on='answer'", "--set", f"runs_dir='{tmp_path}'",
                cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: teacher_train.loss_on")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    assert 'teacher_train.loss_on: data.kind = "instruct"' in bad.stderr.splitlines()[0]
     assert "Traceback" not in bad.stderr
+
+
+def test_views_of_a_per_token_store(tiny, tmp_path) -> None:
+    from first_core.calibrate import temperature_scale
+    from first_core.views import token_coverage_by_position, token_topk_view
+    _, examples, model, tok = tiny
+    extract_token_topk(model, tok, examples, tmp_path / "s", k=3, coverage_k=3, shard_size=25,
+                       batch_size=5, max_length=64)
+    s = load_token_topk(tmp_path / "s")
+    by_pos = token_coverage_by_position(tmp_path / "s")
+    frame = pd.DataFrame({"position": s.positions, "top1": s.probs[:, 0],
+                          "topk": s.probs.sum(1)}).groupby("position")
+    np.testing.assert_array_equal(by_pos.n_tokens, frame.size().to_numpy())
+    np.testing.assert_allclose(by_pos.mean_top1, frame.top1.mean().to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(by_pos.mean_topk, frame.topk.mean().to_numpy(), atol=1e-6)
+    capped = token_coverage_by_position(tmp_path / "s", max_position=2)
+    assert capped.position.tolist() == [0, 1, 2] and capped.n_tokens.sum() == len(s.ids)
+    ex = examples[4]
+    view = token_topk_view(tmp_path / "s", ex.id, 0.3, tokenizer=tok)
+    rows = s.example_ids == ex.id
+    assert view.position.tolist() == list(range(rows.sum()))
+    assert " ".join(view.token[:-1]) == ex.response and view.token.iloc[-1] == tok.eos_token
+    np.testing.assert_allclose(np.array(view.raw_probs.tolist()), s.probs[rows], atol=1e-6)
+    np.testing.assert_allclose(np.array(view.first_probs.tolist()),
+                               temperature_scale(s.probs[rows], 0.3, mode="first"), atol=1e-9)
+    with pytest.raises(ValueError, match="not in"):
+        token_topk_view(tmp_path / "s", "nope", 0.3)
