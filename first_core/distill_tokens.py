@@ -39,7 +39,8 @@ from .errors import FirstError
 from .finetune import as_model, train_and_save, training_arguments
 from .instruct_data import InstructExample
 from .response_tokens import (EncodedResponses, ResponseCollator, ResponseDataset,
-                              encode_responses, reduce_over_step, response_logits)
+                              encode_responses, logits_mode, reduce_over_step,
+                              response_logits)
 
 
 def align_token_rows(encoded: EncodedResponses, store_example_ids: np.ndarray,
@@ -110,6 +111,10 @@ class TokenDistillCollator(ResponseCollator):
 
 class TokenDistillTrainer(DistillTrainer):
     """`DistillTrainer` with the loss summed over response tokens (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_only = logits_mode(self.accelerator.unwrap_model(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, targets = response_logits(model, inputs, self._keep_only)

@@ -5,16 +5,25 @@ teacher's top-k is kept at every response token, and the students are tested on 
 multiple-choice task they never saw. Stages (same names, resume and `--force` as the
 multiple-choice pipeline; `pipeline.stages` hands over to `instruct_stages`):
 
-| stage | what it does here |
-| --- | --- |
-| data | the embedded instruction task (or your Alpaca / prompt-response files) and the multiple-choice data of `[data]`, every file checked before anything trains |
-| models | presets with a tokenizer over the instruction training text *and* the multiple-choice training text (vocabulary only; the stand-in for a pretrained tokenizer, which covers both); no model ever trains on multiple-choice text |
-| teacher_ft, student_ft | SFT on the response tokens (`response_tokens.finetune_responses`) |
-| topk | top-k at every response token of train / val / test (`topk_tokens`); a split whose finished store matches is kept (resume) |
-| calibrate | c and delta by ECE over **every response token of the instruction validation split**: that is the distribution the students are trained on (targets are transformed at every response token), and a multiple-choice validation set would be the OOD task, which the method must not see |
-| student_distill, first_ls, first_ts | KL at every response token (`distill_tokens`) |
-| eval_* | `val` / `test`: token-level top-1 accuracy, ECE, MCE, trust over the instruction splits' response tokens; `test_ood`: the multiple-choice split `instruct.mc_split` of `[data]` exactly as in the MC setting (`evaluate.predict`), with the prompt `instruct.mc_prompt` in the instruction layout |
-| store | runs, metrics, MC predictions, the temperature search, the coverage over all response tokens of train, the MC examples |
+- data: the embedded instruction task (or your Alpaca / prompt-response files) and the
+  multiple-choice data of `[data]`, every file checked before anything trains.
+- models: presets with a tokenizer over the instruction training text *and* the
+  multiple-choice training text (vocabulary only: the stand-in for a pretrained tokenizer,
+  which covers both); no model ever trains on multiple-choice text.
+- teacher_ft, student_ft: SFT on the response tokens (`response_tokens.finetune_responses`).
+- topk: top-k at every response token of train / val / test (`topk_tokens`); a split whose
+  finished store matches is kept (resume after a kill).
+- calibrate: c and delta by ECE over **every response token of the instruction validation
+  split**: that is the distribution the students are trained on (the targets are transformed
+  at every response token), and a multiple-choice validation set would be the OOD task,
+  which the method must not see.
+- student_distill, first_ls, first_ts: the KL at every response token (`distill_tokens`).
+- eval_*: `val` / `test`: token-level top-1 accuracy, ECE, MCE and trust over the
+  instruction splits' response tokens; `test_ood`: the multiple-choice split
+  `instruct.mc_split` of `[data]` exactly as in the MC setting (`evaluate.predict`), with
+  the prompt `instruct.mc_prompt` in the instruction layout.
+- store: runs, metrics, MC predictions, the temperature search, the coverage over all
+  response tokens of train, the MC examples.
 
 So in Table 1 of such a run, "ID" is the instruction test split per token and "OOD" is the
 multiple-choice task.

@@ -14,10 +14,13 @@ positions:
   labels, `num_items_in_batch`, is the number of response tokens in the optimizer step), and
   `index` (the example's row).
 - `response_logits`: logits `[N, V]` for the N response tokens of a batch, in row-major
-  order (example by example, position by position), computing the vocabulary projection only
-  over the band of positions from the earliest to the latest response token in the batch
-  (`logits_to_keep` given as an index tensor), never over the prompt before it. Through the
-  model's own forward, so it works under DDP / FSDP and with logit soft-capping.
+  order (example by example, position by position), projecting to the vocabulary only the
+  hidden states that predict a response token: `logits_to_keep` as a boolean `[B, T]` mask
+  (transformers' `slice_logits_to_keep`, used by Llama, Qwen2, Mistral, Gemma ...). Models
+  whose forward slices by hand get the band of positions from the batch's first to last
+  response token (a 1-D index tensor), models without `logits_to_keep` the full logits.
+  Always through the model's own forward, so it works under DDP / FSDP and with logit
+  soft-capping.
 - `ResponseSFTTrainer` / `finetune_responses`: SFT with the loss on the response tokens only
   (`loss_on = "response"`): cross-entropy summed over response tokens, divided by the number
   of response tokens in the optimizer step (all micro-batches and processes).
@@ -129,30 +132,44 @@ class ResponseCollator:
                 "index": torch.tensor([it["index"] for it in items])}
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (unwrapped) model's forward takes `logits_to_keep`."""
+LOGITS_MODES = ("mask", "band", "full")
+
+
+def logits_mode(model: torch.nn.Module) -> str:
+    """How `response_logits` can ask this model for the response positions only (above)."""
     inner = getattr(model, "module", model)  # DDP keeps the model under .module
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return "full"
+    try:
+        source = inspect.getsource(type(inner).forward)
+    except (OSError, TypeError):
+        return "band"
+    return "mask" if "slice_logits_to_keep" in source else "band"
 
 
 def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                    keep_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    keep_only: bool | str = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits `[N, V]`, targets `[N]`) at the batch's N response tokens, row-major order.
 
-    Row i of the result holds the logits at position t - 1 of the example's token t. With
-    `keep_only` only the band of positions [first - 1, last - 1] over the batch is projected
-    to the vocabulary.
+    Row i of the result holds the logits at position t - 1 of the example's token t.
+    `keep_only`: a `LOGITS_MODES` entry (`True` = "mask", `False` = "full").
     """
+    mode = {True: "mask", False: "full"}.get(keep_only, keep_only)
+    if mode not in LOGITS_MODES:
+        raise ValueError(f"keep_only: expected a bool or one of {LOGITS_MODES}, got {mode!r}")
     labels = batch["labels"]
     predicts = labels[:, 1:] != IGNORE                  # logits at t predict token t + 1
     targets = labels[:, 1:][predicts]
+    if len(targets) == 0:
+        raise FirstError("batch: no response tokens to compute logits for")
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "use_cache": False}
-    if not keep_only:
+    if mode == "full":
         return model(**inputs).logits[:, :-1][predicts], targets
+    if mode == "mask":
+        mask = torch.nn.functional.pad(predicts, (0, 1))  # [B, T], last column False
+        return model(**inputs, logits_to_keep=mask).logits, targets
     cols = predicts.any(dim=0).nonzero().squeeze(1)
-    if len(cols) == 0:
-        raise FirstError("batch: no response tokens to compute logits for")
     lo, hi = int(cols[0]), int(cols[-1]) + 1
     keep = torch.arange(lo, hi, device=labels.device)
     logits = model(**inputs, logits_to_keep=keep).logits
@@ -180,7 +197,7 @@ class ResponseSFTTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._keep_only = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self._keep_only = logits_mode(self.accelerator.unwrap_model(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, targets = response_logits(model, inputs, self._keep_only)

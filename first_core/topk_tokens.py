@@ -47,8 +47,7 @@ from .errors import ConfigError, StoreError
 from .inference import model_device, vocab_size
 from .instruct_data import InstructExample
 from .metrics import topk_labels
-from .response_tokens import (ResponseCollator, accepts_logits_to_keep, encode_responses,
-                              response_logits)
+from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
 from .topk import DTYPES, MANIFEST, CoverageAccumulator, check_k, coverage_table
 
 TOKEN_SCHEMA_VERSION = 1
@@ -157,7 +156,7 @@ def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
     model.eval()
     device = model_device(model)
     collate = ResponseCollator(tokenizer.pad_token_id)
-    keep_only = accepts_logits_to_keep(model)
+    keep_only = logits_mode(model)
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]

@@ -15,15 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from first_core.config import TrainConfig
 from first_core.distill import teacher_targets
 from first_core.distill_tokens import build_token_trainer, distill_tokens
 from first_core.errors import ConfigError, FirstError
 from first_core.instruct_eval import token_confidences
-from first_core.response_tokens import (ResponseCollator, ResponseSFTTrainer, encode_responses,
-                                        response_logits)
+from first_core.response_tokens import (LOGITS_MODES, ResponseCollator, ResponseSFTTrainer,
+                                        encode_responses, logits_mode, response_logits)
 from first_core.finetune import training_arguments
 from first_core.response_tokens import ResponseDataset, finetune_responses
 from first_core.topk_tokens import (extract_token_topk, load_token_topk, read_token_manifest,
@@ -77,12 +76,12 @@ def test_response_logits_are_the_full_forward_at_the_response_tokens(tiny) -> No
     _, examples, model, tok = tiny
     _, batch = _batch(tok, examples[:7])
     ref, ref_t = _reference_rows(model, tok, examples[:7])
-    with torch.no_grad():
-        kept, t1 = response_logits(model, batch, keep_only=True)
-        full, t2 = response_logits(model, batch, keep_only=False)
-    assert kept.shape == ref.shape and (t1 == ref_t).all() and (t2 == ref_t).all()
-    torch.testing.assert_close(kept, ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
+    assert logits_mode(model) == "mask"  # Llama slices its hidden states by a boolean mask
+    for mode in LOGITS_MODES:
+        with torch.no_grad():
+            logits, targets = response_logits(model, batch, keep_only=mode)
+        assert logits.shape == ref.shape and (targets == ref_t).all(), mode
+        torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_response_sft_loss_is_the_models_own_loss_on_response_labels(tiny, tmp_path) -> None:

@@ -44,7 +44,8 @@ def test_prompt_response_jsonl_and_a_custom_template(tmp_path: Path) -> None:
     ex = load_instruct(f, "prompt_response")
     assert [(e.id, e.prompt, e.response) for e in ex] == [("x", "Q: 1+1?", " 2"),
                                                         ("line-3", "Q: 2+2?", "4")]
-    tpl = InstructTemplate(with_input="I: {instruction} X: {input} R:", no_input="I: {instruction} R:")
+    tpl = InstructTemplate(with_input="I: {instruction} X: {input} R:",
+                           no_input="I: {instruction} R:")
     g = tmp_path / "al.jsonl"
     g.write_text('{"instruction": "go", "input": "now", "output": "ok"}\n')
     assert load_instruct(g, template=tpl)[0].prompt == "I: go X: now R:"
@@ -88,7 +89,8 @@ def test_json_array_errors_name_the_line(tmp_path: Path) -> None:
     g = tmp_path / "b.json"
     g.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "a", "output": ')
     assert [e.line for e in check_instruct_file(g)] == [2]
-    assert str(check_instruct_file(tmp_path / "none.json")[0]) == f"{tmp_path / 'none.json'}: no such file"
+    none = tmp_path / "none.json"
+    assert str(check_instruct_file(none)[0]) == f"{none}: no such file"
 
 
 def test_check_data_cli_covers_instruction_files(tmp_path: Path) -> None:
