@@ -1,4 +1,4 @@
-"""Command line: `python -m first_core {run,demo,check-data,bench}`.
+"""Command line: `python -m first_core {run,demo,report,check-data,bench}`.
 
 User errors (`FirstError`) print one clear message and exit with status 2; nothing else
 is caught, so a real bug still shows its traceback.
@@ -22,18 +22,39 @@ DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
-    """Run the pipeline and print Table 1; returns the resolved config."""
+    """Run the pipeline once per training seed, then print Table 1; returns the config."""
+    from accelerate import PartialState
+
     from .config import load_config
     from .pipeline import run
+    from .store import default_store_path
 
-    cfg = load_config(args.config, list(args.set))
+    seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
+    cfg = load_config(args.config, [*args.set, *seeds])
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
-    table = run(cfg, force=args.force)
-    if not table.empty:  # empty on every rank but the first of a multi-process launch
-        print("\nTable 1 (paper convention, %; ID = in-domain test, OOD = out-of-domain test)")
-        print(table.to_string())
+    for one in cfg.per_seed():
+        if cfg.seeds is not None:
+            print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")
+        run(one, force=args.force)
+    if PartialState().is_main_process:  # one table, not one per rank of a launch
+        print(_table(default_store_path(cfg.store), cfg.name, "markdown", ("paper",)))
     return cfg
+
+
+def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "option")) -> str:
+    from .report import format_csv, format_markdown, load_rows, table1
+    tidy = table1(load_rows(path, pipeline))
+    return format_csv(tidy) if fmt == "csv" else "\n" + format_markdown(tidy, conventions)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .store import default_store_path
+    path = default_store_path(args.store)
+    if not path.exists():
+        raise FirstError(f"--store {path}: no such store; run the pipeline first")
+    print(_table(path, args.pipeline, args.format))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -43,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = _run_pipeline(argparse.Namespace(config=args.config, set=args.set, force=None,
-                                  store=args.store))
+                                           store=args.store, seeds=args.seeds))
     if args.no_dashboard:
         return 0
     from .store import default_store_path
@@ -89,12 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value (TOML syntax), e.g. --set topk.k=10")
     r.add_argument("--force", metavar="STAGE", help="redo this stage and every later one")
     r.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    r.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run these training seeds (overrides the config's `seeds`)")
     r.set_defaults(fn=_run)
 
     d = sub.add_parser("demo", help="run the embedded default, then open the dashboard")
     d.add_argument("--config", type=Path, default=DEMO_CONFIG)
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d.add_argument("--store")
+    d.add_argument("--seeds", type=int, nargs="+", metavar="SEED")
     d.add_argument("--no-dashboard", action="store_true", help="only run the pipeline")
     d.set_defaults(fn=_demo)
 
@@ -104,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "csqa", "boolq", "jsonl", "alpaca", "prompt_response"],
                    help="alpaca / prompt_response: instruction data (JSON array or JSONL)")
     c.set_defaults(fn=_check_data)
+
+    t = sub.add_parser("report", help="print Table 1 (mean +- std over seeds) from a store")
+    t.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    t.add_argument("--pipeline", help="only this pipeline (the config's `name`)")
+    t.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    t.set_defaults(fn=_report)
 
     b = sub.add_parser("bench", help="run every benchmark in benchmarks/")
     b.set_defaults(fn=_bench)

@@ -39,6 +39,7 @@ class DataConfig:
     n_test: int = 1000
     n_ood: int = 1000
     max_train: int | None = None
+    seed: int = 0  # the embedded task's seed: the data stay fixed across training seeds
     # "mc": the multiple-choice setting; "instruct": the paper's instruction-tuning setting
     # ([instruct] section; the files above are then the multiple-choice OOD test)
     kind: Literal["mc", "instruct"] = "mc"
@@ -134,6 +135,9 @@ class EvalConfig:
 class RunConfig:
     name: str = "demo"
     seed: int = 0
+    # several training seeds of one pipeline (None: just `seed`); each seed runs in
+    # runs_dir/name/seed<N> and the report averages them
+    seeds: list[int] | None = None
     runs_dir: str = "runs"
     store: str | None = None  # None = $FIRST_STORE, else data/first.duckdb
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -149,7 +153,14 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
+        root = Path(self.runs_dir) / self.name
+        return root if self.seeds is None else root / f"seed{self.seed}"
+
+    def per_seed(self) -> list[RunConfig]:
+        """One config per training seed (`seeds`, else just this one)."""
+        if self.seeds is None:
+            return [self]
+        return [dataclasses.replace(self, seed=s) for s in self.seeds]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +259,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         cfg = _build(RunConfig, raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)
+                                  or min(cfg.seeds) < 0):
+        raise ConfigError(f"{where}: seeds: expected distinct non-negative integers, "
+                          f"got {cfg.seeds}")
     bad = sorted(set(cfg.methods) - set(METHODS))
     if bad:
         raise ConfigError(f"{where}: methods: unknown {bad}; known: {list(METHODS)}")

@@ -117,7 +117,7 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
     """The store's `metrics` rows (without `run_id` / `split`) for both conventions.
 
-    Per convention: accuracy, ECE (with a bootstrap interval), MCE and trust; for `option`
+    Per convention: accuracy, mean confidence, ECE (with a bootstrap interval), MCE and trust; for `option`
     also Brier and NLL over the renormalised option distribution.
     """
     out = []
@@ -128,7 +128,8 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
         acc = metrics.accuracy(correct)
         ece, low, high = metrics.bootstrap_interval("ece", conf, correct, n_bins=n_bins,
                                                     n_boot=n_boot, seed=seed)
-        values = {"accuracy": (acc, None, None), "ece": (ece, low, high),
+        values = {"accuracy": (acc, None, None), "confidence": (float(conf.mean()), None, None),
+                  "ece": (ece, low, high),
                   "mce": (metrics.maximum_calibration_error(conf, correct, n_bins=n_bins),
                           None, None),
                   "trust": (metrics.trust_score(acc, ece), None, None)}

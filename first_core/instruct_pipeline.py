@@ -83,8 +83,9 @@ def stage_data(ctx) -> dict[str, Any]:
     root = Path(i.dir)
     if i.embedded:
         from .instruct_tasks import write_instruct_task
-        files = {s: str(p) for s, p in write_instruct_task(
-            root, seed=ctx.cfg.seed, n_train=i.n_train, n_val=i.n_val, n_test=i.n_test).items()}
+        written = write_instruct_task(root, seed=ctx.cfg.data.seed, n_train=i.n_train,
+                                      n_val=i.n_val, n_test=i.n_test)
+        files = {s: str(p) for s, p in written.items()}
     else:
         files = {s: str(root / getattr(i, s)) for s in INSTRUCT_SPLITS}
     tpl = instruct_template(ctx.cfg)

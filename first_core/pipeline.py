@@ -82,7 +82,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     root = Path(d.dir)
     if d.embedded:
         from .tasks import write_task
-        files = write_task(root, seed=ctx.cfg.seed, n_train=d.n_train, n_val=d.n_val,
+        files = write_task(root, seed=d.seed, n_train=d.n_train, n_val=d.n_val,
                            n_test=d.n_test, n_ood=d.n_ood)
         files = {k: str(v) for k, v in files.items()}
     else:

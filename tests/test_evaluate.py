@@ -120,7 +120,7 @@ def test_compute_metrics_equals_first_core_metrics(pred):
                                if c not in ("run_id", "split")]
     got = {(r.convention, r.metric): r for r in m.itertuples()}
     assert set(got) == {(c, x) for c in ("paper", "option") for x in
-                        ("accuracy", "ece", "mce", "trust")} | {("option", "brier"),
+                        ("accuracy", "confidence", "ece", "mce", "trust")} | {("option", "brier"),
                                                                ("option", "nll")}
     for conv, conf, ok in (("paper", pred.confidence, pred.correct),
                            ("option", pred.confidence_option, pred.correct_option)):
@@ -128,6 +128,7 @@ def test_compute_metrics_equals_first_core_metrics(pred):
         acc = metrics.accuracy(ok)
         ece = metrics.expected_calibration_error(conf, ok, n_bins=5)
         assert got[conv, "accuracy"].value == pytest.approx(acc)
+        assert got[conv, "confidence"].value == pytest.approx(float(np.mean(conf)))
         assert got[conv, "ece"].value == pytest.approx(ece)
         assert got[conv, "mce"].value == pytest.approx(
             metrics.maximum_calibration_error(conf, ok, n_bins=5))
