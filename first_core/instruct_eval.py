@@ -37,11 +37,13 @@ def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[Inst
 
 def token_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Metric rows (without run_id / split): accuracy, ECE with interval, MCE, trust."""
+    """Metric rows (without run_id / split): accuracy, mean confidence, ECE with interval,
+    MCE, trust (as `evaluate.compute_metrics` gives for the `paper` convention)."""
     acc = metrics.accuracy(correct)
     ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
                                                 n_boot=n_boot, seed=seed)
     rows = [("paper", "accuracy", acc, np.nan, np.nan),
+            ("paper", "confidence", float(np.mean(confidence)), np.nan, np.nan),
             ("paper", "ece", ece, low, high),
             ("paper", "mce", metrics.maximum_calibration_error(confidence, correct,
                                                                n_bins=n_bins), np.nan, np.nan),

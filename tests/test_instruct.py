@@ -294,7 +294,7 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
             ("test_ood", "trust")} <= set(mets)
     cov = con.execute("SELECT max(n_positions) FROM topk_coverage").fetchone()[0]
     assert cov == n_train
-    assert "OOD accuracy" in proc.stdout and "first_ts" in proc.stdout
+    assert "OOD Acc" in proc.stdout and "| first_ts |" in proc.stdout  # Table 1 printed
 
 
 def test_instruct_rerun_skips_and_bad_config_is_one_line(tiny_instruct_run, tmp_path) -> None:
