@@ -39,8 +39,8 @@ from .errors import FirstError
 from .finetune import as_model, train_and_save, training_arguments
 from .instruct_data import InstructExample
 from .response_tokens import (EncodedResponses, ResponseCollator, ResponseDataset,
-                              encode_responses, logits_mode, reduce_over_step,
-                              response_logits)
+                              count_tokens_per_step, encode_responses, logits_mode,
+                              reduce_over_step, response_logits)
 
 
 def align_token_rows(encoded: EncodedResponses, store_example_ids: np.ndarray,
@@ -115,6 +115,7 @@ class TokenDistillTrainer(DistillTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._keep_only = logits_mode(self.accelerator.unwrap_model(self.model))
+        count_tokens_per_step(self)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, targets = response_logits(model, inputs, self._keep_only)

@@ -192,12 +192,21 @@ def reduce_over_step(trainer: Trainer, per_token: torch.Tensor,
     return loss
 
 
+def count_tokens_per_step(trainer: Trainer) -> None:
+    """Make the Trainer count the response labels of each optimizer step and pass them as
+    `num_items_in_batch`, whatever the model class says about its own loss kwargs: our
+    `compute_loss` divides by that count itself (`reduce_over_step`), so the Trainer must
+    neither skip the count nor divide by the accumulation steps again."""
+    trainer.model_accepts_loss_kwargs = True
+
+
 class ResponseSFTTrainer(Trainer):
     """SFT whose loss is the cross-entropy on the response tokens only."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._keep_only = logits_mode(self.accelerator.unwrap_model(self.model))
+        count_tokens_per_step(self)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, targets = response_logits(model, inputs, self._keep_only)
