@@ -99,6 +99,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     from .data import check_file, load_examples, summarize
+    if args.format in ("alpaca", "prompt_response"):  # instruction data (instruct_data.py)
+        from .instruct_data import check_instruct_file as check_file  # noqa: F811
+        from .instruct_data import load_instruct as load_examples  # noqa: F811
+        from .instruct_data import summarize_instruct as summarize  # noqa: F811
     problems = check_file(args.path, args.format)
     for p in problems:
         print(p)
@@ -150,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-data", help="report every problem in a data file")
     c.add_argument("path", type=Path)
-    c.add_argument("--format", default="auto", choices=["auto", "csqa", "boolq", "jsonl"])
+    c.add_argument("--format", default="auto",
+                   choices=["auto", "csqa", "boolq", "jsonl", "alpaca", "prompt_response"],
+                   help="alpaca / prompt_response: instruction data (JSON array or JSONL)")
     c.set_defaults(fn=_check_data)
 
     t = sub.add_parser("report", help="print Table 1 (mean +- std over seeds) from a store")

@@ -41,6 +41,33 @@ class DataConfig:
     n_ood: int = 1000
     max_train: int | None = None
     seed: int = 0  # the embedded task's seed: the data stay fixed across training seeds
+    # "mc": the multiple-choice setting; "instruct": the paper's instruction-tuning setting
+    # ([instruct] section; the files above are then the multiple-choice OOD test)
+    kind: Literal["mc", "instruct"] = "mc"
+
+
+@dataclass(frozen=True)
+class InstructConfig:
+    """The instruction-tuning setting (`data.kind = "instruct"`, first_core/instruct_pipeline.py).
+
+    `with_input` / `no_input` are the Alpaca prompt templates (Stanford Alpaca's by default),
+    `mc_prompt` the multiple-choice prompt of the OOD test (placeholders as in data.py's
+    PromptTemplate), in the same layout so only the task is new to the model.
+    """
+
+    embedded: bool = True
+    dir: str = "data/embedded/instruct"
+    train: str = "instruct_train.jsonl"
+    val: str = "instruct_val.jsonl"
+    test: str = "instruct_test.jsonl"
+    fmt: Literal["auto", "alpaca", "prompt_response"] = "auto"
+    n_train: int = 4000
+    n_val: int = 500
+    n_test: int = 500
+    with_input: str | None = None  # None = Stanford Alpaca's template
+    no_input: str | None = None
+    mc_prompt: str | None = None   # None = the Alpaca no-input layout around the question
+    mc_split: Literal["test", "test_ood"] = "test"  # which [data] split is the OOD test
 
 
 @dataclass(frozen=True)
@@ -63,7 +90,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     gradient_accumulation_steps: int = 1
-    loss_on: Literal["answer", "sequence"] = "answer"
+    loss_on: Literal["answer", "sequence", "response"] = "answer"  # response: instruct setting
     max_length: int = 256
     bf16: bool = False
     fp16: bool = False
@@ -124,6 +151,7 @@ class RunConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    instruct: InstructConfig = field(default_factory=InstructConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -311,6 +339,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
                           "digits, '.', '_', '-'; no '/' or '..'; at most 100 characters)")
     if cfg.topk.coverage_k < cfg.topk.k:
         raise ConfigError(f"{where}: topk.coverage_k must be >= topk.k")
+    for name in ("teacher_train", "student_train"):  # the two settings train different tokens
+        on, kind = getattr(cfg, name).loss_on, cfg.data.kind
+        if (on == "response") != (kind == "instruct"):
+            want = '"response"' if kind == "instruct" else '"answer" or "sequence"'
+            raise ConfigError(f"{where}: {name}.loss_on: data.kind = \"{kind}\" trains with "
+                              f"loss_on = {want}, got {on!r}")
     grids = (("temperature_grid", cfg.calibration.temperature_grid, lambda v: v > 0, "> 0"),
              ("smoothing_grid", cfg.calibration.smoothing_grid, lambda v: 0 <= v < 1, "in [0, 1)"))
     for key, grid, ok, what in grids:

@@ -343,6 +343,9 @@ class Stage:
 
 def stages(cfg: RunConfig) -> list[Stage]:
     """The ordered stages this config needs."""
+    if cfg.data.kind == "instruct":  # the instruction-tuning setting has its own stages
+        from .instruct_pipeline import instruct_stages
+        return instruct_stages(cfg)
     methods = cfg.methods
     out = [Stage("data", stage_data),
            Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]

@@ -138,3 +138,15 @@ def test_out_of_range_values_name_file_section_and_key(override: str, message: s
                                       "methods=['student_ft']"])
 def test_edge_values_inside_the_range_are_accepted(override: str) -> None:
     load_config(ROOT / "configs" / "tiny.toml", [override])
+
+
+def test_loss_on_must_match_the_setting() -> None:
+    """The instruction setting trains on response tokens, the MC setting on the answer."""
+    with pytest.raises(ConfigError, match='data.kind = "instruct" trains with loss_on = '
+                                          '"response"'):
+        load_config(None, ["data.kind=instruct"])
+    with pytest.raises(ConfigError, match='data.kind = "mc"'):
+        load_config(None, ["teacher_train.loss_on=response"])
+    cfg = load_config(None, ["data.kind=instruct", "teacher_train.loss_on=response",
+                             "student_train.loss_on=response"])
+    assert cfg.data.kind == "instruct" and cfg.instruct.mc_split == "test"
