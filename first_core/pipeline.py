@@ -445,15 +445,18 @@ def _lock(ctx: Context):
     return lock
 
 
-def preflight(ctx: Context, plan: list[str]) -> None:
+def preflight(ctx: Context, todo: set[str]) -> None:
     """What can be known before the first stage: a writable run directory, a usable store
-    (opened, created if new, schema and tables checked) and local model paths that exist.
-    Without this a bad store or a model path typo surfaces only after all the training."""
+    (when the store stage is to run: opened for writing, schema and tables checked) and
+    local model paths that exist. Without this a bad store or a model path typo surfaces
+    only after all the training."""
     from .models import check_model_spec
     for role in ("teacher", "student"):
         check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
     _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
     path = store.default_store_path(ctx.cfg.store)
+    if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
+        return
     if path.exists():  # open for writing: checks the lock, the schema and every table
         store.Store(path)
     else:  # made at the store stage; a run that fails before then leaves no empty store
@@ -548,7 +551,7 @@ def run(cfg: RunConfig, force: str | None = None,
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
         stale = check_same_config(ctx, names, todo)
-        preflight(ctx, names)
+        preflight(ctx, todo)
         for name in todo:  # all first: a forced run that fails must not leave later stages done
             ctx.path("stages", f"{name}.json").unlink(missing_ok=True)
         for st in plan:  # outputs of forced stages, and those made under the old config
