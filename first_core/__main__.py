@@ -47,6 +47,8 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
         if main:
             _say_calibration(one)
     if main:
+        print(f"\nTable 1 of pipeline {cfg.name!r} (all conventions: python -m first_core "
+              f"report --pipeline {cfg.name})")
         print(_table(default_store_path(cfg.store), cfg.name, "markdown", ("paper",)))
     return cfg
 

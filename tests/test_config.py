@@ -150,3 +150,16 @@ def test_loss_on_must_match_the_setting() -> None:
     cfg = load_config(None, ["data.kind=instruct", "teacher_train.loss_on=response",
                              "student_train.loss_on=response"])
     assert cfg.data.kind == "instruct" and cfg.instruct.mc_split == "test"
+
+
+def test_seeds_give_one_config_and_run_directory_per_seed() -> None:
+    one = load_config(ROOT / "configs" / "tiny.toml")
+    assert one.per_seed() == [one] and one.run_dir.name == "tiny"
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["seeds=[2, 0]"])
+    runs = cfg.per_seed()
+    assert [r.seed for r in runs] == [2, 0]
+    assert [r.run_dir.relative_to(cfg.runs_dir).as_posix() for r in runs] == [
+        "tiny/seed2", "tiny/seed0"]
+    assert {r.data.seed for r in runs} == {cfg.data.seed}  # one data set for every seed
+    with pytest.raises(ConfigError, match="seeds"):
+        load_config(ROOT / "configs" / "tiny.toml", ["seeds=[1, 1]"])
