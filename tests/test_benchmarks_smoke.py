@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-LINE = re.compile(r"^RATIO (?P<name>\S+(?: \S+)*?) = (?P<value>\S+?)(?: B| MiB|x)"
+LINE = re.compile(r"^RATIO (?P<name>\S+(?: \S+)*?) = (?P<value>\S+?)(?: B| MiB| s|x)?"
                   r"(?:  \(target [^)]*\))?  (?P<verdict>PASS|MISS|INFO)$", re.M)
 
 EXPECTED = {
@@ -33,6 +33,9 @@ EXPECTED = {
                               "first_step/sft_answer_step[llama V=32k]"],
     "bench_memory.py": ["peak_rss_extract[10x/1x]", "peak_rss_distill[10x/1x]",
                         "peak_rss_extract_tokens[10x/1x]", "peak_rss_distill_tokens[10x/1x]"],
+    "bench_calibration.py": ["torchmetrics_loop/grid_search[200T]",
+                             "grid_search_seconds[200T x 100000]", "torchmetrics_ece/ece[1000000]"],
+    "bench_scaling.py": [f"loglog_slope[{s}]" for s in ("ece", "grid_search", "slider", "extract")],
 }
 
 
