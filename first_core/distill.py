@@ -1,21 +1,31 @@
 """Knowledge matching: train a student with forward KL to the teacher's recalibrated top-k.
 
-As in the paper, the student's full-vocabulary softmax is read at the teacher's k token ids
-and put through the same normalisation as the teacher side:
+The teacher target q_T `[k]` is the teacher's recalibrated distribution over its k stored ids,
+rows summing to 1 (`teacher_targets`): `first` = softmax(p / c), the paper's trustworthy
+maximization; `ls` = label smoothing of p / sum(p); `renorm` (direct distillation) = p / sum(p).
 
-- `first`: the trustworthy-maximization transform exp(p/c) / sum_j exp(p/c) over the k
-  probabilities, with the student-side temperature `student_c` (the pipeline defaults it to the
-  teacher's c);
-- `renorm` (direct distillation) and `ls` (label smoothing): p / sum_j p.
+The student side is the student's *full-vocabulary* probability at those ids,
+q_S = softmax(logits)[ids], neither renormalised nor transformed. The loss per position is
+KL = sum_i q_T,i (log q_T,i - log q_S,i). Why that is the right student side, in one line:
+sum_i q_T,i log q_S,i subject to sum_i q_S,i <= 1 is maximised by q_S = q_T (Gibbs'
+inequality), and q_T sums to 1, so the minimum is q_S = q_T on the ids and 0 elsewhere: the
+student learns exactly the recalibrated distribution and keeps its mass on the teacher's ids.
 
-The loss per example is sum_k q_T (log q_T - log q_S) at the answer position. Reduction: the
-mean over examples. With one answer position per example this is the per-sequence sum
-averaged over the batch; under gradient accumulation or several processes the Trainer's
-`num_items_in_batch` (the number of answer positions in the whole optimizer step) is the
-divisor, so a short final batch is weighted by its size, not as a full batch.
+Two tempting alternatives are wrong. Putting the student through the same softmax(p / c)
+makes the loss blind to c: softmax(x / c) is unchanged when a constant is added to x, so the
+minimum is p_S = p_T + a for any a, and every c teaches the teacher's *raw* probabilities.
+Renormalising the student over the ids (`student_side="renorm"`, the official code's
+choice, kept as an explicit option) matches only the ratios: the student's mass outside the
+ids is unconstrained and can leak away, which reads as under-confidence under the
+full-vocabulary confidence convention.
 
-Teacher targets q_T are prepared once, before training, with `first_core.calibrate` from the
-stored raw top-k; the collator only looks rows up by example id.
+Reduction: the mean over examples. With one answer position per example this is the
+per-sequence sum averaged over the batch; under gradient accumulation or several processes
+the Trainer's `num_items_in_batch` (the number of answer positions in the whole optimizer
+step) is the divisor, so a short final batch is weighted by its size, not as a full batch.
+
+Teacher targets are prepared once, before training, from the stored raw top-k; the collator
+only looks rows up by example id.
 """
 
 from __future__ import annotations
@@ -40,41 +50,64 @@ from .errors import ConfigError, FirstError
 from .finetune import AnswerCollator, EncodedDataset, as_model, train_and_save, training_arguments
 from .models import encode_examples
 
-MODES = ("first", "renorm", "ls")
+MODES = ("first", "renorm", "ls")          # how the teacher target q_T is made
+STUDENT_SIDES = ("full", "renorm")          # how the student is read at the teacher's ids
 LOG_FLOOR = -100.0  # log-probabilities are clamped here so an underflowed entry stays finite
 
 
-def _check_mode(mode: str, student_c: float | None) -> None:
+def teacher_targets(probs: np.ndarray, mode: str, c: float | None = None,
+                    delta: float | None = None) -> np.ndarray:
+    """q_T `[N, k]`, rows summing to 1, from the stored raw top-k probabilities.
+
+    `first`: the trustworthy-maximization transform softmax(p / c) (c > 0; c = 1 is *not* the
+    identity); `ls`: label smoothing by `delta` of p / sum(p); `renorm` (direct distillation):
+    p / sum(p).
+    """
     if mode not in MODES:
         raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
-    if mode == "first" and not (student_c is not None and student_c > 0):
-        raise ConfigError(f"student_c: mode 'first' needs a temperature > 0, got {student_c!r}")
+    if mode == "first":
+        if c is None:
+            raise ConfigError("c: mode 'first' needs a temperature > 0, got None")
+        return calibrate.temperature_scale(probs, c, mode="first")
+    renorm = calibrate.temperature_scale(probs, 1.0, mode="renorm")
+    if mode == "ls":
+        if delta is None:
+            raise ConfigError("delta: mode 'ls' needs a smoothing delta, got None")
+        return calibrate.label_smooth(renorm, delta)
+    return renorm
 
 
-def student_log_q(student_logits: torch.Tensor, topk_ids: torch.Tensor, mode: str,
-                  student_c: float | None = None) -> torch.Tensor:
-    """log q_S `[B, k]`: the student's normalised distribution over the teacher's k ids.
+def _check_side(student_side: str) -> None:
+    if student_side not in STUDENT_SIDES:
+        raise ConfigError(f"distill.student_side: expected one of {STUDENT_SIDES}, "
+                          f"got {student_side!r}")
 
-    `first` runs `calibrate.temperature_scale` itself, so both sides share one formula.
-    `renorm` / `ls` stay in log space, log p - logsumexp(log p) (= log(p / sum p)): going
-    through p = exp(log p) would turn an underflowed probability into log 0 and a NaN
-    gradient.
+
+def student_log_q(student_logits: torch.Tensor, topk_ids: torch.Tensor,
+                  student_side: str = "full") -> torch.Tensor:
+    """log q_S `[B, k]`: the student read at the teacher's k ids.
+
+    `full`: log_softmax over the whole vocabulary, gathered at the ids, nothing else. `renorm`
+    (the official code's option) renormalises over the ids in log space, log p - logsumexp(log
+    p), so an underflowed probability never becomes log 0 and a NaN gradient.
     """
-    _check_mode(mode, student_c)
+    _check_side(student_side)
     logits = student_logits.to(torch.promote_types(student_logits.dtype, torch.float32))
     log_p = torch.log_softmax(logits, dim=-1).gather(-1, topk_ids.long())
-    if mode == "first":
-        return calibrate.temperature_scale(log_p.exp(), student_c, mode="first", log=True)
+    if student_side == "full":
+        return log_p
     return log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
 
 
 def topk_kl_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor,
-                 teacher_target: torch.Tensor, mode: str = "first",
-                 student_c: float | None = None, reduction: str = "mean") -> torch.Tensor:
+                 teacher_target: torch.Tensor, student_side: str = "full",
+                 reduction: str = "mean") -> torch.Tensor:
     """Forward KL(q_T || q_S) over the teacher's top-k ids at the answer position.
 
     `student_logits` `[B, V]`, `topk_ids` `[B, k]`, `teacher_target` q_T `[B, k]` (rows sum to
-    1). `reduction="mean"` averages over examples; `"none"` returns the `[B]` values.
+    1). With the default `student_side="full"` this is the FIRST loss: its minimum is the
+    student's softmax equal to q_T on the ids and 0 elsewhere. `reduction="mean"` averages over
+    examples; `"none"` returns the `[B]` values.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
@@ -83,7 +116,7 @@ def topk_kl_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor,
         raise ValueError(f"shapes: student_logits {tuple(student_logits.shape)} must be [B, V], "
                          f"topk_ids {tuple(topk_ids.shape)} and teacher_target "
                          f"{tuple(teacher_target.shape)} [B, k]")
-    log_q_s = student_log_q(student_logits, topk_ids, mode, student_c).clamp_min(LOG_FLOOR)
+    log_q_s = student_log_q(student_logits, topk_ids, student_side).clamp_min(LOG_FLOOR)
     q_t = teacher_target.to(log_q_s.dtype)
     per_example = (torch.special.xlogy(q_t, q_t) - q_t * log_q_s).sum(-1)
     return per_example.mean() if reduction == "mean" else per_example
@@ -165,13 +198,13 @@ class DistillTrainer(Trainer):
     docstring says.
     """
 
-    def __init__(self, *args: Any, mode: str = "first", student_c: float | None = None,
-                 ce_weight: float = 0.0, **kwargs: Any) -> None:
-        _check_mode(mode, student_c)
+    def __init__(self, *args: Any, student_side: str = "full", ce_weight: float = 0.0,
+                 **kwargs: Any) -> None:
+        _check_side(student_side)
         if not 0.0 <= ce_weight <= 1.0:
             raise ConfigError(f"distill.ce_weight: must be in [0, 1], got {ce_weight}")
         super().__init__(*args, **kwargs)
-        self.mode, self.student_c, self.ce_weight = mode, student_c, ce_weight
+        self.student_side, self.ce_weight = student_side, ce_weight
         forward = self.accelerator.unwrap_model(self.model).forward
         self._keep_only = "logits_to_keep" in inspect.signature(forward).parameters
 
@@ -181,7 +214,7 @@ class DistillTrainer(Trainer):
                      ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = answer_logits(model, inputs, self._keep_only)
         per_example = topk_kl_loss(logits, inputs["topk_ids"], inputs["topk_targets"],
-                                   self.mode, self.student_c, reduction="none")
+                                   self.student_side, reduction="none")
         if self.ce_weight:
             ce = F.cross_entropy(logits.float(), inputs["answer_id"], reduction="none")
             per_example = (1 - self.ce_weight) * per_example + self.ce_weight * ce
@@ -198,16 +231,17 @@ class DistillTrainer(Trainer):
 
 def distill(model: Any, tokenizer, examples: Sequence[Example], topk_example_ids: Sequence[str],
             topk_ids: np.ndarray, topk_targets: np.ndarray, out_dir: str | os.PathLike[str],
-            train_cfg: TrainConfig, mode: str = "first", student_c: float | None = None,
-            ce_weight: float = 0.0, seed: int = 0,
+            train_cfg: TrainConfig, student_side: str = "full", ce_weight: float = 0.0,
+            seed: int = 0,
             template: PromptTemplate = DEFAULT_TEMPLATE,
             callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Train the student `model` (object or path) on the teacher targets; returns out_dir/final.
 
     `topk_targets` are q_T (already recalibrated, rows summing to 1), row-aligned with
-    `topk_example_ids` and `topk_ids`. `mode` picks the student-side normalisation.
+    `topk_example_ids` and `topk_ids` (see `teacher_targets`). `student_side` picks how the
+    student is read at the ids (`full`, the FIRST loss, unless you know why not).
     """
-    _check_mode(mode, student_c)
+    _check_side(student_side)
     student = as_model(model)
     encoded = encode_examples(tokenizer, examples, template, train_cfg.max_length)
     ids, targets = align_topk(encoded.example_ids, topk_example_ids, topk_ids, topk_targets,
@@ -215,6 +249,6 @@ def distill(model: Any, tokenizer, examples: Sequence[Example], topk_example_ids
     collator = DistillCollator(tokenizer.pad_token_id, "answer", ids, targets)
     trainer = DistillTrainer(model=student, args=training_arguments(out_dir, train_cfg, seed),
                              train_dataset=EncodedDataset(encoded), processing_class=tokenizer,
-                             data_collator=collator, callbacks=list(callbacks), mode=mode,
-                             student_c=student_c, ce_weight=ce_weight)
+                             data_collator=collator, callbacks=list(callbacks),
+                             student_side=student_side, ce_weight=ce_weight)
     return train_and_save(trainer, out_dir)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from . import calibrate
 from .calibrate import centered_scores, check_temperature
 from .config import METHODS
 from .store import IMPORTED_METHOD
@@ -405,8 +406,14 @@ def ece_curve(arrays: PredictionArrays, mode: str, convention: str, n_bins: int 
 
     Not `calibrate.search_temperature`: this one must score the slider's own conventions
     (option letters, or top-k plus tail in logit mode) so that "best c" is the arg-min of
-    what the slider would show. One vectorised evaluation per grid value.
+    what the slider would show. Uniform bins: one compiled pass per grid value.
     """
+    if strategy == "uniform":
+        option = convention == "option"
+        return pd.DataFrame({"c": grid, "ece": calibrate.scores_ece_curve(
+            arrays.centered("option" if option else "topk", mode),
+            arrays.option_correct if option else arrays.correct, grid, n_bins,
+            top=None if option else 0)})
     eces = []
     for c in grid:
         scaled = rescale(arrays, float(c), mode, convention)
@@ -767,3 +774,69 @@ def classifier_view(probs: np.ndarray, labels: np.ndarray, c: float = 1.0, mode:
     """
     arrays = PredictionArrays(probs, probs.argmax(axis=1) == labels, probs, labels)
     return calibration_view(arrays, c, mode, "option", n_bins, strategy, n_boot)
+
+
+# ---------------------------------------------------------------------------- per-token stores
+
+def token_coverage_by_position(store_dir: str | os.PathLike[str],
+                               max_position: int | None = None) -> pd.DataFrame:
+    """Per response position of a per-token top-k store (instruction setting): how many tokens
+    sit there, and the teacher's mean top-1 and top-k mass at them (streamed shard by shard).
+
+    The coverage curve over K for all response tokens is the store's `topk_coverage` rows
+    (the paper's figure 2); this is the same mass seen along the response.
+    """
+    import pyarrow.compute as pc
+
+    from .topk_tokens import iter_token_shards
+
+    counts = top1 = topk = np.zeros(0)
+    for table in iter_token_shards(store_dir, columns=["position", "topk_probs"]):
+        pos = table.column("position").to_numpy().astype(np.int64)
+        if max_position is not None:
+            pos = np.minimum(pos, max_position)  # the last bin gathers the long tail
+        k = table.column("topk_probs").type.list_size
+        probs = pc.list_flatten(table.column("topk_probs")).to_numpy().astype(
+            np.float64).reshape(-1, k)
+        width = max(len(counts), int(pos.max()) + 1 if len(pos) else 0)
+        grow = lambda a: np.pad(a, (0, width - len(a)))  # noqa: E731
+        counts = grow(counts) + np.bincount(pos, minlength=width)
+        top1 = grow(top1) + np.bincount(pos, weights=probs[:, 0], minlength=width)
+        topk = grow(topk) + np.bincount(pos, weights=probs.sum(1), minlength=width)
+    seen = counts > 0
+    return pd.DataFrame({"position": np.flatnonzero(seen), "n_tokens": counts[seen].astype(int),
+                         "mean_top1": top1[seen] / counts[seen],
+                         "mean_topk": topk[seen] / counts[seen]})
+
+
+def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float,
+                    tokenizer=None) -> pd.DataFrame:
+    """One example of a per-token store: a row per response token with the token, the
+    teacher's top-k ids (and their text when a tokenizer is given), the raw probabilities,
+    and the same after the FIRST transform softmax(p / c) (what the student is trained on)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .calibrate import temperature_scale
+    from .topk_tokens import read_token_manifest
+
+    check_temperature(c)
+    m = read_token_manifest(store_dir)
+    parts = [pq.read_table(os.path.join(store_dir, s["file"]),
+                           filters=[("example_id", "==", example_id)]) for s in m.shards]
+    table = pa.concat_tables(parts)
+    if table.num_rows == 0:
+        raise ValueError(f"example_id: {example_id!r} is not in {store_dir}")
+    frame = table.to_pandas().sort_values("position", ignore_index=True)
+    raw = np.stack(frame["topk_probs"].to_numpy()).astype(np.float64)
+    ids = np.stack(frame["topk_ids"].to_numpy()).astype(np.int64)
+    out = pd.DataFrame({"position": frame["position"], "token_id": frame["token_id"],
+                        "gold_rank": frame["gold_rank_in_topk"], "topk_ids": ids.tolist(),
+                        "raw_probs": raw.tolist(),
+                        "first_probs": temperature_scale(raw, c, mode="first").tolist()})
+    if tokenizer is not None:
+        uniq = np.unique(np.r_[ids.ravel(), out["token_id"].to_numpy()]).tolist()
+        text = dict(zip(uniq, tokenizer.batch_decode([[i] for i in uniq])))
+        out.insert(2, "token", [text[i] for i in out["token_id"].tolist()])
+        out["topk_tokens"] = [[text[i] for i in row] for row in ids.tolist()]
+    return out
