@@ -207,16 +207,8 @@ def test_learn_page_needs_no_store_and_moves_with_its_sliders(monkeypatch, tmp_p
 def two_pipelines(tmp_path_factory) -> Path:
     """The fixture's five methods in pipeline "fixture" (seed 2) and again, with other
     numbers, in pipeline "other" (seed 3)."""
-    from first_core import fixtures
-
     path = write_fixture_store(tmp_path_factory.mktemp("two") / "two.duckdb", 40, seed=2)
-    saved = fixtures.PIPELINE
-    fixtures.PIPELINE = "other"
-    try:
-        write_fixture_store(path, 40, seed=3)
-    finally:
-        fixtures.PIPELINE = saved
-    return path
+    return write_fixture_store(path, 40, seed=3, pipeline="other")
 
 
 def _expected_headline(path: Path, pipeline: str) -> pd.DataFrame:

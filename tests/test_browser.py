@@ -122,8 +122,11 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(tmp_path, browser):
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.goto(url, timeout=60_000)
         page.get_by_text("Import another model's predictions").click()
-        page.locator('input[type="file"]').set_input_files(str(upload))
+        # the file travels to the server on its own request: submit only once it has landed
+        with page.expect_response(lambda r: "upload_file" in r.url and r.ok, timeout=60_000):
+            page.locator('input[type="file"]').set_input_files(str(upload))
         page.get_by_label("Pipeline name").fill("other-llm")
+        page.get_by_label("Pipeline name").press("Tab")
         page.get_by_role("button", name="Import").click()
         sync_api.expect(page.get_by_text("Imported 40 predictions")).to_be_visible(
             timeout=60_000)

@@ -312,7 +312,7 @@ def test_temperature_page_marks_the_nll_fit(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv(store.STORE_ENV, str(path))
     at = AppTest.from_file(str(root / "app.py"), default_timeout=60).run()
-    at.switch_page("app_pages/temperature.py").run()
+    at.switch_page("pages/temperature.py").run()
     at.radio(key="ts_strategy").set_value("nll").run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
     val = store.load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
