@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .config import METHODS
 from .errors import FirstError
 
 SPLIT_NAMES = {"test": "ID", "test_ood": "OOD"}
@@ -45,21 +44,25 @@ def table1(rows: pd.DataFrame, splits: Sequence[str] = ("test", "test_ood")) -> 
     """Tidy Table 1: pipeline, method, convention, split, metric, mean, std, seeds.
 
     Values are percentages. `std` is the sample standard deviation over seeds (ddof = 1; 0
-    with one seed); `seeds` counts the distinct seeds behind the mean.
+    with one seed); `seeds` counts the runs behind the mean. The grouping is the dashboard's
+    own (`views.compare_table`), so the README, the CLI and Compare cannot disagree.
     """
-    wanted = rows[rows["split"].isin(list(splits)) & rows["metric"].isin(list(COLUMNS))]
-    wanted = wanted.assign(value=100.0 * wanted["value"])
-    keys = ["pipeline", "method", "convention", "split", "metric"]
-    out = (wanted.groupby(keys, sort=False)
-           .agg(mean=("value", "mean"), std=("value", "std"), seeds=("seed", "nunique"))
-           .reset_index())
-    out["std"] = out["std"].fillna(0.0)
-    rank = {m: i for i, m in enumerate(METHODS)}
-    order = {"method": lambda s: s.map(lambda m: rank.get(m, len(rank))),
-             "split": lambda s: s.map({x: i for i, x in enumerate(splits)}),
-             "metric": lambda s: s.map({x: i for i, x in enumerate(COLUMNS)})}
-    return out.sort_values(keys, key=lambda s: order.get(s.name, lambda v: v)(s)
-                           ).reset_index(drop=True)
+    from .views import compare_table
+    wanted = rows[rows["metric"].isin(list(COLUMNS))]
+    parts = [compare_table(wanted, convention, splits).assign(convention=convention)
+             for convention in dict.fromkeys(wanted["convention"])]
+    if not parts:
+        return pd.DataFrame(columns=["pipeline", "method", "convention", "split", "metric",
+                                     "mean", "std", "seeds"])
+    out = pd.concat(parts, ignore_index=True)
+    out[["mean", "std"]] *= 100.0
+    out = out[["pipeline", "method", "convention", "split", "metric", "mean", "std", "seeds"]]
+    rank = {m: i for i, m in enumerate(COLUMNS)}
+    return (out.assign(_m=out["metric"].map(rank))
+            .sort_values(["_m"], kind="stable")  # Acc, Conf, ECE, Trust within each group
+            .sort_values(["pipeline", "convention"], kind="stable",
+                         key=lambda s: s.map({v: i for i, v in enumerate(dict.fromkeys(s))}))
+            .drop(columns="_m").reset_index(drop=True))
 
 
 def _cell(mean: float, std: float, seeds: int) -> str:
@@ -76,7 +79,9 @@ def wide(tidy: pd.DataFrame, pipeline: str, convention: str) -> pd.DataFrame:
                        column=[f"{SPLIT_NAMES.get(s, s)} {COLUMNS[m]}"
                                for s, m in zip(part["split"], part["metric"])])
     table = part.pivot(index="method", columns="column", values="cell")
-    columns = list(dict.fromkeys(part["column"]))  # tidy order: ID before OOD, Acc first
+    present = set(part["column"])  # ID before OOD, then Acc, Conf, ECE, Trust
+    columns = [c for s in dict.fromkeys(part["split"]) for m in COLUMNS
+               if (c := f"{SPLIT_NAMES.get(s, s)} {COLUMNS[m]}") in present]
     table = table.reindex(index=list(dict.fromkeys(part["method"])), columns=columns)
     seeds = part.groupby("method", sort=False)["seeds"].max()
     table.insert(0, "seeds", seeds.reindex(table.index).astype(int))
