@@ -4,9 +4,11 @@ a plain SFT step of the same student on the same batch.
 Each step is forward + loss + backward + AdamW step + zero_grad, with the loss computed by the
 real `compute_loss` of the pipeline's trainers:
 
-- `sft_trainer`: the plain `transformers.Trainer` with `finetune.AnswerCollator`, exactly what
-  fine-tuning runs: the model's own causal-LM loss with labels on the answer token, which
-  projects *every* position to the vocabulary;
+- `sft_trainer`: `finetune.SFTTrainer` with `finetune.AnswerCollator`, exactly what the
+  fine-tuning stage runs: the causal-LM loss with labels on the answer token, the LM head run
+  only at the labelled position (the plain `Trainer`'s model loss projects *every* position to
+  the vocabulary); `sft_trainer / sft_answer` checks that the stage pays no more than the
+  answer-only step (target <= 1.1);
 - `sft_answer`: cross-entropy on the gold token at the answer position only, through the same
   forward as FIRST (`distill.answer_logits`, one position projected): the like-for-like SFT
   step, so `first / sft_answer` isolates the cost of the FIRST loss itself (the target);
@@ -35,6 +37,7 @@ from _common import (interleaved_medians, parse_args, print_machine, random_llam
                      tiny_setup)
 
 TARGET_FIRST = 1.05
+TARGET_SFT_STAGE = 1.1
 FIRST_C = 0.3  # the paper's typical optimum of the trustworthy-maximization temperature
 
 
@@ -68,7 +71,7 @@ class OnlineKDTrainer(Trainer):
 def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[[], None]]:
     """One optimizer-step closure per contender, all on the same batch and student weights."""
     from first_core.distill import DistillCollator, DistillTrainer, teacher_targets
-    from first_core.finetune import AnswerCollator, EncodedDataset
+    from first_core.finetune import AnswerCollator, EncodedDataset, SFTTrainer
     from first_core.models import encode_examples
     from first_core.topk import extract_topk, load_topk
 
@@ -82,7 +85,7 @@ def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[
     args = TrainingArguments(output_dir=str(work / "args"), use_cpu=True, report_to=[],
                              remove_unused_columns=False)
     trainers = {
-        "sft_trainer": (Trainer(model=student, args=args), sft_batch),
+        "sft_trainer": (SFTTrainer(model=student, args=args), sft_batch),
         "sft_answer": (AnswerCETrainer(model=student, args=args), first_batch),
         "first": (DistillTrainer(model=student, args=args),
                   first_batch),
@@ -129,6 +132,9 @@ def main() -> None:
             report(f"online_kd_step/sft_answer_step[{name}]",
                    sec["online_kd"] / sec["sft_answer"])
             report(f"first_step/sft_trainer_step[{name}]", sec["first"] / sec["sft_trainer"])
+            stage = sec["sft_trainer"] / sec["sft_answer"]
+            report(f"sft_stage_step/sft_answer_step[{name}]", stage, f"<= {TARGET_SFT_STAGE}",
+                   stage <= TARGET_SFT_STAGE)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ after every real token, so it cannot change the logits at the answer position.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import os
 import re
 import shutil
@@ -23,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import TrainConfig
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
-from .errors import ConfigError
+from .errors import ConfigError, FirstError
 from .models import Encoded, encode_examples, load_model
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,54 @@ class AnswerCollator:
         return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
 
 
+def head_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean `[B, T]`: the positions whose logits the causal-LM loss reads, i.e. those
+    followed by a label (position t predicts token t + 1)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep
+
+
+class SFTTrainer(Trainer):
+    """The `Trainer` with the causal-LM loss computed from the needed logits only.
+
+    The model's own loss projects every position to the vocabulary ([B, T, V]) and then
+    ignores all but the labelled ones; at a 49k vocabulary that projection is most of an
+    answer-token SFT step. Here the head runs only at the positions `head_positions` marks
+    (the model's boolean `logits_to_keep`), and the loss is the same sum of cross-entropies
+    over the same labels, divided by the same count (the Trainer's `num_items_in_batch` for
+    the whole optimizer step when it gives one, else this batch's labels). A model whose
+    forward has no `logits_to_keep`, a label smoother or a custom loss function falls back to
+    the Trainer's own loss.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        forward = self.accelerator.unwrap_model(self.model).forward
+        self._keep_only = "logits_to_keep" in inspect.signature(forward).parameters
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                     return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        if (not self._keep_only or self.label_smoother is not None
+                or self.compute_loss_func is not None or "labels" not in inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        keep = head_positions(labels)
+        rest = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**rest, use_cache=False, logits_to_keep=keep)
+        targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+        # the flattened logits follow keep's row-major order, as do the targets
+        loss = F.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+        if num_items_in_batch is None:
+            loss = loss / targets.numel()
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                loss = loss * self.accelerator.num_processes  # DDP averages the gradients
+        return (loss, outputs) if return_outputs else loss
+
+
 def training_arguments(out_dir: str | os.PathLike[str], cfg: TrainConfig,
                        seed: int) -> TrainingArguments:
     """`TrainingArguments` from a `TrainConfig`: checkpoints for resume, no external loggers."""
@@ -104,6 +155,39 @@ def training_arguments(out_dir: str | os.PathLike[str], cfg: TrainConfig,
         disable_tqdm=not sys.stderr.isatty(), use_cpu=not cuda, seed=seed, data_seed=seed,
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False)
+
+
+class TrainingDiverged(FirstError):
+    """The loss or the weights became NaN/inf: the run stops before saving anything from it."""
+
+
+class FiniteCheck(TrainerCallback):
+    """Stops training with `TrainingDiverged` at the first non-finite loss or weight.
+
+    The weights are checked after every optimizer step, before the `Trainer` gets to save a
+    checkpoint or the final model, so a diverged run never leaves something that looks done.
+    One fused norm over all parameters costs about one extra read of the weights per step.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _fail(self, what: str, step: int, args: TrainingArguments) -> None:
+        raise TrainingDiverged(f"training diverged: {what} at optimizer step {step} "
+                               f"(learning_rate={args.learning_rate:g}); lower the learning "
+                               "rate, or use float32 instead of fp16")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        with torch.no_grad():
+            norm = torch.nn.utils.get_total_norm([p.detach() for p in self.params])
+        if not torch.isfinite(norm):
+            self._fail("non-finite weights", state.global_step, args)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "train_loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                self._fail(f"{key} = {value}", state.global_step, args)
 
 
 def last_checkpoint(out_dir: Path) -> Path | None:
@@ -130,6 +214,7 @@ def train_and_save(trainer: Trainer, out_dir: str | os.PathLike[str]) -> Path:
     resume = last_checkpoint(out)
     if resume is not None:
         log.info("resuming from %s", resume)
+    trainer.add_callback(FiniteCheck(trainer.model))
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     main = trainer.is_world_process_zero()
     if main:
@@ -157,12 +242,13 @@ def finetune(model: Any, tokenizer, examples: Sequence[Example],
              callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Fine-tune `model` (an object or a path) on `examples`; returns `out_dir/final`.
 
-    The loss is the model's own causal-LM loss on the labels the collator builds: the answer
-    token only (`train_cfg.loss_on = "answer"`) or every real token ("sequence").
+    The loss is the causal-LM loss on the labels the collator builds: the answer token only
+    (`train_cfg.loss_on = "answer"`) or every real token ("sequence"), with the LM head run
+    only where a label is predicted (`SFTTrainer`).
     """
     encoded = encode_examples(tokenizer, examples, template, train_cfg.max_length)
-    trainer = Trainer(model=as_model(model), args=training_arguments(out_dir, train_cfg, seed),
-                      train_dataset=EncodedDataset(encoded), processing_class=tokenizer,
-                      data_collator=AnswerCollator(tokenizer.pad_token_id, train_cfg.loss_on),
-                      callbacks=list(callbacks))
+    trainer = SFTTrainer(model=as_model(model), args=training_arguments(out_dir, train_cfg, seed),
+                         train_dataset=EncodedDataset(encoded), processing_class=tokenizer,
+                         data_collator=AnswerCollator(tokenizer.pad_token_id, train_cfg.loss_on),
+                         callbacks=list(callbacks))
     return train_and_save(trainer, out_dir)

@@ -248,7 +248,7 @@ class _ShardWriter:
             "topk_ids": pa.ListArray.from_arrays(offsets, pa.array(
                 head["topk_ids"].ravel().astype(np.int32))),
             "topk_probs": pa.ListArray.from_arrays(offsets, pa.array(
-                head["topk_probs"].ravel().astype(self.np_type), self.pa_type)),
+                round_down(head["topk_probs"].ravel(), self.np_type), self.pa_type)),
             "gold_token_id": pa.array(head["gold_token_id"].astype(np.int32)),
             "gold_rank_in_topk": pa.array(head["gold_rank_in_topk"].astype(np.int32)),
         })
@@ -403,6 +403,41 @@ def _check_expected(manifest: Manifest, where: Path, **expected: Any) -> None:
                              f"{want!r}; re-extract the top-k for this teacher and data set")
 
 
+def round_down(values: np.ndarray, np_type: type) -> np.ndarray:
+    """`values` cast to `np_type`, rounded toward zero rather than to nearest.
+
+    Stored probabilities then never exceed the teacher's, so a row's sum stays <= 1: to
+    nearest, a confident teacher's 0.9998 becomes float16 1.0 and the row sums above 1.
+    """
+    out = values.astype(np_type)
+    up = out.astype(values.dtype) > values
+    out[up] = np.nextafter(out[up], np_type(0))
+    return out
+
+
+# A float16 entry x is off by at most x * 2**-11 (half a unit in the last place), so rounded
+# to nearest a row summing to <= 1 can sum to at most 1 + 2**-11 (plus a few subnormal ulps).
+_F16_OVERSHOOT = 2.0 ** -11 + 2.0 ** -20
+
+
+def _fit_rounding(probs: np.ndarray, manifest: Manifest, folder: Path) -> np.ndarray:
+    """Rows of a float16 store written by round-to-nearest (before `round_down`) can sum a
+    hair above 1; scale those back to 1. A larger excess is not rounding: refuse it."""
+    if manifest.dtype != "float16" or probs.size == 0:
+        return probs
+    sums = probs.sum(axis=1)
+    over = sums > 1.0
+    if not over.any():
+        return probs
+    if sums.max() > 1.0 + _F16_OVERSHOOT:
+        row = int(sums.argmax())
+        raise StoreError(f"{folder}: top-k row {row} sums to {sums[row]:.6f} > 1, more than "
+                         "float16 rounding explains; the store is corrupt, re-extract it")
+    probs = probs.copy()
+    probs[over] /= sums[over, None]
+    return probs
+
+
 def iter_shards(store_dir: str | os.PathLike[str], manifest: Manifest | None = None
                 ) -> Iterator[pa.Table]:
     """Yield each shard as an Arrow table in row order, checking it against the manifest."""
@@ -446,7 +481,8 @@ def load_topk(store_dir: str | os.PathLike[str], expect_vocab_size: int | None =
         values = pc.list_flatten(table.column(col)).to_numpy()
         return values.astype(np_type).reshape(n, k)
 
-    return TopK(ids=flat("topk_ids", np.int32), probs=flat("topk_probs", np.float64),
+    probs = _fit_rounding(flat("topk_probs", np.float64), manifest, folder)
+    return TopK(ids=flat("topk_ids", np.int32), probs=probs,
                 example_ids=table.column("example_id").to_numpy(zero_copy_only=False),
                 gold_ids=table.column("gold_token_id").to_numpy().astype(np.int32),
                 gold_rank=table.column("gold_rank_in_topk").to_numpy().astype(np.int64),

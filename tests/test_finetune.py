@@ -13,7 +13,8 @@ from transformers import TrainerCallback
 from first_core.config import TrainConfig
 from first_core.data import Example, format_prompt
 from first_core.errors import ConfigError
-from first_core.finetune import IGNORE, AnswerCollator, EncodedDataset, finetune, training_arguments
+from first_core.finetune import (IGNORE, AnswerCollator, EncodedDataset, SFTTrainer, finetune,
+                                 training_arguments)
 from first_core.models import build_preset, encode_examples, load_model
 
 torch.set_num_threads(1)
@@ -83,6 +84,30 @@ def test_loss_with_padding_equals_unpadded(student, loss_on):
     expected = (torch.stack(singles) * counts).sum() / counts.sum()
     torch.testing.assert_close(both, expected, rtol=1e-5, atol=1e-6)
     assert not torch.isclose(singles[0], singles[1])  # the comparison can tell rows apart
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "sequence"])
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_sft_loss_projects_only_labelled_positions(student, loss_on, num_items, tmp_path):
+    """SFTTrainer's loss and gradients equal the model's own full-logits loss, while the LM
+    head sees only the rows that predict a label."""
+    path, tok = student
+    model = load_model(path, device="cpu")[0]
+    enc = encode_examples(tok, make_examples(3), max_length=64)  # three lengths: padding
+    batch = AnswerCollator(tok.pad_token_id, loss_on)([EncodedDataset(enc)[i] for i in range(3)])
+    trainer = SFTTrainer(model=model, args=training_arguments(tmp_path, CFG, 0))
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1]))
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    hook.remove()
+    n_labels = int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert rows == [torch.Size([n_labels])]  # not [B, T]
+    grads = torch.autograd.grad(loss, model.lm_head.weight)[0]
+    extra = {} if num_items is None else {"num_items_in_batch": num_items}
+    reference = model(**batch, **extra).loss  # the model's loss over all [B, T, V] logits
+    ref_grads = torch.autograd.grad(reference, model.lm_head.weight)[0]
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-4, atol=1e-7)
 
 
 class Crash(TrainerCallback):

@@ -11,7 +11,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from first_core.data import Example, format_prompt
-from first_core.errors import FirstError
+from first_core.errors import ConfigError, FirstError
 from first_core.models import (answer_token_ids, build_preset, encode_examples, is_preset,
                                load_model)
 
@@ -152,3 +152,33 @@ def test_long_prompts_are_cut_from_the_left_with_one_warning(student_dir, caplog
         and len(caplog.records) == 1 and "3 of 3" in caplog.records[0].getMessage()
     for f, c in zip(full, cut):
         assert len(c) == 8 and c[0] == tok.bos_token_id == f[0] and c[1:] == f[-7:]
+
+
+def test_layer_subset_of_a_preset_keeps_chosen_layers(tmp_path):
+    """`subset:layers=K:BASE` on any local Llama folder (here the tiny teacher, 4 layers):
+    layers 0 and 3 kept, renumbered 0 and 1; embeddings, norm, head and tokenizer unchanged;
+    the built folder is reused by a second load."""
+    base = build_preset("tiny-teacher", texts_of(make_examples(8)), tmp_path / "teacher", seed=0)
+    spec = f"subset:layers=2:{base}"
+    student, tok = load_model(spec, build_dir=tmp_path / "built", device="cpu")
+    teacher, _ = load_model(base, device="cpu")
+    assert student.config.num_hidden_layers == 2
+    big, small = teacher.state_dict(), student.state_dict()
+    source = {name.replace("model.layers.1.", "model.layers.3."): name for name in small}
+    assert set(source) == {k for k in big
+                           if not k.startswith(("model.layers.1.", "model.layers.2."))}
+    for old, new in source.items():
+        assert torch.equal(small[new], big[old]), new
+    assert tok.get_vocab() == load_model(base, device="cpu")[1].get_vocab()
+    built = next((tmp_path / "built").iterdir())
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    load_model(spec, build_dir=tmp_path / "built", device="cpu")
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_bad_subset_specs_fail_before_building(tmp_path):
+    with pytest.raises(ConfigError, match="subset:layers=K:BASE"):
+        load_model("subset:layers=0:tiny", build_dir=tmp_path)
+    base = build_preset("tiny-student", texts_of(make_examples(8)), tmp_path / "s", seed=0)
+    with pytest.raises(ConfigError, match="between 1 and the base model's 2 layers"):
+        load_model(f"subset:layers=3:{base}", build_dir=tmp_path / "built")

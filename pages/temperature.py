@@ -8,8 +8,9 @@ import streamlit as st
 
 from first_core import calibrate, plots, views
 from first_core.calibrate import temperature_scale
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
+through_app()
 st.title("Temperature search")
 runs = require_runs()
 with store_errors():
