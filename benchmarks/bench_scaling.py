@@ -16,8 +16,9 @@ estimated memory exceeds half of what the machine has available):
 
 Every series runs in its own fresh process, points in increasing N, so the process's peak RSS
 (`ru_maxrss`) after a point is that point's peak (data included). Each time is the best of 3
-runs (1 at N = 1e7). The log-log slope is the least-squares slope of log(seconds) against
-log(N) over the points: 1 is linear, the target is <= 1.1. Fixed costs make small points
+runs (fewer once a point has taken 20 s; extraction: best of 2 within 60 s). The log-log slope
+is the least-squares slope of log(seconds) against log(N) over the points: 1 is linear, the
+target is <= 1.1. Fixed costs make small points
 relatively dear, which can only lower the slope; the series table shows the raw points.
 """
 
@@ -62,9 +63,10 @@ def topk_rows(n: int, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return p, np.where(gold < k, gold, -1)
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
+def best_of(fn, repeats: int = 3, budget_s: float = 20.0) -> float:
+    """Best of `repeats` runs, fewer once they have taken `budget_s` (the largest points)."""
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < budget_s:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -85,17 +87,16 @@ def child(series: str, sizes: list[int], threads: int) -> None:
         if need > available_mb() / 2:
             print(json.dumps({"n": n, "skipped": f"needs ~{need:,.0f} MiB"}), flush=True)
             continue
-        repeats = 1 if n >= 10_000_000 else 3
         rng = np.random.default_rng(n)
         if series == "ece":
             conf = rng.random(n)
             correct = rng.random(n) < conf
             metrics.expected_calibration_error(conf[:1000], correct[:1000])  # compile / load
-            sec = best_of(lambda: metrics.expected_calibration_error(conf, correct), repeats)
+            sec = best_of(lambda: metrics.expected_calibration_error(conf, correct))
         elif series == "grid_search":
             p, labels = topk_rows(n)
             calibrate.search_temperature(p[:1000], labels[:1000], grid=GRID)
-            sec = best_of(lambda: calibrate.search_temperature(p, labels, grid=GRID), repeats)
+            sec = best_of(lambda: calibrate.search_temperature(p, labels, grid=GRID))
         else:
             p, _ = topk_rows(n, k=4)
             option = p / p.sum(axis=1, keepdims=True) * 0.9
@@ -103,7 +104,7 @@ def child(series: str, sizes: list[int], threads: int) -> None:
             arrays = views.PredictionArrays(p, gold == 0, option, gold)
             views.calibration_view(arrays, 0.5, "first", "paper", n_boot=0)  # the cache
             sec = best_of(lambda: views.calibration_view(arrays, 0.3, "first", "paper",
-                                                         n_boot=0), repeats)
+                                                         n_boot=0))
         print(json.dumps({"n": n, "seconds": sec, "peak_mb": peak_rss_mb()}), flush=True)
 
 
@@ -120,7 +121,7 @@ def extract_child(sizes: list[int]) -> None:
         for n in sizes:
             sec = best_of(lambda: extract_topk(model, tok, setup.train[:n], Path(tmp) / "s",
                                                k=5, coverage_k=100, dtype="float16",
-                                               progress=False), 1 if n > 5000 else 2)
+                                               progress=False), 2, budget_s=60.0)
             print(json.dumps({"n": n, "seconds": sec, "peak_mb": peak_rss_mb()}), flush=True)
 
 

@@ -198,16 +198,17 @@ def score_gaps(scores: np.ndarray, top: int | np.ndarray | None = None) -> np.nd
     confidence is scored: one index for every column, a per-column index array, or None
     for each column's first arg-max."""
     scores = np.asarray(scores, dtype=np.float64)
-    k, n = scores.shape
+    k = scores.shape[0]
     if top is None:
         top = np.argmax(scores, axis=0)
     if np.ndim(top) == 0:
         rest = np.delete(scores, int(top), axis=0)
         return rest - scores[int(top)]
-    top = np.asarray(top)
-    keep = np.arange(k)[:, None] != top[None, :]
-    top_score = np.take_along_axis(scores, top[None, :], axis=0)
-    return (scores.T[keep.T].reshape(n, k - 1) - top_score.T).T
+    rows, cols = scores.T, np.arange(k - 1)  # N x k; the non-top columns in their order:
+    top = np.asarray(top)[:, None]
+    rest = np.take_along_axis(rows, cols + (cols >= top), axis=1)  # a gather, not a mask
+    rest -= np.take_along_axis(rows, top, axis=1)
+    return np.ascontiguousarray(rest.T)
 
 
 def scores_ece_curve(scores: np.ndarray, correct: np.ndarray, grid, n_bins: int = 10,

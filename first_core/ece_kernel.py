@@ -26,6 +26,8 @@ the pip build of llvmlite has no SVML), so `_exp` below is the textbook Cody-Wai
 plus a degree-13 Taylor polynomial that LLVM vectorises (about 0.8 ns, like numpy's AVX-512
 exp); it is within 1 ulp of numpy's `np.exp` and exact at 0 and -inf (tested), which is what
 keeps the curves equal to the numpy reference to 1e-12 and values on bin edges on them.
+torch was the other candidate: its float64 `exp` measured 1.7 ns per value here (Sleef, one
+thread) and it has no fused binning, so the compiled loop is the faster of the two.
 
 Rows are split into a fixed number of chunks (it depends on N only) that a small thread pool
 scores (the kernels release the GIL), and chunk sums are added in chunk order: the result

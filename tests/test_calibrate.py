@@ -300,19 +300,13 @@ def test_pipeline_config_selects_the_strategy(tmp_path):
 
 
 def test_temperature_page_marks_the_nll_fit(monkeypatch, tmp_path):
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
+    from test_app import open_app  # the dashboard tests' way of opening a page
 
     from first_core import store
     from first_core.fixtures import write_fixture_store
 
-    root = Path(__file__).resolve().parents[1]
     path = write_fixture_store(tmp_path / "f.duckdb", 60, seed=2)
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setenv(store.STORE_ENV, str(path))
-    at = AppTest.from_file(str(root / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/temperature.py").run()
+    at = open_app(monkeypatch, path, "pages/temperature.py")
     at.radio(key="ts_strategy").set_value("nll").run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
     val = store.load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
