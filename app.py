@@ -16,17 +16,9 @@ import streamlit as st
 
 from first_core import store
 from first_core.errors import StoreError
-from app_pages._common import DATA_DIR, STORE_KEY
+from pages._common import DATA_DIR, STORE_KEY, navigation_pages, through_app
 
-PAGES = [
-    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/reliability.py", title="Reliability", icon=":material/insights:"),
-    st.Page("app_pages/coverage.py", title="Top-k coverage", icon=":material/stacked_line_chart:"),
-    st.Page("app_pages/temperature.py", title="Temperature search", icon=":material/thermostat:"),
-    st.Page("app_pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
-    st.Page("app_pages/examples.py", title="Examples", icon=":material/quiz:"),
-    st.Page("app_pages/learn.py", title="Learn calibration", icon=":material/school:"),
-]
+PAGES = navigation_pages()  # the seven pages, listed explicitly
 
 
 def cli_store() -> str | None:
@@ -55,6 +47,7 @@ def pick_store() -> Path:
         return configured
 
 
+through_app()  # a fresh server's first run is in Streamlit's legacy pages/ mode: leave it
 st.set_page_config(page_title="first-lab", page_icon=":material/thermostat:", layout="wide")
 st.session_state[STORE_KEY] = str(pick_store())
 st.navigation(PAGES).run()

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from first_core import views  # noqa: E402
+from first_core import plots, views  # noqa: E402
 
 TARGET_MS = 100.0
 
@@ -108,6 +108,17 @@ def main() -> int:
           f"(measured on {args.naive_n:,} rows, scaled linearly)")
     print(f"speed-up vs naive: {naive_ms / worst:,.0f}x; slowest slider move {worst:.1f} ms "
           f"(target <= {TARGET_MS:.0f} ms: {'met' if worst <= TARGET_MS else 'NOT met'})")
+
+    def panel():  # what one Reliability panel computes per move since issue 12
+        scaled = views.rescale(arrays, 0.5, "logit", "paper")
+        view = views.summarize(scaled)
+        smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
+        return plots.reliability_figure(view.bins, smooth=smooth.curve).to_dict()
+
+    panel()
+    ms = best_ms(panel, 3)
+    print(f"whole panel per move (cards + SmoothECE on {views.SMOOTH_MAX_N:,} sampled rows + "
+          f"figure): {ms:.1f} ms")
 
     boot_n = views.BOOT_MAX_N
     boot = views.PredictionArrays(arrays.topk_probs[:boot_n], arrays.correct[:boot_n],

@@ -11,6 +11,9 @@ that their distributions are peaked like a trained model's. At the answer positi
 ids repeat across prompts (as a trained teacher's answer letters do), which Parquet's
 dictionary encoding exploits; the `raw` column is the uncompressed k x (4 + b) bytes, the
 worst case of all-distinct ids. Stores use the default shard size (one shard here).
+
+The last section does the same per *token* for the instruction setting (top-5 at every
+response token) and redoes the 120 TB / 1.2 GB arithmetic with token counts.
 """
 
 from __future__ import annotations
@@ -93,6 +96,69 @@ def main() -> None:
               f"is {PAPER_FULL_BYTES / PAPER_TOPK_BYTES / (PAPER_FULL_BYTES / store):.0f}x "
               "larger, so the 1.2 GB can only hold that many fewer positions (e.g. the answer "
               "positions alone, not every token of every sequence).")
+
+        per_token_store(work, args.quick)
+
+
+ALPACA_EXAMPLES = 52_002  # Stanford Alpaca's alpaca_data.json
+ALPACA_MAX_LENGTH = 512  # Stanford Alpaca's training max length (tokens per sequence)
+
+
+def per_token_store(work: Path, quick: bool) -> None:
+    """Bytes per *token* of a real per-token store (the instruction setting: top-5 at every
+    response token, `topk_tokens.extract_token_topk`), and the 120 TB / 1.2 GB arithmetic
+    redone with token counts: the embedded instruction data's real count, and Alpaca's
+    upper bound (every example at the 512-token training maximum)."""
+    from first_core.instruct_data import InstructTemplate, load_instruct
+    from first_core.instruct_tasks import write_instruct_task
+    from first_core.models import build_preset, load_model
+    from first_core.topk_tokens import extract_token_topk
+
+    n = 64 if quick else 2000
+    files = write_instruct_task(work / "instruct", n_train=n, n_val=1, n_test=1)
+    short = InstructTemplate(with_input="### Instruction:\n{instruction}\n### Input:\n{input}"
+                                        "\n### Response:",
+                             no_input="### Instruction:\n{instruction}\n### Response:")
+    examples = load_instruct(files["train"], "alpaca", short)
+    build_preset("tiny-teacher", [e.prompt + " " + e.response for e in examples],
+                 work / "instruct_teacher")
+    tiny, tok = load_model(work / "instruct_teacher", device="cpu")
+    teachers = {len(tok): tiny, 32_000: random_llama(tok, 32_000, logit_std=LOGIT_STD)}
+    print(f"\nPer-token store (instruction setting): top-5 fp16 at every response token of "
+          f"{n} embedded instruction examples")
+    print(f"{'vocab':>7} {'tokens':>8} {'tok/example':>11} {'bytes/token':>11} "
+          f"{'full fp16':>10} {'full/top-5':>10}")
+    per_token = {}
+    for vocab, model in teachers.items():
+        m = extract_token_topk(model, tok, examples, work / f"tokens-{vocab}", k=5,
+                               coverage_k=5, dtype="float16", batch_size=32, max_length=128)
+        per_token[vocab] = m
+        b = m.bytes_per_token_measured
+        print(f"{vocab:>7} {m.n_tokens:>8} {m.n_tokens / n:>11.2f} {b:>11.2f} "
+              f"{FULL_FP16 * vocab:>10} {FULL_FP16 * vocab / b:>10.0f}")
+    m = per_token[32_000]
+    b = m.bytes_per_token_measured
+    report("store_top5_fp16_bytes_per_token@32k", b, f"<= {TARGET_BPP_TOP5:g} bytes",
+           b <= TARGET_BPP_TOP5, unit=" B")
+    report("full_fp16/top5_fp16_per_token@32k", FULL_FP16 * 32_000 / b)
+    full_here = m.n_tokens * FULL_FP16 * 32_000
+    print(f"\n  this data: {m.n_tokens} response tokens -> full fp16 at V=32k "
+          f"{full_here / 1e6:.1f} MB, top-5 {m.n_tokens * b / 1e3:.1f} kB (measured)")
+    bound = ALPACA_EXAMPLES * ALPACA_MAX_LENGTH
+    print(f"  Alpaca, upper bound: {ALPACA_EXAMPLES} examples x {ALPACA_MAX_LENGTH} tokens = "
+          f"{bound:.4g} tokens -> full fp16 at V=32k <= {bound * FULL_FP16 * 32_000 / 1e12:.2f}"
+          f" TB, top-5 <= {bound * b / 1e9:.2f} GB at {b:.2f} B/token")
+    implied = PAPER_FULL_BYTES / (FULL_FP16 * 32_000)
+    print(f"  120 TB of full fp16 at V=32k is {implied:.4g} tokens = "
+          f"{implied / ALPACA_EXAMPLES:.0f} per Alpaca example ({implied / bound:.0f}x the "
+          f"bound); 1.2 GB over those tokens is {PAPER_TOPK_BYTES / implied:.2f} B per token")
+    report("alpaca_full_fp16_upper_bound@32k", bound * FULL_FP16 * 32_000, unit=" B")
+    report("alpaca_top5_fp16_upper_bound (measured B/token)", bound * b, unit=" B")
+    print(f"  -> per token, full/top-5 is the measured ratio above. Over Alpaca's tokens the "
+          f"1.2 GB is within reach of a top-5 store (bound {bound * b / 1e9:.2f} GB), the "
+          f"120 TB is not a full fp16 store at V=32k (it needs {implied / bound:.0f}x more "
+          f"tokens than Alpaca can hold). Run an Alpaca extraction to replace the bound by its "
+          f"manifest's n_tokens.")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""Command line: `python -m first_core {run,demo,check-data,bench}`.
+"""Command line: `python -m first_core {run,demo,report,check-data,import,bench}`.
 
-User errors (`FirstError`) print one clear message and exit with status 2; nothing else
-is caught, so a real bug still shows its traceback.
+User errors (`FirstError`) print one clear message and exit with status 2, and so do the
+errors of the machine rather than of the code (a full disk, a read-only or unreadable path);
+nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import json
 import logging
 import os
 import subprocess
@@ -18,22 +21,64 @@ from .config import RunConfig
 from .errors import FirstError
 
 ROOT = Path(__file__).resolve().parent.parent
+# OSErrors that say something about the machine or the paths given, not about a bug
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                      errno.ENAMETOOLONG, errno.EIO}
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
-    """Run the pipeline and print Table 1; returns the resolved config."""
+    """Run the pipeline once per training seed, then print Table 1; returns the config."""
+    from accelerate import PartialState
+
     from .config import load_config
     from .pipeline import run
+    from .store import default_store_path
 
-    cfg = load_config(args.config, list(args.set))
+    seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
+    cfg = load_config(args.config, [*args.set, *seeds])
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
-    table = run(cfg, force=args.force)
-    if not table.empty:  # empty on every rank but the first of a multi-process launch
-        print("\nTable 1 (paper convention, %; ID = in-domain test, OOD = out-of-domain test)")
-        print(table.to_string())
+    main = PartialState().is_main_process  # print once, not once per rank of a launch
+    for one in cfg.per_seed():
+        if cfg.seeds is not None and main:
+            print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")
+        run(one, force=args.force)
+        if main:
+            _say_calibration(one)
+    if main:
+        print(f"\nTable 1 of pipeline {cfg.name!r} (all conventions: python -m first_core "
+              f"report --pipeline {cfg.name})")
+        print(_table(default_store_path(cfg.store), cfg.name, "markdown", ("paper",)))
     return cfg
+
+
+def _say_calibration(cfg: RunConfig) -> None:
+    """One line on what the chosen c does to the teacher on validation."""
+    path = cfg.run_dir / "stages" / "calibrate.json"
+    if not path.exists():
+        return
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    if "val_top1_raw" in rec:
+        print(f"trustworthy maximization: c = {rec['c']:.3g} (chosen on validation"
+              f"{'' if rec['c_interior'] else ', AT THE EDGE of the grid'}); the teacher's "
+              f"mean top-1 on validation {100 * rec['val_top1_raw']:.1f}% -> "
+              f"{100 * rec['val_top1_first']:.1f}% at accuracy {100 * rec['val_accuracy']:.1f}%")
+
+
+def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "option")) -> str:
+    from .report import format_csv, format_markdown, load_rows, table1
+    tidy = table1(load_rows(path, pipeline))
+    return format_csv(tidy) if fmt == "csv" else "\n" + format_markdown(tidy, conventions)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .store import default_store_path
+    path = default_store_path(args.store)
+    if not path.exists():
+        raise FirstError(f"--store {path}: no such store; run the pipeline first")
+    print(_table(path, args.pipeline, args.format))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -43,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = _run_pipeline(argparse.Namespace(config=args.config, set=args.set, force=None,
-                                  store=args.store))
+                                           store=args.store, seeds=args.seeds))
     if args.no_dashboard:
         return 0
     from .store import default_store_path
@@ -56,6 +101,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     from .data import check_file, load_examples, summarize
+    if args.format in ("alpaca", "prompt_response"):  # instruction data (instruct_data.py)
+        from .instruct_data import check_instruct_file as check_file  # noqa: F811
+        from .instruct_data import load_instruct as load_examples  # noqa: F811
+        from .instruct_data import summarize_instruct as summarize  # noqa: F811
     problems = check_file(args.path, args.format)
     for p in problems:
         print(p)
@@ -63,6 +112,14 @@ def _check_data(args: argparse.Namespace) -> int:
         print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.path}: ok: {summarize(load_examples(args.path, args.format))}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .importer import import_predictions
+    path, run_id, n = import_predictions(args.path, args.name, args.store, args.model)
+    print(f"{args.path}: imported {n:,} predictions as pipeline {args.name!r} "
+          f"(run {run_id}) into {path}")
     return 0
 
 
@@ -85,19 +142,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value (TOML syntax), e.g. --set topk.k=10")
     r.add_argument("--force", metavar="STAGE", help="redo this stage and every later one")
     r.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    r.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run these training seeds (overrides the config's `seeds`)")
     r.set_defaults(fn=_run)
 
     d = sub.add_parser("demo", help="run the embedded default, then open the dashboard")
     d.add_argument("--config", type=Path, default=DEMO_CONFIG)
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d.add_argument("--store")
+    d.add_argument("--seeds", type=int, nargs="+", metavar="SEED")
     d.add_argument("--no-dashboard", action="store_true", help="only run the pipeline")
     d.set_defaults(fn=_demo)
 
     c = sub.add_parser("check-data", help="report every problem in a data file")
     c.add_argument("path", type=Path)
-    c.add_argument("--format", default="auto", choices=["auto", "csqa", "boolq", "jsonl"])
+    c.add_argument("--format", default="auto",
+                   choices=["auto", "csqa", "boolq", "jsonl", "alpaca", "prompt_response"],
+                   help="alpaca / prompt_response: instruction data (JSON array or JSONL)")
     c.set_defaults(fn=_check_data)
+
+    t = sub.add_parser("report", help="print Table 1 (mean +- std over seeds) from a store")
+    t.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    t.add_argument("--pipeline", help="only this pipeline (the config's `name`)")
+    t.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    t.set_defaults(fn=_report)
+
+    i = sub.add_parser("import", help="store another model's predictions (CSV, Parquet, JSONL) "
+                       "as their own pipeline; see first_core/importer.py for the columns")
+    i.add_argument("path", type=Path)
+    i.add_argument("--name", required=True, help="pipeline name shown in the dashboard")
+    i.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
+    i.add_argument("--model", help="the model's name, recorded with the run")
+    i.set_defaults(fn=_import)
 
     b = sub.add_parser("bench", help="run every benchmark in benchmarks/")
     b.set_defaults(fn=_bench)
@@ -112,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except FirstError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (nothing was marked done by the step that "
+              "failed; fix it and rerun the same command to resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)

@@ -14,7 +14,7 @@ so the distillation loss can run the transform on tensors with gradients (`log=T
 log-probabilities for a KL). numpy input is fully validated; torch input is trusted (only the
 scalar arguments are checked) so the training loop never waits on a device sync.
 
-The grid searches score ECE (uniform bins, `metrics.uniform_bin_ids`) of the transformed
+The grid searches score ECE (uniform bins, scikit-learn's edge rule) of the transformed
 rows, with the label convention of docs/DESIGN.md: labels[i] = column of the gold token, or -1;
 a row is correct when its arg-max column equals the label.
 """
@@ -24,21 +24,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import check_labels, check_n_bins, check_probs, row_reduce, uniform_bin_ids
+from .metrics import check_labels, check_n_bins, check_probs, row_reduce
 
 MODES = ("first", "logit", "renorm")
 SEARCH_MODES = ("first", "logit")
-# (grid values x rows x k) cells per block: 2 MB, one core's L2. Larger than cache-tight
-# blocks on purpose: fewer, longer numpy calls mean fewer GIL hand-offs between the pool's
-# threads (bincount holds the GIL), which made 2 threads barely faster than 1 at 0.5 MB.
-_CELLS = 1 << 18
+STRATEGIES = ("grid", "nll")  # how `choose_temperature` picks c
 THREADS: int | None = None  # grid-search threads; None = the usable cores, at most 8
 
 
@@ -196,78 +192,62 @@ def _workers() -> int:
     return THREADS or max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-def _ece_blocks(n: int, n_values: int, width: int, score_block) -> np.ndarray:
-    """ECE numerator sums per (value, bin), scoring row chunks on a thread pool.
+def score_gaps(scores: np.ndarray, top: int | np.ndarray | None = None) -> np.ndarray:
+    """(k - 1) x N gaps z_j - z_top of the non-top rows of k x N c-independent scores z
+    (`centered_scores(...).T`): what the ECE kernel exponentiates. `top` is the row whose
+    confidence is scored: one index for every column, a per-column index array, or None
+    for each column's first arg-max."""
+    scores = np.asarray(scores, dtype=np.float64)
+    k, n = scores.shape
+    if top is None:
+        top = np.argmax(scores, axis=0)
+    if np.ndim(top) == 0:
+        rest = np.delete(scores, int(top), axis=0)
+        return rest - scores[int(top)]
+    top = np.asarray(top)
+    keep = np.arange(k)[:, None] != top[None, :]
+    top_score = np.take_along_axis(scores, top[None, :], axis=0)
+    return (scores.T[keep.T].reshape(n, k - 1) - top_score.T).T
 
-    `score_block(lo, hi)` returns per-(value, bin) sums for rows lo:hi; chunks are sized so a
-    (values x rows x width) block stays small. numpy releases the GIL in its loops, and the
-    fixed chunking and summation order make the result independent of the worker count.
+
+def scores_ece_curve(scores: np.ndarray, correct: np.ndarray, grid, n_bins: int = 10,
+                     top: int | np.ndarray | None = None) -> np.ndarray:
+    """ECE at every c of `grid` for the confidence exp(z_top / c) / sum_j exp(z_j / c) of
+    k x N scores z (see `score_gaps`), with fixed correctness: one compiled pass per c.
+
+    The dashboard's ECE-vs-c curve (its slider's own conventions) and the grid searches
+    go through this; the arrays are trusted (validated by their owner), c must be > 0.
     """
-    rows = max(2048, _CELLS // max(1, n_values * width))
-    bounds = [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
-    with ThreadPoolExecutor(_workers()) as pool:
-        parts = list(pool.map(lambda b: score_block(*b), bounds))
-    return np.sum(parts, axis=0)
+    from . import ece_kernel
 
-
-def _binned_gap_sums(conf: np.ndarray, correct: np.ndarray, n_bins: int,
-                     keys: np.ndarray | None = None) -> np.ndarray:
-    """(values x rows) confidences -> (values x bins) sums of (correct - confidence).
-
-    `conf` is overwritten (it becomes the weights); `keys` is an optional intp scratch.
-    """
-    n_values = conf.shape[0]
-    keys = uniform_bin_ids(conf, n_bins, out=keys)
-    keys += (np.arange(n_values) * n_bins)[:, None]
-    weights = np.subtract(correct, conf, out=conf)
-    return np.bincount(keys.ravel(), weights=weights.ravel(),
-                       minlength=n_values * n_bins).reshape(n_values, n_bins)
+    if np.shape(scores)[1] == 0:
+        raise ValueError("scores: no predictions to score")
+    sums = ece_kernel.temperature_bin_sums(score_gaps(scores, top), correct,
+                                           np.asarray(grid, np.float64), check_n_bins(n_bins),
+                                           threads=_workers())
+    return ece_kernel.ece_from_sums(sums)
 
 
 def _ts_curve(p: np.ndarray, labels: np.ndarray, cs: np.ndarray, mode: str,
               n_bins: int) -> np.ndarray:
-    """ECE of `temperature_scale(p, c, mode)` for every c, without materialising the rows.
-
-    The arg-max (so correctness) does not depend on c, and the confidence is the transform's
-    top entry 1 / (1 + sum_j exp(gap_j / c)) over the k - 1 non-top gaps z_j - max z: those
-    are exponentiated in place, in (values x (k - 1) x rows) buffers reused per row chunk.
-    """
-    top = _NUMPY.first_max(p)
-    correct = (np.argmax(p, axis=1) == labels).astype(np.float64)
-    gaps = np.ascontiguousarray(_centered(p, mode, _NUMPY)[~top]
-                                .reshape(len(p), -1).T)  # (k - 1) x N, all <= 0
-    inv_c = (1.0 / cs)[:, None, None]
-
-    def score(lo: int, hi: int) -> np.ndarray:
-        out = np.zeros((len(cs), n_bins))
-        a = np.ascontiguousarray(gaps[:, lo:hi])
-        per = min(len(cs), max(1, _CELLS // max(1, a.size)))
-        e = np.empty((per, *a.shape))  # reused buffers: no page faults per block
-        conf, keys = np.empty((per, hi - lo)), np.empty((per, hi - lo), np.intp)
-        for g in range(0, len(cs), per):
-            v = len(inv_c[g:g + per])
-            block, cf = e[:v], conf[:v]
-            np.exp(np.multiply(a, inv_c[g:g + per], out=block), out=block)
-            np.add.reduce(block, axis=1, out=cf, initial=1.0)  # + exp(0) of the top entry
-            np.reciprocal(cf, out=cf)
-            out[g:g + v] = _binned_gap_sums(cf, correct[lo:hi], n_bins, keys[:v])
-        return out
-
-    sums = _ece_blocks(len(p), len(cs), p.shape[1], score)
-    return np.abs(sums).sum(axis=1) / len(p)
+    """ECE of `temperature_scale(p, c, mode)` for every c, without materialising the rows:
+    the arg-max (so correctness) does not depend on c, only the top-1 confidence does."""
+    correct = np.argmax(p, axis=1) == labels
+    return scores_ece_curve(_centered(p, mode, _NUMPY).T, correct, cs, n_bins)
 
 
 def _ls_curve(p: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
               n_bins: int) -> np.ndarray:
     """ECE of `label_smooth(p / sum(p), delta)` per delta; NaN where a row would go negative."""
+    from . import ece_kernel
+
     q = temperature_scale(p, 1.0, mode="renorm")
     valid = deltas <= q.max(axis=1).min()
     out = np.full(len(deltas), np.nan)
-    for i in np.flatnonzero(valid):  # few deltas; each is one vectorised pass over the rows
-        s = label_smooth(q, deltas[i])
-        best = s.argmax(axis=1)
-        conf = s[np.arange(len(s)), best][None, :]
-        out[i] = np.abs(_binned_gap_sums(conf, best == labels, n_bins)).sum() / len(p)
+    if valid.any():
+        sums = ece_kernel.smoothing_bin_sums(q, labels, deltas[valid], n_bins,
+                                             threads=_workers())
+        out[valid] = ece_kernel.ece_from_sums(sums)
     return out
 
 
@@ -406,3 +386,32 @@ def fit_temperature_nll(probs, labels, mode: str = "logit", init: float = 1.0,
 
     opt.step(nll)
     return float(np.clip(math.exp(log_c.item()), 1e-3, 1e3))
+
+
+def choose_temperature(probs, labels, grid=None, n_bins: int = 10, mode: str = "first",
+                       strategy: str = "grid") -> SearchResult:
+    """The temperature the pipeline uses, by `strategy` (`[calibration] strategy`):
+
+    - `grid`: `search_temperature`, the c with the lowest validation ECE (the paper);
+    - `nll`: `fit_temperature_nll` (Guo et al.), the c maximising the likelihood of the
+      labels; the ECE curve of the grid is still computed (the dashboard shows it) and the
+      fitted c is added to it, scored the same way, as the result's `best`.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    res = search_temperature(probs, labels, grid=grid, n_bins=n_bins, mode=mode)
+    if strategy == "grid":
+        return res
+    c = fit_temperature_nll(probs, labels, mode=mode)
+    p, y = _topk_inputs(probs, labels)
+    values = np.union1d(res.grid, [c])
+    ece = _masked(lambda cs: _ts_curve(p, y, cs, mode, res.n_bins), values, _valid_c)
+    return SearchResult("TS", mode, res.n_bins, values, ece, c, float(ece[values == c][0]))
+
+
+def token_labels(topk_tokens, gold) -> np.ndarray:
+    """Column of the gold answer letter among each row's stored top-k token texts, or -1
+    (`evaluate.predict` stores tokens as decoded, e.g. " A", and the gold as the letter)."""
+    tokens = np.char.strip(np.asarray([list(map(str, row)) for row in topk_tokens], dtype=str))
+    hit = tokens == np.asarray(gold, dtype=str)[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1).astype(np.int64)

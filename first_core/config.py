@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -39,6 +40,34 @@ class DataConfig:
     n_test: int = 1000
     n_ood: int = 1000
     max_train: int | None = None
+    seed: int = 0  # the embedded task's seed: the data stay fixed across training seeds
+    # "mc": the multiple-choice setting; "instruct": the paper's instruction-tuning setting
+    # ([instruct] section; the files above are then the multiple-choice OOD test)
+    kind: Literal["mc", "instruct"] = "mc"
+
+
+@dataclass(frozen=True)
+class InstructConfig:
+    """The instruction-tuning setting (`data.kind = "instruct"`, first_core/instruct_pipeline.py).
+
+    `with_input` / `no_input` are the Alpaca prompt templates (Stanford Alpaca's by default),
+    `mc_prompt` the multiple-choice prompt of the OOD test (placeholders as in data.py's
+    PromptTemplate), in the same layout so only the task is new to the model.
+    """
+
+    embedded: bool = True
+    dir: str = "data/embedded/instruct"
+    train: str = "instruct_train.jsonl"
+    val: str = "instruct_val.jsonl"
+    test: str = "instruct_test.jsonl"
+    fmt: Literal["auto", "alpaca", "prompt_response"] = "auto"
+    n_train: int = 4000
+    n_val: int = 500
+    n_test: int = 500
+    with_input: str | None = None  # None = Stanford Alpaca's template
+    no_input: str | None = None
+    mc_prompt: str | None = None   # None = the Alpaca no-input layout around the question
+    mc_split: Literal["test", "test_ood"] = "test"  # which [data] split is the OOD test
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     gradient_accumulation_steps: int = 1
-    loss_on: Literal["answer", "sequence"] = "answer"
+    loss_on: Literal["answer", "sequence", "response"] = "answer"  # response: instruct setting
     max_length: int = 256
     bf16: bool = False
     fp16: bool = False
@@ -85,6 +114,7 @@ class CalibrationConfig:
     n_bins: int = 10
     temperature_grid: list[float] | None = None
     smoothing_grid: list[float] | None = None
+    strategy: Literal["grid", "nll"] = "grid"  # c by lowest ECE, or by NLL (Guo et al.)
 
 
 @dataclass(frozen=True)
@@ -107,6 +137,9 @@ class EvalConfig:
 class RunConfig:
     name: str = "demo"
     seed: int = 0
+    # several training seeds of one pipeline (None: just `seed`); each seed runs in
+    # runs_dir/name/seed<N> and the report averages them
+    seeds: list[int] | None = None
     runs_dir: str = "runs"
     store: str | None = None  # None = $FIRST_STORE, else data/first.duckdb
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -118,10 +151,18 @@ class RunConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    instruct: InstructConfig = field(default_factory=InstructConfig)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
+        root = Path(self.runs_dir) / self.name
+        return root if self.seeds is None else root / f"seed{self.seed}"
+
+    def per_seed(self) -> list[RunConfig]:
+        """One config per training seed (`seeds`, else just this one)."""
+        if self.seeds is None:
+            return [self]
+        return [dataclasses.replace(self, seed=s) for s in self.seeds]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +173,61 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Range:
+    """An allowed interval for one numeric key; `str` is how the error message says it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return (f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                f"{')' if self.high_open else ']'}")
+
+
+_POSITIVE, _AT_LEAST_1, _NON_NEGATIVE = Range(0, low_open=True), Range(1), Range(0)
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
+
+# Range of every numeric key, checked while the config loads so that a value that would only
+# fail (or silently misbehave) after hours of training stops the run before its first stage.
+_LIMITS: dict[tuple[type, str], Range] = {
+    (RunConfig, "seed"): Range(0, MAX_SEED),
+    (DataConfig, "seed"): Range(0, MAX_SEED),
+    **{(DataConfig, k): _AT_LEAST_1 for k in ("n_train", "n_val", "n_test", "n_ood",
+                                              "max_train")},
+    (TrainConfig, "epochs"): _POSITIVE,
+    (TrainConfig, "batch_size"): _AT_LEAST_1,
+    (TrainConfig, "learning_rate"): _POSITIVE,
+    (TrainConfig, "weight_decay"): _NON_NEGATIVE,
+    (TrainConfig, "warmup_ratio"): Range(0, 1, high_open=True),  # HF reads >= 1 as steps
+    (TrainConfig, "gradient_accumulation_steps"): _AT_LEAST_1,
+    (TrainConfig, "max_length"): Range(3),
+    (TrainConfig, "save_steps"): _AT_LEAST_1,
+    (TopKConfig, "k"): _AT_LEAST_1,
+    (TopKConfig, "coverage_k"): _AT_LEAST_1,
+    (TopKConfig, "shard_size"): _AT_LEAST_1,
+    (TopKConfig, "batch_size"): _AT_LEAST_1,
+    (CalibrationConfig, "n_bins"): _AT_LEAST_1,
+    (DistillConfig, "ce_weight"): _NON_NEGATIVE,
+    (EvalConfig, "batch_size"): _AT_LEAST_1,
+    (EvalConfig, "n_bins"): _AT_LEAST_1,
+    (EvalConfig, "n_boot"): _NON_NEGATIVE,
+    (EvalConfig, "topk"): _AT_LEAST_1,
+}
+
+# `name` becomes a folder under `runs_dir` that `--force` deletes from: one plain name only
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Return `value` converted to `tp` where lossless (int -> float), else raise."""
     origin = typing.get_origin(tp)
@@ -139,7 +235,10 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message says more than the union's
+            return _check_type(value, options[0], where)
+        for arg in options:
             try:
                 return _check_type(value, arg, where)
             except ConfigError:
@@ -156,6 +255,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int and isinstance(value, bool):
@@ -181,6 +282,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(tp, value, here)
         else:
             kwargs[key] = _check_type(value, tp, here)
+            limit = _LIMITS.get((cls, key))
+            if limit is not None and kwargs[key] is not None and kwargs[key] not in limit:
+                raise ConfigError(f"{here}: must be {limit}, got {kwargs[key]}")
     return cls(**kwargs)
 
 
@@ -220,21 +324,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         cfg = _build(RunConfig, raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)
+                                  or min(cfg.seeds) < 0 or max(cfg.seeds) > MAX_SEED):
+        raise ConfigError(f"{where}: seeds: expected distinct integers in [0, {MAX_SEED}], "
+                          f"got {cfg.seeds}")
     bad = sorted(set(cfg.methods) - set(METHODS))
     if bad:
         raise ConfigError(f"{where}: methods: unknown {bad}; known: {list(METHODS)}")
-    if cfg.topk.k < 1:
-        raise ConfigError(f"{where}: topk.k must be >= 1, got {cfg.topk.k}")
+    if not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"{where}: methods: expected a non-empty list without repeats, "
+                          f"got {cfg.methods}")
+    if not _NAME.fullmatch(cfg.name):
+        raise ConfigError(f"{where}: name: {cfg.name!r} is not a plain folder name (letters, "
+                          "digits, '.', '_', '-'; no '/' or '..'; at most 100 characters)")
     if cfg.topk.coverage_k < cfg.topk.k:
         raise ConfigError(f"{where}: topk.coverage_k must be >= topk.k")
-    for name in ("teacher_train", "student_train"):
-        t = getattr(cfg, name)
-        if t.epochs <= 0 or t.batch_size < 1 or t.learning_rate <= 0:
-            raise ConfigError(f"{where}: {name}: epochs, batch_size and learning_rate must be > 0")
+    for name in ("teacher_train", "student_train"):  # the two settings train different tokens
+        on, kind = getattr(cfg, name).loss_on, cfg.data.kind
+        if (on == "response") != (kind == "instruct"):
+            want = '"response"' if kind == "instruct" else '"answer" or "sequence"'
+            raise ConfigError(f"{where}: {name}.loss_on: data.kind = \"{kind}\" trains with "
+                              f"loss_on = {want}, got {on!r}")
     grids = (("temperature_grid", cfg.calibration.temperature_grid, lambda v: v > 0, "> 0"),
              ("smoothing_grid", cfg.calibration.smoothing_grid, lambda v: 0 <= v < 1, "in [0, 1)"))
     for key, grid, ok, what in grids:
-        if grid is not None and not any(math.isfinite(v) and ok(v) for v in grid):
+        if grid is not None and not any(ok(v) for v in grid):
             raise ConfigError(f"{where}: calibration.{key}: no valid value (each must be {what}),"
                               f" got {grid}")
     return cfg

@@ -22,6 +22,9 @@ from .errors import ConfigError, DataError, FirstError
 
 FORMATS = ("auto", "csqa", "boolq", "jsonl")
 _MAX_LISTED = 20  # problems spelled out in the message of the error `load_examples` raises
+# Train/test leakage: an evaluation split whose share of questions (with the same choices and
+# context) also in train exceeds this is refused; any smaller share is reported as a warning.
+LEAKAGE_LIMIT = 0.10
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,40 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         if not text.strip():
             continue
         try:
-            yield no, json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as e:
             yield no, DataError(f"malformed JSON ({e.msg} at column {e.colno})", path, no)
+            continue
+        except RecursionError:
+            yield no, DataError("JSON nested too deeply to be a record", path, no)
+            continue
+        where = _lone_surrogate(value)
+        if where is not None:  # valid JSON (`"\\ud800"`), but no tokenizer can encode it
+            yield no, DataError("a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
+                                "pair) is not text", path, no, where or None)
+            continue
+        yield no, value
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The field path of the first string (key or value) holding a lone surrogate, else None.
+
+    Iterative, so a record nested as deeply as `json` allows cannot overflow the stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                stack.append((f"{where}.{k}" if where else str(k), k))
+                stack.append((f"{where}.{k}" if where else str(k), item))
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(v))
+    return None
 
 
 def _detect(record: dict[str, Any]) -> str:
@@ -263,9 +297,27 @@ def _parse_records(records: Iterable[tuple[int, Any]], source: str | Path,
 
 def _load(path: str | Path, fmt: str) -> tuple[list[Example], list[DataError]]:
     path = Path(path)
-    if not path.is_file():
-        return [], [DataError("no such file" if not path.exists() else "not a file", path)]
-    return _parse_records(_read_jsonl(path), path, fmt)
+    try:
+        if not path.is_file():
+            return [], [DataError("no such file" if not path.exists() else "not a file", path)]
+        records = list(_read_jsonl(path))
+    except OSError as exc:  # unreadable (permissions), a name too long, an I/O error
+        return [], [DataError(f"cannot read it: {exc.strerror or exc}", path)]
+    examples, errors = _parse_records(records, path, fmt)
+    first = records[0][1] if records else None
+    array_like = isinstance(first, list) or (isinstance(first, DataError)
+                                             and "malformed JSON" in str(first))
+    if errors and array_like and _looks_like_json_array(path):
+        return [], [DataError("this looks like one JSON array, not JSON Lines: write one "
+                              "object per line (e.g. `jq -c '.[]' FILE`)", path, 1)]
+    return examples, errors
+
+
+def _looks_like_json_array(path: Path) -> bool:
+    """True when the first non-blank character of the file is `[`."""
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
 
 
 def _raise_all(errors: list[DataError], source: str | Path) -> None:
@@ -317,6 +369,35 @@ def load_hf_dataset(name: str, split: str, subset: str | None = None,
     if errors:
         _raise_all(errors, source)
     return examples
+
+
+def split_overlap(splits: dict[str, list[Example]], reference: str = "train"
+                  ) -> dict[str, int]:
+    """How many examples of each other split repeat a `reference` question: same question,
+    choices and context (the answer does not matter: the model saw the prompt)."""
+    def key(ex: Example) -> tuple:
+        return ex.context, ex.question, ex.choices
+    seen = {key(ex) for ex in splits[reference]}
+    return {name: sum(key(ex) in seen for ex in exs)
+            for name, exs in splits.items() if name != reference}
+
+
+def check_leakage(splits: dict[str, list[Example]], files: dict[str, str | Path],
+                  limit: float = LEAKAGE_LIMIT) -> str | None:
+    """A warning line when evaluation splits repeat training questions, None when none do;
+    `DataError` when a split's share exceeds `limit` (its scores would measure memory)."""
+    overlap = split_overlap(splits)
+    parts = [f"{n} of {len(splits[s])} {s} examples ({n / len(splits[s]):.1%})"
+             for s, n in overlap.items() if n]
+    if not parts:
+        return None
+    text = (f"train/test leakage: {', '.join(parts)} repeat a question of "
+            f"{files['train']} with the same choices")
+    worst = max(overlap, key=lambda s: overlap[s] / len(splits[s]))
+    if overlap[worst] / len(splits[worst]) > limit:
+        raise DataError(f"{text}; more than {limit:.0%} of a split is refused (remove the "
+                        "copies from the evaluation files)", files[worst])
+    return text
 
 
 def summarize(examples: list[Example]) -> str:

@@ -25,7 +25,7 @@ import torch
 
 from . import metrics, store
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
-from .inference import PromptIds, answer_logits, vocab_size
+from .inference import PromptIds, answer_logits, top_probabilities, vocab_size
 from .models import MAX_POSITIONS, label_token_ids
 from .topk import check_k
 
@@ -74,10 +74,11 @@ def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
     for start, logits in answer_logits(model, tokenizer, prompts, batch_size, progress,
                                        desc="predict"):
         rows = slice(start, start + len(logits))
-        probs = torch.softmax(logits.double(), dim=-1)
-        p, i = torch.topk(probs, k, dim=-1)
+        # exp(logit - logsumexp) of the kept tokens only: no [B, V] probability tensor
+        p, i, lse = top_probabilities(logits, k, dtype=torch.float64)
         top_p[rows], top_i[rows] = p.numpy(), i.numpy()
-        opt_p[rows] = probs.gather(1, torch.from_numpy(opt_ids[rows])).numpy()
+        opt_p[rows] = torch.exp(logits.gather(1, torch.from_numpy(opt_ids[rows])).double()
+                                - lse).numpy()
     opt_p *= opt_mask  # padding columns hold no option
 
     paper = metrics.paper_convention(top_p, top_i, gold_id)
@@ -117,7 +118,7 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
     """The store's `metrics` rows (without `run_id` / `split`) for both conventions.
 
-    Per convention: accuracy, ECE (with a bootstrap interval), MCE and trust; for `option`
+    Per convention: accuracy, mean confidence, ECE (with a bootstrap interval), MCE and trust; for `option`
     also Brier and NLL over the renormalised option distribution.
     """
     out = []
@@ -128,7 +129,8 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
         acc = metrics.accuracy(correct)
         ece, low, high = metrics.bootstrap_interval("ece", conf, correct, n_bins=n_bins,
                                                     n_boot=n_boot, seed=seed)
-        values = {"accuracy": (acc, None, None), "ece": (ece, low, high),
+        values = {"accuracy": (acc, None, None), "confidence": (float(conf.mean()), None, None),
+                  "ece": (ece, low, high),
                   "mce": (metrics.maximum_calibration_error(conf, correct, n_bins=n_bins),
                           None, None),
                   "trust": (metrics.trust_score(acc, ece), None, None)}

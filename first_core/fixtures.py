@@ -55,9 +55,9 @@ TEMPLATES = {"val": IN_DOMAIN, "test": IN_DOMAIN,
              "test_ood": "You are sorting things into boxes. Which one goes in the box '{}'?"}
 
 
-def run_id(method: str, seed: int) -> str:
+def run_id(method: str, seed: int, pipeline: str = PIPELINE) -> str:
     """Same layout as the pipeline's run ids: `name/method/seedN`."""
-    return f"{PIPELINE}/{method}/seed{seed}"
+    return f"{pipeline}/{method}/seed{seed}"
 
 
 def _examples(rng: np.random.Generator, split: str, n: int) -> pd.DataFrame:
@@ -161,8 +161,12 @@ def _coverage(rng: np.random.Generator, teacher_run: str, n_positions: int) -> p
 
 
 def write_fixture_store(path: str | os.PathLike[str], n_examples: int = 200,
-                        seed: int = 0) -> Path:
-    """Write (or overwrite the fixture rows of) a store with all five methods; returns its path."""
+                        seed: int = 0, pipeline: str = PIPELINE) -> Path:
+    """Write (or overwrite the fixture rows of) a store with all five methods; returns its path.
+
+    Call it again with another `seed` for more seeds of one pipeline, or another `pipeline`
+    for a second pipeline beside the first.
+    """
     if n_examples < 10:
         raise ValueError(f"n_examples: need at least 10 per split, got {n_examples}")
     rng = np.random.default_rng(seed)
@@ -170,7 +174,7 @@ def write_fixture_store(path: str | os.PathLike[str], n_examples: int = 200,
                          ignore_index=True)
     store = Store(path)
     store.write_examples(examples)
-    teacher_run = run_id("teacher_ft", seed)
+    teacher_run = run_id("teacher_ft", seed, pipeline)
     started = datetime(2024, 11, 12, 9, 0)
     preds = {}
     for i, (method, (acc_in, acc_ood, sharpness, _)) in enumerate(PROFILES.items()):
@@ -186,10 +190,10 @@ def write_fixture_store(path: str | os.PathLike[str], n_examples: int = 200,
     for i, (method, (_, _, _, model)) in enumerate(PROFILES.items()):
         temperature, smoothing = knobs.get(method, (None, None))
         record = RunRecord(
-            run_id=run_id(method, seed), method=method, model=model, dataset=DATASET,
+            run_id=run_id(method, seed, pipeline), method=method, model=model, dataset=DATASET,
             seed=seed, temperature=temperature, smoothing=smoothing,
             config={"fixture": True, "n_examples": n_examples, "seed": seed},
-            created_at=started + timedelta(minutes=10 * i), pipeline=PIPELINE)
+            created_at=started + timedelta(minutes=10 * i), pipeline=pipeline)
         mets = pd.concat([compute_metrics(part, n_bins=N_BINS, seed=seed).assign(split=split)
                           for split, part in preds[method].groupby("split", sort=False)],
                          ignore_index=True)

@@ -9,8 +9,9 @@ Batches are *left*-padded with explicit position ids (what `generate()` does), s
 last token sits in the last column and the model only has to project that one position to the
 vocabulary (`logits_to_keep=1`): a batch never materialises a `B x T x V` logits tensor. Rows
 are padded independently of each other, so a row's logits equal those of an unbatched forward
-(checked in tests). Prompts are tokenised one batch at a time, so memory does not grow with
-the number of prompts.
+(checked in tests). Prompts are tokenised one batch at a time, the next batch on a background
+thread while the current one runs through the model (so a consumer of `answer_logits` must not
+use the tokenizer inside its loop), and memory does not grow with the number of prompts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from tqdm.auto import tqdm
@@ -85,6 +87,21 @@ def _left_pad(seqs: list[list[int]], device: torch.device
     return ids.to(device), mask.long().to(device), positions.to(device)
 
 
+def _prefetched(fn, items) -> Iterator:
+    """fn(item) for each item, the next one computed on a background thread while the caller
+    works on the current one: tokenising batch i + 1 overlaps the forward of batch i (the
+    tokenizer and torch both release the GIL), at most one batch ahead."""
+    items = list(items)
+    if not items:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="first-prefetch") as pool:
+        pending = pool.submit(fn, items[0])
+        for nxt in items[1:]:
+            done, pending = pending.result(), pool.submit(fn, nxt)
+            yield done
+        yield pending.result()
+
+
 def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_size: int = 64,
                   progress: bool | None = None, desc: str = "forward"
                   ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -101,12 +118,30 @@ def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_siz
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     use_positions = "position_ids" in params
     show = sys.stderr.isatty() if progress is None else progress
+    starts = range(0, len(prompts), batch_size)
+    batches = _prefetched(lambda s: _encode(tokenizer, prompts[s:s + batch_size]), starts)
     with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="ex",
                                       disable=not show) as bar:
-        for start in range(0, len(prompts), batch_size):
-            seqs = _encode(tokenizer, prompts[start:start + batch_size])
+        for start, seqs in zip(starts, batches):
             ids, mask, positions = _left_pad(seqs, device)
             kwargs = {"position_ids": positions} if use_positions else {}
             out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs, **extra)
             yield start, out.logits[:, -1, :].float().cpu()
             bar.update(len(seqs))
+
+
+def top_probabilities(logits: torch.Tensor, k: int, dtype: torch.dtype | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probs [B, k], ids [B, k], log-normaliser [B, 1]) of the k most likely tokens.
+
+    softmax is monotone, so the top-k of the logits are the top-k tokens, and a kept token's
+    probability is exp(logit - logsumexp(logits)): one `topk` and one `logsumexp` over the
+    vocabulary, no [B, V] probability tensor. `dtype` (e.g. float64) is the precision of the
+    returned probabilities and normaliser; other entries' probabilities follow as
+    `torch.exp(logits.gather(...).to(dtype) - lse)`.
+    """
+    top, ids = torch.topk(logits, k, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    if dtype is not None:
+        top, lse = top.to(dtype), lse.to(dtype)
+    return torch.exp(top - lse), ids, lse

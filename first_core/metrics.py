@@ -233,12 +233,24 @@ def reliability_bins(confidence, correct, n_bins: int = 10, strategy: str = "uni
     conf, ok = _conf_correct(confidence, correct, check)
     n_bins = check_n_bins(n_bins)
     edges = bin_edges(conf, n_bins, strategy)
-    ids = _ids_in(conf, edges, strategy)
-    count = np.bincount(ids, minlength=n_bins)
+    if strategy == "uniform":  # bins and per-bin sums in one compiled pass
+        count, hits, conf_sum = _uniform_sums(conf, ok, n_bins).T
+        count = count.astype(np.int64)
+    else:
+        ids = _ids_in(conf, edges, strategy)
+        count = np.bincount(ids, minlength=n_bins)
+        conf_sum = np.bincount(ids, weights=conf, minlength=n_bins)
+        hits = np.bincount(ids[ok], minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(ids, weights=conf, minlength=n_bins) / count
-        acc = np.bincount(ids[ok], minlength=n_bins) / count
+        mean_conf, acc = conf_sum / count, hits / count
     return ReliabilityBins(edges, count, mean_conf, acc, mean_conf - acc)
+
+
+def _uniform_sums(conf: np.ndarray, ok: np.ndarray, n_bins: int) -> np.ndarray:
+    """(bins x 3) count, correct count, confidence sum per uniform bin (`ece_kernel`)."""
+    from .ece_kernel import confidence_bin_sums  # lazily: it imports numba
+
+    return confidence_bin_sums(conf, ok, n_bins)
 
 
 # ---------------------------------------------------------------- metrics
@@ -252,6 +264,9 @@ def expected_calibration_error(confidence, correct, n_bins: int = 10,
     """
     conf, ok = _conf_correct(confidence, correct, check)
     n_bins = check_n_bins(n_bins)
+    if _check_strategy(strategy) == "uniform":
+        sums = _uniform_sums(conf, ok, n_bins)
+        return float(np.abs(sums[:, 1] - sums[:, 2]).sum() / len(conf))
     sums = np.bincount(bin_ids(conf, n_bins, strategy), weights=ok - conf, minlength=n_bins)
     return float(np.abs(sums).sum() / len(conf))
 

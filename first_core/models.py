@@ -81,11 +81,25 @@ def _check_local_dir(path: Path) -> None:
         raise FirstError(f"model directory {path}: missing " + "; ".join(missing))
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
 def _looks_like_path(spec: str) -> bool:
     """A hub id is `name` or `org/name`; anything else is meant as a local path (and must
-    not fall through to a slow, failing hub download)."""
-    return (spec.startswith((".", "/", "~")) or spec.count("/") > 1
-            or (os.sep != "/" and os.sep in spec))
+    not fall through to a slow, failing hub download). `org/name` whose `org` is a folder
+    here (`models/my-llama`) is a path too: a typo in it would otherwise be retried online."""
+    return (spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith("/")
+            or (os.sep != "/" and os.sep in spec) or not _HUB_ID.fullmatch(spec)
+            or ("/" in spec and Path(spec.split("/", 1)[0]).is_dir()))
+
+
+def check_model_spec(spec: str, where: str) -> None:
+    """Fail at once (naming the config key `where`) when `spec` is meant as a local path and
+    nothing is there, instead of after the stages before the first load."""
+    local = not is_preset(spec) and _looks_like_path(str(spec))
+    if local and not Path(spec).expanduser().exists():
+        raise ConfigError(f"{where}: model path {spec!r} does not exist (a preset "
+                          f"{sorted(PRESETS)}, a Hugging Face id `org/name` or a local folder)")
 
 
 def load_model(spec: str | os.PathLike[str], *, trust_remote_code: bool = False,

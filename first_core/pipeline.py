@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,29 @@ from . import calibrate, data, store
 from .config import RunConfig
 from .errors import ConfigError, FirstError
 
+log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test", "test_ood")
 STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half of it."""
+    """Write JSON through a temporary file and a rename, so a reader never sees half of it.
+
+    Both the file and the rename are fsync'ed: a stage record must not survive a power loss
+    that its outputs (or its own content) did not."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -85,7 +99,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     root = Path(d.dir)
     if d.embedded:
         from .tasks import write_task
-        files = write_task(root, seed=ctx.cfg.seed, n_train=d.n_train, n_val=d.n_val,
+        files = write_task(root, seed=d.seed, n_train=d.n_train, n_val=d.n_val,
                            n_test=d.n_test, n_ood=d.n_ood)
         files = {k: str(v) for k, v in files.items()}
     else:
@@ -95,8 +109,13 @@ def stage_data(ctx: Context) -> dict[str, Any]:
         shown = "\n".join(str(p) for p in problems[:20])
         more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise FirstError(f"the data has {len(problems)} problem(s):\n{shown}{more}")
-    counts = {s: len(data.load_examples(f, d.fmt)) for s, f in files.items()}
-    return {"files": files, "counts": counts, "dataset_hash": dataset_hash(files)}
+    splits = {s: data.load_examples(f, d.fmt) for s, f in files.items()}
+    leakage = data.check_leakage(splits, files)
+    if leakage:
+        log.warning("%s", leakage)
+    counts = {s: len(exs) for s, exs in splits.items()}
+    return {"files": files, "counts": counts, "dataset_hash": dataset_hash(files),
+            "overlap_with_train": data.split_overlap(splits)}
 
 
 def dataset_hash(files: dict[str, str]) -> str:
@@ -136,9 +155,21 @@ def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
     role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
                        else ("student", ctx.cfg.student_train))
     model, tok = _load(ctx, ctx.init_path(role))
-    out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
-                   train_cfg, seed=ctx.cfg.seed)
+    with _diverged_names(f"{role}_train"):
+        out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
+                       train_cfg, seed=ctx.cfg.seed)
     return {"model": str(out)}
+
+
+@contextmanager
+def _diverged_names(section: str) -> Iterator[None]:
+    """Name the config section whose settings a diverged training stage should change."""
+    from .finetune import TrainingDiverged
+    try:
+        yield
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{section}: {exc}; nothing of this stage was kept as "
+                               "finished") from None
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:
@@ -177,7 +208,11 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
     train = calibrate.temperature_scale(_load_topk(ctx, "train").probs, 1.0, mode="renorm")
     ls_limit = float(train.max(axis=1).min())
     result = {}
-    for kind, search, grid in (("TS", calibrate.search_temperature, c.temperature_grid),
+
+    def choose(*args, **kwargs):  # `[calibration] strategy`: grid (lowest ECE) or nll
+        return calibrate.choose_temperature(*args, strategy=c.strategy, **kwargs)
+
+    for kind, search, grid in (("TS", choose, c.temperature_grid),
                                ("LS", calibrate.search_label_smoothing, c.smoothing_grid)):
         kwargs = {"grid": np.asarray(grid)} if grid is not None else {}
         res = search(val.probs, val.gold_rank, n_bins=c.n_bins, **kwargs)
@@ -188,7 +223,15 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
         result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
                         "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist()}
     write_json_atomic(ctx.path("calibration.json"), result)
-    return {"c": result["TS"]["best"], "delta": result["LS"]["best"]}
+    best = result["TS"]["best"]
+    # what the transform does to the teacher on validation: mean top-1 before and after,
+    # against its accuracy (a useful c moves the first towards the last)
+    return {"c": best, "delta": result["LS"]["best"],
+            "val_accuracy": float(np.mean(val.gold_rank == 0)),
+            "val_top1_raw": float(val.probs.max(axis=1).mean()),
+            "val_top1_first": float(calibrate.temperature_scale(val.probs, best, mode="first")
+                                    .max(axis=1).mean()),
+            "c_interior": bool(min(result["TS"]["grid"]) < best < max(result["TS"]["grid"]))}
 
 
 def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float | None]:
@@ -207,9 +250,10 @@ def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     targets = teacher_targets(topk.probs, mode, c, delta)
     model, tok = _load(ctx, ctx.init_path("student"))
     d = ctx.cfg.distill
-    out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
-                  ctx.path("models", method), ctx.cfg.student_train,
-                  student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed)
+    with _diverged_names("student_train"):
+        out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
+                      ctx.path("models", method), ctx.cfg.student_train,
+                      student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed)
     return {"model": str(out), "mode": mode, "c": c, "delta": delta}
 
 
@@ -238,32 +282,42 @@ def run_id(cfg: RunConfig, method: str) -> str:
 
 
 def stage_store(ctx: Context) -> dict[str, Any]:
-    """Write everything to DuckDB, one short transaction per table group and per run."""
+    """Write every table of this pipeline to DuckDB in one transaction: all or nothing.
+
+    Everything is read and checked first, so the store is locked only for the inserts."""
     cfg = ctx.cfg
     path = store.default_store_path(cfg.store)
     teacher_run = run_id(cfg, "teacher_ft")
-    cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
-    with store.open_store(path) as st:
-        for method in cfg.methods:
-            mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
-                              else (None, None, None))
-            spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
-            record = store.RunRecord(
-                run_id=run_id(cfg, method), method=method, model=spec,
-                dataset=ctx.record("data")["dataset_hash"], seed=cfg.seed, temperature=c,
-                smoothing=delta, config=cfg.to_dict(), pipeline=cfg.name)
-            ev = ctx.path("eval", method)
-            st.write_run(record, pd.read_parquet(ev / "predictions.parquet"),
-                         pd.read_parquet(ev / "metrics.parquet"))
-        rows = [{"run_id": teacher_run, "kind": kind, "value": v, "ece_val": a, "ece_test": b,
-                 "chosen": v == res["best"]}
-                for kind, res in cal.items()
-                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])]
-        st.write_temperature_search(pd.DataFrame(rows))
+    runs = []
+    for method in cfg.methods:
+        mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
+                          else (None, None, None))
+        spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
+        record = store.RunRecord(
+            run_id=run_id(cfg, method), method=method, model=spec,
+            dataset=ctx.record("data")["dataset_hash"], seed=cfg.seed, temperature=c,
+            smoothing=delta, config=cfg.to_dict(), pipeline=cfg.name)
+        ev = ctx.path("eval", method)
+        runs.append((record, pd.read_parquet(ev / "predictions.parquet"),
+                     pd.read_parquet(ev / "metrics.parquet")))
+    search = coverage = None
+    if any(m in cfg.methods for m in STUDENT_METHODS):  # only they need top-k and calibration
+        cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
+        search = pd.DataFrame([{"run_id": teacher_run, "kind": kind, "value": v, "ece_val": a,
+                                "ece_test": b, "chosen": v == res["best"]}
+                               for kind, res in cal.items()
+                               for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])])
         from .topk import coverage_table, read_manifest
-        st.write_topk_coverage(coverage_table(read_manifest(ctx.path("topk", "train")))
-                               .assign(run_id=teacher_run))
-        st.write_examples(examples_frame(ctx))
+        coverage = (coverage_table(read_manifest(ctx.path("topk", "train")))
+                    .assign(run_id=teacher_run))
+    examples = examples_frame(ctx)
+    with store.open_store(path) as st, st.batch():
+        for record, predictions, metrics in runs:
+            st.write_run(record, predictions, metrics)
+        if search is not None:
+            st.write_temperature_search(search)
+            st.write_topk_coverage(coverage)
+        st.write_examples(examples)
     return {"store": str(path)}
 
 
@@ -289,6 +343,9 @@ class Stage:
 
 def stages(cfg: RunConfig) -> list[Stage]:
     """The ordered stages this config needs."""
+    if cfg.data.kind == "instruct":  # the instruction-tuning setting has its own stages
+        from .instruct_pipeline import instruct_stages
+        return instruct_stages(cfg)
     methods = cfg.methods
     out = [Stage("data", stage_data),
            Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
@@ -323,20 +380,137 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_config(ctx: Context, force: str | None) -> None:
-    """Refuse to resume a run directory with another config: its finished stages would be
-    silently reused. `--force STAGE` says which stages the user wants redone."""
+# The first stage that reads each config section: changing a key there makes that stage and
+# every later one stale. Keys that only pick the store (or which runs go into it) make just
+# the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
+_AFFECTS = {"seed": "models", "data": "data", "model": "models", "teacher_train": "teacher_ft",
+            "topk": "topk", "calibration": "calibrate", "student_train": "student_ft",
+            "distill": "student_distill", "eval": "eval_teacher_ft", "methods": "store",
+            "store": "store"}
+_WHERE = ("name", "runs_dir", "seeds")  # they pick the run directory itself
+_ORDER = [st.name for st in stages(RunConfig())]  # every stage, in pipeline order
+
+
+def affected_stage(key: str, plan: list[str]) -> str | None:
+    """The first stage of `plan` that a change of config `key` (dotted) makes stale."""
+    first = _AFFECTS.get(key.split(".", 1)[0], "data")  # an unknown section: assume all
+    at = _ORDER.index(first)
+    return next((name for name in plan if _ORDER.index(name) >= at), None)
+
+
+def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]:
+    """Compare the config with the one the run directory's finished stages were made with.
+
+    A change is refused when it would reach a stage that is done and is not being redone
+    (those outputs would be silently reused under the new config); `--force STAGE` redoes
+    STAGE onwards, so it allows changes from there on, never before. Returns the stages
+    whose leftover outputs are stale (made under the old config) and must be deleted before
+    they run; adds `store` to `todo` when only the store's choice of rows changed.
+    """
     old_path = ctx.path("config.json")
-    if force is not None or not old_path.exists():
-        return
+    if not old_path.exists():
+        return set()
     old = _flatten(json.loads(old_path.read_text(encoding="utf-8")))
     new = _flatten(json.loads(json.dumps(ctx.cfg.to_dict())))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if changed:
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k.split(".", 1)[0] not in _WHERE)
+    hit = {k: affected_stage(k, plan) for k in changed}
+    if any(name == "store" for name in hit.values()):
+        todo.add("store")
+    # stages from `redo_from` on are all being (re)done: a change reaching them is safe
+    redo_from = next((i for i in range(len(plan)) if set(plan[i:]) <= todo), len(plan))
+    blocked = {k: name for k, name in hit.items()
+               if name is not None and plan.index(name) < redo_from}
+    if blocked:
+        first = min(blocked.values(), key=plan.index)
+        listed = ", ".join(f"{k} (affects {name})" for k, name in blocked.items())
         raise ConfigError(
-            f"{ctx.run_dir} was made with another config (changed: {', '.join(changed)}); "
-            f"its finished stages would be reused. Use another `name`, or --force STAGE to "
-            f"redo the first stage the change affects and everything after it")
+            f"{ctx.run_dir} was made with another config (changed: {listed}); its finished "
+            f"stages would be reused. Use another `name`, or --force {first} to redo the "
+            "first stage the change affects and everything after it")
+    starts = [plan.index(name) for name in hit.values() if name is not None]
+    return set(plan[min(starts):]) & todo if starts else set()
+
+
+def _lock(ctx: Context):
+    """An exclusive lock on the run directory, or a `FirstError` if another run holds it."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(ctx.path(".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FirstError(f"{ctx.run_dir}: another run is using this run directory (lock file "
+                         f"{ctx.path('.lock')}); wait for it to finish, or use another "
+                         "`name`") from None
+    return lock
+
+
+def preflight(ctx: Context, todo: set[str]) -> None:
+    """What can be known before the first stage: a writable run directory, a usable store
+    (when the store stage is to run: opened for writing, schema and tables checked) and
+    local model paths that exist. Without this a bad store or a model path typo surfaces
+    only after all the training."""
+    from .models import check_model_spec
+    for role in ("teacher", "student"):
+        check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
+    _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
+    path = store.default_store_path(ctx.cfg.store)
+    if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
+        return
+    if path.exists():  # open for writing: checks the lock, the schema and every table
+        store.Store(path)
+    else:  # made at the store stage; a run that fails before then leaves no empty store
+        make_folder(path.parent, f"store {path}")
+        _probe_writable(path.parent, f"store {path}: its folder")
+
+
+def make_folder(folder: Path, what: str) -> None:
+    """`mkdir -p folder`, or a `FirstError` saying why not (a file in the way, permissions)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        why = (f"{blocker} is a file, not a folder"
+               if isinstance(exc, (FileExistsError, NotADirectoryError)) and blocker
+               and not blocker.is_dir() else f"cannot create {folder} ({exc.strerror or exc})")
+        raise FirstError(f"{what}: {why}") from None
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Write and delete a small file in `folder`: permissions, read-only mounts, full disks."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise FirstError(f"{what} is not writable ({exc.strerror or exc})") from None
+
+
+def _together(state, fn: Callable[[], Any], share: bool = False) -> Any:
+    """Run `fn` on this rank, then make every rank agree: if any rank raised, all raise.
+
+    Without this, an error on rank 0 alone (a stage only it runs, a check only it makes)
+    leaves the others waiting at the next barrier until the launcher's timeout. The gather
+    is also the barrier between steps. `share`: every rank returns rank 0's result."""
+    error = result = None
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+        error = exc
+    if state.num_processes > 1:
+        import torch.distributed as dist
+        said: list[Any] = [None] * state.num_processes
+        dist.all_gather_object(said, (None if error is None else str(error),
+                                      result if share else None))
+        failed = [(rank, text) for rank, (text, _) in enumerate(said) if text is not None]
+        if failed and error is None:
+            rank, text = failed[0]
+            raise FirstError(f"rank {rank} failed, so every rank stops: {text}")
+        if share and error is None:
+            result = said[0][1]
+    if error is not None:
+        raise error
+    return result
 
 
 def run(cfg: RunConfig, force: str | None = None,
@@ -345,11 +519,20 @@ def run(cfg: RunConfig, force: str | None = None,
 
     Under `accelerate launch` / `torchrun` every rank runs this: training and extraction
     stages on all ranks (the `Trainer` and the extractor split the work), every other stage
-    and every completion record on rank 0 alone, with a barrier after each stage.
+    and every completion record on rank 0 alone; after each step the ranks agree, so an
+    error on any rank stops all of them.
+
+    Before the first stage rank 0 locks the run directory, checks the config against the
+    one its outputs were made with, and checks the store and the model paths. The config is
+    recorded (`config.json`) once a stage has finished under it, or once the outputs a
+    config change made stale are deleted, never before: a run that fails first never blocks
+    the corrected command, and a resume never reuses a checkpoint of another config.
     """
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True: a CPU launch under torchrun becomes one gloo group instead of N lone ranks
+    state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
     say = echo if main else (lambda _: None)
     ctx = Context(cfg, cfg.run_dir)
@@ -358,36 +541,57 @@ def run(cfg: RunConfig, force: str | None = None,
     if force is not None and force not in names:
         raise ConfigError(f"--force {force}: unknown stage; stages: {names}")
     forced = set(names[names.index(force):]) if force else set()
-    todo = {st.name for st in plan
-            if st.name in forced or not ctx.path("stages", f"{st.name}.json").exists()}
-    state.wait_for_everyone()  # every rank has decided before rank 0 deletes anything
-    if main:
-        check_same_config(ctx, force)
+    lock = None
+
+    def prepare() -> tuple[set[str], set[str]]:
+        """Rank 0: lock, check, clear what is to be redone; returns the stages to run."""
+        nonlocal lock
+        make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
+        lock = _lock(ctx)
+        todo = {name for name in names
+                if name in forced or not ctx.path("stages", f"{name}.json").exists()}
+        stale = check_same_config(ctx, names, todo)
+        preflight(ctx, todo)
         for name in todo:  # all first: a forced run that fails must not leave later stages done
             ctx.path("stages", f"{name}.json").unlink(missing_ok=True)
-        write_json_atomic(ctx.path("config.json"), cfg.to_dict())
-    for i, st in enumerate(plan, 1):
-        done = ctx.path("stages", f"{st.name}.json")
-        if st.name not in todo:
-            say(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
-            continue
-        if main:
-            if st.name in forced:
+        for st in plan:  # outputs of forced stages, and those made under the old config
+            if st.name in forced | stale:
                 for rel in st.outputs:
                     _remove(ctx.path(rel))
-        state.wait_for_everyone()
-        say(f"[{i}/{len(plan)}] {st.name} ...")
-        t0 = time.perf_counter()
-        if st.every_rank or main:
-            result = st.fn(ctx)
-            result["seconds"] = round(time.perf_counter() - t0, 2)
-            if main:
-                write_json_atomic(done, result)
-                say(f"[{i}/{len(plan)}] {st.name}: done in {result['seconds']:.1f} s")
-        state.wait_for_everyone()
-    if not main:
-        return pd.DataFrame()
-    return summary(store.default_store_path(cfg.store), cfg)
+        if stale:  # what is left on disk now agrees with this config (a resume must see it)
+            write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+        return todo
+
+    try:
+        todo = _together(state, prepare if main else lambda: None, share=True)
+        recorded = False
+        for i, st in enumerate(plan, 1):
+            done = ctx.path("stages", f"{st.name}.json")
+            if st.name not in todo:
+                say(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
+                continue
+            say(f"[{i}/{len(plan)}] {st.name} ...")
+
+            def work(st: Stage = st, done: Path = done) -> None:
+                nonlocal recorded
+                t0 = time.perf_counter()
+                if st.every_rank or main:
+                    result = st.fn(ctx)
+                    result["seconds"] = round(time.perf_counter() - t0, 2)
+                    if main:
+                        write_json_atomic(done, result)
+                        if not recorded:  # the outputs now on disk were made under this config
+                            write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+                            recorded = True
+                        say(f"[{i}/{len(plan)}] {st.name}: done in {result['seconds']:.1f} s")
+
+            _together(state, work)
+        if not main:
+            return pd.DataFrame()
+        return summary(store.default_store_path(cfg.store), cfg)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def summary(path: Path, cfg: RunConfig, convention: str = "paper") -> pd.DataFrame:

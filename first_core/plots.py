@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 OVER_COLOR = "rgba(214, 39, 40, 0.55)"    # red: confidence above accuracy
 UNDER_COLOR = "rgba(31, 119, 180, 0.55)"  # blue: confidence below accuracy
 ACC_COLOR = "rgba(90, 90, 90, 0.85)"
+SMOOTH_COLOR = "rgb(255, 127, 14)"
 BIN_COLUMNS = ("lo", "hi", "count", "confidence", "accuracy")
 
 
@@ -26,45 +27,79 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> No
         raise ValueError(f"{name}: missing column(s) {missing}; got {list(frame.columns)}")
 
 
-def reliability_figure(bins: pd.DataFrame, title: str = "") -> go.Figure:
+LEGEND_ROW_PX = 26  # one horizontal legend row
+TITLE_PX = 34       # the title's line
+
+
+def _title_legend_layout(title: str, height: int, left: int = 50, right: int = 20,
+                         bottom: int = 40, legend_rows: int = 1) -> dict:
+    """Title and horizontal legend in separate bands above the plot, never on top of each
+    other: the legend sits just above the plot area, the title above the legend, pinned to
+    the top of the figure, with the top margin sized for both."""
+    top = legend_rows * LEGEND_ROW_PX + (TITLE_PX if title else 0) + 8
+    layout = dict(height=height, margin=dict(l=left, r=right, t=top, b=bottom),
+                  legend=dict(orientation="h", x=0, y=1, yanchor="bottom", yref="paper"))
+    if title:
+        layout["title"] = dict(text=title, x=0, xref="paper", y=1, yref="container",
+                               yanchor="top", pad=dict(t=8))
+    return layout
+
+
+def _title_and_legend(fig: go.Figure, title: str, height: int, **kwargs: int) -> None:
+    fig.update_layout(**_title_legend_layout(title, height, **kwargs))
+
+
+def reliability_figure(bins: pd.DataFrame, title: str = "",
+                       smooth: pd.DataFrame | None = None) -> go.Figure:
     """Reliability diagram (top) over a confidence histogram (bottom), as in the paper's fig. 5.
 
     `bins` has one row per bin with columns lo, hi, count, confidence, accuracy (NaN where
     the bin is empty). The gap between accuracy and mean confidence is drawn on top of the
     accuracy bar: red where the model is over-confident, blue where it is under-confident.
+    `smooth` (columns x, y: `views.smooth_calibration(...).curve`) is drawn as a line over
+    the bars: relplot's kernel-smoothed reliability curve, the one SmoothECE integrates.
     """
     _check_columns(bins, BIN_COLUMNS, "bins")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
-                        vertical_spacing=0.04)
+    # Built as one dict and validated once: the slider redraws this on every move, and
+    # make_subplots + add_* (each validating and re-laying out) cost ~30x more.
     full = bins[bins["count"] > 0]
     lo, hi, count = (full[c].to_numpy(dtype=float) for c in ("lo", "hi", "count"))
     acc, conf = full["accuracy"].to_numpy(dtype=float), full["confidence"].to_numpy(dtype=float)
     centre, width = (lo + hi) / 2, hi - lo
     hover = [f"bin ({a:.3f}, {b:.3f}]<br>n = {n:,.0f}<br>acc = {y:.3f}<br>conf = {x:.3f}"
              for a, b, n, y, x in zip(lo, hi, count, acc, conf)]
-    fig.add_bar(x=centre, y=acc, width=width, name="Accuracy",
-                marker=dict(color=ACC_COLOR, line=dict(width=1, color="white")),
-                hovertext=hover, hoverinfo="text", row=1, col=1)
+    top = dict(xaxis="x", yaxis="y")
+    data = [dict(type="bar", x=centre, y=acc, width=width, name="Accuracy",
+                 marker=dict(color=ACC_COLOR, line=dict(width=1, color="white")),
+                 hovertext=hover, hoverinfo="text", **top)]
     gap = conf - acc
     for mask, color, name in ((gap > 0, OVER_COLOR, "Over-confidence gap"),
                               (gap < 0, UNDER_COLOR, "Under-confidence gap")):
-        fig.add_bar(x=centre[mask], y=np.abs(gap[mask]), width=width[mask],
-                    base=np.minimum(acc, conf)[mask],
-                    name=name, marker=dict(color=color, line=dict(width=1, color=color)),
-                    hoverinfo="skip", row=1, col=1)
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfect calibration",
-                    line=dict(dash="dash", color="black", width=1), row=1, col=1)
-    fig.add_bar(x=(bins["lo"] + bins["hi"]) / 2, y=bins["count"], width=bins["hi"] - bins["lo"],
-                name="Examples per bin", marker=dict(color="rgba(120, 120, 120, 0.6)"),
-                showlegend=False, row=2, col=1)
-    fig.update_layout(barmode="overlay", title=title, height=520, bargap=0,
-                      margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
-    fig.update_yaxes(title_text="Accuracy", range=[0, 1], row=1, col=1)
-    fig.update_yaxes(title_text="Count", row=2, col=1)
-    fig.update_xaxes(range=[0, 1], row=1, col=1)
-    fig.update_xaxes(title_text="Confidence", range=[0, 1], row=2, col=1)
-    return fig
+        data.append(dict(type="bar", x=centre[mask], y=np.abs(gap[mask]), width=width[mask],
+                         base=np.minimum(acc, conf)[mask], name=name,
+                         marker=dict(color=color, line=dict(width=1, color=color)),
+                         hoverinfo="skip", **top))
+    data.append(dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines",
+                     name="Perfect calibration",
+                     line=dict(dash="dash", color="black", width=1), **top))
+    if smooth is not None:
+        _check_columns(smooth, ("x", "y"), "smooth")
+        data.append(dict(type="scatter", x=smooth["x"].to_numpy(), y=smooth["y"].to_numpy(),
+                         mode="lines", name="Smoothed (SmoothECE)",
+                         line=dict(color=SMOOTH_COLOR, width=2.5), hoverinfo="skip", **top))
+    data.append(dict(type="bar", x=((bins["lo"] + bins["hi"]) / 2).to_numpy(),
+                     y=bins["count"].to_numpy(), width=(bins["hi"] - bins["lo"]).to_numpy(),
+                     name="Examples per bin", marker=dict(color="rgba(120, 120, 120, 0.6)"),
+                     showlegend=False, xaxis="x2", yaxis="y2"))
+    layout = dict(  # two rows sharing x: the diagram (72%) over the histogram (28%)
+        barmode="overlay", bargap=0, clickmode="event+select",
+        xaxis=dict(range=[0, 1], anchor="y", matches="x2", showticklabels=False),
+        yaxis=dict(title=dict(text="Accuracy"), range=[0, 1], domain=[0.3, 1.0]),
+        xaxis2=dict(title=dict(text="Confidence"), range=[0, 1], anchor="y2"),
+        yaxis2=dict(title=dict(text="Count"), domain=[0.0, 0.26]),
+        # five legend entries wrap to two rows in a half-width panel
+        **_title_legend_layout(title, 540, legend_rows=2))
+    return go.Figure(dict(data=data, layout=layout))
 
 
 def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
@@ -99,8 +134,7 @@ def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
                          exponentformat="SI", showgrid=False, secondary_y=True)
     fig.update_yaxes(title_text="Cumulative probability", range=[0, 1.02], secondary_y=False)
     fig.update_xaxes(title_text="K (top-K tokens kept)")
-    fig.update_layout(height=460, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-                      margin=dict(l=50, r=50, t=30, b=40))
+    _title_and_legend(fig, "", 460, right=50)
     return fig
 
 
@@ -123,8 +157,7 @@ def search_curve_figure(curves: pd.DataFrame, chosen: pd.DataFrame | None = None
                         name="chosen", text=[f"{v:.3g}" for v in chosen["value"]],
                         textposition="top center",
                         marker=dict(size=12, symbol="star", color="rgb(214, 39, 40)"))
-    fig.update_layout(title=title, height=380, margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    _title_and_legend(fig, title, 380)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="ECE", tickformat=".0%")
     return fig
@@ -141,9 +174,8 @@ def grouped_bars(table: pd.DataFrame, x: str, y: str, group: str, title: str = "
                     text=[f"{v:.1%}" if percent else f"{v:.3g}" for v in part[y]],
                     textposition="outside",
                     error_y=dict(type="data", array=part[error]) if error else None)
-    fig.update_layout(barmode="group", title=title, height=380,
-                      margin=dict(l=50, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_layout(barmode="group")
+    _title_and_legend(fig, title, 380)
     if percent:
         fig.update_yaxes(tickformat=".0%")
     return fig
@@ -164,9 +196,8 @@ def probability_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
                     textposition="outside",
                     marker=dict(line=dict(width=[3 if lab == highlight else 0 for lab in labels],
                                           color="rgb(44, 160, 44)")))
-    fig.update_layout(barmode="group", title=title, height=320,
-                      margin=dict(l=40, r=20, t=50 if title else 20, b=40),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_layout(barmode="group")
+    _title_and_legend(fig, title, 320, left=40)
     fig.update_yaxes(tickformat=".0%", range=[0, 1.1])
     fig.update_xaxes(type="category")
     return fig

@@ -38,7 +38,7 @@ WRITE_TIMEOUT_S = 60.0  # readers hold the file for milliseconds; a writer can a
 
 SPLITS = ("val", "test", "test_ood")
 CONVENTIONS = ("paper", "option")
-METRICS = ("accuracy", "ece", "mce", "brier", "nll", "trust")
+METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust")
 SEARCH_KINDS = ("TS", "LS")
 
 
@@ -196,17 +196,25 @@ def _is_lock_error(exc: duckdb.Error) -> bool:
                                    "different configuration"))
 
 
+# Never fetch or load an extension on the fly: a SQLite or Parquet file passed as the store
+# would otherwise make DuckDB download one over the network (plain http) and run it.
+CONNECT_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
 def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
     """Open `path`, retrying with jittered backoff while another process holds the lock."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=CONNECT_CONFIG)
         except duckdb.Error as exc:
             if not _is_lock_error(exc):
                 if "not a valid DuckDB database" in str(exc):
                     raise StoreError(f"store {path}: not a DuckDB database file") from exc
+                if "sqlite" in str(exc).lower():  # DuckDB asked for its SQLite extension
+                    raise StoreError(f"store {path}: a SQLite database, not a DuckDB database "
+                                     "file (first-lab loads no DuckDB extensions)") from exc
                 raise StoreError(f"store {path}: cannot open: {exc}") from exc
             if time.monotonic() >= deadline:
                 if read_only:
@@ -254,6 +262,25 @@ def _check_schema(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -
     elif version != SCHEMA_VERSION:
         raise StoreError(f"store {path}: schema version {version} is not supported "
                          f"(this first-lab reads version {SCHEMA_VERSION})")
+    else:
+        _check_tables(con, path)
+
+
+def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a store whose tables or columns were dropped or renamed outside first-lab."""
+    found: dict[str, set[str]] = {}
+    for table, column in con.execute("SELECT table_name, column_name FROM "
+                                     "information_schema.columns WHERE table_schema = 'main'"
+                                     ).fetchall():
+        found.setdefault(table, set()).add(column)
+    for table in TABLES.values():
+        if table.name not in found:
+            raise StoreError(f"store {path}: table {table.name!r} is missing (changed outside "
+                             "first-lab?); use another --store or restore the file")
+        missing = [c for c in table.columns if c not in found[table.name]]
+        if missing:
+            raise StoreError(f"store {path}: table {table.name!r} lacks column(s) {missing} "
+                             "(changed outside first-lab?); use another --store or restore it")
 
 
 @contextmanager
@@ -272,7 +299,10 @@ def connect(path: str | os.PathLike[str] | None = None, read_only: bool = False,
     wait = timeout if timeout is not None else (READ_TIMEOUT_S if read_only else WRITE_TIMEOUT_S)
     con = _connect(store, read_only, wait)
     try:
-        _check_schema(con, store, read_only)
+        try:
+            _check_schema(con, store, read_only)
+        except duckdb.IOException as exc:  # e.g. a disk full while creating the schema
+            raise StoreError(f"store {store}: {exc}") from exc
         yield con
     finally:
         con.close()
@@ -375,14 +405,39 @@ class Store:
                  timeout: float = WRITE_TIMEOUT_S) -> None:
         self.path = default_store_path(path)
         self.timeout = timeout
+        self._con: duckdb.DuckDBPyConnection | None = None  # set inside `batch()`
         with self._writing():  # create and check the schema now, not at the first write
             pass
 
     @contextmanager
+    def batch(self) -> Iterator[Store]:
+        """Every write inside the block goes into one transaction: all of it lands or none.
+
+        The pipeline stores one whole run directory this way, so a crash or a bad row midway
+        leaves the store exactly as it was. Prepare the frames first: the file stays locked
+        (readers wait) until the block ends.
+        """
+        if self._con is not None:
+            raise RuntimeError("Store.batch: already inside a batch")
+        with self._writing() as con:
+            self._con = con
+            try:
+                yield self
+            finally:
+                self._con = None
+
+    @contextmanager
     def _writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._con is not None:  # inside `batch()`: its transaction covers this write
+            yield self._con
+            return
         with connect(self.path, read_only=False, timeout=self.timeout) as con:
-            with transaction(con):
-                yield con
+            try:
+                with transaction(con):
+                    yield con
+            except duckdb.IOException as exc:  # a full disk, an I/O error: rolled back, say so
+                raise StoreError(f"store {self.path}: write failed, nothing was written: "
+                                 f"{exc}") from exc
 
     def write_run(self, run: RunRecord, predictions: pd.DataFrame, metrics: pd.DataFrame) -> None:
         """Replace run `run.run_id` (its runs row, predictions and metrics) atomically.
@@ -535,3 +590,56 @@ def available_splits(source: Source | None = None,
         found = {r[0] for r in con.execute(
             f"SELECT DISTINCT p.split FROM predictions AS p{where}", params).fetchall()}
     return [s for s in SPLITS if s in found]
+
+
+# ---------------------------------------------------------------------------- imported runs
+
+IMPORTED_METHOD = "imported"  # `runs.method` of predictions imported from another model
+
+
+def list_pipelines(source: Source | None = None) -> pd.DataFrame:
+    """One row per pipeline: pipeline, runs, methods (list), first created_at; oldest first."""
+    sql = ("SELECT pipeline, count(*) AS runs, list(DISTINCT method ORDER BY method) AS methods, "
+           "min(created_at) AS created_at FROM runs GROUP BY pipeline ORDER BY 4, 1")
+    with _reading(source) as con:
+        return con.execute(sql).df()
+
+
+def write_imported_run(path: str | os.PathLike[str] | None, pipeline: str, run_id: str,
+                       model: str, dataset: str, predictions: pd.DataFrame,
+                       metrics: pd.DataFrame, examples: pd.DataFrame | None = None,
+                       config: Mapping[str, Any] | None = None,
+                       timeout: float = WRITE_TIMEOUT_S) -> Path:
+    """Store another model's predictions as pipeline `pipeline` (method `imported`), in one
+    transaction: its runs row, predictions, metrics and question texts land whole or not at
+    all. Re-importing the same name replaces the earlier import; a name that belongs to a
+    pipeline of this project's own runs is refused (choose another name)."""
+    if not pipeline or not run_id:
+        raise ValueError("pipeline, run_id: must be non-empty")
+    fixed = {"run_id": run_id}
+    for name, frame in (("predictions", predictions), ("metrics", metrics)):
+        _validate(TABLES[name], frame, fixed)
+    if examples is not None:
+        _validate(TABLES["examples"], examples, {})
+    store = default_store_path(path)
+    row = RunRecord(run_id=run_id, method=METHODS[0], model=model, dataset=dataset, seed=0,
+                    config=dict(config or {}), pipeline=pipeline).row()
+    row[1] = IMPORTED_METHOD  # RunRecord checks the project's own methods; this is not one
+    cols = ", ".join(f'"{c}"' for c in TABLES["runs"].columns)
+    marks = ", ".join("?" for _ in TABLES["runs"].columns)
+    with connect(store, read_only=False, timeout=timeout) as con, transaction(con):
+        owners = {r[0] for r in con.execute(
+            "SELECT DISTINCT method FROM runs WHERE pipeline = ?", [pipeline]).fetchall()}
+        if owners - {IMPORTED_METHOD}:
+            raise StoreError(f"store {store}: pipeline {pipeline!r} holds this project's own "
+                             f"runs ({sorted(owners)}); import under another name")
+        old = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE pipeline = ?",
+                                         [pipeline]).fetchall()] + [run_id]
+        for name in ("predictions", "metrics", "runs"):
+            con.execute(f'DELETE FROM "{name}" WHERE list_contains(?, run_id)', [old])
+        con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
+        _insert(con, TABLES["predictions"], predictions, fixed)
+        _insert(con, TABLES["metrics"], metrics, fixed)
+        if examples is not None and len(examples):
+            _replace(con, TABLES["examples"], examples)
+    return store

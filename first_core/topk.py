@@ -2,10 +2,12 @@
 
 `extract_topk` runs the teacher over the examples once and writes, per example, the top-k
 token ids (int32) and their *raw* full-vocabulary softmax probabilities (float16 or float32,
-not renormalised, so the dropped tail mass `1 - sum(row)` stays known) as Parquet shards plus
-`manifest.json`. The same pass measures the top-`coverage_k` cumulative coverage (how much
-probability mass the K most likely tokens hold, K = 1..coverage_k) without keeping per-example
-vectors: a fixed-size histogram per K, so memory does not grow with the data set.
+not renormalised, so the dropped tail mass `1 - sum(row)` stays known; computed as
+exp(logit - logsumexp) from the top-k of the logits, never as a [B, V] softmax) as Parquet
+shards plus `manifest.json`. The same pass (the same `topk` call) measures the
+top-`coverage_k` cumulative coverage (how much probability mass the K most likely tokens hold,
+K = 1..coverage_k) without keeping per-example vectors: a fixed-size histogram per K, so
+memory does not grow with the data set.
 
 Layout of a store directory::
 
@@ -46,7 +48,7 @@ import torch
 
 from . import data
 from .errors import ConfigError, StoreError
-from .inference import PromptIds, answer_logits, model_device, vocab_size
+from .inference import PromptIds, answer_logits, model_device, top_probabilities, vocab_size
 from .metrics import topk_labels
 from .models import MAX_POSITIONS, label_token_ids
 
@@ -321,7 +323,9 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
         prompts = PromptIds(tokenizer, mine, template, max_length)
         for start, logits in answer_logits(model, tokenizer, prompts, batch_size, progress,
                                            desc=f"top-{k} (rank {state.process_index})"):
-            top_p, top_i = torch.topk(torch.softmax(logits, dim=-1), width, dim=-1)
+            # the top-`width` once: the kept top-k and the coverage statistics both come
+            # from it, and no [B, V] softmax is formed (inference.top_probabilities)
+            top_p, top_i, _ = top_probabilities(logits, width)
             top_p, top_i = top_p.numpy(), top_i.numpy()
             ids, g = top_i[:, :k].copy(), gold[start:start + len(top_i)]
             coverage.add(top_p)

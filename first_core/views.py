@@ -23,14 +23,16 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import pandas as pd
 
 from . import metrics
+from . import calibrate
 from .calibrate import centered_scores, check_temperature
 from .config import METHODS
+from .store import IMPORTED_METHOD
 
 # 10^(-1.3) ~ 0.05 .. 10 in steps of 1/40 decade (~6 %), with c = 1 exactly on the grid.
 TEMPERATURE_GRID: np.ndarray = np.array(
@@ -70,12 +72,17 @@ class ViewState:
     convention: str = "option"
     n_bins: int = 10
     strategy: str = "uniform"
+    bin: int | None = None  # drill-down: the selected reliability bin (0 = lowest confidence)
+    panel: int = 0          # ... in which of the side-by-side runs
 
     def to_params(self) -> dict[str, str]:
         """Query-string values (all strings, as `st.query_params` stores them)."""
-        return {"runs": ",".join(self.runs), "split": self.split, "c": f"{self.c:g}",
-                "mode": self.mode, "conv": self.convention, "bins": str(self.n_bins),
-                "strategy": self.strategy}
+        params = {"runs": ",".join(self.runs), "split": self.split, "c": f"{self.c:g}",
+                  "mode": self.mode, "conv": self.convention, "bins": str(self.n_bins),
+                  "strategy": self.strategy}
+        if self.bin is not None:
+            params.update(bin=str(self.bin), panel=str(self.panel))
+        return params
 
 
 def _first(value: str | Sequence[str] | None) -> str | None:
@@ -84,16 +91,29 @@ def _first(value: str | Sequence[str] | None) -> str | None:
     return value[0] if len(value) else None
 
 
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value or "")
+    except ValueError:
+        return None
+
+
 def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequence[str],
-                     splits: Sequence[str], max_runs: int = 2) -> ViewState:
+                     splits: Sequence[str], max_runs: int = 2,
+                     default: tuple[Sequence[str], str] | None = None) -> ViewState:
     """Read a ViewState from query parameters, ignoring anything unknown or invalid.
 
     A URL is user input: unknown runs, splits or modes are dropped (never passed on to
-    SQL or code), numbers are clamped to the allowed ranges and c snaps to the grid.
+    SQL or code), numbers are clamped to the allowed ranges and c snaps to the grid; a bin
+    outside the diagram is no selection. `default` is the (runs, split) shown without
+    parameters (`figure5_default`), else the first run on the in-domain test split.
     """
     state = ViewState(runs=tuple(run_ids[:1]), split=splits[0] if splits else "test")
     if "test" in splits:
         state = replace(state, split="test")
+    if default is not None:
+        state = replace(state, runs=tuple(default[0])[:max_runs] or state.runs,
+                        split=default[1] if default[1] in splits else state.split)
     raw_runs = _first(params.get("runs"))
     if raw_runs:
         picked = tuple(dict.fromkeys(r for r in raw_runs.split(",") if r in run_ids))[:max_runs]
@@ -109,12 +129,30 @@ def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequenc
         state = replace(state, c=snap_temperature(float(_first(params.get("c")) or "nan")))
     except ValueError:
         pass
-    try:
-        bins = int(_first(params.get("bins")) or "")
+    bins = _int(_first(params.get("bins")))
+    if bins is not None:
         state = replace(state, n_bins=int(np.clip(bins, *BIN_RANGE)))
-    except ValueError:
-        pass
+    picked_bin, panel = _int(_first(params.get("bin"))), _int(_first(params.get("panel")))
+    if picked_bin is not None and 0 <= picked_bin < state.n_bins:
+        state = replace(state, bin=picked_bin,
+                        panel=panel if panel is not None and 0 <= panel < len(state.runs) else 0)
     return state
+
+
+def figure5_default(runs: pd.DataFrame, splits: Sequence[str]
+                    ) -> tuple[tuple[str, ...], str] | None:
+    """The paper's Figure 5 as the first view: the fine-tuned student beside FIRST-TS on the
+    OOD split, from the newest pipeline that has both (seed order: the first stored);
+    None when the store has no such pair or no OOD predictions."""
+    if "test_ood" not in splits or runs.empty:
+        return None
+    pipelines = runs["pipeline"].fillna("") if "pipeline" in runs else pd.Series("", runs.index)
+    for name in reversed(list(dict.fromkeys(pipelines))):
+        mine = runs[pipelines == name]
+        pair = [mine.loc[mine["method"] == m, "run_id"] for m in ("student_ft", "first_ts")]
+        if all(len(p) for p in pair):
+            return (str(pair[0].iloc[0]), str(pair[1].iloc[0])), "test_ood"
+    return None
 
 
 # ---------------------------------------------------------------------------- arrays
@@ -132,6 +170,7 @@ class PredictionArrays:
     correct: np.ndarray       # N bool: paper convention (top-1 token is the gold letter)
     option_probs: np.ndarray  # N x m raw probabilities of the answer letters
     gold_option: np.ndarray   # N int: column of the gold letter in option_probs
+    example_ids: np.ndarray | None = None  # N str, when built from the store (drill-down)
 
     def __post_init__(self) -> None:
         n = len(self.correct)
@@ -219,8 +258,11 @@ def prediction_arrays(frame: pd.DataFrame) -> PredictionArrays:
         topk_probs=_stack(frame["topk_probs"], "topk_probs").astype(np.float64),
         correct=frame["correct"].to_numpy(dtype=bool),
         option_probs=_stack(frame["option_probs"], "option_probs").astype(np.float64),
-        gold_option=is_gold.argmax(axis=1))
-    for array in (arrays.topk_probs, arrays.correct, arrays.option_probs, arrays.gold_option):
+        gold_option=is_gold.argmax(axis=1),
+        example_ids=frame["example_id"].to_numpy(dtype=str) if "example_id" in frame
+        else None)
+    for array in (arrays.topk_probs, arrays.correct, arrays.option_probs, arrays.gold_option,
+                  *(() if arrays.example_ids is None else (arrays.example_ids,))):
         array.flags.writeable = False  # shared through st.cache_resource: nobody may mutate
     return arrays
 
@@ -364,8 +406,14 @@ def ece_curve(arrays: PredictionArrays, mode: str, convention: str, n_bins: int 
 
     Not `calibrate.search_temperature`: this one must score the slider's own conventions
     (option letters, or top-k plus tail in logit mode) so that "best c" is the arg-min of
-    what the slider would show. One vectorised evaluation per grid value.
+    what the slider would show. Uniform bins: one compiled pass per grid value.
     """
+    if strategy == "uniform":
+        option = convention == "option"
+        return pd.DataFrame({"c": grid, "ece": calibrate.scores_ece_curve(
+            arrays.centered("option" if option else "topk", mode),
+            arrays.option_correct if option else arrays.correct, grid, n_bins,
+            top=None if option else 0)})
     eces = []
     for c in grid:
         scaled = rescale(arrays, float(c), mode, convention)
@@ -391,6 +439,124 @@ def format_interval(low: float, high: float) -> str | None:
     return f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
+# ---------------------------------------------------------------------------- drill-down
+
+def bin_members(scaled: Rescaled, n_bins: int, strategy: str, bin_index: int) -> np.ndarray:
+    """Row indices of the predictions in reliability bin `bin_index` at the current c: the
+    same binning (`metrics.bin_ids`) as the diagram and the ECE card, most confident first."""
+    if not 0 <= bin_index < n_bins:
+        raise ValueError(f"bin: must be in [0, {n_bins}), got {bin_index!r}")
+    ids = metrics.bin_ids(scaled.confidence, n_bins, strategy)
+    rows = np.flatnonzero(ids == bin_index)
+    return rows[np.argsort(-scaled.confidence[rows], kind="stable")]
+
+
+def bin_at(bins: pd.DataFrame, x: float) -> int | None:
+    """The bin whose (lo, hi] holds a clicked bar's x (its centre); None outside the diagram."""
+    if not np.isfinite(x):
+        return None
+    inside = np.flatnonzero((bins["lo"].to_numpy() < x) & (x <= bins["hi"].to_numpy()))
+    return int(inside[0]) if len(inside) else None
+
+
+def _top5_text(tokens: object, probs: object) -> str | None:
+    """"' A' 71.2%, ' B' 9.8%, ...": a teacher's stored top-k as one plain-text cell."""
+    if tokens is None or probs is None or not len(probs):
+        return None
+    return ", ".join(f"{str(t)!r} {float(p):.1%}" for t, p in zip(tokens, probs))
+
+
+DRILL_COLUMNS = ("example_id", "question", "options", "gold", "prediction", "confidence",
+                 "correct", "teacher_top5")
+
+
+def drilldown_table(arrays: PredictionArrays, scaled: Rescaled, rows: np.ndarray,
+                    convention: str, predictions: pd.DataFrame, examples: pd.DataFrame,
+                    teacher: pd.DataFrame | None = None, limit: int = 500) -> pd.DataFrame:
+    """The examples of one bin (`bin_members` rows) as a table of plain text.
+
+    `predictions` is this run and split (example_id, pred, pred_option), `examples` the
+    question text (example_id, question, labels, choices; may be empty, e.g. for imported
+    runs), `teacher` the teacher's predictions (example_id, topk_tokens, topk_probs) or
+    None. Confidence is the re-scaled one at the current c, under `convention`.
+    """
+    if arrays.example_ids is None:
+        raise ValueError("arrays: built without example ids; cannot list a bin's examples")
+    rows = rows[:limit]
+    out = pd.DataFrame({"example_id": arrays.example_ids[rows],
+                        "confidence": scaled.confidence[rows],
+                        "correct": scaled.correct[rows]})
+    pred_col = "pred_option" if convention == "option" else "pred"
+    preds = predictions.drop_duplicates("example_id").set_index("example_id")
+    out["gold"] = out["example_id"].map(preds["gold"]) if "gold" in preds else None
+    out["prediction"] = out["example_id"].map(preds[pred_col]) if pred_col in preds else None
+    text = examples.drop_duplicates("example_id").set_index("example_id")
+    out["question"] = out["example_id"].map(text["question"]) if len(text) else None
+    out["options"] = out["example_id"].map(pd.Series(
+        [" | ".join(f"{lab}: {ch}" for lab, ch in zip(labs, chs))
+         for labs, chs in zip(text["labels"], text["choices"])], index=text.index,
+        dtype=object)) if len(text) else None
+    if teacher is not None and len(teacher):
+        top = teacher.drop_duplicates("example_id").set_index("example_id")
+        cells = pd.Series([_top5_text(t, p) for t, p in zip(top["topk_tokens"], top["topk_probs"])],
+                          index=top.index, dtype=object)
+        out["teacher_top5"] = out["example_id"].map(cells)
+    else:
+        out["teacher_top5"] = None
+    return out[list(DRILL_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------- SmoothECE
+
+SMOOTH_MAX_N = 20_000  # above this, SmoothECE and its curve use a fixed random sample
+
+
+@dataclass(frozen=True)
+class SmoothCalibration:
+    """SmoothECE (Blasiok & Nakkiran 2023) and its kernel-smoothed reliability curve."""
+
+    ece: float
+    curve: pd.DataFrame  # x (confidence mesh), y (smoothed accuracy)
+    n_used: int          # predictions it was computed on (a sample above SMOOTH_MAX_N)
+    sigma: float         # the kernel bandwidth relplot chose
+
+
+@lru_cache(maxsize=16)
+def smooth_sample(n: int, max_n: int = SMOOTH_MAX_N, seed: int = 0) -> np.ndarray | None:
+    """The fixed rows SmoothECE uses above `max_n` predictions (None: all of them); drawn
+    once per size (read-only), not on every slider move."""
+    if n <= max_n:
+        return None
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_n, replace=False))
+    rows.flags.writeable = False
+    return rows
+
+
+def smooth_calibration(confidence: np.ndarray, correct: np.ndarray,
+                       max_n: int = SMOOTH_MAX_N, seed: int = 0) -> SmoothCalibration:
+    """SmoothECE and its smoothed curve, computed by the `relplot` package (not re-derived).
+
+    `relplot.prepare_rel_diagram` without bootstrap bands: the same call that draws the
+    package's own diagrams, so value and curve are exactly relplot's. It costs ~0.5 s at a
+    million predictions, so above `max_n` it runs on a fixed random sample (`smooth_sample`)
+    to keep the slider live; the page says so.
+    """
+    import relplot  # imports matplotlib and seaborn: only when the first panel needs it
+
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    if conf.ndim != 1 or conf.shape != ok.shape or not len(conf):
+        raise ValueError(f"confidence, correct: need equal non-empty 1-D arrays, got "
+                         f"{conf.shape} and {ok.shape}")
+    rows = smooth_sample(len(conf), max_n, seed)
+    if rows is not None:
+        conf, ok = conf[rows], ok[rows]
+    diagram = relplot.prepare_rel_diagram(conf, ok, plot_confidence_band=False,
+                                          report_CE=True, report_CE_std=False)
+    curve = pd.DataFrame({"x": diagram["mesh"], "y": diagram["mu"]})
+    return SmoothCalibration(float(diagram["ce"]), curve, len(conf), float(diagram["sigma"]))
+
+
 # ---------------------------------------------------------------------------- tables
 
 def _method_order(methods: pd.Series) -> pd.Series:
@@ -398,49 +564,87 @@ def _method_order(methods: pd.Series) -> pd.Series:
     return methods.map(lambda m: rank.get(m, len(rank)))
 
 
-def headline_table(metric_rows: pd.DataFrame, convention: str = "paper") -> pd.DataFrame:
-    """Table-1 layout: one row per method, Acc / ECE / Trust in-domain and OOD (seed means).
+NO_PIPELINE = "(no pipeline)"
 
-    `metric_rows` is `store.load_metrics(...)`; values stay fractions (format for display).
+
+def pipelines(runs: pd.DataFrame) -> list[str]:
+    """The store's pipelines (runs' `pipeline`, oldest first; unnamed ones as NO_PIPELINE)."""
+    if "pipeline" not in runs:
+        return [NO_PIPELINE] if len(runs) else []
+    return list(dict.fromkeys(runs["pipeline"].fillna(NO_PIPELINE).astype(str)))
+
+
+def with_pipeline(metric_rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`store.load_metrics` rows plus their run's pipeline (NO_PIPELINE where unnamed)."""
+    names = (runs.set_index("run_id")["pipeline"] if "pipeline" in runs
+             else pd.Series(dtype=object))
+    return metric_rows.assign(
+        pipeline=metric_rows["run_id"].map(names).fillna(NO_PIPELINE).astype(str))
+
+
+def _pipeline_rows(metric_rows: pd.DataFrame, pipeline: str | None) -> pd.DataFrame:
+    rows = metric_rows if "pipeline" in metric_rows else metric_rows.assign(pipeline=NO_PIPELINE)
+    return rows if pipeline is None else rows[rows["pipeline"] == pipeline]
+
+
+def headline_table(metric_rows: pd.DataFrame, convention: str = "paper",
+                   pipeline: str | None = None) -> pd.DataFrame:
+    """Table-1 layout: one row per (pipeline, method), Acc / ECE / Trust in-domain and OOD.
+
+    Values are means over the seeds of *one* pipeline (never across pipelines: two
+    pipelines are two experiments). `metric_rows` is `store.load_metrics(...)` through
+    `with_pipeline` (without a pipeline column every row counts as one unnamed pipeline);
+    `pipeline` keeps only that one. Values stay fractions (format for display).
     """
-    wanted = metric_rows[(metric_rows["convention"] == convention)
-                         & metric_rows["split"].isin(["test", "test_ood"])
-                         & metric_rows["metric"].isin(["accuracy", "ece", "trust"])]
+    rows = _pipeline_rows(metric_rows, pipeline)
+    wanted = rows[(rows["convention"] == convention)
+                  & rows["split"].isin(["test", "test_ood"])
+                  & rows["metric"].isin(["accuracy", "ece", "trust"])]
     if wanted.empty:
-        return pd.DataFrame(columns=["method"])
-    table = wanted.pivot_table(index="method", columns=["split", "metric"], values="value",
-                               aggfunc="mean")
+        return pd.DataFrame(columns=["pipeline", "method"])
+    table = wanted.pivot_table(index=["pipeline", "method"], columns=["split", "metric"],
+                               values="value", aggfunc="mean", sort=False)
     names = {"test": "ID", "test_ood": "OOD"}
     short = {"accuracy": "Acc", "ece": "ECE", "trust": "Trust"}
     order = [(s, m) for s in names for m in short if (s, m) in table.columns]
     table = table[order]
     table.columns = [f"{short[m]} {names[s]}" for s, m in order]
     table = table.reset_index()
-    return table.sort_values("method", key=_method_order).reset_index(drop=True)
+    return table.sort_values(["pipeline", "method"], kind="stable",
+                             key=lambda col: _method_order(col) if col.name == "method"
+                             else col.map({p: i for i, p in enumerate(
+                                 dict.fromkeys(wanted["pipeline"]))})
+                             ).reset_index(drop=True)
 
 
 def compare_table(metric_rows: pd.DataFrame, convention: str = "paper",
-                  splits: Sequence[str] = ("test", "test_ood")) -> pd.DataFrame:
-    """Per method and split: mean, std and number of seeds of each metric (tidy, for bars)."""
-    wanted = metric_rows[(metric_rows["convention"] == convention)
-                         & metric_rows["split"].isin(list(splits))]
-    out = (wanted.groupby(["method", "split", "metric"], sort=False)["value"]
+                  splits: Sequence[str] = ("test", "test_ood"),
+                  pipeline: str | None = None) -> pd.DataFrame:
+    """Per (pipeline, method) and split: mean, std and number of seeds of each metric (tidy,
+    for bars). Seeds are only ever averaged within one pipeline; see `headline_table`."""
+    rows = _pipeline_rows(metric_rows, pipeline)
+    wanted = rows[(rows["convention"] == convention) & rows["split"].isin(list(splits))]
+    out = (wanted.groupby(["pipeline", "method", "split", "metric"], sort=False)["value"]
            .agg(mean="mean", std="std", seeds="count").reset_index())
     out["std"] = out["std"].fillna(0.0)
     split_rank = {s: i for i, s in enumerate(splits)}
-    return out.sort_values(["method", "split", "metric"],
+    pipe_rank = {p: i for i, p in enumerate(dict.fromkeys(wanted["pipeline"]))}
+    return out.sort_values(["pipeline", "method", "split", "metric"],
                            key=lambda col: _method_order(col) if col.name == "method"
-                           else col.map(split_rank) if col.name == "split" else col
+                           else col.map(split_rank) if col.name == "split"
+                           else col.map(pipe_rank) if col.name == "pipeline" else col
                            ).reset_index(drop=True)
 
 
 def teacher_for(runs: pd.DataFrame, run_id: str) -> str | None:
-    """The teacher run that goes with `run_id`: same pipeline if there is one, else any."""
+    """The teacher run that goes with `run_id`: same pipeline if there is one, else any;
+    None for imported predictions (another model: no teacher of this project's goes with it)."""
     teachers = runs[runs["method"] == "teacher_ft"]
-    if teachers.empty:
+    mine = runs[runs["run_id"] == run_id]
+    if teachers.empty or (len(mine) and mine["method"].iloc[0] == IMPORTED_METHOD):
         return None
-    mine = runs.loc[runs["run_id"] == run_id, "pipeline"]
-    same = teachers[teachers["pipeline"] == mine.iloc[0]] if len(mine) else teachers.iloc[:0]
+    same = teachers[teachers["pipeline"] == mine["pipeline"].iloc[0]] if len(mine) \
+        else teachers.iloc[:0]
     return str((same if len(same) else teachers)["run_id"].iloc[0])
 
 
@@ -570,3 +774,69 @@ def classifier_view(probs: np.ndarray, labels: np.ndarray, c: float = 1.0, mode:
     """
     arrays = PredictionArrays(probs, probs.argmax(axis=1) == labels, probs, labels)
     return calibration_view(arrays, c, mode, "option", n_bins, strategy, n_boot)
+
+
+# ---------------------------------------------------------------------------- per-token stores
+
+def token_coverage_by_position(store_dir: str | os.PathLike[str],
+                               max_position: int | None = None) -> pd.DataFrame:
+    """Per response position of a per-token top-k store (instruction setting): how many tokens
+    sit there, and the teacher's mean top-1 and top-k mass at them (streamed shard by shard).
+
+    The coverage curve over K for all response tokens is the store's `topk_coverage` rows
+    (the paper's figure 2); this is the same mass seen along the response.
+    """
+    import pyarrow.compute as pc
+
+    from .topk_tokens import iter_token_shards
+
+    counts = top1 = topk = np.zeros(0)
+    for table in iter_token_shards(store_dir, columns=["position", "topk_probs"]):
+        pos = table.column("position").to_numpy().astype(np.int64)
+        if max_position is not None:
+            pos = np.minimum(pos, max_position)  # the last bin gathers the long tail
+        k = table.column("topk_probs").type.list_size
+        probs = pc.list_flatten(table.column("topk_probs")).to_numpy().astype(
+            np.float64).reshape(-1, k)
+        width = max(len(counts), int(pos.max()) + 1 if len(pos) else 0)
+        grow = lambda a: np.pad(a, (0, width - len(a)))  # noqa: E731
+        counts = grow(counts) + np.bincount(pos, minlength=width)
+        top1 = grow(top1) + np.bincount(pos, weights=probs[:, 0], minlength=width)
+        topk = grow(topk) + np.bincount(pos, weights=probs.sum(1), minlength=width)
+    seen = counts > 0
+    return pd.DataFrame({"position": np.flatnonzero(seen), "n_tokens": counts[seen].astype(int),
+                         "mean_top1": top1[seen] / counts[seen],
+                         "mean_topk": topk[seen] / counts[seen]})
+
+
+def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float,
+                    tokenizer=None) -> pd.DataFrame:
+    """One example of a per-token store: a row per response token with the token, the
+    teacher's top-k ids (and their text when a tokenizer is given), the raw probabilities,
+    and the same after the FIRST transform softmax(p / c) (what the student is trained on)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .calibrate import temperature_scale
+    from .topk_tokens import read_token_manifest
+
+    check_temperature(c)
+    m = read_token_manifest(store_dir)
+    parts = [pq.read_table(os.path.join(store_dir, s["file"]),
+                           filters=[("example_id", "==", example_id)]) for s in m.shards]
+    table = pa.concat_tables(parts)
+    if table.num_rows == 0:
+        raise ValueError(f"example_id: {example_id!r} is not in {store_dir}")
+    frame = table.to_pandas().sort_values("position", ignore_index=True)
+    raw = np.stack(frame["topk_probs"].to_numpy()).astype(np.float64)
+    ids = np.stack(frame["topk_ids"].to_numpy()).astype(np.int64)
+    out = pd.DataFrame({"position": frame["position"], "token_id": frame["token_id"],
+                        "gold_rank": frame["gold_rank_in_topk"], "topk_ids": ids.tolist(),
+                        "raw_probs": raw.tolist(),
+                        "first_probs": temperature_scale(raw, c, mode="first").tolist()})
+    if tokenizer is not None:
+        uniq = np.unique(np.r_[ids.ravel(), out["token_id"].to_numpy()]).tolist()
+        text = dict(zip(uniq, tokenizer.batch_decode([[i] for i in uniq])))
+        out.insert(2, "token", [text[i] for i in out["token_id"].tolist()])
+        out["topk_tokens"] = [[text[i] for i in row] for row in ids.tolist()]
+    return out

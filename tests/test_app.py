@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from first_core import store, views
@@ -16,16 +19,16 @@ from first_core.fixtures import write_fixture_store
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
 PAGES = {  # page -> labels of widgets that must be there
-    "app_pages/home.py": {"radio": ["Confidence convention"]},
-    "app_pages/reliability.py": {"select_slider": ["Temperature c (log scale)"],
+    "pages/home.py": {"radio": ["Confidence convention"]},
+    "pages/reliability.py": {"select_slider": ["Temperature c (log scale)"],
                              "button": ["Best c on validation"], "slider": ["Bins"],
                              "multiselect": ["Runs (up to two, side by side)"]},
-    "app_pages/coverage.py": {"number_input": ["Token positions in the data set", "Vocabulary size"],
+    "pages/coverage.py": {"number_input": ["Token positions in the data set", "Vocabulary size"],
                           "selectbox": ["Teacher run", "Probability dtype"]},
-    "app_pages/temperature.py": {"selectbox": ["Teacher run", "Example"], "select_slider": ["c"]},
-    "app_pages/compare.py": {"radio": ["Confidence"], "multiselect": ["Splits"]},
-    "app_pages/examples.py": {"selectbox": ["Run", "Split", "Show", "Look at"]},
-    "app_pages/learn.py": {"slider": ["Accuracy of the simulated classifier"],
+    "pages/temperature.py": {"selectbox": ["Teacher run", "Example"], "select_slider": ["c"]},
+    "pages/compare.py": {"radio": ["Confidence"], "multiselect": ["Splits"]},
+    "pages/examples.py": {"selectbox": ["Run", "Split", "Show", "Look at"]},
+    "pages/learn.py": {"slider": ["Accuracy of the simulated classifier"],
                        "select_slider": ["Temperature c"]},
 }
 
@@ -35,18 +38,43 @@ def fixture_store(tmp_path_factory) -> Path:
     return write_fixture_store(tmp_path_factory.mktemp("app") / "fixture.duckdb", 60, seed=2)
 
 
+def as_after_the_first_request(monkeypatch) -> None:
+    """AppTest re-decides before *every* run whether the app uses Streamlit's legacy pages/
+    directory mode; a server decides once, and app.py's st.navigation switches it off for
+    good on the first request. Make AppTest runs look like a server's later requests (the
+    first request itself is `test_first_run_of_a_fresh_server_goes_through_app_py`)."""
+    init = PagesManager.__init__
+
+    def after_first(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", after_first)
+
+
 def open_app(monkeypatch, store_path: Path | str, page: str | None = None,
-             query: dict[str, str] | None = None) -> AppTest:
+             query: dict[str, str] | None = None, fresh_server: bool = False) -> AppTest:
     """Run app.py against `store_path` (via $FIRST_STORE), optionally on another page."""
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.setenv(store.STORE_ENV, str(store_path))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    if not fresh_server:
+        as_after_the_first_request(monkeypatch)
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    if query:  # a fresh session opened on this URL
+        at.query_params.update(query)
+    at.run()
     if page:
         if query:
             at.query_params.update(query)
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def drilldown(at: AppTest) -> pd.DataFrame | None:
+    """The drill-down table under the reliability diagram, if shown."""
+    found = [d.value for d in at.dataframe if list(d.value.columns) == list(views.DRILL_COLUMNS)]
+    return found[0] if found else None
 
 
 def labels(widgets) -> list[str]:
@@ -76,7 +104,7 @@ def test_home_shows_the_store_and_the_headline(monkeypatch, fixture_store):
 
 
 def test_moving_the_temperature_slider_changes_the_ece(monkeypatch, fixture_store):
-    at = open_app(monkeypatch, fixture_store, "app_pages/reliability.py")
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py")
     before = ece_shown(at)
     assert before and all(re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", v) for v in before)
     at.radio(key="rel_mode").set_value("first").run()
@@ -87,7 +115,7 @@ def test_moving_the_temperature_slider_changes_the_ece(monkeypatch, fixture_stor
 
 
 def test_best_c_button_snaps_to_the_validation_optimum(monkeypatch, fixture_store):
-    at = open_app(monkeypatch, fixture_store, "app_pages/reliability.py")
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py")
     run_id = at.multiselect(key="rel_runs").value[0]
     at.button(key="rel_best").click().run()
     frame = store.load_predictions(fixture_store, run_id, "val",
@@ -101,7 +129,7 @@ def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
     runs = store.list_runs(fixture_store)["run_id"].tolist()
     query = {"runs": f"{runs[1]},{runs[2]}", "split": "test_ood", "c": "0.3", "mode": "first",
              "conv": "paper", "bins": "15", "strategy": "quantile"}
-    at = open_app(monkeypatch, fixture_store, "app_pages/reliability.py", query)
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     assert at.multiselect(key="rel_runs").value == runs[1:3]
     assert at.select_slider(key="rel_c").value == views.snap_temperature(0.3)
     assert at.slider(key="rel_bins").value == 15
@@ -110,7 +138,7 @@ def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
     assert len(ece_shown(at)) == 2  # two runs side by side
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p != "app_pages/learn.py"])
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "pages/learn.py"])
 def test_missing_store_shows_the_command(monkeypatch, tmp_path, page):
     at = open_app(monkeypatch, tmp_path / "nothing.duckdb", page)
     assert "python -m first_core demo" in [c.value for c in at.code]
@@ -126,7 +154,7 @@ def test_empty_store_shows_the_command_and_the_demo_button(monkeypatch, tmp_path
 def test_corrupt_store_is_a_message_not_a_traceback(monkeypatch, tmp_path):
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"this is not a database" * 100)
-    at = open_app(monkeypatch, bad, "app_pages/reliability.py")
+    at = open_app(monkeypatch, bad, "pages/reliability.py")
     assert any("not a DuckDB database" in e.value for e in at.error)
 
 
@@ -162,7 +190,7 @@ def test_picker_lists_only_stores_under_the_data_folder(monkeypatch, tmp_path, f
 
 
 def test_learn_page_needs_no_store_and_moves_with_its_sliders(monkeypatch, tmp_path):
-    at = open_app(monkeypatch, tmp_path / "none.duckdb", "app_pages/learn.py")
+    at = open_app(monkeypatch, tmp_path / "none.duckdb", "pages/learn.py")
     before = [m.value for m in at.metric if m.label == "ECE"]
     at.slider(key="learn_s").set_value(3.0).run()
     after = [m.value for m in at.metric if m.label == "ECE"]
@@ -171,3 +199,177 @@ def test_learn_page_needs_no_store_and_moves_with_its_sliders(monkeypatch, tmp_p
     fixed = [m.value for m in at.metric if m.label == "ECE"]
     assert float(fixed[1].rstrip("%")) < float(fixed[0].rstrip("%"))
     assert len(at.latex) >= 4
+
+
+# ---------------------------------------------------------------- pipelines (issue 9)
+
+@pytest.fixture(scope="module")
+def two_pipelines(tmp_path_factory) -> Path:
+    """The fixture's five methods in pipeline "fixture" (seed 2) and again, with other
+    numbers, in pipeline "other" (seed 3)."""
+    path = write_fixture_store(tmp_path_factory.mktemp("two") / "two.duckdb", 40, seed=2)
+    return write_fixture_store(path, 40, seed=3, pipeline="other")
+
+
+def _expected_headline(path: Path, pipeline: str) -> pd.DataFrame:
+    """Independent: the pipeline's own metric rows, averaged per method with plain pandas."""
+    runs = store.list_runs(path)
+    mine = runs.loc[runs["pipeline"] == pipeline, "run_id"].tolist()
+    rows = store.load_metrics(path, run_ids=mine, convention="paper", split="test_ood",
+                              metric="accuracy")
+    return rows.groupby("method")["value"].mean()
+
+
+def test_two_pipelines_stay_apart_on_home_and_compare(monkeypatch, two_pipelines):
+    at = open_app(monkeypatch, two_pipelines)
+    headline = at.dataframe[0].value
+    assert len(headline) == 10 and set(headline["pipeline"]) == {"fixture", "other"}
+    for name in ("fixture", "other"):
+        shown = headline[headline["pipeline"] == name].set_index("method")["Acc OOD"]
+        expected = _expected_headline(two_pipelines, name)
+        pd.testing.assert_series_equal(shown.sort_index(), expected.sort_index(),
+                                       check_names=False)
+    at = open_app(monkeypatch, two_pipelines, "pages/compare.py")
+    full = at.dataframe[1].value
+    assert set(full["pipeline"]) == {"fixture", "other"} and (full["seeds"] == 1).all()
+    bars = {t["name"]: t["x"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert any("other / first_ts" in x for x in bars.values())
+
+
+def test_pipeline_picker_lives_in_the_url(monkeypatch, two_pipelines):
+    for page in ("pages/home.py", "pages/compare.py"):
+        at = open_app(monkeypatch, two_pipelines, page, {"pipeline": "other"})
+        table = at.dataframe[0 if page.endswith("home.py") else 1].value
+        assert set(table["pipeline"]) == {"other"}
+        assert at.query_params["pipeline"] == "other"
+        at.selectbox(key="home_pipeline" if page.endswith("home.py") else "cmp_pipeline"
+                     ).set_value("fixture").run()
+        assert at.query_params["pipeline"] == "fixture"
+    at = open_app(monkeypatch, two_pipelines, "pages/home.py", {"pipeline": "../ghost"})
+    assert set(at.dataframe[0].value["pipeline"]) == {"fixture", "other"}  # unknown: all
+    assert not at.error
+
+
+# ---------------------------------------------------------------- Reliability (issue 12)
+
+def test_reliability_opens_on_figure_5(monkeypatch, fixture_store):
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py")
+    from first_core.fixtures import run_id
+
+    assert at.multiselect(key="rel_runs").value == [run_id("student_ft", 2),
+                                                    run_id("first_ts", 2)]
+    assert at.selectbox(key="rel_split").value == "test_ood"
+    assert at.query_params["split"] == "test_ood"
+
+
+@pytest.mark.parametrize("query", [{"c": "-1"}, {"c": "nan"}, {"c": "inf"}, {"bins": "100000"},
+                                   {"bins": "-3"}, {"runs": "ghost/run,../../etc"},
+                                   {"split": "train"}, {"mode": "<script>"}, {"bin": "999"},
+                                   {"bin": "-1", "panel": "5"}, {"bin": "nan"},
+                                   {"runs": "", "c": "1e308"}])
+def test_garbage_query_parameters_show_no_traceback(monkeypatch, fixture_store, query):
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.select_slider(key="rel_c").value in views.TEMPERATURE_GRID
+    assert views.BIN_RANGE[0] <= at.slider(key="rel_bins").value <= views.BIN_RANGE[1]
+    assert len(ece_shown(at)) == 2  # fell back to the default view
+    assert "bin" not in at.query_params
+
+
+def test_a_bin_in_the_url_lists_its_examples_at_the_current_temperature(monkeypatch,
+                                                                        fixture_store):
+    runs = store.list_runs(fixture_store)
+    run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
+    query = {"runs": run, "split": "test", "c": "2", "mode": "logit", "conv": "option",
+             "bins": "10", "bin": "7", "panel": "0"}
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
+    table = drilldown(at)
+    assert table is not None
+    frame = store.load_predictions(fixture_store, run, "test", columns=views.PREDICTION_COLUMNS)
+    scaled = views.rescale(views.prediction_arrays(frame), 2.0, "logit", "option")
+    members = views.bin_members(scaled, 10, "uniform", 7)
+    assert len(table) == len(members) > 0
+    assert set(table["example_id"]) == set(frame["example_id"].to_numpy()[members])
+    assert table["teacher_top5"].notna().all() and table["question"].notna().all()
+    assert at.query_params["bin"] == "7"
+    at.button(key="rel_clear").click().run()
+    assert "bin" not in at.query_params
+    assert drilldown(at) is None
+
+
+def test_smooth_ece_card_is_relplots_number(monkeypatch, fixture_store):
+    relplot = pytest.importorskip("relplot", reason="relplot not installed (requirements.txt)")
+    runs = store.list_runs(fixture_store)
+    run = runs.loc[runs["method"] == "first_ts", "run_id"].iloc[0]
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py",
+                  {"runs": run, "split": "test", "conv": "paper", "c": "1", "mode": "logit"})
+    frame = store.load_predictions(fixture_store, run, "test", columns=views.PREDICTION_COLUMNS)
+    scaled = views.rescale(views.prediction_arrays(frame), 1.0, "logit", "paper")
+    expected = relplot.smECE(scaled.confidence, scaled.correct.astype(float))
+    assert [m.value for m in at.metric if m.label == "SmoothECE"] == [f"{expected:.1%}"]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "Smoothed (SmoothECE)" in [t.get("name") for t in spec["data"]]
+
+
+# ---------------------------------------------------------------- data text is plain text
+
+IMAGE_QUESTION = "Which one? ![](http://tracker.invalid/x.png) **bold** <img src=x>"
+
+
+@pytest.fixture
+def markdown_store(tmp_path) -> Path:
+    path = write_fixture_store(tmp_path / "md.duckdb", 30, seed=2)
+    examples = store.load_examples(path, split="test")
+    examples.loc[:, "question"] = IMAGE_QUESTION
+    store.Store(path).write_examples(examples)
+    return path
+
+
+def test_examples_and_drilldown_show_data_text_as_plain_text(monkeypatch, markdown_store):
+    at = open_app(monkeypatch, markdown_store, "pages/examples.py")
+    assert IMAGE_QUESTION in [t.value for t in at.text]
+    rendered = [m.value for m in [*at.markdown, *at.caption, *at.info, *at.error]]
+    assert not [m for m in rendered if "tracker.invalid" in m], rendered
+    runs = store.list_runs(markdown_store)
+    run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
+    at = open_app(monkeypatch, markdown_store, "pages/reliability.py",
+                  {"runs": run, "split": "test", "bin": "9"})
+    drill = drilldown(at)  # a dataframe cell: always plain text
+    assert set(drill["question"]) == {IMAGE_QUESTION}
+    assert not [m.value for m in at.markdown if "tracker.invalid" in m.value]
+
+
+# ---------------------------------------------------------------- import (issue 12)
+
+def test_upload_box_imports_a_file_as_its_own_pipeline(monkeypatch, tmp_path):
+    path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
+    at = open_app(monkeypatch, path)
+    bad = b"p_A,p_B,gold\n0.7,0.2,A\n0.5,oops,B\n"
+    at.file_uploader(key="import_file").set_value(("mine.csv", bad, "text/csv"))
+    at.text_input(key="import_name").set_value("my-llm")
+    at.get("form_submit_button")[0].click().run()
+    assert [c.value for c in at.code if "mine.csv:3: p_B" in c.value]
+    assert "my-llm" not in set(store.list_runs(path)["pipeline"])  # nothing half-written
+    good = b"example_id,split,p_A,p_B,gold\n" + b"".join(
+        f"e{i},test_ood,{0.9 - i / 50:.3f},{0.05 + i / 60:.3f},{'AB'[i % 3 == 0]}\n".encode()
+        for i in range(30))
+    at.file_uploader(key="import_file").set_value(("mine.csv", good, "text/csv"))
+    at.get("form_submit_button")[0].click().run()
+    assert any("Imported 30 predictions" in s.value for s in at.success)
+    runs = store.list_runs(path)
+    assert runs.loc[runs["pipeline"] == "my-llm", "method"].tolist() == [store.IMPORTED_METHOD]
+    at = open_app(monkeypatch, path, "pages/reliability.py",
+                  {"runs": "my-llm/imported/seed0", "split": "test_ood"})
+    assert len(ece_shown(at)) == 1 and not at.error
+
+
+@pytest.mark.parametrize("page", [None, "pages/reliability.py", "pages/learn.py"])
+def test_first_run_of_a_fresh_server_goes_through_app_py(monkeypatch, fixture_store, page):
+    """Without `as_after_the_first_request`, every AppTest run is a fresh server's first:
+    Streamlit's legacy pages/ mode, which would run a page without app.py."""
+    at = open_app(monkeypatch, fixture_store, page, fresh_server=True)
+    assert at.selectbox(key="store_choice")  # app.py's sidebar ran
+    assert PagesManager.uses_pages_directory is False  # st.navigation switched it off
+    title = {None: "first-lab", "pages/reliability.py": "Reliability",
+             "pages/learn.py": "Learn calibration"}[page]
+    assert at.title[0].value.startswith(title)

@@ -37,6 +37,12 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def run(work: Path, *sets: str, data_dir: Path | None = None, store: Path | None = None,
         extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`run --config tiny.toml` inside `work`; `data_dir` switches to user data files."""
+    return cli(*run_args(work, *sets, data_dir=data_dir, store=store, extra=extra), cwd=work)
+
+
+def run_args(work: Path, *sets: str, data_dir: Path | None = None, store: Path | None = None,
+             extra: tuple[str, ...] = ()) -> list[str]:
+    """The arguments of `run` above."""
     args = ["run", "--config", str(TINY), "--set", f"runs_dir='{work / 'runs'}'",
             "--store", str(store or work / "first.duckdb")]
     if data_dir is None:
@@ -45,7 +51,7 @@ def run(work: Path, *sets: str, data_dir: Path | None = None, store: Path | None
         args += ["--set", "data.embedded=false", "--set", f"data.dir='{data_dir}'"]
     for s in (*SMALL, *sets):
         args += ["--set", s]
-    return cli(*args, *extra, cwd=work)
+    return [*args, *extra]
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> None:
@@ -84,8 +90,8 @@ def write_lines(path: Path, lines: list[str | bytes]) -> Path:
 def user_data(folder: Path, **splits: list[str | bytes]) -> Path:
     """Four split files of 6 clean questions each, with `splits` replacing some of them."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split in SPLIT_FILES:
-        lines = splits.get(split, [csqa(i, "ABCD"[i % 4]) for i in range(6)])
+    for k, split in enumerate(SPLIT_FILES):  # other questions in each split: no leakage
+        lines = splits.get(split, [csqa(100 * k + i, "ABCD"[i % 4]) for i in range(6)])
         write_lines(folder / f"{split}.jsonl", lines)
     return folder
 
@@ -190,8 +196,9 @@ def test_check_data_on_a_missing_file(tmp_path: Path) -> None:
 
 def test_answer_labels_split_into_several_tokens_are_explained(tmp_path: Path) -> None:
     labels = ("A-1", "B-1", "C-1", "D-1")
-    split = [csqa(i, labels[i % 4], labels=labels) for i in range(6)]
-    data = user_data(tmp_path / "d", **{s: split for s in SPLIT_FILES})
+    data = user_data(tmp_path / "d", **{s: [csqa(100 * k + i, labels[i % 4], labels=labels)
+                                            for i in range(6)]
+                                        for k, s in enumerate(SPLIT_FILES)})
     assert cli("check-data", str(data / "train.jsonl"), cwd=tmp_path).returncode == 0
     proc = run(tmp_path, data_dir=data)
     assert_user_error(proc, "answer label 'A-1'", "becomes 3 tokens", "exactly one")
@@ -207,10 +214,16 @@ def test_answer_labels_split_into_several_tokens_are_explained(tmp_path: Path) -
     (("topk.k='five'",), ("topk.k", "'five'")),
     (("topk.k=0",), ("topk.k", ">= 1")),
     (("topk.k=-3",), ("topk.k", ">= 1")),
+    (("teacher_train.learning_rate=nan",), ("teacher_train.learning_rate", "finite")),
+    (("calibration.temperature_grid=[nan, 0.3]",), ("calibration.temperature_grid[0]",
+                                                    "finite")),
+    (("eval.batch_size=0",), ("eval.batch_size", ">= 1")),
+    (("name='../../x'",), ("name", "'../../x'", "plain folder name")),
     (("distill.student_side='softmax'",), ("distill.student_side", "'softmax'")),
     (("distill.student_temperature=0.3",), ("distill", "'student_temperature'",
                                             "unknown key")),
-], ids=["unknown-key", "wrong-type", "k-0", "k-negative", "student-side", "removed-key"])
+], ids=["unknown-key", "wrong-type", "k-0", "k-negative", "lr-nan", "grid-nan", "batch-0",
+        "name-escapes", "student-side", "removed-key"])
 def test_bad_config_values_stop_before_any_output(tmp_path: Path, sets: tuple[str, ...],
                                                   words: tuple[str, ...]) -> None:
     # no data: a value the config lets through fails fast at the data stage instead of
@@ -251,9 +264,13 @@ def copy(finished: Path, tmp_path: Path) -> Path:
 
 def rerun(work: Path, *sets: str, force: str, store: Path | None = None
           ) -> subprocess.CompletedProcess:
-    """The finished run's command again, with `sets`, redoing stage `force` onwards."""
-    return run(work, 'methods=["teacher_ft","first_ts"]', *sets, store=store,
-               extra=("--force", force))
+    """The finished run's command again, with `sets`, redoing stage `force` onwards.
+
+    `data.dir` stays the one the run was made with (a copy's records point there): the
+    config check refuses a change that reaches an earlier stage than `force`, even forced."""
+    made = json.loads((work / "runs" / "tiny" / "config.json").read_text())["data"]["dir"]
+    return run(work, 'methods=["teacher_ft","first_ts"]', f"data.dir='{made}'", *sets,
+               store=store, extra=("--force", force))
 
 
 def topk_dir(work: Path, split: str = "val") -> Path:
@@ -327,21 +344,22 @@ def test_store_from_a_newer_schema_is_refused_and_left_alone(copy: Path) -> None
     with duckdb.connect(str(store)) as con:
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    done = records(copy)
     proc = rerun(copy, force="store")
     assert_user_error(proc, str(store), "schema version 2", "newer")
     with duckdb.connect(str(store), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == n_runs
-    assert "store" not in records(copy)
+    assert records(copy) == done  # refused before the first stage: no record touched
 
 
 def test_file_that_is_not_duckdb_is_refused_and_left_alone(copy: Path) -> None:
     junk = copy / "notes.duckdb"
     junk.write_text("these are my notes, not a database\n" * 50)
-    before = junk.read_bytes()
+    before, done = junk.read_bytes(), records(copy)
     proc = rerun(copy, force="store", store=junk)
     assert_user_error(proc, str(junk), "not a DuckDB database file")
     assert junk.read_bytes() == before
-    assert "store" not in records(copy)
+    assert records(copy) == done  # refused before the first stage: no record touched
 
 
 def test_model_path_without_safetensors_weights_is_refused(copy: Path) -> None:
@@ -351,7 +369,7 @@ def test_model_path_without_safetensors_weights_is_refused(copy: Path) -> None:
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(init / name, bare / name)
     (bare / "pytorch_model.bin").write_bytes(b"a pickle would run code when loaded")
-    proc = rerun(copy, f"model.teacher='{bare}'", force="teacher_ft")
+    proc = rerun(copy, f"model.teacher='{bare}'", force="models")  # the first it affects
     assert_user_error(proc, f"model directory {bare}", "missing", "model.safetensors",
                       "pytorch_model.bin", "pickle", "refused")
     assert "teacher_ft" not in records(copy)

@@ -19,18 +19,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-LINE = re.compile(r"^RATIO (?P<name>\S+(?: \S+)*?) = (?P<value>\S+?)(?: B| MiB|x)"
+LINE = re.compile(r"^RATIO (?P<name>\S+(?: \S+)*?) = (?P<value>\S+?)(?: B| MiB| s|x)?"
                   r"(?:  \(target [^)]*\))?  (?P<verdict>PASS|MISS|INFO)$", re.M)
 
 EXPECTED = {
     "bench_store.py": ["store_top5_fp16_bytes_per_position@32k", "full_fp16/top5_fp16@32k",
-                       "full_fp16/top5_fp16@128k", "measured_full/top5 at the same N"],
+                       "full_fp16/top5_fp16@128k", "measured_full/top5 at the same N",
+                       "store_top5_fp16_bytes_per_token@32k"],
     "bench_extract.py": ["extract_throughput/forward_throughput[tiny-teacher]",
                          "extract_throughput/forward_throughput[llama-h256-L4-V32k]"],
     "bench_distill_step.py": ["first_step/sft_answer_step[tiny presets]",
                               "online_kd_step/sft_answer_step[tiny presets]",
                               "first_step/sft_answer_step[llama V=32k]"],
-    "bench_memory.py": ["peak_rss_extract[10x/1x]", "peak_rss_distill[10x/1x]"],
+    "bench_memory.py": ["peak_rss_extract[10x/1x]", "peak_rss_distill[10x/1x]",
+                        "peak_rss_extract_tokens[10x/1x]", "peak_rss_distill_tokens[10x/1x]"],
+    "bench_calibration.py": ["torchmetrics_loop/grid_search[200T]",
+                             "grid_search_seconds[200T x 100000]", "torchmetrics_ece/ece[1000000]"],
+    "bench_scaling.py": [f"loglog_slope[{s}]" for s in ("ece", "grid_search", "slider", "extract")],
 }
 
 

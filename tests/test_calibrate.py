@@ -1,5 +1,7 @@
 """first_core.calibrate: transforms against independent formulas, searches against brute force."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -158,11 +160,16 @@ def test_temperature_search_is_the_argmin_of_brute_force(seed, n, k, n_bins, mod
     np.testing.assert_allclose(C.evaluate_grid(res, p, labels), res.ece, atol=1e-15)
 
 
-def test_search_chunking_does_not_change_the_curve(monkeypatch):
-    p, labels = topk_rows(7, 5000, 5)
+def test_search_chunking_and_threads_do_not_change_the_curve(monkeypatch):
+    from first_core import ece_kernel
+
+    p, labels = topk_rows(7, 50_000, 5)
     grid = np.linspace(0.05, 3, 37)
+    monkeypatch.setattr(C, "THREADS", 1)
     whole = C.search_temperature(p, labels, grid=grid).ece
-    monkeypatch.setattr(C, "_CELLS", 512)  # many tiny blocks and row chunks
+    monkeypatch.setattr(C, "THREADS", 3)
+    assert np.array_equal(C.search_temperature(p, labels, grid=grid).ece, whole)
+    monkeypatch.setattr(ece_kernel, "_MIN_CHUNK", 700)  # many uneven row chunks
     np.testing.assert_allclose(C.search_temperature(p, labels, grid=grid).ece, whole, atol=1e-14)
 
 
@@ -257,6 +264,72 @@ def test_fit_temperature_nll_matches_scipy_and_recovers_a_known_temperature():
 
 
 # ---------------------------------------------------------------- bad input
+
+
+def test_choose_temperature_by_grid_or_nll():
+    rng = np.random.default_rng(5)
+    p, _ = topk_rows(5, 4000, 5, ties=False)
+    labels = (p.cumsum(axis=1) / p.sum(axis=1, keepdims=True) < rng.random((4000, 1))).sum(1)
+    grid = np.linspace(0.1, 2.0, 20)
+    by_grid = C.choose_temperature(p, labels, grid=grid, strategy="grid")
+    plain = C.search_temperature(p, labels, grid=grid)
+    assert by_grid.best == plain.best and np.array_equal(by_grid.ece, plain.ece)
+    by_nll = C.choose_temperature(p, labels, grid=grid, strategy="nll", mode="first")
+    c = C.fit_temperature_nll(p, labels, mode="first")
+    assert by_nll.best == c and c in by_nll.grid and set(grid) <= set(by_nll.grid)
+    q = C.temperature_scale(p, c, "first")
+    assert by_nll.best_ece == pytest.approx(brute_ece(q, labels, 10), abs=1e-12)
+    on_grid = np.isin(by_nll.grid, grid)
+    np.testing.assert_array_equal(by_nll.ece[on_grid], by_grid.ece)
+    with pytest.raises(ConfigError, match="strategy: expected one of"):
+        C.choose_temperature(p, labels, strategy="bayes")
+
+
+def test_token_labels_find_the_gold_letter_among_stored_tokens():
+    tokens = [[" B", " A", "x"], [" C", " D", " B"], ["A", "B", "C"]]
+    assert C.token_labels(tokens, ["A", "A", "C"]).tolist() == [1, -1, 2]
+
+
+def test_pipeline_config_selects_the_strategy(tmp_path):
+    from first_core.config import load_config
+
+    assert load_config().calibration.strategy == "grid"
+    assert load_config(overrides=['calibration.strategy="nll"']).calibration.strategy == "nll"
+    with pytest.raises(ConfigError, match="calibration.strategy"):
+        load_config(overrides=['calibration.strategy="bayes"'])
+
+
+def test_temperature_page_marks_the_nll_fit(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from first_core import store
+    from first_core.fixtures import write_fixture_store
+
+    root = Path(__file__).resolve().parents[1]
+    path = write_fixture_store(tmp_path / "f.duckdb", 60, seed=2)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv(store.STORE_ENV, str(path))
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/temperature.py").run()
+    at.radio(key="ts_strategy").set_value("nll").run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    val = store.load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
+    c = C.fit_temperature_nll(np.array(val["topk_probs"].tolist()),
+                              C.token_labels(val["topk_tokens"], val["gold"]), mode="first")
+    ts_chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    marked = [_plotly_values(t["x"]) for t in ts_chart["data"] if t.get("mode") == "markers+text"]
+    assert len(marked) == 1 and marked[0].tolist() == pytest.approx([c], rel=1e-9)
+
+
+def _plotly_values(x) -> np.ndarray:
+    """Plotly's JSON keeps arrays as lists or as base64 typed arrays ({dtype, bdata})."""
+    if isinstance(x, dict):
+        import base64
+
+        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])
+    return np.asarray(x, dtype=float)
 
 
 @pytest.mark.parametrize("c", [0, -1.0, float("nan"), float("inf"), "warm", None])

@@ -90,3 +90,76 @@ def test_hash_is_stable_and_sensitive() -> None:
     a, b = load_config(), load_config()
     assert a.hash() == b.hash()
     assert load_config(overrides=["seed=1"]).hash() != a.hash()
+
+
+# issue 10: every value that would fail (or mislead) only after training is refused at load
+@pytest.mark.parametrize("override, message", [
+    ("teacher_train.learning_rate=nan", "teacher_train.learning_rate: must be a finite number"),
+    ("student_train.learning_rate=inf", "student_train.learning_rate: must be a finite number"),
+    ("teacher_train.epochs=-inf", "teacher_train.epochs: must be a finite number"),
+    ("distill.ce_weight=nan", "distill.ce_weight: must be a finite number"),
+    ("calibration.temperature_grid=[nan, 0.3]",
+     r"calibration.temperature_grid\[0\]: must be a finite number, got nan"),
+    ("calibration.smoothing_grid=[0.1, inf]",
+     r"calibration.smoothing_grid\[1\]: must be a finite number"),
+    ("teacher_train.batch_size=0", "teacher_train.batch_size: must be >= 1, got 0"),
+    ("student_train.batch_size=0", "student_train.batch_size: must be >= 1"),
+    ("topk.batch_size=0", "topk.batch_size: must be >= 1"),
+    ("eval.batch_size=0", "eval.batch_size: must be >= 1"),
+    ("seed=-1", r"seed: must be in \[0, 4294967295\], got -1"),
+    ("seed=4294967296", r"seed: must be in \[0, 4294967295\]"),
+    ("data.seed=-1", r"data.seed: must be in \[0, 4294967295\]"),
+    ("seeds=[0, 4294967296]", r"seeds: expected distinct integers in \[0, 4294967295\]"),
+    ("calibration.n_bins=0", "calibration.n_bins: must be >= 1"),
+    ("eval.n_bins=0", "eval.n_bins: must be >= 1"),
+    ("eval.n_boot=-1", "eval.n_boot: must be >= 0"),
+    ("topk.shard_size=0", "topk.shard_size: must be >= 1"),
+    ("teacher_train.warmup_ratio=-0.1", r"teacher_train.warmup_ratio: must be in \[0, 1\)"),
+    ("student_train.warmup_ratio=1.0", r"student_train.warmup_ratio: must be in \[0, 1\)"),
+    ("teacher_train.gradient_accumulation_steps=0",
+     "teacher_train.gradient_accumulation_steps: must be >= 1"),
+    ("data.n_train=0", "data.n_train: must be >= 1"),
+    ("data.max_train=0", "data.max_train: must be >= 1"),
+    ("distill.ce_weight=-1", "distill.ce_weight: must be >= 0"),
+    ("name='../../x'", "name: '../../x' is not a plain folder name"),
+    ("name='a/b'", "name: 'a/b' is not a plain folder name"),
+    ("name='..'", "name: '..' is not a plain folder name"),
+    ("name=''", "name: '' is not a plain folder name"),
+    ("methods=[]", "methods: expected a non-empty list"),
+    ("methods=['teacher_ft', 'teacher_ft']", "methods: expected a non-empty list without repeats"),
+])
+def test_out_of_range_values_name_file_section_and_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"tiny\.toml: " + message):
+        load_config(ROOT / "configs" / "tiny.toml", [override])
+
+
+@pytest.mark.parametrize("override", ["seed=0", "seed=4294967295", "teacher_train.warmup_ratio=0",
+                                      "eval.n_boot=0", "name='run-2.b_c'", "data.max_train=1",
+                                      "methods=['student_ft']"])
+def test_edge_values_inside_the_range_are_accepted(override: str) -> None:
+    load_config(ROOT / "configs" / "tiny.toml", [override])
+
+
+def test_loss_on_must_match_the_setting() -> None:
+    """The instruction setting trains on response tokens, the MC setting on the answer."""
+    with pytest.raises(ConfigError, match='data.kind = "instruct" trains with loss_on = '
+                                          '"response"'):
+        load_config(None, ["data.kind=instruct"])
+    with pytest.raises(ConfigError, match='data.kind = "mc"'):
+        load_config(None, ["teacher_train.loss_on=response"])
+    cfg = load_config(None, ["data.kind=instruct", "teacher_train.loss_on=response",
+                             "student_train.loss_on=response"])
+    assert cfg.data.kind == "instruct" and cfg.instruct.mc_split == "test"
+
+
+def test_seeds_give_one_config_and_run_directory_per_seed() -> None:
+    one = load_config(ROOT / "configs" / "tiny.toml")
+    assert one.per_seed() == [one] and one.run_dir.name == "tiny"
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["seeds=[2, 0]"])
+    runs = cfg.per_seed()
+    assert [r.seed for r in runs] == [2, 0]
+    assert [r.run_dir.relative_to(cfg.runs_dir).as_posix() for r in runs] == [
+        "tiny/seed2", "tiny/seed0"]
+    assert {r.data.seed for r in runs} == {cfg.data.seed}  # one data set for every seed
+    with pytest.raises(ConfigError, match="seeds"):
+        load_config(ROOT / "configs" / "tiny.toml", ["seeds=[1, 1]"])

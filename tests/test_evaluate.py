@@ -120,7 +120,7 @@ def test_compute_metrics_equals_first_core_metrics(pred):
                                if c not in ("run_id", "split")]
     got = {(r.convention, r.metric): r for r in m.itertuples()}
     assert set(got) == {(c, x) for c in ("paper", "option") for x in
-                        ("accuracy", "ece", "mce", "trust")} | {("option", "brier"),
+                        ("accuracy", "confidence", "ece", "mce", "trust")} | {("option", "brier"),
                                                                ("option", "nll")}
     for conv, conf, ok in (("paper", pred.confidence, pred.correct),
                            ("option", pred.confidence_option, pred.correct_option)):
@@ -128,6 +128,7 @@ def test_compute_metrics_equals_first_core_metrics(pred):
         acc = metrics.accuracy(ok)
         ece = metrics.expected_calibration_error(conf, ok, n_bins=5)
         assert got[conv, "accuracy"].value == pytest.approx(acc)
+        assert got[conv, "confidence"].value == pytest.approx(float(np.mean(conf)))
         assert got[conv, "ece"].value == pytest.approx(ece)
         assert got[conv, "mce"].value == pytest.approx(
             metrics.maximum_calibration_error(conf, ok, n_bins=5))
@@ -159,10 +160,25 @@ def test_predictions_and_metrics_round_trip_through_the_store(pred, tmp_path):
     assert back.correct_option.tolist() == pred.correct_option.tolist()
     assert [list(v) for v in back.topk_ids] == pred.topk_ids.tolist()
     assert [list(v) for v in back.option_labels] == pred.option_labels.tolist()
-    assert len(store.load_metrics(path, run.run_id)) == 10
+    assert len(store.load_metrics(path, run.run_id)) == 12  # 5 per convention + Brier, NLL
 
 
 def test_empty_examples(setup):
     model, tokenizer, _ = setup
     with pytest.raises(ValueError, match="examples"):
         predict(model, tokenizer, [], progress=False)
+
+
+def test_predict_forms_no_full_softmax(setup, pred, monkeypatch):
+    """Confidences come from topk + logsumexp: the same rows with every softmax disabled."""
+    model, tokenizer, examples = setup
+
+    def no_softmax(*args, **kwargs):
+        raise AssertionError("predict formed a [B, V] softmax")
+
+    monkeypatch.setattr(torch, "softmax", no_softmax)
+    monkeypatch.setattr(torch.Tensor, "softmax", no_softmax)
+    monkeypatch.setattr(torch.nn.functional, "softmax", no_softmax)
+    again = predict(model, tokenizer, examples, k=4, batch_size=5, progress=False)
+    np.testing.assert_array_equal(again.confidence, pred.confidence)
+    assert again.option_probs.tolist() == pred.option_probs.tolist()

@@ -93,3 +93,33 @@ def test_probability_bars_outline_gold_and_check_lengths():
     assert list(fig.data[0].marker.line.width) == [0, 3]
     with pytest.raises(ValueError, match="after"):
         plots.probability_bars(["A", "B"], {"after": [1.0]})
+
+
+def test_smoothed_curve_is_drawn_over_the_bars(bins):
+    smooth = pd.DataFrame({"x": np.linspace(0, 1, 5), "y": [0.1, 0.3, 0.5, 0.6, 0.7]})
+    line = _trace(plots.reliability_figure(bins, smooth=smooth), "Smoothed (SmoothECE)")
+    np.testing.assert_allclose(line.y, smooth["y"])
+    assert line.yaxis == "y"  # the diagram, not the histogram below it
+    assert "Smoothed (SmoothECE)" not in [t.name for t in plots.reliability_figure(bins).data]
+    with pytest.raises(ValueError, match="smooth"):
+        plots.reliability_figure(bins, smooth=smooth.rename(columns={"y": "acc"}))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: plots.search_curve_figure(
+        pd.DataFrame({"value": [0.1, 0.2], "ece": [0.2, 0.1], "series": ["validation"] * 2}),
+        None, "c", "Temperature scaling: chosen 0.2"),
+    lambda: plots.grouped_bars(pd.DataFrame({"m": ["a"], "v": [0.5], "s": ["x"]}),
+                               "m", "v", "s", title="ECE per method"),
+    lambda: plots.probability_bars(["A", "B"], {"p": [0.6, 0.4]}, title="Top-k")])
+def test_title_and_legend_get_separate_bands_above_the_plot(build):
+    fig = build()
+    layout = fig.layout
+    # the legend sits on the plot area's top edge, the title at the top of the figure: the
+    # top margin must hold a legend row plus the title line, so they cannot overlap
+    assert (layout.legend.y, layout.legend.yanchor, layout.legend.orientation) == (1, "bottom", "h")
+    assert (layout.title.yref, layout.title.y, layout.title.yanchor) == ("container", 1, "top")
+    assert layout.margin.t >= plots.LEGEND_ROW_PX + plots.TITLE_PX
+    untitled = plots.search_curve_figure(pd.DataFrame({"value": [1], "ece": [0.1],
+                                                       "series": ["v"]}))
+    assert untitled.layout.margin.t < layout.margin.t  # no empty title band

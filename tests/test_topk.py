@@ -285,3 +285,21 @@ def test_two_processes_give_the_single_process_result(tmp_path):
         np.testing.assert_allclose(m2.coverage[col], m1.coverage[col], atol=1e-9)
     assert (m2.n_examples, m2.n_gold_in_topk, m2.examples_hash) == (
         m1.n_examples, m1.n_gold_in_topk, m1.examples_hash)
+
+
+def test_extraction_forms_no_full_softmax(setup, built, tmp_path, monkeypatch):
+    """topk of the logits + one logsumexp: the same store with every softmax disabled."""
+    model, tokenizer, examples = setup
+
+    def no_softmax(*args, **kwargs):
+        raise AssertionError("extraction formed a [B, V] softmax")
+
+    monkeypatch.setattr(torch, "softmax", no_softmax)
+    monkeypatch.setattr(torch.Tensor, "softmax", no_softmax)
+    monkeypatch.setattr(torch.nn.functional, "softmax", no_softmax)
+    extract_topk(model, tokenizer, examples, tmp_path / "s", k=K, coverage_k=1000,
+                 shard_size=10, batch_size=4, manifest_info=INFO, progress=False)
+    a, b = load_topk(built[0]), load_topk(tmp_path / "s")
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.probs, b.probs)
+    assert read_manifest(tmp_path / "s").coverage == built[1].coverage

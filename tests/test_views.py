@@ -74,6 +74,49 @@ def test_view_state_drops_invalid_url_values():
     assert views.parse_view_state({"c": ["0.33"]}, ["r1"], ["val"]).c == pytest.approx(0.335)
 
 
+@pytest.mark.parametrize("params", [{"c": "-1"}, {"c": "nan"}, {"c": "inf"}, {"c": "0"},
+                                    {"bins": "100000"}, {"bins": "-5"}, {"bins": "1e3"},
+                                    {"bin": "10"}, {"bin": "-1"}, {"bin": "x", "panel": "7"},
+                                    {"runs": "ghost,phantom"}, {"split": "../etc"}])
+def test_garbage_query_parameters_fall_back_to_valid_values(params):
+    state = views.parse_view_state(params, ["r1", "r2"], ["val", "test"])
+    assert state.c in views.TEMPERATURE_GRID and np.isfinite(state.c)
+    assert views.BIN_RANGE[0] <= state.n_bins <= views.BIN_RANGE[1]
+    assert state.runs == ("r1",) and state.split == "test"
+    assert state.bin is None or 0 <= state.bin < state.n_bins
+    assert 0 <= state.panel < max(1, len(state.runs))
+
+
+def test_selected_bin_round_trips_and_is_dropped_outside_the_diagram():
+    state = views.ViewState(("r1", "r2"), "test", 1.0, n_bins=10, bin=9, panel=1)
+    assert views.parse_view_state(state.to_params(), ["r1", "r2"], ["test"]) == state
+    params = {**state.to_params(), "bins": "5"}  # bin 9 no longer exists with 5 bins
+    assert views.parse_view_state(params, ["r1", "r2"], ["test"]).bin is None
+    lone = views.parse_view_state({"runs": "r1", "bin": "3", "panel": "1"}, ["r1", "r2"],
+                                  ["test"])
+    assert (lone.bin, lone.panel) == (3, 0)  # no second panel: the first one
+    assert "bin" not in views.ViewState(("r1",)).to_params()
+
+
+def test_figure5_default_is_student_ft_beside_first_ts_on_ood():
+    runs = pd.DataFrame({"run_id": ["p/teacher_ft/seed0", "p/student_ft/seed0",
+                                    "p/first_ts/seed0", "q/student_ft/seed0"],
+                         "method": ["teacher_ft", "student_ft", "first_ts", "student_ft"],
+                         "pipeline": ["p", "p", "p", "q"]})
+    splits = ["val", "test", "test_ood"]
+    assert views.figure5_default(runs, splits) == (("p/student_ft/seed0", "p/first_ts/seed0"),
+                                                   "test_ood")
+    state = views.parse_view_state({}, runs["run_id"].tolist(), splits,
+                                   default=views.figure5_default(runs, splits))
+    assert state.runs == ("p/student_ft/seed0", "p/first_ts/seed0") and state.split == "test_ood"
+    assert views.figure5_default(runs, ["val", "test"]) is None
+    assert views.figure5_default(runs[runs["method"] != "first_ts"], splits) is None
+    picked = views.parse_view_state({"runs": "q/student_ft/seed0", "split": "test"},
+                                    runs["run_id"].tolist(), splits,
+                                    default=views.figure5_default(runs, splits))
+    assert picked.runs == ("q/student_ft/seed0",) and picked.split == "test"  # URL wins
+
+
 # ---------------------------------------------------------------- arrays and slider path
 
 def test_prediction_arrays_are_dense_read_only_and_find_gold(preds, arrays):
@@ -219,6 +262,84 @@ def test_rescale_rejects_unknown_mode_and_convention(arrays):
         views.rescale(arrays, 1.0, "logit", "vocab")
 
 
+@pytest.mark.parametrize("convention", ["option", "paper"])
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_bin_members_are_the_rows_the_diagram_counts(arrays, convention, strategy):
+    scaled = views.rescale(arrays, 0.5, "logit", convention)
+    view = views.summarize(scaled, 8, strategy, n_boot=0)
+    edges = np.r_[view.bins["lo"].to_numpy(), view.bins["hi"].iloc[-1]]
+    for b in range(8):
+        rows = views.bin_members(scaled, 8, strategy, b)
+        assert len(rows) == view.bins["count"].iloc[b]
+        if len(rows):  # independent rule: (lo, hi], 0 in the first bin
+            conf = scaled.confidence[rows]
+            assert ((conf > edges[b]) | (b == 0)).all() and (conf <= edges[b + 1]).all()
+            assert (np.diff(conf) <= 0).all()  # most confident first
+            assert scaled.correct[rows].mean() == pytest.approx(view.bins["accuracy"].iloc[b])
+    with pytest.raises(ValueError, match="bin"):
+        views.bin_members(scaled, 8, strategy, 8)
+
+
+def test_bin_at_maps_a_clicked_bar_centre_to_its_bin():
+    bins = views.bins_frame(np.array([0.05, 0.55, 0.95]), np.array([True, False, True]), 10)
+    assert views.bin_at(bins, 0.95) == 9 and views.bin_at(bins, 0.05) == 0
+    assert views.bin_at(bins, 1.5) is None and views.bin_at(bins, float("nan")) is None
+
+
+def test_drilldown_lists_a_bins_examples_at_the_current_temperature(fixture_store, preds, arrays):
+    scaled = views.rescale(arrays, 2.0, "logit", "paper")
+    rows = views.bin_members(scaled, 10, "uniform", 5)
+    examples = store.load_examples(fixture_store, split="test")
+    runs = store.list_runs(fixture_store)
+    teacher = store.load_predictions(fixture_store, views.teacher_for(runs, preds["run_id"][0]),
+                                     "test", columns=["example_id", "topk_tokens", "topk_probs"])
+    table = views.drilldown_table(arrays, scaled, rows, "paper", preds, examples, teacher)
+    assert list(table.columns) == list(views.DRILL_COLUMNS) and len(table) == len(rows) > 0
+    first = table.iloc[0]
+    src = preds.set_index("example_id").loc[first["example_id"]]
+    text = examples.set_index("example_id").loc[first["example_id"]]
+    assert first["gold"] == src["gold"] and first["prediction"] == src["pred"]
+    assert first["question"] == text["question"]
+    assert first["options"].startswith(f"A: {text['choices'][0]} | B: ")
+    assert first["confidence"] == pytest.approx(scaled.confidence[rows[0]])
+    assert first["confidence"] != pytest.approx(src["confidence"])  # re-scaled, not stored
+    top = teacher.set_index("example_id").loc[first["example_id"]]
+    assert first["teacher_top5"].startswith(f"{top['topk_tokens'][0]!r} "
+                                            f"{top['topk_probs'][0]:.1%}, ")
+    bare = views.drilldown_table(arrays, scaled, rows, "option", preds, examples.iloc[:0])
+    assert bare["question"].isna().all() and bare["teacher_top5"].isna().all()
+    assert bare.iloc[0]["prediction"] == src["pred_option"]
+
+
+def test_smooth_ece_is_relplots_own_on_the_same_inputs(arrays):
+    relplot = pytest.importorskip("relplot", reason="relplot not installed (requirements.txt)")
+    scaled = views.rescale(arrays, 0.7, "logit", "option")
+    smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
+    f, y = scaled.confidence, scaled.correct.astype(float)
+    assert smooth.ece == pytest.approx(relplot.smECE(f, y), rel=1e-12)
+    assert smooth.n_used == len(f)
+    ref = relplot.prepare_rel_diagram(f, y, plot_confidence_band=False, report_CE_std=False)
+    np.testing.assert_allclose(smooth.curve["x"], ref["mesh"])
+    np.testing.assert_allclose(smooth.curve["y"], ref["mu"], rtol=1e-10)
+    assert smooth.sigma == pytest.approx(ref["sigma"])
+
+
+def test_smooth_ece_tells_calibrated_from_overconfident_and_samples_large_inputs():
+    pytest.importorskip("relplot", reason="relplot not installed (requirements.txt)")
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.3, 1.0, 6000)
+    calibrated = rng.random(6000) < conf
+    over = rng.random(6000) < conf - 0.2
+    good, bad = (views.smooth_calibration(conf, ok).ece for ok in (calibrated, over))
+    assert good < 0.03 < 0.15 < bad < 0.25  # smECE of a 0.2 shift is about 0.2
+    sampled = views.smooth_calibration(conf, over, max_n=1000)
+    rows = views.smooth_sample(6000, 1000)
+    assert sampled.n_used == 1000 and len(np.unique(rows)) == 1000
+    assert sampled.ece == pytest.approx(views.smooth_calibration(conf[rows], over[rows]).ece)
+    with pytest.raises(ValueError, match="confidence"):
+        views.smooth_calibration(conf[:0], over[:0])
+
+
 def test_format_interval():
     assert views.format_interval(0.059, 0.0844) == "[5.9, 8.4]"
     assert views.format_interval(float("nan"), float("nan")) is None
@@ -243,10 +364,38 @@ def metric_rows() -> pd.DataFrame:
 def test_headline_table_is_table_one(metric_rows):
     table = views.headline_table(metric_rows, "paper")
     assert table["method"].tolist() == ["teacher_ft", "first_ts"]  # pipeline order
-    assert list(table.columns) == ["method", "Acc ID", "ECE ID", "Trust ID", "Acc OOD",
-                                   "ECE OOD", "Trust OOD"]
+    assert list(table.columns) == ["pipeline", "method", "Acc ID", "ECE ID", "Trust ID",
+                                   "Acc OOD", "ECE OOD", "Trust OOD"]
     assert table.loc[0, "Acc OOD"] == pytest.approx(0.805)  # mean over seeds 0.80, 0.81
-    assert views.headline_table(metric_rows, "option").columns.tolist() == ["method"]
+    assert views.headline_table(metric_rows, "option").columns.tolist() == ["pipeline",
+                                                                             "method"]
+
+
+def _two_pipelines(metric_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same runs in pipeline "a" and, 0.2 less accurate, in pipeline "b"."""
+    other = metric_rows.assign(run_id="b-" + metric_rows["run_id"],
+                               value=metric_rows["value"] - 0.2)
+    rows = pd.concat([metric_rows, other], ignore_index=True)
+    runs = pd.DataFrame({"run_id": rows["run_id"].unique()})
+    runs["pipeline"] = np.where(runs["run_id"].str.startswith("b-"), "b", "a")
+    return views.with_pipeline(rows, runs), runs
+
+
+def test_seeds_are_averaged_within_one_pipeline_only(metric_rows):
+    rows, runs = _two_pipelines(metric_rows)
+    assert views.pipelines(runs) == ["a", "b"]
+    table = views.headline_table(rows, "paper")
+    assert table[["pipeline", "method"]].values.tolist() == [
+        ["a", "teacher_ft"], ["a", "first_ts"], ["b", "teacher_ft"], ["b", "first_ts"]]
+    acc = table.set_index(["pipeline", "method"])["Acc OOD"]
+    assert acc["a", "teacher_ft"] == pytest.approx(0.805)       # seeds of "a" only
+    assert acc["b", "teacher_ft"] == pytest.approx(0.605)       # not (0.805 + 0.605) / 2
+    only_b = views.headline_table(rows, "paper", pipeline="b")
+    assert set(only_b["pipeline"]) == {"b"} and len(only_b) == 2
+    cmp = views.compare_table(rows, "paper", pipeline=None)
+    seeds = cmp[(cmp["metric"] == "accuracy") & (cmp["split"] == "test")]
+    assert seeds["seeds"].tolist() == [2, 2, 2, 2]  # never 4: seeds of two pipelines
+    assert views.compare_table(rows, "paper", pipeline="a")["pipeline"].unique().tolist() == ["a"]
 
 
 def test_compare_table_mean_std_and_seeds(metric_rows):
@@ -254,6 +403,7 @@ def test_compare_table_mean_std_and_seeds(metric_rows):
     row = table[(table["method"] == "first_ts") & (table["split"] == "test")
                 & (table["metric"] == "accuracy")].iloc[0]
     assert row["mean"] == pytest.approx(0.705) and row["seeds"] == 2
+    assert set(table["pipeline"]) == {views.NO_PIPELINE}  # rows without runs' pipeline
     assert row["std"] == pytest.approx(np.std([0.70, 0.71], ddof=1))
     assert set(table["split"]) == {"test", "test_ood"}
 
@@ -276,6 +426,9 @@ def test_teacher_for_prefers_the_same_pipeline():
                          "pipeline": ["a", "b", "b"]})
     assert views.teacher_for(runs, "b/s") == "b/t"
     assert views.teacher_for(runs[runs["method"] != "teacher_ft"], "b/s") is None
+    imported = pd.concat([runs, pd.DataFrame({"run_id": ["x/imported/seed0"],
+                                              "method": ["imported"], "pipeline": ["x"]})])
+    assert views.teacher_for(imported, "x/imported/seed0") is None  # another model's
 
 
 def test_token_labels_show_spaces_and_find_gold():

@@ -9,6 +9,9 @@ import streamlit as st
 
 from first_core import plots, views
 
+from pages._common import through_app
+
+through_app()
 st.title("Learn calibration")
 st.markdown(
     "A model is **calibrated** when its confidence means what it says: of all answers given "

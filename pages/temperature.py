@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from first_core import plots, views
+from first_core import calibrate, plots, views
 from first_core.calibrate import temperature_scale
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
+through_app()
 st.title("Temperature search")
 runs = require_runs()
 with store_errors():
@@ -20,6 +22,21 @@ if search.empty:
 teachers = list(dict.fromkeys(search["run_id"]))
 run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="ts_run")
 curves, chosen = views.search_curves(search[search["run_id"] == run_id])
+by = st.radio("Choose c by", calibrate.STRATEGIES, horizontal=True, key="ts_strategy",
+              format_func={"grid": "lowest validation ECE (grid, the paper)",
+                           "nll": "NLL fit (Guo et al.) on validation"}.get)
+if by == "nll":  # fitted here on the teacher's stored validation top-k
+    with store_errors():
+        val = query("predictions", run_ids=run_id, split="val",
+                    columns=["gold", "topk_tokens", "topk_probs"])
+    try:
+        gold_cols = calibrate.token_labels(val["topk_tokens"], val["gold"])
+        fit = calibrate.choose_temperature(np.array(val["topk_probs"].tolist()), gold_cols,
+                                           strategy="nll")
+        chosen = pd.concat([chosen[chosen["kind"] != "TS"], pd.DataFrame([{
+            "kind": "TS", "value": fit.best, "ece": fit.best_ece, "series": "validation"}])])
+    except ValueError as exc:
+        st.warning(f"No NLL fit on this run's validation predictions: {exc}")
 
 cols = st.columns(2)
 for column, kind, x_title in ((cols[0], "TS", "temperature c (FIRST transform)"),

@@ -5,14 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots, views
-from app_pages._common import csv_download, query, require_runs, store_errors
+from pages._common import (csv_download, pick_pipeline, query, require_runs, store_errors,
+                           through_app)
 
 METRIC_NAMES = {"accuracy": "Accuracy", "ece": "ECE", "trust": "Trust", "mce": "MCE",
                 "brier": "Brier", "nll": "NLL"}
 FRACTIONS = ("accuracy", "ece", "trust", "mce")
 
+through_app()
 st.title("Compare runs")
-require_runs()
+runs = require_runs()
+pipeline = pick_pipeline(runs, "cmp_pipeline")
 cols = st.columns([2, 2, 3])
 convention = cols[0].radio("Confidence", list(views.CONVENTIONS), key="cmp_conv",
                            format_func=views.CONVENTIONS.get)
@@ -21,20 +24,26 @@ splits = cols[1].multiselect("Splits", list(views.SPLIT_NAMES), ["test", "test_o
 metric = cols[2].selectbox("Metric for the bars", list(METRIC_NAMES), key="cmp_metric",
                            format_func=METRIC_NAMES.get)
 with store_errors():
-    rows = query("metrics")
-table = views.compare_table(rows, convention, splits)
+    rows = views.with_pipeline(query("metrics"), runs)
+table = views.compare_table(rows, convention, splits, pipeline)
 if table.empty:
     st.info("No metrics for this convention and these splits.")
     st.stop()
 
-part = table[table["metric"] == metric].assign(split=lambda t: t["split"].map(views.SPLIT_NAMES))
-st.plotly_chart(plots.grouped_bars(part, "method", "mean", "split",
+part = table[table["metric"] == metric].assign(
+    split=lambda t: t["split"].map(views.SPLIT_NAMES),
+    # one bar group per (pipeline, method); the pipeline only when several are shown
+    group=lambda t: t["method"] if t["pipeline"].nunique() == 1
+    else t["pipeline"] + " / " + t["method"])
+st.plotly_chart(plots.grouped_bars(part, "group", "mean", "split",
                                    title=f"{METRIC_NAMES[metric]} per method (mean +- std "
                                          "over seeds)",
                                    percent=metric in FRACTIONS, error="std"), key="cmp-bars")
-wide = part.pivot_table(index="method", columns="split", values="mean", sort=False)
+wide = part.pivot_table(index=["pipeline", "method"], columns="split", values="mean",
+                        sort=False)
 st.dataframe(wide, column_config={c: st.column_config.NumberColumn(
     c, format="percent" if metric in FRACTIONS else "%.3f") for c in wide.columns})
-st.caption("Every metric, method and split (mean, std and number of seeds):")
+st.caption("Every metric, pipeline, method and split (mean, std and number of seeds of that "
+           "pipeline):")
 st.dataframe(table, hide_index=True)
 csv_download(table, f"compare-{convention}.csv")

@@ -6,11 +6,12 @@ import numpy as np
 import streamlit as st
 
 from first_core import plots, views
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
 SHOWN = ["example_id", "gold", "pred_option", "confidence_option", "correct_option", "pred",
          "confidence", "correct"]
 
+through_app()
 st.title("Examples")
 runs = require_runs()
 with store_errors():
@@ -43,15 +44,22 @@ if found.empty:
 example = st.selectbox("Look at", found["example_id"].tolist()[:500], key="ex_id")
 row = found[found["example_id"] == example].iloc[0]
 with store_errors():
-    text = query("examples", example_ids=example, split=split)
+    text = query("examples", example_ids=example, split=split,
+                 dataset=runs.loc[runs["run_id"] == run_id, "dataset"].iloc[0])
+# Data text is shown as plain text (st.text), never as Markdown: a question holding
+# `![](http://host/x.png)` or a link stays visible text and makes the browser fetch nothing.
 if len(text):
     item = text.iloc[0]
-    st.markdown(f"**Question.** {item['question']}")
+    st.caption("Question")
+    st.text(item["question"])
     if isinstance(item["context"], str) and item["context"]:
-        st.markdown(f"**Context.** {item['context']}")
-    st.markdown("\n".join(f"- **{label}.** {choice}"
-                          for label, choice in zip(item["labels"], item["choices"])))
-st.markdown(f"**Gold:** {row['gold']}")
+        st.caption("Context")
+        st.text(item["context"])
+    st.caption("Options")
+    st.text("\n".join(f"{label}. {choice}"
+                       for label, choice in zip(item["labels"], item["choices"])))
+st.caption("Gold answer")
+st.text(str(row["gold"]))
 
 cols = st.columns(2)
 option_probs = np.asarray(row["option_probs"], dtype=float)

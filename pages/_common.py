@@ -8,6 +8,7 @@ problems (missing, corrupt, run in progress) become an `st.error` plus `st.stop(
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,44 @@ from first_core import store, views
 from first_core.errors import FirstError, StoreError
 
 STORE_KEY = "store_path"
+
+
+def navigation_pages() -> list[st.Page]:
+    """The dashboard's seven pages, listed explicitly (app.py's `st.navigation`)."""
+    return [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/reliability.py", title="Reliability", icon=":material/insights:"),
+        st.Page("pages/coverage.py", title="Top-k coverage",
+                icon=":material/stacked_line_chart:"),
+        st.Page("pages/temperature.py", title="Temperature search",
+                icon=":material/thermostat:"),
+        st.Page("pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
+        st.Page("pages/examples.py", title="Examples", icon=":material/quiz:"),
+        st.Page("pages/learn.py", title="Learn calibration", icon=":material/school:"),
+    ]
+
+
+def through_app() -> None:
+    """Make sure this page runs inside app.py's navigation; called first by app.py and by
+    every page.
+
+    Streamlit decides once per server process, when the first session starts, whether the
+    app "uses the pages/ directory" (Streamlit 1.67, `PagesManager.uses_pages_directory`);
+    until some script calls `st.navigation`, it runs scripts in that legacy mode, where a
+    first request for, say, /reliability runs pages/reliability.py directly, without
+    app.py (no store picker, every file of pages/ in the sidebar). Calling `st.navigation`
+    switches the legacy mode off for good, so a script started that way does so and reruns:
+    the rerun goes through app.py, and the sidebar lists exactly app.py's seven pages (in
+    legacy mode it would list every file of pages/, app.py included). The flag is only
+    read; the switch is the public call.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        st.navigation(navigation_pages(), position="hidden")
+        st.rerun()
+
+
 DATA_DIR = store.DEFAULT_STORE.parent
 DEMO_COMMAND = "python -m first_core demo"
 LOADERS: dict[str, Callable[..., Any]] = {
@@ -68,6 +107,30 @@ def _arrays(path: str, version: tuple[int, int], run_id: str, split: str
         return views.prediction_arrays(frame)
     except ValueError as exc:
         raise StoreError(f"store {path}: run {run_id}, split {split}: {exc}") from exc
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _shared(name: str, path: str, version: tuple[int, int],
+            kwargs: tuple[tuple[str, Any], ...]) -> Any:
+    del version
+    return LOADERS[name](path, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs})
+
+
+def shared(name: str, **kwargs: Any) -> Any:
+    """Like `query`, but the cached frame is shared, not copied, on every rerun (cache_resource):
+    for large reads repeated while a slider moves. Callers must not modify it."""
+    path = store_path()
+    return _shared(name, str(path), store_version(path),
+                   tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
+
+
+def live(fn: Callable[[], None]) -> Callable[[], None]:
+    """`st.fragment`: a widget inside reruns only this function, not the whole page.
+
+    `FIRST_FULL_RERUNS=1` turns it off (every move reruns the page, as before), which is the
+    baseline `benchmarks/bench_browser.py` measures against in the same run.
+    """
+    return fn if os.environ.get("FIRST_FULL_RERUNS") == "1" else st.fragment(fn)
 
 
 def arrays(run_id: str, split: str) -> views.PredictionArrays:
@@ -122,3 +185,23 @@ def csv_download(frame: pd.DataFrame, name: str, label: str = "Download CSV") ->
     """A CSV download button for a table."""
     st.download_button(label, frame.to_csv(index=False).encode(), file_name=name,
                        mime="text/csv", key=f"download-{name}")
+
+
+ALL_PIPELINES = "All pipelines"
+
+
+def pick_pipeline(runs: pd.DataFrame, key: str) -> str | None:
+    """A pipeline picker that starts from and writes back the `pipeline` query parameter;
+    None means every pipeline (each still its own rows: seeds never mix across pipelines)."""
+    names = views.pipelines(runs)
+    wanted = st.query_params.get("pipeline")
+    if key not in st.session_state:
+        st.session_state[key] = wanted if wanted in names else ALL_PIPELINES
+    choice = st.selectbox("Pipeline", [ALL_PIPELINES, *names], key=key,
+                          help="Each pipeline is one experiment (one config); means are over "
+                               "the seeds of one pipeline, never across pipelines.")
+    if choice == ALL_PIPELINES:
+        st.query_params.pop("pipeline", None)
+        return None
+    st.query_params["pipeline"] = choice
+    return choice

@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots, views
-from app_pages._common import csv_download, query, require_runs, run_label, store_errors
+from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
+through_app()
 st.title("Top-k coverage")
 runs = require_runs()
 with store_errors():

@@ -1,0 +1,52 @@
+"""Token-level evaluation of the instruction setting: top-1 accuracy and ECE over responses.
+
+At every response token (teacher-forced, the same forward as extraction and training) the
+confidence is the model's top-1 probability over the whole vocabulary and the prediction is
+correct when that top-1 token is the response token: the `paper` convention of the answer
+position, applied to each token. Metrics come from `first_core.metrics` and are the store's
+`metrics` rows (convention `paper`; there are no options, so no `option` rows). The
+bootstrap interval resamples tokens; tokens of one response are correlated, so it is
+narrower than an interval over responses would be (stated, not corrected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics
+from .evaluate import METRIC_COLUMNS
+from .instruct_data import InstructExample
+from .topk_tokens import iter_token_batches
+
+
+def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
+                      batch_size: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence `[N]`, correct `[N]`) at the N response tokens of `examples`."""
+    conf, correct = [], []
+    for _, logits, targets, _ in iter_token_batches(model, tokenizer, examples, batch_size,
+                                                    max_length):
+        p, i = torch.softmax(logits.double(), dim=-1).max(dim=-1)
+        conf.append(p.numpy())
+        correct.append((i == targets).numpy())
+    return np.concatenate(conf), np.concatenate(correct)
+
+
+def token_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
+                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Metric rows (without run_id / split): accuracy, mean confidence, ECE with interval,
+    MCE, trust (as `evaluate.compute_metrics` gives for the `paper` convention)."""
+    acc = metrics.accuracy(correct)
+    ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
+                                                n_boot=n_boot, seed=seed)
+    rows = [("paper", "accuracy", acc, np.nan, np.nan),
+            ("paper", "confidence", float(np.mean(confidence)), np.nan, np.nan),
+            ("paper", "ece", ece, low, high),
+            ("paper", "mce", metrics.maximum_calibration_error(confidence, correct,
+                                                               n_bins=n_bins), np.nan, np.nan),
+            ("paper", "trust", metrics.trust_score(acc, ece), np.nan, np.nan)]
+    return pd.DataFrame([(c, m, float(v), float(lo), float(hi)) for c, m, v, lo, hi in rows],
+                        columns=list(METRIC_COLUMNS))

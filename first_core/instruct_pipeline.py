@@ -1,0 +1,287 @@
+"""The instruction-tuning setting as pipeline stages (`[data] kind = "instruct"`).
+
+The paper's out-of-domain setting: teacher and students are tuned on instruction data, the
+teacher's top-k is kept at every response token, and the students are tested on a
+multiple-choice task they never saw. Stages (same names, resume and `--force` as the
+multiple-choice pipeline; `pipeline.stages` hands over to `instruct_stages`):
+
+- data: the embedded instruction task (or your Alpaca / prompt-response files) and the
+  multiple-choice data of `[data]`, every file checked before anything trains.
+- models: presets with a tokenizer over the instruction training text *and* the
+  multiple-choice training text (vocabulary only: the stand-in for a pretrained tokenizer,
+  which covers both); no model ever trains on multiple-choice text.
+- teacher_ft, student_ft: SFT on the response tokens (`response_tokens.finetune_responses`).
+- topk: top-k at every response token of train / val / test (`topk_tokens`); a split whose
+  finished store matches is kept (resume after a kill).
+- calibrate: c and delta by ECE over **every response token of the instruction validation
+  split**: that is the distribution the students are trained on (the targets are transformed
+  at every response token), and a multiple-choice validation set would be the OOD task,
+  which the method must not see.
+- student_distill, first_ls, first_ts: the KL at every response token (`distill_tokens`).
+- eval_*: `val` / `test`: token-level top-1 accuracy, ECE, MCE and trust over the
+  instruction splits' response tokens; `test_ood`: the multiple-choice split
+  `instruct.mc_split` of `[data]` exactly as in the MC setting (`evaluate.predict`), with
+  the prompt `instruct.mc_prompt` in the instruction layout.
+- store: runs, metrics, MC predictions, the temperature search, the coverage over all
+  response tokens of train, the MC examples.
+
+So in Table 1 of such a run, "ID" is the instruction test split per token and "OOD" is the
+multiple-choice task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import calibrate, data, store
+from .config import RunConfig
+from .errors import FirstError
+from .instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
+                            check_instruct_file, load_instruct)
+
+INSTRUCT_SPLITS = ("train", "val", "test")
+STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
+
+
+def instruct_template(cfg: RunConfig) -> InstructTemplate:
+    i = cfg.instruct
+    return InstructTemplate(with_input=i.with_input or ALPACA_INPUT,
+                            no_input=i.no_input or ALPACA_NO_INPUT)
+
+
+def mc_template(cfg: RunConfig) -> data.PromptTemplate:
+    """The multiple-choice prompt in the instruction layout (`instruct.mc_prompt`)."""
+    prompt = cfg.instruct.mc_prompt or instruct_template(cfg).no_input.replace(
+        "{instruction}", "{context}{question}\n{options}")
+    return data.PromptTemplate(prompt=prompt)
+
+
+def instruct_examples(ctx) -> dict[str, list[InstructExample]]:
+    """The instruction splits, loaded once per process (cached on the context)."""
+    cached = getattr(ctx, "_instruct", None)
+    if cached is None:
+        files = ctx.record("data")["instruct_files"]
+        tpl = instruct_template(ctx.cfg)
+        cached = {s: load_instruct(p, ctx.cfg.instruct.fmt, tpl) for s, p in files.items()}
+        if ctx.cfg.data.max_train:
+            cached["train"] = cached["train"][: ctx.cfg.data.max_train]
+        ctx._instruct = cached
+    return cached
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_data(ctx) -> dict[str, Any]:
+    """The MC data as in the MC setting, plus the instruction files, all checked first."""
+    from .pipeline import dataset_hash, stage_data as mc_stage_data
+    i = ctx.cfg.instruct
+    root = Path(i.dir)
+    if i.embedded:
+        from .instruct_tasks import write_instruct_task
+        written = write_instruct_task(root, seed=ctx.cfg.data.seed, n_train=i.n_train,
+                                      n_val=i.n_val, n_test=i.n_test)
+        files = {s: str(p) for s, p in written.items()}
+    else:
+        files = {s: str(root / getattr(i, s)) for s in INSTRUCT_SPLITS}
+    tpl = instruct_template(ctx.cfg)
+    problems = [p for f in files.values() for p in check_instruct_file(f, i.fmt, tpl)]
+    if problems:
+        shown = "\n".join(str(p) for p in problems[:20])
+        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise FirstError(f"the instruction data has {len(problems)} problem(s):\n{shown}{more}")
+    mc = mc_stage_data(ctx)
+    counts = {s: len(load_instruct(f, i.fmt, tpl)) for s, f in files.items()}
+    both = {**mc["files"], **{f"instruct_{s}": f for s, f in files.items()}}
+    return {**mc, "instruct_files": files, "instruct_counts": counts,
+            "dataset_hash": dataset_hash(both)}
+
+
+def stage_models(ctx) -> dict[str, Any]:
+    from .models import build_preset, is_preset
+    tpl = mc_template(ctx.cfg)
+    texts = ([ex.prompt + " " + ex.response for ex in instruct_examples(ctx)["train"]]
+             + [data.format_prompt(ex, tpl) + data.answer_text(ex.answer)
+                for ex in ctx.examples["train"]])
+    built = {}
+    for role in ("teacher", "student"):
+        spec = getattr(ctx.cfg.model, role)
+        if is_preset(spec):
+            built[role] = str(build_preset(spec, texts, ctx.path("models", f"{role}_init"),
+                                           seed=ctx.cfg.seed))
+    return {"built": built}
+
+
+def stage_finetune(ctx, method: str) -> dict[str, Any]:
+    from .pipeline import _load
+    from .response_tokens import finetune_responses
+    role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
+                       else ("student", ctx.cfg.student_train))
+    model, tok = _load(ctx, ctx.init_path(role))
+    out = finetune_responses(model, tok, instruct_examples(ctx)["train"],
+                             ctx.path("models", method), train_cfg, seed=ctx.cfg.seed)
+    return {"model": str(out)}
+
+
+def stage_topk(ctx) -> dict[str, Any]:
+    from .pipeline import _load
+    from .topk_tokens import extract_token_topk, instruct_examples_hash, token_store_matches
+    t = ctx.cfg.topk
+    info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
+            "config_hash": ctx.cfg.hash()}
+    model = tok = None
+    out, kept = {}, []
+    for split in INSTRUCT_SPLITS:
+        examples = instruct_examples(ctx)[split]
+        folder = ctx.path("topk", split)
+        out[split] = str(folder)
+        if token_store_matches(folder, config_hash=info["config_hash"], k=t.k,
+                               examples_hash=instruct_examples_hash(examples)):
+            kept.append(split)  # finished before a kill: resume after it
+            continue
+        if model is None:
+            model, tok = _load(ctx, ctx.model_path("teacher_ft"))
+        extract_token_topk(model, tok, examples, folder, k=t.k, coverage_k=t.coverage_k,
+                           dtype=t.dtype, shard_size=t.shard_size, batch_size=t.batch_size,
+                           max_length=ctx.cfg.teacher_train.max_length,
+                           manifest_info={**info, "split": split})
+    return {"dirs": out, "kept": kept}
+
+
+def load_split_topk(ctx, split: str):
+    from .topk_tokens import load_token_topk
+    teacher = json.loads((ctx.model_path("teacher_ft") / "config.json").read_text())
+    return load_token_topk(ctx.path("topk", split), expect_vocab_size=teacher["vocab_size"],
+                           expect_dataset_hash=ctx.record("data")["dataset_hash"],
+                           expect_teacher=ctx.cfg.model.teacher)
+
+
+def stage_calibrate(ctx) -> dict[str, Any]:
+    """c and delta by ECE over every response token of the validation split (module doc)."""
+    from .pipeline import write_json_atomic
+    val, test = load_split_topk(ctx, "val"), load_split_topk(ctx, "test")
+    c = ctx.cfg.calibration
+    train = calibrate.temperature_scale(load_split_topk(ctx, "train").probs, 1.0, mode="renorm")
+    ls_limit = float(train.max(axis=1).min())  # a larger delta makes some target negative
+    result = {}
+    for kind, search, grid in (("TS", calibrate.search_temperature, c.temperature_grid),
+                               ("LS", calibrate.search_label_smoothing, c.smoothing_grid)):
+        kwargs = {"grid": np.asarray(grid)} if grid is not None else {}
+        res = search(val.probs, val.gold_rank, n_bins=c.n_bins, **kwargs)
+        if kind == "LS" and res.best > ls_limit:
+            res = search(val.probs, val.gold_rank, n_bins=c.n_bins,
+                         grid=res.grid[res.grid <= ls_limit])
+        ece_test = calibrate.evaluate_grid(res, test.probs, test.gold_rank, n_bins=c.n_bins)
+        result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
+                        "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist(),
+                        "positions": "every response token of the validation split",
+                        "n_positions": int(len(val.probs))}
+    write_json_atomic(ctx.path("calibration.json"), result)
+    return {"c": result["TS"]["best"], "delta": result["LS"]["best"],
+            "n_val_tokens": int(len(val.probs))}
+
+
+def stage_distill(ctx, method: str) -> dict[str, Any]:
+    from .distill import teacher_targets
+    from .distill_tokens import distill_tokens
+    from .pipeline import _load, student_targets
+    mode, c, delta = student_targets(ctx, method)
+    topk = load_split_topk(ctx, "train")
+    targets = teacher_targets(topk.probs, mode, c, delta)
+    model, tok = _load(ctx, ctx.init_path("student"))
+    d = ctx.cfg.distill
+    out = distill_tokens(model, tok, instruct_examples(ctx)["train"], topk.example_ids,
+                         topk.token_ids, topk.ids, targets, ctx.path("models", method),
+                         ctx.cfg.student_train, student_side=d.student_side,
+                         ce_weight=d.ce_weight, seed=ctx.cfg.seed)
+    return {"model": str(out), "mode": mode, "c": c, "delta": delta,
+            "n_train_tokens": int(len(topk.ids))}
+
+
+def stage_evaluate(ctx, method: str) -> dict[str, Any]:
+    """Token metrics on the instruction val/test, MC predictions + metrics on the OOD split."""
+    from .evaluate import compute_metrics, predict
+    from .instruct_eval import token_confidences, token_metrics
+    from .pipeline import _load
+    model, tok = _load(ctx, ctx.model_path(method))
+    e = ctx.cfg.eval
+    train_cfg = ctx.cfg.teacher_train if method == "teacher_ft" else ctx.cfg.student_train
+    mets, n_tokens = [], {}
+    for split in ("val", "test"):
+        conf, correct = token_confidences(model, tok, instruct_examples(ctx)[split],
+                                          e.batch_size, train_cfg.max_length)
+        n_tokens[split] = int(len(conf))
+        mets.append(token_metrics(conf, correct, e.n_bins, e.n_boot, ctx.cfg.seed)
+                    .assign(split=split))
+    mc = ctx.examples[ctx.cfg.instruct.mc_split]
+    pred = predict(model, tok, mc, template=mc_template(ctx.cfg), k=e.topk,
+                   batch_size=e.batch_size, max_length=train_cfg.max_length)
+    mets.append(compute_metrics(pred, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
+                .assign(split="test_ood"))
+    out = ctx.path("eval", method)
+    out.mkdir(parents=True, exist_ok=True)
+    pred.assign(split="test_ood").to_parquet(out / "predictions.parquet")
+    pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")
+    return {"dir": str(out), "n_tokens": n_tokens, "n_mc": len(mc)}
+
+
+def stage_store(ctx) -> dict[str, Any]:
+    from .pipeline import run_id, student_targets
+    from .topk_tokens import read_token_manifest, token_coverage_table
+    cfg = ctx.cfg
+    path = store.default_store_path(cfg.store)
+    teacher_run = run_id(cfg, "teacher_ft")
+    cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
+    dataset = ctx.record("data")["dataset_hash"]
+    with store.open_store(path) as st:
+        for method in cfg.methods:
+            mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
+                              else (None, None, None))
+            spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
+            record = store.RunRecord(
+                run_id=run_id(cfg, method), method=method, model=spec, dataset=dataset,
+                seed=cfg.seed, temperature=c, smoothing=delta, config=cfg.to_dict(),
+                pipeline=cfg.name)
+            ev = ctx.path("eval", method)
+            st.write_run(record, pd.read_parquet(ev / "predictions.parquet"),
+                         pd.read_parquet(ev / "metrics.parquet"))
+        rows = [{"run_id": teacher_run, "kind": kind, "value": v, "ece_val": a, "ece_test": b,
+                 "chosen": v == res["best"]}
+                for kind, res in cal.items()
+                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])]
+        st.write_temperature_search(pd.DataFrame(rows))
+        st.write_topk_coverage(token_coverage_table(read_token_manifest(ctx.path("topk", "train")))
+                               .assign(run_id=teacher_run))
+        mc = ctx.examples[cfg.instruct.mc_split]
+        st.write_examples(pd.DataFrame([{
+            "dataset": dataset, "split": "test_ood", "example_id": ex.id,
+            "question": ex.question, "context": ex.context, "labels": list(ex.labels),
+            "choices": list(ex.choices), "answer": ex.answer} for ex in mc]))
+    return {"store": str(path)}
+
+
+def instruct_stages(cfg: RunConfig) -> list:
+    """The ordered stages of the instruction setting (same shape as `pipeline.stages`)."""
+    from .pipeline import Stage
+    methods = cfg.methods  # config.load_config checked loss_on = "response"
+    out = [Stage("data", stage_data),
+           Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
+    if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):
+        out.append(Stage("teacher_ft", lambda c: stage_finetune(c, "teacher_ft"),
+                         ("models/teacher_ft",), every_rank=True))
+    if any(m in methods for m in STUDENT_METHODS):
+        out += [Stage("topk", stage_topk, ("topk",), every_rank=True),
+                Stage("calibrate", stage_calibrate, ("calibration.json",))]
+    if "student_ft" in methods:
+        out.append(Stage("student_ft", lambda c: stage_finetune(c, "student_ft"),
+                         ("models/student_ft",), every_rank=True))
+    out += [Stage(m, lambda c, m=m: stage_distill(c, m), (f"models/{m}",), every_rank=True)
+            for m in STUDENT_METHODS if m in methods]
+    out += [Stage(f"eval_{m}", lambda c, m=m: stage_evaluate(c, m), (f"eval/{m}",))
+            for m in methods]
+    out.append(Stage("store", stage_store))
+    return out

@@ -1,0 +1,110 @@
+"""Table 1 from the store: mean +- std over the seeds of one pipeline, per method.
+
+The README's tables are pasted from `python -m first_core report`, so they cannot drift from
+what a run stored. Runs are grouped by (pipeline, method): seeds of one pipeline are averaged,
+never runs of unrelated pipelines that happen to share a method name.
+
+`table1` is the tidy computation (tested); `format_markdown` / `format_csv` only lay it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import store
+from .config import METHODS
+from .errors import FirstError
+
+SPLIT_NAMES = {"test": "ID", "test_ood": "OOD"}
+COLUMNS = {"accuracy": "Acc", "confidence": "Conf", "ece": "ECE", "trust": "Trust"}
+CONVENTION_TITLES = {"paper": "paper convention (top-1 over the whole vocabulary)",
+                     "option": "option convention (renormalised over the answer letters)"}
+
+
+def load_rows(path, pipeline: str | None = None) -> pd.DataFrame:
+    """Metric rows of the store joined with each run's pipeline (optionally one pipeline)."""
+    with store.open_readonly(path) as con:
+        runs = store.list_runs(con)
+        rows = store.load_metrics(con)
+    if runs.empty:
+        raise FirstError(f"{path}: the store holds no runs yet; run the pipeline first")
+    pipelines = runs.set_index("run_id")["pipeline"]
+    rows = rows.assign(pipeline=rows["run_id"].map(pipelines))
+    if pipeline is not None:
+        known = sorted(pipelines.dropna().unique())
+        if pipeline not in known:
+            raise FirstError(f"--pipeline {pipeline!r}: not in {path}; pipelines: {known}")
+        rows = rows[rows["pipeline"] == pipeline]
+    return rows
+
+
+def table1(rows: pd.DataFrame, splits: Sequence[str] = ("test", "test_ood")) -> pd.DataFrame:
+    """Tidy Table 1: pipeline, method, convention, split, metric, mean, std, seeds.
+
+    Values are percentages. `std` is the sample standard deviation over seeds (ddof = 1; 0
+    with one seed); `seeds` counts the distinct seeds behind the mean.
+    """
+    wanted = rows[rows["split"].isin(list(splits)) & rows["metric"].isin(list(COLUMNS))]
+    wanted = wanted.assign(value=100.0 * wanted["value"])
+    keys = ["pipeline", "method", "convention", "split", "metric"]
+    out = (wanted.groupby(keys, sort=False)
+           .agg(mean=("value", "mean"), std=("value", "std"), seeds=("seed", "nunique"))
+           .reset_index())
+    out["std"] = out["std"].fillna(0.0)
+    rank = {m: i for i, m in enumerate(METHODS)}
+    order = {"method": lambda s: s.map(lambda m: rank.get(m, len(rank))),
+             "split": lambda s: s.map({x: i for i, x in enumerate(splits)}),
+             "metric": lambda s: s.map({x: i for i, x in enumerate(COLUMNS)})}
+    return out.sort_values(keys, key=lambda s: order.get(s.name, lambda v: v)(s)
+                           ).reset_index(drop=True)
+
+
+def _cell(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:.1f}" if seeds < 2 else f"{mean:.1f} ± {std:.1f}"
+
+
+def wide(tidy: pd.DataFrame, pipeline: str, convention: str) -> pd.DataFrame:
+    """One pipeline and convention as Table 1: a row per method, 'mean ± std' cells."""
+    part = tidy[(tidy["pipeline"] == pipeline) & (tidy["convention"] == convention)]
+    if part.empty:
+        return pd.DataFrame()
+    part = part.assign(cell=[_cell(m, s, n) for m, s, n in
+                             zip(part["mean"], part["std"], part["seeds"])],
+                       column=[f"{SPLIT_NAMES.get(s, s)} {COLUMNS[m]}"
+                               for s, m in zip(part["split"], part["metric"])])
+    table = part.pivot(index="method", columns="column", values="cell")
+    columns = list(dict.fromkeys(part["column"]))  # tidy order: ID before OOD, Acc first
+    table = table.reindex(index=list(dict.fromkeys(part["method"])), columns=columns)
+    seeds = part.groupby("method", sort=False)["seeds"].max()
+    table.insert(0, "seeds", seeds.reindex(table.index).astype(int))
+    return table.rename_axis("method").reset_index()
+
+
+def format_markdown(tidy: pd.DataFrame, conventions: Sequence[str] = ("paper", "option")) -> str:
+    """A Markdown Table 1 per pipeline and convention."""
+    parts = []
+    for pipeline in dict.fromkeys(tidy["pipeline"]):
+        for convention in conventions:
+            table = wide(tidy, pipeline, convention)
+            if table.empty:
+                continue
+            parts.append(f"**{pipeline}**, {CONVENTION_TITLES[convention]}, % "
+                         "(mean ± std over seeds; ID = in-domain test, OOD = out-of-domain "
+                         "test; Trust = Acc - ECE)\n")
+            parts.append(_markdown(table))
+    return "\n".join(parts)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "| " + " | ".join("---" if c == "method" else "---:" for c in table.columns) + " |"
+    body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def format_csv(tidy: pd.DataFrame) -> str:
+    return tidy.to_csv(index=False, float_format=lambda v: f"{v:.4f}" if np.isfinite(v) else "")

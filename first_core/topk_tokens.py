@@ -1,0 +1,342 @@
+"""Concentrated knowledge at every response token: the teacher's top-k per token, sharded.
+
+The instruction setting's counterpart of `topk.extract_topk` (one answer position per
+example): the teacher is run teacher-forced over `prompt + response + eos`
+(`response_tokens`), and at every response token the top-k ids (int32) and their *raw*
+full-vocabulary softmax probabilities (float16 / float32, not renormalised) are written as
+Parquet shards plus `manifest.json`, with the top-`coverage_k` coverage statistics over all
+response tokens (`topk.CoverageAccumulator`, fixed size).
+
+**Long format**, one row per response token (why, in docs/DESIGN.md): columns `example_id`
+(string), `position` (int32, 0-based index of the token within the response), `token_id`
+(int32, the response token itself), `gold_rank_in_topk` (int32, its column in `topk_ids`,
+-1 if absent), `topk_ids` (fixed_size_list<int32>[k]), `topk_probs`
+(fixed_size_list<float>[k]). The row's distribution is the teacher's next-token distribution
+that predicts `token_id`. Rows are ordered example by example, position by position.
+
+Streaming: examples are tokenised and run one batch at a time and rows are written as soon
+as `shard_size` of them are buffered, so peak memory is one batch's logits plus one shard,
+whatever the size of the data set. Multi-process exactly like `topk.extract_topk`: every rank
+takes a contiguous slice of the examples, writes `part-r{rank}-{n}.parquet` and its coverage
+histogram into `.NAME.partial`, rank 0 merges them into the manifest and renames the folder,
+so a killed run never leaves a store that looks finished. Resume is per store: the pipeline
+skips a split whose finished store matches (`token_store_matches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from .errors import ConfigError, StoreError
+from .inference import model_device, vocab_size
+from .instruct_data import InstructExample
+from .metrics import topk_labels
+from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
+from .topk import DTYPES, MANIFEST, CoverageAccumulator, check_k, coverage_table
+
+TOKEN_SCHEMA_VERSION = 1
+LAYOUT = "long-per-token"
+_PAYLOAD = ("topk_ids", "topk_probs")
+
+
+@dataclass(frozen=True)
+class TokenManifest:
+    """What a per-token top-k store holds (`manifest.json`, `layout = "long-per-token"`)."""
+
+    k: int
+    coverage_k: int
+    vocab_size: int
+    dtype: str
+    teacher: str
+    dataset_hash: str
+    examples_hash: str
+    config_hash: str
+    n_examples: int
+    n_tokens: int
+    n_gold_in_topk: int
+    n_processes: int
+    max_length: int
+    shards: list[dict[str, Any]]
+    coverage: dict[str, list[float]]
+    bytes_per_token_measured: float  # topk_ids + topk_probs column chunks on disk / n_tokens
+    info: dict[str, Any] = field(default_factory=dict)
+    layout: str = LAYOUT
+    schema_version: int = TOKEN_SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class TokenTopK:
+    """A loaded per-token store: row i is token `positions[i]` of `example_ids[i]`."""
+
+    ids: np.ndarray        # int32 [N, k]
+    probs: np.ndarray      # float64 [N, k], raw
+    example_ids: np.ndarray  # str [N]
+    positions: np.ndarray  # int32 [N]
+    token_ids: np.ndarray  # int32 [N]
+    gold_rank: np.ndarray  # int64 [N]
+    manifest: TokenManifest
+
+
+def instruct_examples_hash(examples: Sequence[InstructExample]) -> str:
+    """Content hash of the examples (their prompts already carry the template)."""
+    rows = [[e.id, e.prompt, e.response] for e in examples]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+class _TokenShardWriter:
+    """Buffers per-token rows and writes `shard_size` of them per Parquet file."""
+
+    def __init__(self, folder: Path, rank: int, shard_size: int, dtype: str, k: int) -> None:
+        self.folder, self.rank, self.shard_size, self.k = folder, rank, shard_size, k
+        self.pa_type, self.np_type = DTYPES[dtype]
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.buffered = self.index = 0
+
+    def add(self, **columns: np.ndarray) -> None:
+        self.parts.append(columns)
+        self.buffered += len(columns["token_id"])
+        while self.buffered >= self.shard_size:
+            self._write(self.shard_size)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(self.buffered)
+
+    def _write(self, n: int) -> None:
+        cols = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
+        head = {key: v[:n] for key, v in cols.items()}
+        self.parts = [{key: v[n:] for key, v in cols.items()}]
+        self.buffered -= n
+        table = pa.table({
+            "example_id": pa.array(head["example_id"], pa.string()),
+            "position": pa.array(head["position"].astype(np.int32)),
+            "token_id": pa.array(head["token_id"].astype(np.int32)),
+            "gold_rank_in_topk": pa.array(head["gold_rank_in_topk"].astype(np.int32)),
+            "topk_ids": pa.FixedSizeListArray.from_arrays(
+                pa.array(head["topk_ids"].ravel().astype(np.int32)), self.k),
+            "topk_probs": pa.FixedSizeListArray.from_arrays(
+                pa.array(head["topk_probs"].ravel().astype(self.np_type), self.pa_type), self.k),
+        })
+        pq.write_table(table, self.folder / f"part-r{self.rank:03d}-{self.index:05d}.parquet")
+        self.index += 1
+
+
+def _payload_bytes(path: Path) -> int:
+    meta = pq.read_metadata(path)
+    return sum(rg.column(c).total_compressed_size
+               for rg in (meta.row_group(i) for i in range(meta.num_row_groups))
+               for c in range(rg.num_columns)
+               if rg.column(c).path_in_schema.split(".")[0] in _PAYLOAD)
+
+
+def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
+                       batch_size: int, max_length: int
+                       ) -> Iterator[tuple[Sequence[InstructExample], torch.Tensor,
+                                           torch.Tensor, np.ndarray]]:
+    """Yield (batch examples, logits `[N, V]` float32 on CPU, targets `[N]`, tokens per
+    example) per batch, teacher-forced, under inference mode. Shared with evaluation."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    model.eval()
+    device = model_device(model)
+    collate = ResponseCollator(tokenizer.pad_token_id)
+    keep_only = logits_mode(model)
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            enc = encode_responses(tokenizer, chunk, max_length)
+            batch = collate([{"input_ids": s, "response_start": r, "index": i}
+                             for i, (s, r) in enumerate(zip(enc.input_ids, enc.response_start))])
+            batch = {key: v.to(device) for key, v in batch.items()}
+            logits, targets = response_logits(model, batch, keep_only)
+            counts = np.array([enc.n_response(i) for i in range(len(enc))])
+            yield chunk, logits.float().cpu(), targets.cpu(), counts
+
+
+def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
+                       out_dir: str | os.PathLike[str], *, k: int = 5, coverage_k: int = 100,
+                       dtype: str = "float32", shard_size: int = 200_000, batch_size: int = 32,
+                       max_length: int = 512, manifest_info: Mapping[str, Any] | None = None
+                       ) -> TokenManifest:
+    """Write the teacher's per-token top-k store for `examples` to `out_dir` (replaced)."""
+    from accelerate import PartialState
+
+    vocab = vocab_size(model)
+    check_k(k, vocab)
+    if isinstance(coverage_k, bool) or not isinstance(coverage_k, int) or coverage_k < k:
+        raise ConfigError(f"coverage_k must be an integer >= k={k}, got {coverage_k!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    if not examples:
+        raise ConfigError("examples: nothing to extract (empty list)")
+    width = min(coverage_k, vocab)
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.partial")
+    state = PartialState(cpu=model_device(model).type == "cpu")
+    if state.num_processes > 1:
+        model.to(state.device)
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    state.wait_for_everyone()
+
+    with state.split_between_processes(list(examples)) as mine:
+        writer = _TokenShardWriter(tmp, state.process_index, shard_size, dtype, k)
+        coverage = CoverageAccumulator(width)
+        for chunk, logits, targets, counts in iter_token_batches(model, tokenizer, mine,
+                                                                 batch_size, max_length):
+            top_p, top_i = torch.topk(torch.softmax(logits, dim=-1), width, dim=-1)
+            top_p, top_i = top_p.numpy(), top_i.numpy()
+            ids, gold = top_i[:, :k].copy(), targets.numpy()
+            coverage.add(top_p)
+            starts = np.repeat(np.cumsum(counts) - counts, counts)
+            writer.add(example_id=np.repeat(np.array([ex.id for ex in chunk], dtype=object),
+                                            counts),
+                       position=np.arange(len(gold)) - starts, token_id=gold,
+                       gold_rank_in_topk=topk_labels(ids, gold), topk_ids=ids,
+                       topk_probs=top_p[:, :k].copy())
+        writer.close()
+        coverage.save(tmp / f"coverage-r{state.process_index:03d}.npz")
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        info = dict(manifest_info or {})
+        ex_hash = instruct_examples_hash(examples)
+        _merge(tmp, k=k, width=width, vocab=vocab, dtype=dtype, n_examples=len(examples),
+               teacher=str(info.pop("teacher", "")),
+               dataset_hash=str(info.pop("dataset_hash", "") or ex_hash),
+               examples_hash=ex_hash, config_hash=str(info.pop("config_hash", "")),
+               max_length=max_length, info=info, n_processes=state.num_processes)
+        if out.exists():
+            foreign = [p.name for p in out.iterdir()
+                       if not (p.name == MANIFEST or p.name.startswith("part-"))]
+            if foreign:
+                raise StoreError(f"{out}: exists and is not a top-k store (holds "
+                                 f"{foreign[:5]}); choose another output folder")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    state.wait_for_everyone()
+    return read_token_manifest(out)
+
+
+def _merge(folder: Path, *, k: int, width: int, vocab: int, dtype: str, **meta: Any) -> None:
+    coverage = CoverageAccumulator(width)
+    for path in sorted(folder.glob("coverage-r*.npz")):
+        coverage.merge(CoverageAccumulator.load(path))
+        path.unlink()
+    shards = sorted(folder.glob("part-r*.parquet"))
+    rows = [pq.read_metadata(p).num_rows for p in shards]
+    n = sum(rows)
+    golds = sum(int(np.count_nonzero(pq.read_table(p, columns=["gold_rank_in_topk"])
+                                     .column(0).to_numpy() >= 0)) for p in shards)
+    payload = sum(_payload_bytes(p) for p in shards)
+    manifest = TokenManifest(k=k, coverage_k=width, vocab_size=vocab, dtype=dtype, n_tokens=n,
+                             n_gold_in_topk=golds, coverage=coverage.summary(),
+                             shards=[{"file": p.name, "rows": r} for p, r in zip(shards, rows)],
+                             bytes_per_token_measured=payload / max(n, 1), **meta)
+    (folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(manifest), indent=2,
+                                              sort_keys=True), encoding="utf-8")
+
+
+def read_token_manifest(store_dir: str | os.PathLike[str]) -> TokenManifest:
+    path = Path(store_dir) / MANIFEST
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no top-k manifest; the top-k stage has not finished "
+                         "(rerun it)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable manifest: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("layout") != LAYOUT:
+        raise StoreError(f"{path}: not a per-token top-k store (layout "
+                         f"{raw.get('layout') if isinstance(raw, dict) else None!r})")
+    if raw.get("schema_version", 0) > TOKEN_SCHEMA_VERSION:
+        raise StoreError(f"{path}: written by a newer first-lab; upgrade")
+    names = {f.name for f in dataclasses.fields(TokenManifest)}
+    try:
+        return TokenManifest(**{n: raw[n] for n in names if n in raw})
+    except TypeError as exc:
+        raise StoreError(f"{path}: manifest lacks fields ({exc})") from None
+
+
+def token_store_matches(store_dir: Path, **expected: Any) -> bool:
+    """A finished store whose manifest has these values (the stage's resume test)."""
+    try:
+        m = read_token_manifest(store_dir)
+    except StoreError:
+        return False
+    return all(getattr(m, key) == value for key, value in expected.items())
+
+
+def iter_token_shards(store_dir: str | os.PathLike[str], manifest: TokenManifest | None = None,
+                      columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """Each shard as an Arrow table, in row order, checked against the manifest."""
+    folder = Path(store_dir)
+    manifest = manifest or read_token_manifest(folder)
+    for shard in manifest.shards:
+        path = folder / shard["file"]
+        try:
+            table = pq.read_table(path, columns=list(columns) if columns else None)
+        except FileNotFoundError:
+            raise StoreError(f"{path}: shard listed in the manifest is missing") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreError(f"{path}: unreadable Parquet shard: {exc}") from None
+        if table.num_rows != shard["rows"]:
+            raise StoreError(f"{path}: {table.num_rows} rows, the manifest says {shard['rows']}")
+        yield table
+
+
+def load_token_topk(store_dir: str | os.PathLike[str], expect_vocab_size: int | None = None,
+                    expect_dataset_hash: str | None = None,
+                    expect_teacher: str | None = None) -> TokenTopK:
+    """Read a whole per-token store into arrays, refusing one for another teacher / data."""
+    folder = Path(store_dir)
+    m = read_token_manifest(folder)
+    for name, want in (("vocab_size", expect_vocab_size), ("dataset_hash", expect_dataset_hash),
+                       ("teacher", expect_teacher)):
+        if want is not None and getattr(m, name) != want:
+            raise StoreError(f"{folder / MANIFEST}: {name} mismatch: the store has "
+                             f"{getattr(m, name)!r}, expected {want!r}; re-extract the top-k")
+    table = pa.concat_tables(list(iter_token_shards(folder, m)))
+    if table.num_rows != m.n_tokens:
+        raise StoreError(f"{folder}: shards hold {table.num_rows} rows, the manifest says "
+                         f"{m.n_tokens}")
+
+    def flat(col: str, np_type: type) -> np.ndarray:
+        return (pc.list_flatten(table.column(col)).to_numpy().astype(np_type)
+                .reshape(table.num_rows, m.k))
+
+    return TokenTopK(ids=flat("topk_ids", np.int32), probs=flat("topk_probs", np.float64),
+                     example_ids=table.column("example_id").to_numpy(zero_copy_only=False),
+                     positions=table.column("position").to_numpy().astype(np.int32),
+                     token_ids=table.column("token_id").to_numpy().astype(np.int32),
+                     gold_rank=table.column("gold_rank_in_topk").to_numpy().astype(np.int64),
+                     manifest=m)
+
+
+def token_coverage_table(manifest: TokenManifest) -> pd.DataFrame:
+    """The store's `topk_coverage` rows for a per-token store: one position = one token, so
+    `n_positions` is the number of response tokens and `bytes_per_position` is per token."""
+    return coverage_table(SimpleNamespace(
+        k=manifest.k, coverage_k=manifest.coverage_k, dtype=manifest.dtype,
+        coverage=manifest.coverage, vocab_size=manifest.vocab_size,
+        bytes_per_position_measured=manifest.bytes_per_token_measured,
+        n_examples=manifest.n_tokens))

@@ -1,0 +1,128 @@
+"""Home: which store is open, the runs it holds, the Table-1 headline, or how to make a store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from first_core import importer, views
+from first_core.errors import FirstError
+from pages._common import (csv_download, DEMO_COMMAND, first_visit, pick_pipeline, query,
+                           store_errors, store_path, through_app)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = Path("configs") / "demo.toml"
+
+
+def run_demo(path: Path) -> None:
+    """Run the embedded demo pipeline into `path`, with a progress bar from its stage lines."""
+    cmd = [sys.executable, "-m", "first_core", "run", "--config", str(DEMO_CONFIG),
+           "--store", str(path.resolve())]
+    bar = st.progress(0.0, text="Starting the demo pipeline ...")
+    log: list[str] = []
+    with st.status("Running the embedded demo", expanded=True) as status:
+        tail = st.empty()
+        with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.append(line.rstrip())
+                tail.code("\n".join(log[-12:]))
+                step = views.parse_progress(line)
+                if step:
+                    bar.progress(step[0] / step[1], text=f"Stage {step[0]}/{step[1]}: {step[2]}")
+        if proc.returncode:
+            status.update(label=f"The demo stopped with exit code {proc.returncode}",
+                          state="error")
+            return
+        status.update(label="Demo finished", state="complete")
+    st.rerun()
+
+
+def import_box(path: Path) -> None:
+    """Upload another model's predictions and store them as their own pipeline."""
+    limit = importer.MAX_BYTES // 2**20
+    with st.expander("Import another model's predictions", expanded=False):
+        st.markdown(
+            f"A CSV, Parquet or JSONL file of up to **{limit} MB**, one prediction per row: "
+            "either one `p_<LABEL>` column per answer option plus `gold`, or `confidence` "
+            "plus `correct`; optional `example_id`, `split` (val / test / test_ood) and "
+            "`question`. It is checked completely before anything is written, then stored "
+            "as its own pipeline, so every page works on it. Larger files: "
+            "`python -m first_core import FILE --name NAME`.")
+        with st.form("import_form", clear_on_submit=False):
+            upload = st.file_uploader("Predictions file", type=["csv", "parquet", "pq", "jsonl",
+                                                                "ndjson"],
+                                      key="import_file", max_upload_size=limit)
+            name = st.text_input("Pipeline name", key="import_name",
+                                 placeholder="e.g. my-llm-csqa")
+            submitted = st.form_submit_button("Import")
+        if not submitted:
+            return
+        if upload is None or not name:
+            st.warning("Choose a file and a pipeline name first.")
+            return
+        if upload.size > importer.MAX_BYTES:
+            st.error(f"{upload.name}: {upload.size / 2**20:.1f} MB is over the {limit} MB "
+                     "upload limit; use the command line.")
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(upload.name).name  # messages name the user's file
+            local.write_bytes(upload.getbuffer())
+            try:
+                _, run_id, n = importer.import_predictions(local, name, path)
+            except FirstError as exc:
+                st.error("Nothing was imported:")
+                st.code(str(exc).replace(str(local), upload.name), language=None)
+                return
+        st.success(f"Imported {n:,} predictions from {upload.name} as pipeline {name} "
+                   f"(run {run_id}).")
+
+
+through_app()
+st.title("first-lab: trustworthy distillation")
+st.markdown("Calibration of distilled language models with **FIRST** (Shum et al., EMNLP "
+            "2024): keep the teacher's top-k, re-scale it to be trustworthy, distil.")
+path = store_path()
+st.caption(f"Store: `{path}`")
+
+import_box(path)
+runs = None
+if path.exists():
+    with store_errors():
+        runs = query("runs")
+if runs is None or runs.empty:
+    first_visit(path)
+    if st.button(f"Run the embedded demo now (`python -m first_core run --config "
+                 f"{DEMO_CONFIG.as_posix()}`)", key="run_demo"):
+        run_demo(path)
+    st.stop()
+
+st.subheader("Headline (Table 1)")
+convention = st.radio("Confidence convention", list(views.CONVENTIONS),
+                      index=list(views.CONVENTIONS).index("paper"),  # the paper's Table 1
+                      format_func=views.CONVENTIONS.get, horizontal=True, key="home_conv")
+pipeline = pick_pipeline(runs, "home_pipeline")
+with store_errors():
+    headline = views.headline_table(views.with_pipeline(query("metrics"), runs), convention,
+                                    pipeline)
+percent = {c: st.column_config.NumberColumn(c, format="percent")
+           for c in headline.columns if c != "method"}
+st.dataframe(headline, hide_index=True, column_config=percent)
+st.caption("ID = in-domain test, OOD = out-of-domain test; mean over the seeds of each "
+           "pipeline (never across pipelines). "
+           "Trust = Acc - ECE (our definition).")
+csv_download(headline, "headline.csv")
+
+shown = runs.drop(columns=["config"], errors="ignore")
+if pipeline is not None:
+    shown = shown[shown["pipeline"].fillna(views.NO_PIPELINE) == pipeline]
+st.subheader(f"Runs ({len(shown)} of {len(runs)} in this store)")
+st.dataframe(shown, hide_index=True)
+csv_download(shown, "runs.csv")
+st.caption(f"Re-run or extend the pipeline with `{DEMO_COMMAND}` or "
+           "`python -m first_core run --config CONFIG`; this page updates when the store changes.")

@@ -1,0 +1,216 @@
+"""first_core.ece_kernel: the compiled ECE-vs-parameter kernel against the numpy reference.
+
+The reference is the numpy implementation the kernel replaced (copied below as it was:
+blocked exp, `searchsorted` bins with scikit-learn's rule, `bincount` sums) and, for every
+value separately, the public transforms. Inputs include confidences that sit exactly on bin
+edges (all-equal rows give 1/k, classic rows with zeros give 1.0), where a bin rule that is off
+by one shows up as a large ECE difference.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from first_core import calibrate as C
+from first_core import ece_kernel as K
+from first_core import metrics as M
+from first_core import views
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+seeds = st.integers(0, 2**32 - 1)
+grids = st.lists(st.floats(0.01, 50.0), min_size=1, max_size=12)
+
+
+# ---------------------------------------------------------------- the numpy reference
+
+
+def ref_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """scikit-learn's `calibration_curve` rule: right-closed bins, 0 in the first."""
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], conf)
+
+
+def ref_ece(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
+    sums = np.bincount(ref_bins(conf, n_bins), weights=correct - conf, minlength=n_bins)
+    return float(np.abs(sums).sum() / len(conf))
+
+
+def ref_ts_curve(p, labels, cs, mode, n_bins):
+    """The numpy curve before the kernel: 1 / (1 + sum exp(gap / c)), binned per c."""
+    top = np.argmax(p, axis=1)[:, None] == np.arange(p.shape[1])
+    correct = (np.argmax(p, axis=1) == labels).astype(np.float64)
+    z = p if mode == "first" else np.log(np.where(p > 0, p, 0.0), where=p > 0,
+                                         out=np.full_like(p, -np.inf))
+    gaps = (z - z.max(axis=1, keepdims=True))[~top].reshape(len(p), -1)
+    out = []
+    for c in cs:
+        conf = 1.0 / (1.0 + np.exp(gaps / c).sum(axis=1))
+        out.append(ref_ece(conf, correct, n_bins))
+    return np.array(out)
+
+
+def ref_ls_curve(p, labels, deltas, n_bins):
+    q = p / p.sum(axis=1, keepdims=True)
+    out = []
+    for d in deltas:
+        s = C.label_smooth(q, d)
+        best = s.argmax(axis=1)
+        out.append(ref_ece(s[np.arange(len(s)), best], (best == labels).astype(float), n_bins))
+    return np.array(out)
+
+
+def rows(seed: int, n: int, k: int):
+    """Raw top-k rows with ties, zeros and rows whose confidence sits on a bin edge."""
+    rng = np.random.default_rng(seed)
+    p = -np.sort(-rng.dirichlet(np.full(k + 1, 0.4), n)[:, :k], axis=1)
+    kind = rng.integers(0, 4, n)
+    p[kind == 1] = 1.0 / k                   # all equal: conf = 1/k for every c
+    if k > 1:
+        p[kind == 2, 1:] = 0.0               # one non-zero: conf = 1 in classic mode
+    p = p[:, ::-1] if rng.random() < 0.3 else p  # top not always in column 0
+    return np.ascontiguousarray(p), rng.integers(-1, k, n)
+
+
+# ---------------------------------------------------------------- exp
+
+
+def test_exp_is_within_one_ulp_of_numpy_and_exact_at_the_ends():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.random(200_000) * 50, -rng.random(1000) * 1e-6,
+                        np.linspace(-50, 0, 10_001), rng.random(1000) * 700])
+    got, want = K.exp_array(x), np.exp(x)
+    assert (np.abs(got - want) <= np.spacing(want)).all()
+    assert (got == want).mean() > 0.8
+    special = np.array([0.0, -0.0, -np.inf, -50.5, -1000.0, 710.0, np.inf])
+    assert K.exp_array(special).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, np.inf, np.inf]
+    # below -50 the kernel's 0 cannot change a sum that starts at 1
+    assert 1.0 + np.exp(-50.0) * 8 == 1.0
+
+
+# ---------------------------------------------------------------- curves
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 400), st.integers(1, 6), st.integers(1, 15),
+       st.sampled_from(["first", "logit"]), grids)
+def test_temperature_curve_equals_the_numpy_reference(seed, n, k, n_bins, mode, grid):
+    p, labels = rows(seed, n, k)
+    cs = np.unique(grid)
+    got = C.search_temperature(p, labels, grid=cs, n_bins=n_bins, mode=mode).ece
+    np.testing.assert_allclose(got, ref_ts_curve(p, labels, cs, mode, n_bins), rtol=0,
+                               atol=1e-12)
+    for c, ece in zip(cs, got):  # and value by value through the public transform
+        q = C.temperature_scale(p, c, mode)
+        assert abs(ece - ref_ece(q.max(axis=1), q.argmax(axis=1) == labels, n_bins)) < 1e-12
+
+
+def test_confidences_on_bin_edges_are_binned_right_closed():
+    p = np.array([[0.2] * 5, [0.5, 0.5, 0, 0, 0], [0.25] * 4 + [0.0], [0.6, 0, 0, 0, 0]])
+    labels = np.array([0, 1, -1, 0])
+    cs = np.array([0.1, 0.3, 1.0, 7.0])
+    for mode in ("first", "logit"):
+        conf = C.temperature_scale(p, 0.3, mode).max(axis=1)
+        for n_bins in (5, 10, 20):
+            edges = np.linspace(0, 1, n_bins + 1)
+            assert np.isin(conf, edges[1:-1]).any()  # the test does exercise inner edges
+            got = C.search_temperature(p, labels, grid=cs, n_bins=n_bins, mode=mode).ece
+            np.testing.assert_allclose(got, ref_ts_curve(p, labels, cs, mode, n_bins),
+                                       rtol=0, atol=1e-12)
+    # row 3 in classic mode has confidence exactly 1: the last bin, and perfectly calibrated
+    one = C.search_temperature(p[3:], np.array([0]), grid=cs, mode="logit").ece
+    assert one.tolist() == [0.0] * 4
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 300), st.integers(2, 6), st.integers(1, 15),
+       st.lists(st.floats(0.0, 0.99), min_size=1, max_size=10))
+def test_label_smoothing_curve_equals_the_numpy_reference(seed, n, k, n_bins, grid):
+    p, labels = rows(seed, n, k)
+    deltas = np.unique(grid)
+    q = p / p.sum(axis=1, keepdims=True)
+    ok = deltas <= q.max(axis=1).min()
+    if not ok.any():
+        with pytest.raises(ValueError, match="no value gives a valid ECE"):
+            C.search_label_smoothing(p, labels, grid=deltas, n_bins=n_bins)
+        return
+    got = C.search_label_smoothing(p, labels, grid=deltas, n_bins=n_bins).ece
+    assert np.isnan(got[~ok]).all()
+    np.testing.assert_allclose(got[ok], ref_ls_curve(p, labels, deltas[ok], n_bins), rtol=0,
+                               atol=1e-12)
+
+
+def test_label_smoothing_that_moves_the_argmax_scores_the_new_top():
+    p = np.array([[0.4, 0.35, 0.25], [0.9, 0.05, 0.05]])
+    labels = np.array([1, 0])
+    got = C.search_label_smoothing(p, labels, grid=[0.0, 0.1]).ece
+    # delta 0.1: row 0 becomes (0.3, 0.4, 0.3): predicts column 1 (correct) at 0.4
+    np.testing.assert_allclose(got, [(abs(0 - 0.4) + abs(1 - 0.9)) / 2,
+                                     (abs(1 - 0.4) + abs(1 - 0.8)) / 2], atol=1e-15)
+    np.testing.assert_allclose(got, ref_ls_curve(p, labels, [0.0, 0.1], 10), atol=1e-15)
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 3000), st.integers(1, 30))
+def test_reliability_bins_and_ece_equal_numpy_bincount(seed, n, n_bins):
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0, 1, n_bins + 1)
+    conf = np.where(rng.random(n) < 0.3, rng.choice(edges, n), rng.random(n))
+    correct = rng.random(n) < conf
+    ids = ref_bins(conf, n_bins)
+    bins = M.reliability_bins(conf, correct, n_bins)
+    assert bins.count.tolist() == np.bincount(ids, minlength=n_bins).tolist()
+    with np.errstate(invalid="ignore"):
+        want_conf = np.bincount(ids, conf, n_bins) / bins.count
+        want_acc = np.bincount(ids, correct, n_bins) / bins.count
+    np.testing.assert_allclose(bins.confidence, want_conf, rtol=1e-12)
+    np.testing.assert_allclose(bins.accuracy, want_acc, rtol=1e-12)
+    assert abs(M.expected_calibration_error(conf, correct, n_bins)
+               - ref_ece(conf, correct.astype(float), n_bins)) < 1e-12
+
+
+def test_bin_sums_fall_back_to_a_search_when_the_floor_rule_is_unsafe(monkeypatch):
+    rng = np.random.default_rng(1)
+    conf = np.concatenate([rng.random(5000), np.linspace(0, 1, 8)])
+    correct = rng.random(len(conf)) < 0.5
+    fast = K.confidence_bin_sums(conf, correct, 7)
+    K._edges.cache_clear()
+    monkeypatch.setattr(K, "_floor_lower_edges", lambda n: None)
+    try:
+        slow = K.confidence_bin_sums(conf, correct, 7)
+    finally:
+        K._edges.cache_clear()
+    assert np.array_equal(fast[:, :2], slow[:, :2])
+    np.testing.assert_allclose(fast[:, 2], slow[:, 2], rtol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["first", "logit"])
+@pytest.mark.parametrize("convention", ["paper", "option"])
+def test_dashboard_curve_equals_the_slider_value_by_value(mode, convention):
+    rng = np.random.default_rng(3)
+    n, m = 3000, 4
+    full = rng.dirichlet(np.ones(m + 4), n)
+    option = full[:, :m] * rng.uniform(0.5, 1.0, (n, 1))
+    topk = -np.sort(-np.hstack([option, full[:, m:] * 0.3]), axis=1)[:, :5]
+    topk[:5] = 0.2  # all-equal rows: a confidence of exactly 0.2 in the paper convention
+    gold = rng.integers(0, m, n)
+    arrays = views.PredictionArrays(topk, rng.random(n) < 0.6, option, gold)
+    grid = np.array([0.05, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0])
+    curve = views.ece_curve(arrays, mode, convention, grid=grid)
+    want = []
+    for c in grid:
+        scaled = views.rescale(arrays, float(c), mode, convention)
+        want.append(ref_ece(scaled.confidence, scaled.correct.astype(float), 10))
+    assert isinstance(curve, pd.DataFrame) and curve["c"].tolist() == grid.tolist()
+    np.testing.assert_allclose(curve["ece"], want, rtol=0, atol=1e-12)
+
+
+def test_kernel_sums_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(4)
+    gaps = -rng.random((4, 100_000))
+    correct = rng.random(100_000) < 0.5
+    cs = np.linspace(0.05, 2, 11)
+    one = K.temperature_bin_sums(gaps, correct, cs, threads=1)
+    assert np.array_equal(one, K.temperature_bin_sums(gaps, correct, cs, threads=4))
+    assert one[..., 0].sum(axis=1).tolist() == [100_000.0] * 11

@@ -1,0 +1,99 @@
+"""Table 1 from the store (report.py and `python -m first_core report`)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from first_core import report, store
+from first_core.errors import FirstError
+from first_core.fixtures import write_fixture_store
+
+
+@pytest.fixture(scope="module")
+def two_pipelines(tmp_path_factory):
+    """Pipeline `alpha` with seeds 0, 1, 2 and pipeline `beta` with seed 7, in one store."""
+    path = tmp_path_factory.mktemp("report") / "s.duckdb"
+    for seed in (0, 1, 2):
+        write_fixture_store(path, n_examples=40, seed=seed, pipeline="alpha")
+    write_fixture_store(path, n_examples=40, seed=7, pipeline="beta")
+    return path
+
+
+def expected_cell(path, pipeline: str, method: str, split: str, metric: str,
+                  convention: str = "paper") -> tuple[float, float, int]:
+    """Mean, sample std and count of one metric over a pipeline's seeds, straight from SQL."""
+    with store.open_readonly(path) as con:
+        values = [v for (v,) in con.execute(
+            "SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.pipeline = ? "
+            "AND r.method = ? AND m.split = ? AND m.metric = ? AND m.convention = ?",
+            [pipeline, method, split, metric, convention]).fetchall()]
+    values = 100 * np.array(values)
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else 0.0), len(values)
+
+
+def test_table1_averages_seeds_within_a_pipeline_only(two_pipelines):
+    tidy = report.table1(report.load_rows(two_pipelines))
+    assert set(tidy["pipeline"]) == {"alpha", "beta"}
+    for (pipeline, method, conv, split, metric), row in tidy.set_index(
+            ["pipeline", "method", "convention", "split", "metric"]).iterrows():
+        mean, std, n = expected_cell(two_pipelines, pipeline, method, split, metric, conv)
+        assert row["seeds"] == n == (3 if pipeline == "alpha" else 1)
+        assert row["mean"] == pytest.approx(mean, abs=1e-9)
+        assert row["std"] == pytest.approx(std, abs=1e-9)
+    # beta's single seed is its own value, not pulled towards alpha's mean
+    beta = tidy[(tidy.pipeline == "beta") & (tidy.method == "first_ts")
+                & (tidy.split == "test") & (tidy.metric == "ece") & (tidy.convention == "paper")]
+    alpha = tidy[(tidy.pipeline == "alpha") & (tidy.method == "first_ts")
+                 & (tidy.split == "test") & (tidy.metric == "ece") & (tidy.convention == "paper")]
+    assert float(beta["mean"].iloc[0]) != pytest.approx(float(alpha["mean"].iloc[0]))
+
+
+def test_pipeline_filter_and_unknown_pipeline(two_pipelines):
+    rows = report.load_rows(two_pipelines, "beta")
+    assert set(rows["pipeline"]) == {"beta"}
+    with pytest.raises(FirstError, match=r"'gamma'.*alpha.*beta"):
+        report.load_rows(two_pipelines, "gamma")
+
+
+def test_markdown_cells_are_the_tidy_means(two_pipelines):
+    tidy = report.table1(report.load_rows(two_pipelines))
+    table = report.wide(tidy, "alpha", "paper")
+    assert list(table["method"]) == ["teacher_ft", "student_ft", "student_distill", "first_ls",
+                                     "first_ts"]
+    assert list(table.columns) == ["method", "seeds", "ID Acc", "ID Conf", "ID ECE",
+                                   "ID Trust", "OOD Acc", "OOD Conf", "OOD ECE", "OOD Trust"]
+    mean, std, _ = expected_cell(two_pipelines, "alpha", "first_ts", "test_ood", "ece")
+    cell = table.set_index("method").loc["first_ts", "OOD ECE"]
+    assert cell == f"{mean:.1f} ± {std:.1f}"
+    text = report.format_markdown(tidy)
+    assert text.count("| method | seeds |") == 4  # 2 pipelines x 2 conventions
+    assert "**beta**, paper convention" in text
+
+
+def test_cli_report_markdown_and_csv(two_pipelines):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
+                               str(two_pipelines), *args], capture_output=True, text=True)
+    md = cli("--pipeline", "alpha")
+    assert md.returncode == 0, md.stderr
+    assert "**alpha**" in md.stdout and "beta" not in md.stdout
+    csv = cli("--format", "csv")
+    assert csv.returncode == 0, csv.stderr
+    frame = pd.read_csv(io.StringIO(csv.stdout))
+    tidy = report.table1(report.load_rows(two_pipelines))
+    np.testing.assert_allclose(frame["mean"], tidy["mean"], atol=1e-4)
+    bad = cli("--pipeline", "nope")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "'nope'" in bad.stderr
+
+
+def test_cli_report_on_a_missing_store(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
+                           str(tmp_path / "none.duckdb")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no such store" in proc.stderr
+    assert not (tmp_path / "none.duckdb").exists()
