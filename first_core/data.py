@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import string
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,17 +270,31 @@ def _parse_records(records: Iterable[tuple[int, Any]], source: str | Path,
     """The one implementation of every check: examples plus all problems found."""
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not one of {list(FORMATS)}")
-    examples: list[Example] = []
+
+    def make(rec: Any, line: int) -> Example:
+        nonlocal fmt
+        if fmt == "auto" and isinstance(rec, dict):
+            fmt = _detect(rec)  # the first valid record decides
+        return _example(rec, "jsonl" if fmt == "auto" else fmt, line)
+
+    return collect_examples(records, source, make)
+
+
+def collect_examples(records: Iterable[tuple[int, Any]], source: str | Path,
+                     make: Callable[[Any, int], Any]) -> tuple[list[Any], list[DataError]]:
+    """`make(record, line)` for every (line, record), gathering every problem instead of
+    stopping at the first: a record that is already a DataError (unreadable line), a field
+    `make` rejects (`_Bad`), a repeated `id`, and a file without any example. Shared by the
+    multiple-choice and the instruction loaders (`instruct_data`)."""
+    examples: list[Any] = []
     errors: list[DataError] = []
     seen: dict[str, int] = {}
     for line, rec in records:
         if isinstance(rec, DataError):
             errors.append(rec)
             continue
-        if fmt == "auto" and isinstance(rec, dict):
-            fmt = _detect(rec)
         try:
-            ex = _example(rec, "jsonl" if fmt == "auto" else fmt, line)
+            ex = make(rec, line)
         except _Bad as bad:
             errors.append(DataError(str(bad), source, line, bad.field or None))
             continue

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from first_core import plots, views
-from pages._common import (csv_download, query, require_runs, run_label, store_errors,
+from pages._common import (csv_download, require_rows, require_runs, run_label, store_errors,
                            store_version, through_app)
 
 
@@ -32,11 +32,8 @@ def teacher_tokenizer(folder: str):
 through_app()
 st.title("Top-k coverage")
 runs = require_runs()
-with store_errors():
-    coverage = query("coverage")
-if coverage.empty:
-    st.info("No top-k coverage in this store yet (the pipeline's `topk` stage records it).")
-    st.stop()
+coverage = require_rows(
+    "coverage", "No top-k coverage in this store yet (the pipeline's `topk` stage records it).")
 teachers = list(dict.fromkeys(coverage["run_id"]))
 run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="cov_run")
 rows = coverage[coverage["run_id"] == run_id].sort_values("k")
