@@ -365,6 +365,25 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
     return examples
 
 
+def hf_rows(name: str, split: str, subset: str | None = None) -> tuple[list[Any], str]:
+    """(rows, source) of one split of a Hugging Face data set: a Hub name (needs internet),
+    or a local folder (`Dataset.save_to_disk`, or JSON / JSONL files named by split).
+    `split` may slice (`"train[:90%]"`). A missing package, an unknown name or split, or no
+    connection is one `FirstError` naming the data set and split."""
+    source = f"hf:{name}{'/' + subset if subset else ''}[{split}]"
+    try:
+        import datasets
+    except ImportError:
+        raise FirstError("loading a Hugging Face data set by name needs the `datasets` "
+                         "package: pip install datasets") from None
+    try:
+        rows = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FirstError(f"{source}: cannot load it: {first}") from None
+    return list(rows), source
+
+
 def load_hf_dataset(name: str, split: str, subset: str | None = None,
                     fmt: str = "auto") -> list[Example]:
     """Load a Hugging Face data set by name (needs `datasets` and internet), same checks.
@@ -372,17 +391,26 @@ def load_hf_dataset(name: str, split: str, subset: str | None = None,
     Rows go through the same parser as files; "line" numbers in errors are 1-based row
     numbers of the split.
     """
-    try:
-        import datasets
-    except ImportError:
-        raise FirstError("loading a Hugging Face data set by name needs the `datasets` "
-                         "package: pip install datasets") from None
-    rows = datasets.load_dataset(name, subset, split=split)
-    source = f"hf:{name}{'/' + subset if subset else ''}[{split}]"
+    rows, source = hf_rows(name, split, subset)
     examples, errors = _parse_records(enumerate(rows, start=1), source, fmt)
     if errors:
         _raise_all(errors, source)
     return examples
+
+
+def write_hf_splits(name: str, splits: Iterable[tuple[str, str | Path]],
+                    subset: str | None = None) -> None:
+    """Write each (hf split, path) of a Hugging Face data set (`hf_rows`) to that JSONL file,
+    row by row as the data set has it: the pipeline then reads, checks (FILE:LINE: field)
+    and hashes these files like any others (`[data] hf_dataset`). Every split is fetched
+    before any file is written, so a failing one leaves the others as they were."""
+    from .tasks import _write_atomic
+
+    fetched = [(Path(path), hf_rows(name, split, subset)[0]) for split, path in splits]
+    for path, rows in fetched:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n"
+                                    for r in rows))
 
 
 def split_overlap(splits: dict[str, list[Example]], reference: str = "train"

@@ -105,6 +105,10 @@ def stage_data(ctx: Context) -> dict[str, Any]:
         files = {k: str(v) for k, v in files.items()}
     else:
         files = {s: str(root / getattr(d, s)) for s in ("train", *SPLITS)}
+        if d.hf_dataset:  # fetched into those files first, then read like them
+            data.write_hf_splits(d.hf_dataset, [(getattr(d, f"hf_{s}"), f) for s, f in
+                                                files.items() if getattr(d, f"hf_{s}")],
+                                 d.hf_subset)
     problems = [p for f in files.values() for p in data.check_file(f, d.fmt)]
     if problems:
         shown = "\n".join(str(p) for p in problems[:20])
