@@ -101,18 +101,13 @@ def stage_data(ctx) -> dict[str, Any]:
 
 
 def stage_models(ctx) -> dict[str, Any]:
-    from .models import build_preset, is_preset
+    """As in the MC setting (`pipeline.build_models`), the tokenizer over both texts."""
+    from .pipeline import build_models
     tpl = mc_template(ctx.cfg)
     texts = ([ex.prompt + " " + ex.response for ex in instruct_examples(ctx)["train"]]
              + [data.format_prompt(ex, tpl) + data.answer_text(ex.answer)
                 for ex in ctx.examples["train"]])
-    built = {}
-    for role in ("teacher", "student"):
-        spec = getattr(ctx.cfg.model, role)
-        if is_preset(spec):
-            built[role] = str(build_preset(spec, texts, ctx.path("models", f"{role}_init"),
-                                           seed=ctx.cfg.seed))
-    return {"built": built}
+    return build_models(ctx, texts)
 
 
 def stage_finetune(ctx, method: str) -> dict[str, Any]:

@@ -135,8 +135,13 @@ def dataset_hash(files: dict[str, str]) -> str:
 def stage_models(ctx: Context) -> dict[str, Any]:
     """Build the embedded presets (tokenizer trained on the training text only), and convert
     GGUF / layer-subset specs to safetensors folders (each GGUF file once), in the run dir."""
-    from .models import build_model, build_preset, is_preset, needs_build
     texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in ctx.examples["train"]]
+    return build_models(ctx, texts)
+
+
+def build_models(ctx: Context, texts: list[str]) -> dict[str, Any]:
+    """`stage_models` of either setting: presets get a tokenizer trained on `texts`."""
+    from .models import build_model, build_preset, is_preset, needs_build
     built = {}
     for role in ("teacher", "student"):
         spec = getattr(ctx.cfg.model, role)
