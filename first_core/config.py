@@ -41,6 +41,15 @@ class DataConfig:
     n_ood: int = 1000
     max_train: int | None = None
     seed: int = 0  # the embedded task's seed: the data stay fixed across training seeds
+    # a Hugging Face data set by name (needs `datasets`, and internet unless it is a local
+    # folder; embedded = false): each split named by hf_<split> is written to its file under
+    # `dir` first (dir/train etc.), then read like any file; a split set to "" stays your file
+    hf_dataset: str | None = None
+    hf_subset: str | None = None
+    hf_train: str = "train"
+    hf_val: str = "validation"
+    hf_test: str = "test"
+    hf_test_ood: str = ""
     # "mc": the multiple-choice setting; "instruct": the paper's instruction-tuning setting
     # ([instruct] section; the files above are then the multiple-choice OOD test)
     kind: Literal["mc", "instruct"] = "mc"
@@ -337,6 +346,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if not _NAME.fullmatch(cfg.name):
         raise ConfigError(f"{where}: name: {cfg.name!r} is not a plain folder name (letters, "
                           "digits, '.', '_', '-'; no '/' or '..'; at most 100 characters)")
+    if cfg.data.hf_dataset is not None and cfg.data.embedded:
+        raise ConfigError(f"{where}: data.hf_dataset: set data.embedded = false to read "
+                          f"{cfg.data.hf_dataset!r} instead of the embedded task")
     if cfg.topk.coverage_k < cfg.topk.k:
         raise ConfigError(f"{where}: topk.coverage_k must be >= topk.k")
     for name in ("teacher_train", "student_train"):  # the two settings train different tokens

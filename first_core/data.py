@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import string
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,17 +270,31 @@ def _parse_records(records: Iterable[tuple[int, Any]], source: str | Path,
     """The one implementation of every check: examples plus all problems found."""
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not one of {list(FORMATS)}")
-    examples: list[Example] = []
+
+    def make(rec: Any, line: int) -> Example:
+        nonlocal fmt
+        if fmt == "auto" and isinstance(rec, dict):
+            fmt = _detect(rec)  # the first valid record decides
+        return _example(rec, "jsonl" if fmt == "auto" else fmt, line)
+
+    return collect_examples(records, source, make)
+
+
+def collect_examples(records: Iterable[tuple[int, Any]], source: str | Path,
+                     make: Callable[[Any, int], Any]) -> tuple[list[Any], list[DataError]]:
+    """`make(record, line)` for every (line, record), gathering every problem instead of
+    stopping at the first: a record that is already a DataError (unreadable line), a field
+    `make` rejects (`_Bad`), a repeated `id`, and a file without any example. Shared by the
+    multiple-choice and the instruction loaders (`instruct_data`)."""
+    examples: list[Any] = []
     errors: list[DataError] = []
     seen: dict[str, int] = {}
     for line, rec in records:
         if isinstance(rec, DataError):
             errors.append(rec)
             continue
-        if fmt == "auto" and isinstance(rec, dict):
-            fmt = _detect(rec)
         try:
-            ex = _example(rec, "jsonl" if fmt == "auto" else fmt, line)
+            ex = make(rec, line)
         except _Bad as bad:
             errors.append(DataError(str(bad), source, line, bad.field or None))
             continue
@@ -351,6 +365,25 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
     return examples
 
 
+def hf_rows(name: str, split: str, subset: str | None = None) -> tuple[list[Any], str]:
+    """(rows, source) of one split of a Hugging Face data set: a Hub name (needs internet),
+    or a local folder (`Dataset.save_to_disk`, or JSON / JSONL files named by split).
+    `split` may slice (`"train[:90%]"`). A missing package, an unknown name or split, or no
+    connection is one `FirstError` naming the data set and split."""
+    source = f"hf:{name}{'/' + subset if subset else ''}[{split}]"
+    try:
+        import datasets
+    except ImportError:
+        raise FirstError("loading a Hugging Face data set by name needs the `datasets` "
+                         "package: pip install datasets") from None
+    try:
+        rows = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FirstError(f"{source}: cannot load it: {first}") from None
+    return list(rows), source
+
+
 def load_hf_dataset(name: str, split: str, subset: str | None = None,
                     fmt: str = "auto") -> list[Example]:
     """Load a Hugging Face data set by name (needs `datasets` and internet), same checks.
@@ -358,17 +391,26 @@ def load_hf_dataset(name: str, split: str, subset: str | None = None,
     Rows go through the same parser as files; "line" numbers in errors are 1-based row
     numbers of the split.
     """
-    try:
-        import datasets
-    except ImportError:
-        raise FirstError("loading a Hugging Face data set by name needs the `datasets` "
-                         "package: pip install datasets") from None
-    rows = datasets.load_dataset(name, subset, split=split)
-    source = f"hf:{name}{'/' + subset if subset else ''}[{split}]"
+    rows, source = hf_rows(name, split, subset)
     examples, errors = _parse_records(enumerate(rows, start=1), source, fmt)
     if errors:
         _raise_all(errors, source)
     return examples
+
+
+def write_hf_splits(name: str, splits: Iterable[tuple[str, str | Path]],
+                    subset: str | None = None) -> None:
+    """Write each (hf split, path) of a Hugging Face data set (`hf_rows`) to that JSONL file,
+    row by row as the data set has it: the pipeline then reads, checks (FILE:LINE: field)
+    and hashes these files like any others (`[data] hf_dataset`). Every split is fetched
+    before any file is written, so a failing one leaves the others as they were."""
+    from .tasks import _write_atomic
+
+    fetched = [(Path(path), hf_rows(name, split, subset)[0]) for split, path in splits]
+    for path, rows in fetched:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n"
+                                    for r in rows))
 
 
 def split_overlap(splits: dict[str, list[Example]], reference: str = "train"

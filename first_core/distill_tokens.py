@@ -39,8 +39,7 @@ from .errors import FirstError
 from .finetune import as_model, train_and_save, training_arguments
 from .instruct_data import InstructExample
 from .response_tokens import (EncodedResponses, ResponseCollator, ResponseDataset,
-                              count_tokens_per_step, encode_responses, logits_mode,
-                              reduce_over_step, response_logits)
+                              ResponseLossMixin, encode_responses)
 
 
 def align_token_rows(encoded: EncodedResponses, store_example_ids: np.ndarray,
@@ -109,16 +108,10 @@ class TokenDistillCollator(ResponseCollator):
         return batch
 
 
-class TokenDistillTrainer(DistillTrainer):
+class TokenDistillTrainer(ResponseLossMixin, DistillTrainer):
     """`DistillTrainer` with the loss summed over response tokens (module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._keep_only = logits_mode(self.accelerator.unwrap_model(self.model))
-        count_tokens_per_step(self)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits, targets = response_logits(model, inputs, self._keep_only)
+    def per_token_loss(self, logits, targets, inputs):
         if logits.shape[0] != inputs["topk_ids"].shape[0]:
             raise FirstError(f"batch: {logits.shape[0]} response tokens but "
                              f"{inputs['topk_ids'].shape[0]} teacher rows")
@@ -127,8 +120,7 @@ class TokenDistillTrainer(DistillTrainer):
         if self.ce_weight:
             ce = F.cross_entropy(logits.float(), targets, reduction="none")
             per_token = (1 - self.ce_weight) * per_token + self.ce_weight * ce
-        loss = reduce_over_step(self, per_token, num_items_in_batch)
-        return (loss, {"logits": logits}) if return_outputs else loss
+        return per_token
 
 
 def build_token_trainer(model: Any, tokenizer, examples: Sequence[InstructExample],

@@ -162,27 +162,8 @@ def _parse(path: Path, fmt: str, template: InstructTemplate
         raise ConfigError(f"instruct format: {fmt!r} is not one of {list(INSTRUCT_FORMATS)}")
     if not path.is_file():
         return [], [DataError("no such file" if not path.exists() else "not a file", path)]
-    examples: list[InstructExample] = []
-    errors: list[DataError] = []
-    seen: dict[str, int] = {}
-    for line, rec in _records(path):
-        if isinstance(rec, DataError):
-            errors.append(rec)
-            continue
-        try:
-            ex = _example(rec, fmt, line, template)
-        except data._Bad as bad:
-            errors.append(DataError(str(bad), path, line, bad.field or None))
-            continue
-        if ex.id in seen:
-            errors.append(DataError(f"duplicate id {ex.id!r} (first on line {seen[ex.id]})",
-                                    path, line, "id"))
-            continue
-        seen[ex.id] = line
-        examples.append(ex)
-    if not examples and not errors:
-        errors.append(DataError("no examples (the file is empty)", path))
-    return examples, errors
+    return data.collect_examples(_records(path), path,
+                                 lambda rec, line: _example(rec, fmt, line, template))
 
 
 def check_instruct_file(path: str | Path, fmt: str = "auto",

@@ -32,20 +32,19 @@ multiple-choice task.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from . import calibrate, data, store
+from . import data
 from .config import RunConfig
 from .errors import FirstError
 from .instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                             check_instruct_file, load_instruct)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
-STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
 
 
 def instruct_template(cfg: RunConfig) -> InstructTemplate:
@@ -102,18 +101,13 @@ def stage_data(ctx) -> dict[str, Any]:
 
 
 def stage_models(ctx) -> dict[str, Any]:
-    from .models import build_preset, is_preset
+    """As in the MC setting (`pipeline.build_models`), the tokenizer over both texts."""
+    from .pipeline import build_models
     tpl = mc_template(ctx.cfg)
     texts = ([ex.prompt + " " + ex.response for ex in instruct_examples(ctx)["train"]]
              + [data.format_prompt(ex, tpl) + data.answer_text(ex.answer)
                 for ex in ctx.examples["train"]])
-    built = {}
-    for role in ("teacher", "student"):
-        spec = getattr(ctx.cfg.model, role)
-        if is_preset(spec):
-            built[role] = str(build_preset(spec, texts, ctx.path("models", f"{role}_init"),
-                                           seed=ctx.cfg.seed))
-    return {"built": built}
+    return build_models(ctx, texts)
 
 
 def stage_finetune(ctx, method: str) -> dict[str, Any]:
@@ -161,25 +155,15 @@ def load_split_topk(ctx, split: str):
 
 
 def stage_calibrate(ctx) -> dict[str, Any]:
-    """c and delta by ECE over every response token of the validation split (module doc)."""
-    from .pipeline import write_json_atomic
+    """c (by `[calibration] strategy`, as in the MC setting) and delta over every response
+    token of the validation split (module doc)."""
+    from .pipeline import search_calibration, write_json_atomic
     val, test = load_split_topk(ctx, "val"), load_split_topk(ctx, "test")
-    c = ctx.cfg.calibration
-    train = calibrate.temperature_scale(load_split_topk(ctx, "train").probs, 1.0, mode="renorm")
-    ls_limit = float(train.max(axis=1).min())  # a larger delta makes some target negative
-    result = {}
-    for kind, search, grid in (("TS", calibrate.search_temperature, c.temperature_grid),
-                               ("LS", calibrate.search_label_smoothing, c.smoothing_grid)):
-        kwargs = {"grid": np.asarray(grid)} if grid is not None else {}
-        res = search(val.probs, val.gold_rank, n_bins=c.n_bins, **kwargs)
-        if kind == "LS" and res.best > ls_limit:
-            res = search(val.probs, val.gold_rank, n_bins=c.n_bins,
-                         grid=res.grid[res.grid <= ls_limit])
-        ece_test = calibrate.evaluate_grid(res, test.probs, test.gold_rank, n_bins=c.n_bins)
-        result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
-                        "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist(),
-                        "positions": "every response token of the validation split",
-                        "n_positions": int(len(val.probs))}
+    result = search_calibration(ctx.cfg.calibration, val, test,
+                                load_split_topk(ctx, "train").probs)
+    for res in result.values():
+        res.update(positions="every response token of the validation split",
+                   n_positions=int(len(val.probs)))
     write_json_atomic(ctx.path("calibration.json"), result)
     return {"c": result["TS"]["best"], "delta": result["LS"]["best"],
             "n_val_tokens": int(len(val.probs))}
@@ -230,58 +214,23 @@ def stage_evaluate(ctx, method: str) -> dict[str, Any]:
 
 
 def stage_store(ctx) -> dict[str, Any]:
-    from .pipeline import run_id, student_targets
+    """As in the MC setting (`pipeline.write_store`, one transaction), with the coverage over
+    all response tokens of train and the multiple-choice OOD examples."""
+    from .pipeline import write_store
     from .topk_tokens import read_token_manifest, token_coverage_table
-    cfg = ctx.cfg
-    path = store.default_store_path(cfg.store)
-    teacher_run = run_id(cfg, "teacher_ft")
-    cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
     dataset = ctx.record("data")["dataset_hash"]
-    with store.open_store(path) as st:
-        for method in cfg.methods:
-            mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
-                              else (None, None, None))
-            spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
-            record = store.RunRecord(
-                run_id=run_id(cfg, method), method=method, model=spec, dataset=dataset,
-                seed=cfg.seed, temperature=c, smoothing=delta, config=cfg.to_dict(),
-                pipeline=cfg.name)
-            ev = ctx.path("eval", method)
-            st.write_run(record, pd.read_parquet(ev / "predictions.parquet"),
-                         pd.read_parquet(ev / "metrics.parquet"))
-        rows = [{"run_id": teacher_run, "kind": kind, "value": v, "ece_val": a, "ece_test": b,
-                 "chosen": v == res["best"]}
-                for kind, res in cal.items()
-                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])]
-        st.write_temperature_search(pd.DataFrame(rows))
-        st.write_topk_coverage(token_coverage_table(read_token_manifest(ctx.path("topk", "train")))
-                               .assign(run_id=teacher_run))
-        mc = ctx.examples[cfg.instruct.mc_split]
-        st.write_examples(pd.DataFrame([{
-            "dataset": dataset, "split": "test_ood", "example_id": ex.id,
-            "question": ex.question, "context": ex.context, "labels": list(ex.labels),
-            "choices": list(ex.choices), "answer": ex.answer} for ex in mc]))
-    return {"store": str(path)}
+    mc = ctx.examples[ctx.cfg.instruct.mc_split]
+    examples = pd.DataFrame([{
+        "dataset": dataset, "split": "test_ood", "example_id": ex.id,
+        "question": ex.question, "context": ex.context, "labels": list(ex.labels),
+        "choices": list(ex.choices), "answer": ex.answer} for ex in mc])
+    return write_store(
+        ctx, lambda: token_coverage_table(read_token_manifest(ctx.path("topk", "train"))),
+        examples)
 
 
 def instruct_stages(cfg: RunConfig) -> list:
-    """The ordered stages of the instruction setting (same shape as `pipeline.stages`)."""
-    from .pipeline import Stage
-    methods = cfg.methods  # config.load_config checked loss_on = "response"
-    out = [Stage("data", stage_data),
-           Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
-    if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):
-        out.append(Stage("teacher_ft", lambda c: stage_finetune(c, "teacher_ft"),
-                         ("models/teacher_ft",), every_rank=True))
-    if any(m in methods for m in STUDENT_METHODS):
-        out += [Stage("topk", stage_topk, ("topk",), every_rank=True),
-                Stage("calibrate", stage_calibrate, ("calibration.json",))]
-    if "student_ft" in methods:
-        out.append(Stage("student_ft", lambda c: stage_finetune(c, "student_ft"),
-                         ("models/student_ft",), every_rank=True))
-    out += [Stage(m, lambda c, m=m: stage_distill(c, m), (f"models/{m}",), every_rank=True)
-            for m in STUDENT_METHODS if m in methods]
-    out += [Stage(f"eval_{m}", lambda c, m=m: stage_evaluate(c, m), (f"eval/{m}",))
-            for m in methods]
-    out.append(Stage("store", stage_store))
-    return out
+    """The ordered stages of the instruction setting (`pipeline.build_stages` over this
+    module's stage functions; config.load_config checked loss_on = "response")."""
+    from .pipeline import build_stages
+    return build_stages(cfg, sys.modules[__name__])

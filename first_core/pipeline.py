@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import calibrate, data, store
-from .config import RunConfig
+from .config import CalibrationConfig, RunConfig
 from .errors import ConfigError, FirstError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,10 @@ def stage_data(ctx: Context) -> dict[str, Any]:
         files = {k: str(v) for k, v in files.items()}
     else:
         files = {s: str(root / getattr(d, s)) for s in ("train", *SPLITS)}
+        if d.hf_dataset:  # fetched into those files first, then read like them
+            data.write_hf_splits(d.hf_dataset, [(getattr(d, f"hf_{s}"), f) for s, f in
+                                                files.items() if getattr(d, f"hf_{s}")],
+                                 d.hf_subset)
     problems = [p for f in files.values() for p in data.check_file(f, d.fmt)]
     if problems:
         shown = "\n".join(str(p) for p in problems[:20])
@@ -130,8 +135,13 @@ def dataset_hash(files: dict[str, str]) -> str:
 def stage_models(ctx: Context) -> dict[str, Any]:
     """Build the embedded presets (tokenizer trained on the training text only), and convert
     GGUF / layer-subset specs to safetensors folders (each GGUF file once), in the run dir."""
-    from .models import build_model, build_preset, is_preset, needs_build
     texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in ctx.examples["train"]]
+    return build_models(ctx, texts)
+
+
+def build_models(ctx: Context, texts: list[str]) -> dict[str, Any]:
+    """`stage_models` of either setting: presets get a tokenizer trained on `texts`."""
+    from .models import build_model, build_preset, is_preset, needs_build
     built = {}
     for role in ("teacher", "student"):
         spec = getattr(ctx.cfg.model, role)
@@ -202,10 +212,27 @@ def _load_topk(ctx: Context, split: str):
 def stage_calibrate(ctx: Context) -> dict[str, Any]:
     """Trustworthy maximization: pick c (and the smoothing delta) by ECE on validation."""
     val, test = _load_topk(ctx, "val"), _load_topk(ctx, "test")
-    c = ctx.cfg.calibration
+    result = search_calibration(ctx.cfg.calibration, val, test, _load_topk(ctx, "train").probs)
+    write_json_atomic(ctx.path("calibration.json"), result)
+    best = result["TS"]["best"]
+    # what the transform does to the teacher on validation: mean top-1 before and after,
+    # against its accuracy (a useful c moves the first towards the last)
+    return {"c": best, "delta": result["LS"]["best"],
+            "val_accuracy": float(np.mean(val.gold_rank == 0)),
+            "val_top1_raw": float(val.probs.max(axis=1).mean()),
+            "val_top1_first": float(calibrate.temperature_scale(val.probs, best, mode="first")
+                                    .max(axis=1).mean()),
+            "c_interior": bool(min(result["TS"]["grid"]) < best < max(result["TS"]["grid"]))}
+
+
+def search_calibration(c: CalibrationConfig, val: Any, test: Any,
+                       train_probs: np.ndarray) -> dict[str, dict[str, Any]]:
+    """c ("TS", by `[calibration] strategy`: grid = lowest ECE, or nll) and the smoothing
+    delta ("LS") on the validation top-k (`probs`, `gold_rank`), each grid's ECE also on
+    test: calibration.json's content. Shared by both settings."""
     # a delta above some training row's top-1 would make that target negative, so the LS
     # search only considers deltas that every training row can take
-    train = calibrate.temperature_scale(_load_topk(ctx, "train").probs, 1.0, mode="renorm")
+    train = calibrate.temperature_scale(train_probs, 1.0, mode="renorm")
     ls_limit = float(train.max(axis=1).min())
     result = {}
 
@@ -222,16 +249,7 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
         ece_test = calibrate.evaluate_grid(res, test.probs, test.gold_rank, n_bins=c.n_bins)
         result[kind] = {"best": float(res.best), "grid": res.grid.tolist(),
                         "ece_val": res.ece.tolist(), "ece_test": np.asarray(ece_test).tolist()}
-    write_json_atomic(ctx.path("calibration.json"), result)
-    best = result["TS"]["best"]
-    # what the transform does to the teacher on validation: mean top-1 before and after,
-    # against its accuracy (a useful c moves the first towards the last)
-    return {"c": best, "delta": result["LS"]["best"],
-            "val_accuracy": float(np.mean(val.gold_rank == 0)),
-            "val_top1_raw": float(val.probs.max(axis=1).mean()),
-            "val_top1_first": float(calibrate.temperature_scale(val.probs, best, mode="first")
-                                    .max(axis=1).mean()),
-            "c_interior": bool(min(result["TS"]["grid"]) < best < max(result["TS"]["grid"]))}
+    return result
 
 
 def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float | None]:
@@ -282,7 +300,19 @@ def run_id(cfg: RunConfig, method: str) -> str:
 
 
 def stage_store(ctx: Context) -> dict[str, Any]:
-    """Write every table of this pipeline to DuckDB in one transaction: all or nothing.
+    """Write every table of this pipeline to DuckDB in one transaction (`write_store`)."""
+    def coverage() -> pd.DataFrame:
+        from .topk import coverage_table, read_manifest
+        return coverage_table(read_manifest(ctx.path("topk", "train")))
+
+    return write_store(ctx, coverage, examples_frame(ctx))
+
+
+def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
+                examples: pd.DataFrame) -> dict[str, Any]:
+    """Write every table of a pipeline to DuckDB in one transaction: all or nothing. Shared by
+    both settings; `coverage()` gives the teacher's `topk_coverage` rows (without `run_id`),
+    asked for only when student methods ran (only they need top-k and calibration).
 
     Everything is read and checked first, so the store is locked only for the inserts."""
     cfg = ctx.cfg
@@ -300,23 +330,20 @@ def stage_store(ctx: Context) -> dict[str, Any]:
         ev = ctx.path("eval", method)
         runs.append((record, pd.read_parquet(ev / "predictions.parquet"),
                      pd.read_parquet(ev / "metrics.parquet")))
-    search = coverage = None
+    search = covered = None
     if any(m in cfg.methods for m in STUDENT_METHODS):  # only they need top-k and calibration
         cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
         search = pd.DataFrame([{"run_id": teacher_run, "kind": kind, "value": v, "ece_val": a,
                                 "ece_test": b, "chosen": v == res["best"]}
                                for kind, res in cal.items()
                                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])])
-        from .topk import coverage_table, read_manifest
-        coverage = (coverage_table(read_manifest(ctx.path("topk", "train")))
-                    .assign(run_id=teacher_run))
-    examples = examples_frame(ctx)
+        covered = coverage().assign(run_id=teacher_run)
     with store.open_store(path) as st, st.batch():
         for record, predictions, metrics in runs:
             st.write_run(record, predictions, metrics)
         if search is not None:
             st.write_temperature_search(search)
-            st.write_topk_coverage(coverage)
+            st.write_topk_coverage(covered)
         st.write_examples(examples)
     return {"store": str(path)}
 
@@ -346,23 +373,31 @@ def stages(cfg: RunConfig) -> list[Stage]:
     if cfg.data.kind == "instruct":  # the instruction-tuning setting has its own stages
         from .instruct_pipeline import instruct_stages
         return instruct_stages(cfg)
-    methods = cfg.methods
-    out = [Stage("data", stage_data),
-           Stage("models", stage_models, ("models/teacher_init", "models/student_init"))]
+    return build_stages(cfg, sys.modules[__name__])
+
+
+def build_stages(cfg: RunConfig, setting: Any) -> list[Stage]:
+    """The ordered stages `cfg.methods` need, made of one setting's stage functions:
+    `setting` is a module (this one, or `instruct_pipeline`) with `stage_data`,
+    `stage_models`, `stage_finetune(ctx, method)`, `stage_topk`, `stage_calibrate`,
+    `stage_distill(ctx, method)`, `stage_evaluate(ctx, method)` and `stage_store`."""
+    methods, s = cfg.methods, setting
+    out = [Stage("data", s.stage_data),
+           Stage("models", s.stage_models, ("models/teacher_init", "models/student_init"))]
     if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):
-        out.append(Stage("teacher_ft", lambda c: stage_finetune(c, "teacher_ft"),
+        out.append(Stage("teacher_ft", lambda c: s.stage_finetune(c, "teacher_ft"),
                          ("models/teacher_ft",), every_rank=True))
     if any(m in methods for m in STUDENT_METHODS):
-        out += [Stage("topk", stage_topk, ("topk",), every_rank=True),
-                Stage("calibrate", stage_calibrate, ("calibration.json",))]
+        out += [Stage("topk", s.stage_topk, ("topk",), every_rank=True),
+                Stage("calibrate", s.stage_calibrate, ("calibration.json",))]
     if "student_ft" in methods:
-        out.append(Stage("student_ft", lambda c: stage_finetune(c, "student_ft"),
+        out.append(Stage("student_ft", lambda c: s.stage_finetune(c, "student_ft"),
                          ("models/student_ft",), every_rank=True))
-    out += [Stage(m, lambda c, m=m: stage_distill(c, m), (f"models/{m}",), every_rank=True)
+    out += [Stage(m, lambda c, m=m: s.stage_distill(c, m), (f"models/{m}",), every_rank=True)
             for m in STUDENT_METHODS if m in methods]
-    out += [Stage(f"eval_{m}", lambda c, m=m: stage_evaluate(c, m), (f"eval/{m}",))
+    out += [Stage(f"eval_{m}", lambda c, m=m: s.stage_evaluate(c, m), (f"eval/{m}",))
             for m in methods]
-    out.append(Stage("store", stage_store))
+    out.append(Stage("store", s.stage_store))
     return out
 
 

@@ -138,6 +138,21 @@ def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
     return fig
 
 
+def position_coverage_figure(by_position: pd.DataFrame, title: str = "") -> go.Figure:
+    """The teacher's mean top-1 and top-k mass per response position (columns position,
+    mean_top1, mean_topk: `views.token_coverage_by_position`)."""
+    _check_columns(by_position, ("position", "mean_top1", "mean_topk"), "by_position")
+    fig = go.Figure()
+    fig.add_scatter(x=by_position["position"], y=by_position["mean_topk"], mode="lines+markers",
+                    name="Mean top-k mass")
+    fig.add_scatter(x=by_position["position"], y=by_position["mean_top1"], mode="lines+markers",
+                    name="Mean top-1 probability")
+    fig.update_xaxes(title_text="Response position (the last gathers every later one)")
+    fig.update_yaxes(title_text="Teacher probability", range=[0, 1.02])
+    _title_and_legend(fig, title, 360)
+    return fig
+
+
 def search_curve_figure(curves: pd.DataFrame, chosen: pd.DataFrame | None = None,
                         x_title: str = "c", title: str = "") -> go.Figure:
     """ECE versus the searched value (the paper's figure 6), one line per `series`.

@@ -200,19 +200,32 @@ def count_tokens_per_step(trainer: Trainer) -> None:
     trainer.model_accepts_loss_kwargs = True
 
 
-class ResponseSFTTrainer(Trainer):
-    """SFT whose loss is the cross-entropy on the response tokens only."""
+class ResponseLossMixin:
+    """For a `Trainer` whose loss lives at the response tokens: logits only there
+    (`response_logits`), a per-token loss from `per_token_loss`, reduced over the optimizer
+    step (`reduce_over_step`). Shared by SFT here and distillation (`distill_tokens`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._keep_only = logits_mode(self.accelerator.unwrap_model(self.model))
         count_tokens_per_step(self)
 
+    def per_token_loss(self, logits: torch.Tensor, targets: torch.Tensor,
+                       inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, targets = response_logits(model, inputs, self._keep_only)
-        per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+        per_token = self.per_token_loss(logits, targets, inputs)
         loss = reduce_over_step(self, per_token, num_items_in_batch)
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+class ResponseSFTTrainer(ResponseLossMixin, Trainer):
+    """SFT whose loss is the cross-entropy on the response tokens only."""
+
+    def per_token_loss(self, logits, targets, inputs):
+        return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def finetune_responses(model: Any, tokenizer, examples: Sequence[InstructExample],

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +47,12 @@ from .inference import model_device, vocab_size
 from .instruct_data import InstructExample
 from .metrics import topk_labels
 from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
-from .topk import DTYPES, MANIFEST, CoverageAccumulator, check_k, coverage_table
+from .topk import (DTYPES, MANIFEST, CoverageAccumulator, _clear_store_dir, _payload_bytes,
+                   coverage_table)
+from .topk_extraction import check_extraction, start_partial
 
 TOKEN_SCHEMA_VERSION = 1
 LAYOUT = "long-per-token"
-_PAYLOAD = ("topk_ids", "topk_probs")
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,6 @@ class _TokenShardWriter:
         self.index += 1
 
 
-def _payload_bytes(path: Path) -> int:
-    meta = pq.read_metadata(path)
-    return sum(rg.column(c).total_compressed_size
-               for rg in (meta.row_group(i) for i in range(meta.num_row_groups))
-               for c in range(rg.num_columns)
-               if rg.column(c).path_in_schema.split(".")[0] in _PAYLOAD)
-
-
 def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
                        batch_size: int, max_length: int
                        ) -> Iterator[tuple[Sequence[InstructExample], torch.Tensor,
@@ -175,28 +167,11 @@ def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
                        max_length: int = 512, manifest_info: Mapping[str, Any] | None = None
                        ) -> TokenManifest:
     """Write the teacher's per-token top-k store for `examples` to `out_dir` (replaced)."""
-    from accelerate import PartialState
-
     vocab = vocab_size(model)
-    check_k(k, vocab)
-    if isinstance(coverage_k, bool) or not isinstance(coverage_k, int) or coverage_k < k:
-        raise ConfigError(f"coverage_k must be an integer >= k={k}, got {coverage_k!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    if not examples:
-        raise ConfigError("examples: nothing to extract (empty list)")
-    width = min(coverage_k, vocab)
+    width = check_extraction(k=k, coverage_k=coverage_k, dtype=dtype, shard_size=shard_size,
+                             examples=examples, vocab=vocab)
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.partial")
-    state = PartialState(cpu=model_device(model).type == "cpu")
-    if state.num_processes > 1:
-        model.to(state.device)
-    if state.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    state.wait_for_everyone()
+    state, tmp = start_partial(model, out)
 
     with state.split_between_processes(list(examples)) as mine:
         writer = _TokenShardWriter(tmp, state.process_index, shard_size, dtype, k)
@@ -225,13 +200,7 @@ def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
                dataset_hash=str(info.pop("dataset_hash", "") or ex_hash),
                examples_hash=ex_hash, config_hash=str(info.pop("config_hash", "")),
                max_length=max_length, info=info, n_processes=state.num_processes)
-        if out.exists():
-            foreign = [p.name for p in out.iterdir()
-                       if not (p.name == MANIFEST or p.name.startswith("part-"))]
-            if foreign:
-                raise StoreError(f"{out}: exists and is not a top-k store (holds "
-                                 f"{foreign[:5]}); choose another output folder")
-            shutil.rmtree(out)
+        _clear_store_dir(out)
         os.replace(tmp, out)
     state.wait_for_everyone()
     return read_token_manifest(out)

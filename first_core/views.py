@@ -18,12 +18,14 @@ always over the answer options, re-scaled with the same c and mode.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -840,3 +842,51 @@ def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float
         out.insert(2, "token", [text[i] for i in out["token_id"].tolist()])
         out["topk_tokens"] = [[text[i] for i in row] for row in ids.tolist()]
     return out
+
+
+def instruct_run_dir(config_json: str | Mapping[str, object] | None) -> Path | None:
+    """The run folder of a run whose stored config (the runs table's `config`) is of the
+    instruction setting (`data.kind = "instruct"`), else None. Resolved as the pipeline does
+    (`RunConfig.run_dir`: `runs_dir/name`, `/seed<N>` with `seeds`); a relative `runs_dir` is
+    relative to the dashboard's working directory, as it was to the pipeline's."""
+    from .config import RunConfig
+
+    raw = json.loads(config_json) if isinstance(config_json, str) else (config_json or {})
+    if not isinstance(raw, Mapping) or (raw.get("data") or {}).get("kind") != "instruct":
+        return None
+    try:
+        return RunConfig(name=str(raw["name"]), runs_dir=str(raw["runs_dir"]),
+                         seed=int(raw.get("seed", 0)), seeds=raw.get("seeds")).run_dir
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def token_example_ids(store_dir: str | os.PathLike[str]) -> list[str]:
+    """The examples of a per-token store, in store order (the per-token view's picker)."""
+    from .topk_tokens import iter_token_shards
+
+    seen: dict[str, None] = {}
+    for table in iter_token_shards(store_dir, columns=["example_id"]):
+        seen.update(dict.fromkeys(table.column("example_id").unique().to_pylist()))
+    return list(seen)
+
+
+def load_tokenizer(folder: str | os.PathLike[str]):
+    """The tokenizer saved with a model folder (the fine-tuned teacher's), read locally only."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def token_view_table(view: pd.DataFrame, c: float) -> pd.DataFrame:
+    """`token_topk_view`'s rows as plain-text cells: each response token, the teacher's top-k
+    at it before ("raw") and after the FIRST transform at `c`, and whether the token itself
+    is among them (its rank, or "-")."""
+    tokens = view["topk_tokens"] if "topk_tokens" in view else view["topk_ids"]
+    return pd.DataFrame({
+        "position": view["position"],
+        "token": view["token"] if "token" in view else view["token_id"].astype(str),
+        "rank in top-k": [str(r + 1) if r >= 0 else "-" for r in view["gold_rank"]],
+        "teacher top-k (raw)": [_top5_text(t, p) for t, p in zip(tokens, view["raw_probs"])],
+        f"after FIRST, c = {c:g}": [_top5_text(t, p)
+                                    for t, p in zip(tokens, view["first_probs"])]})

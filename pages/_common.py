@@ -174,6 +174,16 @@ def require_runs() -> pd.DataFrame:
     return runs
 
 
+def require_rows(name: str, empty: str, **kwargs: Any) -> pd.DataFrame:
+    """`query(name, **kwargs)`, or the message `empty` and a stop when it has no rows."""
+    with store_errors():
+        frame = query(name, **kwargs)
+    if frame.empty:
+        st.info(empty)
+        st.stop()
+    return frame
+
+
 def run_label(runs: pd.DataFrame) -> Callable[[str], str]:
     """format_func for run pickers: 'method (seed N): run_id'."""
     info = runs.set_index("run_id")

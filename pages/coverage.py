@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from first_core import plots, views
-from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
+from pages._common import (csv_download, require_rows, require_runs, run_label, store_errors,
+                           store_version, through_app)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def token_positions(folder: str, version: tuple[int, int]):
+    del version  # only part of the cache key
+    return views.token_coverage_by_position(folder, max_position=30)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def token_examples(folder: str, version: tuple[int, int]) -> list[str]:
+    del version
+    return views.token_example_ids(folder)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def teacher_tokenizer(folder: str):
+    # without the teacher's folder (weights kept elsewhere) the view shows token ids instead
+    return views.load_tokenizer(folder) if Path(folder).is_dir() else None
+
 
 through_app()
 st.title("Top-k coverage")
 runs = require_runs()
-with store_errors():
-    coverage = query("coverage")
-if coverage.empty:
-    st.info("No top-k coverage in this store yet (the pipeline's `topk` stage records it).")
-    st.stop()
+coverage = require_rows(
+    "coverage", "No top-k coverage in this store yet (the pipeline's `topk` stage records it).")
 teachers = list(dict.fromkeys(coverage["run_id"]))
 run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="cov_run")
 rows = coverage[coverage["run_id"] == run_id].sort_values("k")
@@ -53,3 +72,29 @@ table = rows[["k", "mean", "p10", "p50", "p90", "bytes_per_position"]].merge(dis
 st.dataframe(table, hide_index=True)
 st.caption("`bytes_per_position` is what the pipeline measured on disk for its own top-k store.")
 csv_download(table, "topk-coverage.csv")
+
+run_dir = views.instruct_run_dir(runs.set_index("run_id")["config"].get(run_id))
+if run_dir is not None:  # the instruction setting: top-k at every response token
+    st.subheader("Along the response (instruction setting)")
+    train_dir, val_dir = run_dir / "topk" / "train", run_dir / "topk" / "val"
+    if not (train_dir.is_dir() and val_dir.is_dir()):
+        st.info(f"The run folder `{run_dir}` (per-token top-k) is not on this machine.")
+        st.stop()
+    with store_errors():
+        by_position = token_positions(str(train_dir), store_version(train_dir / "manifest.json"))
+    st.plotly_chart(plots.position_coverage_figure(by_position), key="cov-positions")
+    st.caption(f"Training split, {int(by_position['n_tokens'].sum()):,} response tokens: the "
+               "teacher's mean top-1 and top-k mass at each position of the response.")
+    cols = st.columns([2, 3])
+    with store_errors():
+        example_ids = token_examples(str(val_dir), store_version(val_dir / "manifest.json"))
+    example = cols[0].selectbox("Validation example", example_ids, key="cov_example")
+    c = cols[1].select_slider("c (FIRST transform)", options=list(views.TEMPERATURE_GRID),
+                              value=1.0, key="cov_c", format_func=lambda v: f"{v:g}")
+    tokenizer = teacher_tokenizer(str(run_dir / "models" / "teacher_ft" / "final"))
+    with store_errors():
+        view = views.token_topk_view(val_dir, example, c, tokenizer)
+    st.dataframe(views.token_view_table(view, c), hide_index=True, key="cov_tokens")
+    st.caption("Each response token with the teacher's stored top-k at it (raw full-vocabulary "
+               "probabilities) and after the FIRST transform softmax(p / c): the student's "
+               "target there.")

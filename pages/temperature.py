@@ -8,17 +8,14 @@ import streamlit as st
 
 from first_core import calibrate, plots, views
 from first_core.calibrate import temperature_scale
-from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
+from pages._common import (csv_download, query, require_rows, require_runs, run_label,
+                           store_errors, through_app)
 
 through_app()
 st.title("Temperature search")
 runs = require_runs()
-with store_errors():
-    search = query("search")
-if search.empty:
-    st.info("No temperature search in this store yet (the pipeline's `calibrate` stage "
-            "records it).")
-    st.stop()
+search = require_rows("search", "No temperature search in this store yet (the pipeline's "
+                                "`calibrate` stage records it).")
 teachers = list(dict.fromkeys(search["run_id"]))
 run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="ts_run")
 curves, chosen = views.search_curves(search[search["run_id"] == run_id])
@@ -54,12 +51,8 @@ st.caption("Chosen on validation (star); the test curve shows whether the choice
 csv_download(search[search["run_id"] == run_id], "temperature-search.csv")
 
 st.subheader("The teacher's top-5 before and after")
-with store_errors():
-    preds = query("predictions", run_ids=run_id, split="test",
-                  columns=["example_id", "gold", "topk_tokens", "topk_probs"])
-if preds.empty:
-    st.info("No test predictions for this run.")
-    st.stop()
+preds = require_rows("predictions", "No test predictions for this run.", run_ids=run_id,
+                     split="test", columns=["example_id", "gold", "topk_tokens", "topk_probs"])
 ts_best = chosen.loc[chosen["kind"] == "TS", "value"]
 start = views.snap_temperature(float(ts_best.iloc[0])) if len(ts_best) else 1.0
 cols = st.columns([2, 3])

@@ -23,3 +23,14 @@ def shared_csqa() -> Path:
     if not SHARED_CSQA.exists():
         pytest.skip(f"{SHARED_CSQA} not present (../shared is only beside a team checkout)")
     return SHARED_CSQA
+
+
+@pytest.fixture(scope="session")
+def tiny_instruct_run(tmp_path_factory):
+    """configs/instruct-tiny.toml run end to end once per session: (folder, the process)."""
+    from helpers.instruct_run import run_instruct_tiny
+
+    work = tmp_path_factory.mktemp("instruct_run")
+    proc = run_instruct_tiny(work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, proc

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.runtime.pages_manager import PagesManager
@@ -373,3 +375,65 @@ def test_first_run_of_a_fresh_server_goes_through_app_py(monkeypatch, fixture_st
     title = {None: "first-lab", "pages/reliability.py": "Reliability",
              "pages/learn.py": "Learn calibration"}[page]
     assert at.title[0].value.startswith(title)
+
+
+# ---------------------------------------------------------------- instruction runs (issue 13)
+
+def plotly_array(value) -> np.ndarray:
+    """A trace's x / y from a chart's JSON spec: a list, or plotly's typed-array encoding."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch,
+                                                                     tiny_instruct_run):
+    from scipy.special import softmax
+
+    from first_core.topk_tokens import load_token_topk
+
+    work, _ = tiny_instruct_run
+    topk = work / "runs" / "instruct-tiny" / "topk"
+    at = open_app(monkeypatch, work / "first.duckdb", "pages/coverage.py")
+    assert not at.error, [e.value for e in at.error]
+    # the curve over response positions, against pandas over the whole training store
+    train = load_token_topk(topk / "train")
+    want = pd.DataFrame({"position": np.minimum(train.positions, 30), "top1": train.probs[:, 0],
+                         "topk": train.probs.sum(1)}).groupby("position").mean()
+    spec = json.loads(at.get("plotly_chart")[1].proto.spec)
+    lines = {t["name"]: {a: plotly_array(t[a]) for a in "xy"} for t in spec["data"]}
+    np.testing.assert_array_equal(lines["Mean top-k mass"]["x"], want.index.to_numpy())
+    np.testing.assert_allclose(lines["Mean top-k mass"]["y"], want["topk"], atol=1e-6)
+    np.testing.assert_allclose(lines["Mean top-1 probability"]["y"], want["top1"], atol=1e-6)
+    # one validation example, token by token, before and after the transform
+    val = load_token_topk(topk / "val")
+    picker = at.selectbox(key="cov_example")
+    assert picker.options == list(dict.fromkeys(val.example_ids))
+    example = picker.options[3]
+    picker.set_value(example).run()
+    at.select_slider(key="cov_c").set_value(views.snap_temperature(0.5)).run()
+    table = at.dataframe[-1].value
+    rows = val.example_ids == example
+    assert len(table) == rows.sum() and table["position"].tolist() == list(range(rows.sum()))
+    after = softmax(val.probs[rows] / views.snap_temperature(0.5), axis=1)  # q = softmax(p/c)
+    shown = [[float(x.rsplit(" ", 1)[1].rstrip("%")) / 100 for x in cell.split(", ")]
+             for cell in table.iloc[:, -1]]
+    np.testing.assert_allclose(shown, after, atol=5e-4)  # printed to 0.1 %
+    tok = views.load_tokenizer(work / "runs" / "instruct-tiny" / "models" / "teacher_ft" / "final")
+    assert table["token"].tolist() == [tok.decode([i]) for i in val.token_ids[rows]]
+
+
+def test_coverage_page_says_when_the_run_folder_is_elsewhere(monkeypatch, tiny_instruct_run,
+                                                            tmp_path):
+    import duckdb
+
+    work, _ = tiny_instruct_run
+    moved = tmp_path / "moved.duckdb"
+    moved.write_bytes((work / "first.duckdb").read_bytes())
+    with duckdb.connect(str(moved)) as con:
+        con.execute("UPDATE runs SET config = json_merge_patch(config, ?)",
+                    [json.dumps({"runs_dir": str(tmp_path / "not-here")})])
+    at = open_app(monkeypatch, moved, "pages/coverage.py")
+    assert not at.error and not at.exception
+    assert [i.value for i in at.info if "is not on this machine" in i.value]
+    assert at.get("plotly_chart")  # the store's own coverage curve still shows

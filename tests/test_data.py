@@ -256,3 +256,89 @@ def test_hf_loader_needs_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(FirstError, match="pip install datasets"):
         load_hf_dataset("commonsense_qa", "validation")
+
+
+# ----------------------------------------------------------------- [data] hf_dataset (issue 13)
+
+def hf_csqa(i: int, answer: str = "B") -> dict:
+    """A row in the Hugging Face CommonsenseQA layout (tau/commonsense_qa)."""
+    return {"id": f"h{i}", "question": f"Where is thing {i}?", "question_concept": "thing",
+            "choices": {"label": list("ABCDE"), "text": [f"place {i}{l}" for l in "abcde"]},
+            "answerKey": answer}
+
+
+HF_SPLITS = {"train": [hf_csqa(i) for i in range(8)],
+             "validation": [hf_csqa(i, "C") for i in range(8, 12)],
+             "test": [hf_csqa(i, "D") for i in range(12, 15)]}
+
+
+@pytest.fixture(params=["save_to_disk", "jsonl_folder"])
+def hf_folder(request, tmp_path, monkeypatch):
+    """A local data set `datasets.load_dataset` reads without the network: a DatasetDict
+    saved with `save_to_disk`, or a folder of JSONL files named by split."""
+    datasets = pytest.importorskip(
+        "datasets", reason="the `datasets` package is not installed (requirements-dev.txt)")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    folder = tmp_path / "hf"
+    if request.param == "save_to_disk":
+        datasets.DatasetDict({s: datasets.Dataset.from_list(rows)
+                              for s, rows in HF_SPLITS.items()}).save_to_disk(str(folder))
+    else:
+        folder.mkdir()
+        for split, rows in HF_SPLITS.items():
+            write_lines(folder / f"{split}.jsonl", rows)
+    return folder
+
+
+def _hf_config(tmp_path, folder, *more: str):
+    from first_core.config import load_config
+    return load_config(overrides=["data.embedded=false", f"data.hf_dataset='{folder}'",
+                                  f"data.dir='{tmp_path / 'data'}'", *more])
+
+
+def test_hf_dataset_in_data_reaches_the_data_stage(hf_folder, tmp_path):
+    from first_core.pipeline import Context, stage_data
+    (tmp_path / "data").mkdir()
+    ood = write_lines(tmp_path / "data" / "test_ood.jsonl",
+                      [{"id": "o1", "question": "Which?", "choices": ["x", "y"], "answer": 1}])
+    cfg = _hf_config(tmp_path, hf_folder)
+    rec = stage_data(Context(cfg, tmp_path / "run"))
+    assert rec["counts"] == {"train": 8, "val": 4, "test": 3, "test_ood": 1}
+    assert rec["files"]["test_ood"] == str(ood)  # hf_test_ood = "": the user's own file
+    exs = load_examples(rec["files"]["val"])
+    # the same examples as reading the rows by hand
+    assert [(e.id, e.question, e.labels, e.choices, e.answer) for e in exs] == [
+        (r["id"], r["question"], tuple(r["choices"]["label"]), tuple(r["choices"]["text"]),
+         r["answerKey"]) for r in HF_SPLITS["validation"]]
+    assert exs == load_hf_dataset(str(hf_folder), "validation")
+    # another split mapping, a slice: the hash follows the data
+    again = stage_data(Context(_hf_config(tmp_path, hf_folder, "data.hf_test='validation[:2]'"),
+                               tmp_path / "run"))
+    assert again["counts"]["test"] == 2 and again["dataset_hash"] != rec["dataset_hash"]
+    assert load_examples(again["files"]["test"]) == exs[:2]
+
+
+def test_hf_dataset_problems_are_one_line_naming_the_split_or_the_row(hf_folder, tmp_path):
+    from first_core.pipeline import Context, stage_data
+    (tmp_path / "data").mkdir()
+    write_lines(tmp_path / "data" / "test_ood.jsonl",
+                [{"id": "o1", "question": "Which?", "choices": ["x", "y"], "answer": 1}])
+    cfg = _hf_config(tmp_path, hf_folder, "data.hf_val='nope'")
+    with pytest.raises(FirstError, match=r"^hf:.*\[nope\]: cannot load it: ") as err:
+        stage_data(Context(cfg, tmp_path / "run"))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "data" / "train.jsonl").exists()  # nothing written before it
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_lines(bad / "train.jsonl", [hf_csqa(0), hf_csqa(1, "Z")])
+    write_lines(bad / "test.jsonl", [hf_csqa(2)])
+    write_lines(bad / "validation.jsonl", [hf_csqa(3)])
+    with pytest.raises(FirstError, match=r"train\.jsonl:2: answerKey: 'Z' is not among"):
+        stage_data(Context(_hf_config(tmp_path, bad), tmp_path / "run"))
+
+
+def test_hf_dataset_needs_embedded_off():
+    from first_core.config import load_config
+    with pytest.raises(ConfigError, match="data.hf_dataset: set data.embedded = false"):
+        load_config(overrides=["data.hf_dataset='tau/commonsense_qa'"])

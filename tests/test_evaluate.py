@@ -10,7 +10,7 @@ from first_core import metrics, store
 from first_core.errors import ConfigError
 from first_core.evaluate import compute_metrics, predict
 from first_core.models import answer_token_ids, encode_examples
-from helpers.tiny_lm import make_examples, make_model
+from helpers.tiny_lm import forbid_full_softmax, make_examples, make_model
 
 torch.set_num_threads(1)
 
@@ -173,12 +173,7 @@ def test_predict_forms_no_full_softmax(setup, pred, monkeypatch):
     """Confidences come from topk + logsumexp: the same rows with every softmax disabled."""
     model, tokenizer, examples = setup
 
-    def no_softmax(*args, **kwargs):
-        raise AssertionError("predict formed a [B, V] softmax")
-
-    monkeypatch.setattr(torch, "softmax", no_softmax)
-    monkeypatch.setattr(torch.Tensor, "softmax", no_softmax)
-    monkeypatch.setattr(torch.nn.functional, "softmax", no_softmax)
+    forbid_full_softmax(monkeypatch, "predict")
     again = predict(model, tokenizer, examples, k=4, batch_size=5, progress=False)
     np.testing.assert_array_equal(again.confidence, pred.confidence)
     assert again.option_probs.tolist() == pred.option_probs.tolist()

@@ -27,6 +27,7 @@ from first_core.finetune import training_arguments
 from first_core.response_tokens import ResponseDataset, finetune_responses
 from first_core.topk_tokens import (extract_token_topk, load_token_topk, read_token_manifest,
                                     token_coverage_table)
+from helpers.instruct_run import cli as _cli, run_instruct_tiny
 from helpers.tiny_instruct import make_examples, make_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,22 +238,6 @@ def test_token_confidences_match_the_reference(tiny) -> None:
 # ------------------------------------------------------------------ end to end
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "first_core", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-
-
-@pytest.fixture(scope="module")
-def tiny_instruct_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("instruct_run")
-    proc = _cli("run", "--config", str(ROOT / "configs" / "instruct-tiny.toml"),
-                "--set", f"runs_dir='{work / 'runs'}'",
-                "--store", str(work / "first.duckdb"), cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work, proc
-
-
 def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
     work, proc = tiny_instruct_run
     run = work / "runs" / "instruct-tiny"
@@ -299,9 +284,7 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
 
 def test_instruct_rerun_skips_and_bad_config_is_one_line(tiny_instruct_run, tmp_path) -> None:
     work, _ = tiny_instruct_run
-    again = _cli("run", "--config", str(ROOT / "configs" / "instruct-tiny.toml"),
-                 "--set", f"runs_dir='{work / 'runs'}'", "--store", str(work / "first.duckdb"),
-                 cwd=work)
+    again = run_instruct_tiny(work)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 15
     bad = _cli("run", "--config", str(ROOT / "configs" / "instruct-tiny.toml"),
                "--set", "teacher_train.loss_on='answer'", "--set", f"runs_dir='{tmp_path}'",

@@ -19,7 +19,7 @@ from first_core.models import answer_token_ids, encode_examples
 from first_core.topk import (COVERAGE_BINS, MANIFEST, SCHEMA_VERSION, CoverageAccumulator,
                              coverage_table, examples_hash, extract_topk, load_topk,
                              read_manifest)
-from helpers.tiny_lm import load_saved, make_examples, make_model, save_model
+from helpers.tiny_lm import forbid_full_softmax, load_saved, make_examples, make_model, save_model
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,12 +291,7 @@ def test_extraction_forms_no_full_softmax(setup, built, tmp_path, monkeypatch):
     """topk of the logits + one logsumexp: the same store with every softmax disabled."""
     model, tokenizer, examples = setup
 
-    def no_softmax(*args, **kwargs):
-        raise AssertionError("extraction formed a [B, V] softmax")
-
-    monkeypatch.setattr(torch, "softmax", no_softmax)
-    monkeypatch.setattr(torch.Tensor, "softmax", no_softmax)
-    monkeypatch.setattr(torch.nn.functional, "softmax", no_softmax)
+    forbid_full_softmax(monkeypatch, "extraction")
     extract_topk(model, tokenizer, examples, tmp_path / "s", k=K, coverage_k=1000,
                  shard_size=10, batch_size=4, manifest_info=INFO, progress=False)
     a, b = load_topk(built[0]), load_topk(tmp_path / "s")

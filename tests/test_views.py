@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -489,3 +492,54 @@ def test_simulated_classifier_rejects_bad_arguments(kwargs, name):
     args = {"accuracy": 0.7, "overconfidence": 1.0} | kwargs
     with pytest.raises(ValueError, match=name):
         views.simulate_classifier(**args)
+
+
+# ---------------------------------------------------------------- instruction runs (issue 13)
+
+@pytest.mark.parametrize("seeds, want", [(None, "runs/x"), ([3, 4], "runs/x/seed4")])
+def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
+    from first_core.config import RunConfig, load_config
+    cfg = load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
+                                 "student_train.loss_on='response'", "name='x'"])
+    cfg = dataclasses.replace(cfg, seeds=seeds, seed=4)
+    assert views.instruct_run_dir(json.dumps(cfg.to_dict())) == cfg.run_dir
+    assert str(views.instruct_run_dir(cfg.to_dict())) == want
+    assert views.instruct_run_dir(json.dumps(RunConfig(name="x").to_dict())) is None  # mc
+    assert views.instruct_run_dir(None) is None
+    assert views.instruct_run_dir('{"data": {"kind": "instruct"}}') is None  # no name
+
+
+@pytest.fixture(scope="module")
+def token_store(tmp_path_factory):
+    from first_core.topk_tokens import extract_token_topk
+    from helpers.tiny_instruct import make_examples, make_model
+    folder = tmp_path_factory.mktemp("tokens")
+    examples = make_examples(folder, n=12)
+    model, tok = make_model(examples)
+    extract_token_topk(model, tok, examples, folder / "s", k=3, coverage_k=3, shard_size=20,
+                       batch_size=4, max_length=64)
+    return folder / "s", examples, tok
+
+
+def test_token_example_ids_are_the_stores_examples_in_order(token_store):
+    from first_core.topk_tokens import load_token_topk
+    path, examples, _ = token_store
+    assert len(load_token_topk(path).manifest.shards) > 1  # examples cross shard borders
+    assert views.token_example_ids(path) == [e.id for e in examples]
+
+
+def test_token_view_table_shows_each_token_before_and_after(token_store):
+    path, examples, tok = token_store
+    view = views.token_topk_view(path, examples[2].id, 0.5, tokenizer=tok)
+    table = views.token_view_table(view, 0.5)
+    assert table["token"].tolist() == view["token"].tolist()
+    assert list(table.columns[-2:]) == ["teacher top-k (raw)", "after FIRST, c = 0.5"]
+    first = view.iloc[0]
+    assert table.iloc[0, -2] == ", ".join(f"{t!r} {p:.1%}" for t, p in
+                                          zip(first["topk_tokens"], first["raw_probs"]))
+    assert table.iloc[0, -1] == ", ".join(f"{t!r} {p:.1%}" for t, p in
+                                          zip(first["topk_tokens"], first["first_probs"]))
+    ranks = table["rank in top-k"].tolist()
+    assert ranks == [str(r + 1) if r >= 0 else "-" for r in view["gold_rank"]]
+    no_tok = views.token_view_table(views.token_topk_view(path, examples[2].id, 0.5), 0.5)
+    assert no_tok["token"].tolist() == [str(i) for i in view["token_id"]]

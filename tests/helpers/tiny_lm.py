@@ -37,20 +37,28 @@ def make_model(examples: list[Example], seed: int = 0):
     """(model, tokenizer): a 2-layer Llama over a tokenizer trained on the examples' text."""
     texts = [format_prompt(ex) + answer_text(lab) for ex in examples for lab in "ABCDE"]
     tokenizer = train_tokenizer(texts)
+    return tiny_llama(tokenizer, seed), tokenizer
+
+
+def tiny_llama(tokenizer, seed: int = 0, **config) -> LlamaForCausalLM:
+    """A 2-layer random Llama over `tokenizer`'s vocabulary, the same for the same seed
+    (`config`: further LlamaConfig fields)."""
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=128, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id)
+                         pad_token_id=tokenizer.pad_token_id, **config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         # Larger output weights than the default init give peaked, varied distributions.
         torch.nn.init.normal_(model.lm_head.weight, std=0.4)
-    return model.eval(), tokenizer
+    return model.eval()
 
 
-def save_model(examples: list[Example], out_dir: Path, seed: int = 0) -> Path:
-    model, tokenizer = make_model(examples, seed)
+def save_model(examples: list[Example], out_dir: Path, seed: int = 0,
+               make=make_model) -> Path:
+    """`make(examples, seed)`'s model and tokenizer saved to `out_dir`."""
+    model, tokenizer = make(examples, seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -58,3 +66,13 @@ def save_model(examples: list[Example], out_dir: Path, seed: int = 0) -> Path:
 
 def load_saved(path: Path):
     return load_model(str(path))
+
+
+def forbid_full_softmax(monkeypatch, what: str) -> None:
+    """Make every softmax (torch, Tensor, functional) fail: `what` formed a [B, V] one."""
+    def no_softmax(*args, **kwargs):
+        raise AssertionError(f"{what} formed a [B, V] softmax")
+
+    monkeypatch.setattr(torch, "softmax", no_softmax)
+    monkeypatch.setattr(torch.Tensor, "softmax", no_softmax)
+    monkeypatch.setattr(torch.nn.functional, "softmax", no_softmax)
