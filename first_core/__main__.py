@@ -29,17 +29,15 @@ DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     """Run the pipeline once per training seed, then print Table 1; returns the config."""
-    from accelerate import PartialState
-
     from .config import load_config
-    from .pipeline import run
+    from .pipeline import process_state, run
     from .store import default_store_path
 
     seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
     cfg = load_config(args.config, [*args.set, *seeds])
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
-    main = PartialState().is_main_process  # print once, not once per rank of a launch
+    main = process_state().is_main_process  # print once, not once per rank of a launch
     for one in cfg.per_seed():
         if cfg.seeds is not None and main:
             print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")

@@ -563,11 +563,7 @@ def run(cfg: RunConfig, force: str | None = None,
     config change made stale are deleted, never before: a run that fails first never blocks
     the corrected command, and a resume never reuses a checkpoint of another config.
     """
-    import torch
-    from accelerate import PartialState
-
-    # cpu=True: a CPU launch under torchrun becomes one gloo group instead of N lone ranks
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()
     main = state.is_main_process
     say = echo if main else (lambda _: None)
     ctx = Context(cfg, cfg.run_dir)
@@ -627,6 +623,19 @@ def run(cfg: RunConfig, force: str | None = None,
     finally:
         if lock is not None:
             lock.release()
+
+
+def process_state():
+    """This process's place in a launch (accelerate's `PartialState`, a singleton).
+
+    cpu=True: a CPU launch under torchrun becomes one gloo group instead of N lone ranks.
+    Every caller must come through here: the first `PartialState(...)` of a process fixes
+    its settings, so a bare `PartialState()` elsewhere would leave each rank thinking it is
+    the main process (and every rank would then take the run directory's lock).
+    """
+    import torch
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def summary(path: Path, cfg: RunConfig, convention: str = "paper") -> pd.DataFrame:
