@@ -48,7 +48,7 @@ import torch
 
 from . import data
 from .errors import ConfigError, StoreError
-from .inference import PromptIds, answer_logits, model_device, top_probabilities, vocab_size
+from .inference import PromptIds, answer_logits, top_probabilities, vocab_size
 from .metrics import topk_labels
 from .models import MAX_POSITIONS, label_token_ids
 
@@ -289,32 +289,14 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
     `load_topk`); any other keys are kept under `info`. `coverage_k` is capped at the
     vocabulary size. An existing store at `out_dir` is replaced.
     """
-    from accelerate import PartialState
+    from .topk_extraction import check_extraction, start_partial  # it imports this module
 
     vocab = vocab_size(model)
-    check_k(k, vocab)
-    if isinstance(coverage_k, bool) or not isinstance(coverage_k, int) or coverage_k < k:
-        raise ConfigError(f"coverage_k must be an integer >= k={k}, got {coverage_k!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    if not examples:
-        raise ConfigError("examples: nothing to extract (empty list)")
-    width = min(coverage_k, vocab)
+    width = check_extraction(k=k, coverage_k=coverage_k, dtype=dtype, shard_size=shard_size,
+                             examples=examples, vocab=vocab)
     letter_ids = label_token_ids(tokenizer, examples)
-
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.partial")
-    # cpu=True lets a CPU run under `accelerate launch --cpu` / torchrun use gloo; a GPU rank
-    # gets its own device (the loader put every copy on the default one).
-    state = PartialState(cpu=model_device(model).type == "cpu")
-    if state.num_processes > 1:
-        model.to(state.device)
-    if state.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    state.wait_for_everyone()
+    state, tmp = start_partial(model, out)
 
     with state.split_between_processes(list(examples)) as mine:
         writer = _ShardWriter(tmp, state.process_index, shard_size, dtype)

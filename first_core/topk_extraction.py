@@ -3,8 +3,7 @@ per example (`topk.extract_topk`) and every response token (`topk_tokens.extract
 
 Both refuse bad settings before the teacher runs, and both write into `.NAME.partial` beside
 the output folder (rank 0 creates it, every rank waits), so a killed run never leaves a store
-that looks finished. `topk.extract_topk` still has its own copy of these lines (it is being
-reworked elsewhere); it can call these two functions instead, unchanged in behaviour.
+that looks finished.
 """
 
 from __future__ import annotations
