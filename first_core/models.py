@@ -95,7 +95,16 @@ def _looks_like_path(spec: str) -> bool:
 
 def check_model_spec(spec: str, where: str) -> None:
     """Fail at once (naming the config key `where`) when `spec` is meant as a local path and
-    nothing is there, instead of after the stages before the first load."""
+    nothing is there, instead of after the stages before the first load. A GGUF spec must
+    name a file that exists (in its package), a layer subset a base that passes this check."""
+    if is_subset(spec):
+        return check_model_spec(parse_subset(str(spec))[1], where)
+    if is_gguf(spec):
+        try:
+            gguf_path(spec)
+        except FirstError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return None
     local = not is_preset(spec) and _looks_like_path(str(spec))
     if local and not Path(spec).expanduser().exists():
         raise ConfigError(f"{where}: model path {spec!r} does not exist (a preset "

