@@ -389,14 +389,7 @@ def build_preset(name: str, texts: Sequence[str], out_dir: str | os.PathLike[str
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return _publish(model, tokenizer, Path(out_dir))
 
 
 # --------------------------------------------------------------------------- answer tokens
