@@ -337,21 +337,28 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
     return read_manifest(out)
 
 
-def _merge(folder: Path, *, k: int, width: int, vocab: int, dtype: str, **meta: Any) -> Manifest:
-    """Combine every rank's coverage stats and shard list into the manifest (rank 0)."""
+def _collect_shards(folder: Path, width: int):
+    """Every rank's coverage stats merged (their files removed), and over the shards: the
+    manifest's shard list, the row count, the rows whose gold is in the top-k and the
+    payload bytes. Shared by both extractions' manifests."""
     coverage = CoverageAccumulator(width)
     for path in sorted(folder.glob("coverage-r*.npz")):
         coverage.merge(CoverageAccumulator.load(path))
         path.unlink()
     shards = sorted(folder.glob("part-r*.parquet"))
     rows = [pq.read_metadata(p).num_rows for p in shards]
-    n = sum(rows)
     golds = sum(int(np.count_nonzero(pq.read_table(p, columns=["gold_rank_in_topk"])
                                      .column(0).to_numpy() >= 0)) for p in shards)
     payload = sum(_payload_bytes(p) for p in shards)
+    listed = [{"file": p.name, "rows": r} for p, r in zip(shards, rows)]
+    return coverage, listed, sum(rows), golds, payload
+
+
+def _merge(folder: Path, *, k: int, width: int, vocab: int, dtype: str, **meta: Any) -> Manifest:
+    """Combine every rank's coverage stats and shard list into the manifest (rank 0)."""
+    coverage, listed, n, golds, payload = _collect_shards(folder, width)
     manifest = Manifest(k=k, coverage_k=width, vocab_size=vocab, dtype=dtype,
-                        n_examples=n, n_gold_in_topk=golds,
-                        shards=[{"file": p.name, "rows": r} for p, r in zip(shards, rows)],
+                        n_examples=n, n_gold_in_topk=golds, shards=listed,
                         coverage=coverage.summary(),
                         bytes_per_position_measured=payload / n,
                         **meta)

@@ -47,7 +47,7 @@ from .inference import model_device, vocab_size
 from .instruct_data import InstructExample
 from .metrics import topk_labels
 from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
-from .topk import (DTYPES, MANIFEST, CoverageAccumulator, _clear_store_dir, _payload_bytes,
+from .topk import (DTYPES, MANIFEST, CoverageAccumulator, _clear_store_dir, _collect_shards,
                    coverage_table)
 from .topk_extraction import check_extraction, start_partial
 
@@ -207,19 +207,10 @@ def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
 
 
 def _merge(folder: Path, *, k: int, width: int, vocab: int, dtype: str, **meta: Any) -> None:
-    coverage = CoverageAccumulator(width)
-    for path in sorted(folder.glob("coverage-r*.npz")):
-        coverage.merge(CoverageAccumulator.load(path))
-        path.unlink()
-    shards = sorted(folder.glob("part-r*.parquet"))
-    rows = [pq.read_metadata(p).num_rows for p in shards]
-    n = sum(rows)
-    golds = sum(int(np.count_nonzero(pq.read_table(p, columns=["gold_rank_in_topk"])
-                                     .column(0).to_numpy() >= 0)) for p in shards)
-    payload = sum(_payload_bytes(p) for p in shards)
+    coverage, listed, n, golds, payload = _collect_shards(folder, width)
     manifest = TokenManifest(k=k, coverage_k=width, vocab_size=vocab, dtype=dtype, n_tokens=n,
                              n_gold_in_topk=golds, coverage=coverage.summary(),
-                             shards=[{"file": p.name, "rows": r} for p, r in zip(shards, rows)],
+                             shards=listed,
                              bytes_per_token_measured=payload / max(n, 1), **meta)
     (folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(manifest), indent=2,
                                               sort_keys=True), encoding="utf-8")
