@@ -58,7 +58,9 @@ _LOW = -50.0    # exp(-50) < 2^-72: added to a sum >= 1 it never changes a bit, 
 _HIGH = 709.0   # the largest exponent whose 2^n scale is a normal double
 _OVERFLOW = 709.782712893384  # log(DBL_MAX): above this exp is inf (conf becomes 0)
 
-_jit = numba.njit(nogil=True, cache=True, fastmath={"contract"})  # contract: fused mul-add
+# contract: fused mul-add. error_model="numpy": no zero-division check on `1.0 / s` (s >= 1
+# here), which would keep that loop scalar.
+_jit = numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 
 
 @numba.njit(inline="always", fastmath={"contract"})
@@ -99,17 +101,20 @@ def exp_array(x: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(inline="always")
+def _floor_bin(conf: float, n_bins: int, lower: np.ndarray) -> int:
+    """Right-closed bin of conf by the floor rule (branch-free, so a loop of it vectorises)."""
+    b = min(max(int(conf * n_bins), 0), n_bins)
+    b -= 1 if conf <= lower[b] else 0
+    return min(max(b, 0), n_bins - 1)
+
+
+@numba.njit(inline="always")
 def _bin(conf: float, n_bins: int, lower: np.ndarray, inner: np.ndarray,
          use_floor: bool) -> int:
     """Right-closed bin of conf (metrics.uniform_bin_ids' rule), clipped to a valid index."""
     if use_floor:
-        b = int(conf * n_bins)
-        b = min(max(b, 0), n_bins)
-        if conf <= lower[b]:
-            b -= 1
-    else:
-        b = np.searchsorted(inner, conf)
-    return min(max(b, 0), n_bins - 1)
+        return _floor_bin(conf, n_bins, lower)
+    return min(max(np.searchsorted(inner, conf), 0), n_bins - 1)
 
 
 @numba.njit(inline="always")
@@ -136,17 +141,26 @@ def _temperature_chunk(gaps, correct, cs, n_bins, lower, inner, use_floor, lo, h
     acc = np.empty((4, n_bins, 3))
     for start in range(lo, hi, _BLOCK):
         rows = min(_BLOCK, hi - start)
+        block_correct = correct[start:start + rows]
         for g in range(cs.shape[0]):
             c = cs[g]
             for i in range(rows):
                 s[i] = 1.0                       # exp(0) of the top entry
             for j in range(m):
-                for i in range(rows):            # vectorised: contiguous gaps of column j
-                    s[i] += _exp(gaps[j, start + i] / c)
-            for i in range(rows):
-                s[i] = 1.0 / s[i]
-                bins[i] = _bin(s[i], n_bins, lower, inner, use_floor)
-            _add_block(s, bins, correct, start, rows, acc, out[g])
+                # a contiguous 1-D slice: `gaps[j, start + i]` compiles to a gather (numba
+                # cannot prove the index non-negative), this to plain vector loads
+                col = gaps[j][start:start + rows]
+                for i in range(rows):
+                    s[i] += _exp(col[i] / c)
+            if use_floor:                        # two loops, so that the common one vectorises
+                for i in range(rows):
+                    s[i] = 1.0 / s[i]
+                    bins[i] = _floor_bin(s[i], n_bins, lower)
+            else:
+                for i in range(rows):
+                    s[i] = 1.0 / s[i]
+                    bins[i] = _bin(s[i], n_bins, lower, inner, False)
+            _add_block(s, bins, block_correct, 0, rows, acc, out[g])
 
 
 @_jit
