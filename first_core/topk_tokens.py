@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .errors import ConfigError, StoreError
-from .inference import model_device, vocab_size
+from .inference import model_device, top_probabilities, vocab_size
 from .instruct_data import InstructExample
 from .metrics import topk_labels
 from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
@@ -178,7 +178,7 @@ def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
         coverage = CoverageAccumulator(width)
         for chunk, logits, targets, counts in iter_token_batches(model, tokenizer, mine,
                                                                  batch_size, max_length):
-            top_p, top_i = torch.topk(torch.softmax(logits, dim=-1), width, dim=-1)
+            top_p, top_i, _ = top_probabilities(logits, width)  # no [T, V] softmax
             top_p, top_i = top_p.numpy(), top_i.numpy()
             ids, gold = top_i[:, :k].copy(), targets.numpy()
             coverage.add(top_p)

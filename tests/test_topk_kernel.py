@@ -1,0 +1,77 @@
+"""first_core.topk_kernel against torch.topk / torch.logsumexp on the same rows."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from first_core import inference
+from first_core import topk_kernel as T
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_exp32_is_within_one_float32_ulp_and_exact_at_the_ends():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.random(200_000) * 87, -rng.random(1000) * 1e-6,
+                        np.linspace(-87, 0, 10_001)]).astype(np.float32)
+    got, want = T.exp32_array(x), np.exp(x.astype(np.float64))
+    assert (np.abs(got - want) <= np.spacing(want.astype(np.float32))).all()
+    special = np.array([0.0, -0.0, -np.inf, -88.0, -1e4, np.nan], np.float32)
+    out = T.exp32_array(special)
+    assert out[:5].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0] and np.isnan(out[5])
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 9), st.integers(1, 6000),
+       st.integers(1, 130), st.floats(0.1, 30.0), st.booleans())
+def test_top_logits_equal_torch(seed, b, v, width, scale, rounded):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, v, generator=g) * scale
+    if rounded:  # many exact ties, also at the block-maximum threshold
+        x = torch.round(x)
+    width = min(width, v)
+    top, ids, lse = T.top_logits(x, width)
+    ref = torch.topk(x, width, dim=-1)
+    assert torch.equal(top, ref.values)  # the same values, in the same (descending) order
+    if not rounded:
+        assert torch.equal(ids, ref.indices)
+    assert torch.equal(torch.gather(x, 1, ids), top)  # ids point at those values
+    assert all(len(set(r)) == width for r in ids.tolist())
+    want = torch.logsumexp(x.double(), dim=-1, keepdim=True)
+    assert lse.dtype == torch.float32 and lse.shape == (b, 1)
+    # the error of float32 logits, like torch's own float32 logsumexp
+    assert ((lse.double() - want).abs() <= 4e-7 * want.abs().clamp(min=1.0)).all()
+
+
+def test_ties_masked_tokens_and_broken_rows():
+    x = torch.zeros(5, 300)
+    x[1, ::2] = float("-inf")           # masked tokens: probability 0
+    x[2, 7] = float("nan")
+    x[3, 5] = float("inf")
+    x[4] = float("-inf")
+    top, ids, lse = T.top_logits(x, 40)
+    assert ids[0].tolist() == list(range(40))  # all equal: the lower id first
+    assert torch.isclose(lse[0, 0], torch.log(torch.tensor(300.0)))
+    assert ids[1].tolist() == list(range(1, 80, 2))
+    assert torch.isclose(lse[1, 0], torch.log(torch.tensor(150.0)))
+    assert torch.isnan(lse[2:]).all()   # no finite normaliser: every probability NaN
+    with pytest.raises(ValueError, match="width"):
+        T.top_logits(x, 301)
+
+
+def test_top_probabilities_takes_the_kernel_only_where_it_applies(monkeypatch):
+    calls = []
+    real = T.top_logits
+    monkeypatch.setattr(T, "top_logits", lambda *a: calls.append(a) or real(*a))
+    big = torch.randn(8, inference.COMPILED_MIN_VOCAB) * 4
+    p, ids, lse = inference.top_probabilities(big, 5)
+    assert len(calls) == 1
+    want = torch.softmax(big.double(), dim=-1)
+    np.testing.assert_allclose(p.numpy(), torch.gather(want, 1, ids).numpy(), rtol=2e-6)
+    assert torch.equal(ids, torch.topk(big, 5).indices)
+    inference.top_probabilities(big, 5, dtype=torch.float64)   # float64 normaliser: torch
+    inference.top_probabilities(big[:, :100], 5)                # tiny vocabulary: torch
+    inference.top_probabilities(big.double(), 5)                # not float32: torch
+    assert len(calls) == 1
