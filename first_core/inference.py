@@ -149,7 +149,7 @@ def top_probabilities(logits: torch.Tensor, k: int, dtype: torch.dtype | None = 
     """
     if (dtype is None and logits.dtype == torch.float32 and logits.device.type == "cpu"
             and logits.dim() == 2 and logits.shape[1] >= COMPILED_MIN_VOCAB):
-        top, ids, lse = topk_kernel.top_logits(logits, k)  # the same numbers, ~2.7x faster
+        top, ids, lse = topk_kernel.top_logits(logits, k)  # the same numbers, one compiled pass
         return torch.exp(top - lse), ids, lse
     top, ids = torch.topk(logits, k, dim=-1)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)

@@ -2,19 +2,19 @@
 
 Extraction needs, per answer position, the teacher's top-100 logits (the kept top-5 and the
 coverage statistics) and logsumexp over the vocabulary (a kept token's probability is
-exp(logit - lse)). On one core here, for a batch of 64 rows at V = 32k, `torch.topk(.., 100)`
-takes about 5 ms and `torch.logsumexp` 2.7 ms (it is not fused: max, subtract, exp, sum, log
-are separate passes): more than 5% of a small teacher's forward pass. This does both in
-about 1.5 ms:
+exp(logit - lse)). torch's `topk(.., 100)` over a 32k vocabulary and its `logsumexp` (not
+fused: max, subtract, exp, sum and log are separate passes) cost a noticeable share of a small
+teacher's forward pass on a CPU; this does both in one pass per row
+(`benchmarks/bench_extract.py` times extraction against the bare forward):
 
 - **top-width by block maxima.** torch's `amax` over a [B, V / 32, 32] view gives each block
-  of 32 logits its maximum (0.2 ms). The width-th largest block maximum t is a lower bound on
+  of 32 logits its maximum. The width-th largest block maximum t is a lower bound on
   the width-th largest logit (each of those width blocks holds a value >= t), so the top
   `width` all lie in blocks whose maximum is >= t: only those are scanned, their values >= t
   collected, and those few sorted (stable: the lower id first on ties).
 - **logsumexp** = max + log(sum exp(x - max)) with a float32 `exp` (the Cody-Waite reduction
-  of `ece_kernel._exp` with a degree-7 polynomial: within 1 float32 ulp, tested) over 32
-  independent lanes that LLVM vectorises, the lanes and the row total added in float64. Its
+  of `ece_kernel._exp` with a degree-7 polynomial: within 1 float32 ulp, tested) into 32
+  float32 partial sums that LLVM vectorises, added together in float64. Its
   error is that of float32 logits (~1e-7 relative), the same as torch's float32 logsumexp.
 
 A NaN or +inf logit (or a row of only -inf) makes the row's normaliser NaN, so every
