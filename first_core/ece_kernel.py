@@ -37,6 +37,7 @@ does not depend on the number of threads.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -221,14 +222,20 @@ def _run(kernel, n: int, n_values: int, n_bins: int, args: tuple,
     def score(i: int) -> None:
         kernel(*args, n_bins, lower, inner, use_floor, bounds[i], bounds[i + 1], parts[i])
 
-    workers = min(threads or default_threads(), n_chunks)
-    if workers == 1:
+    map_chunks(score, n_chunks, threads or default_threads())
+    return parts.sum(axis=0)
+
+
+def map_chunks(score: Callable[[int], None], n_chunks: int, workers: int) -> None:
+    """score(i) for every chunk i on up to `workers` threads (the compiled kernels release
+    the GIL); in this thread when one is enough. Shared with `topk_kernel`."""
+    workers = min(workers, n_chunks)
+    if workers <= 1:
         for i in range(n_chunks):
             score(i)
     else:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(score, range(n_chunks)))
-    return parts.sum(axis=0)
 
 
 def _as_correct(correct: np.ndarray) -> np.ndarray:

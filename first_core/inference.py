@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from tqdm.auto import tqdm
 
-from . import topk_kernel
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
 from .models import MAX_POSITIONS, encode_examples
 
@@ -149,6 +148,8 @@ def top_probabilities(logits: torch.Tensor, k: int, dtype: torch.dtype | None = 
     """
     if (dtype is None and logits.dtype == torch.float32 and logits.device.type == "cpu"
             and logits.dim() == 2 and logits.shape[1] >= COMPILED_MIN_VOCAB):
+        from . import topk_kernel  # here, not at import: numba stays off the start-up path
+
         top, ids, lse = topk_kernel.top_logits(logits, k)  # the same numbers, one compiled pass
         return torch.exp(top - lse), ids, lse
     top, ids = torch.topk(logits, k, dim=-1)

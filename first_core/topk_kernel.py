@@ -25,11 +25,11 @@ probability of the row is NaN (torch gives NaN for some of them; its ids are the
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
+
+from .ece_kernel import map_chunks
 
 BLOCK = 32   # logits per block maximum
 _LANES = 32  # independent partial sums in the exp-sum loop (two AVX-512 registers)
@@ -87,8 +87,8 @@ def _rows(x, bmax, width, lo, hi, top, ids, lse):
     acc = np.empty(_LANES, np.float32)
     for r in range(lo, hi):
         row, blocks = x[r], bmax[r]
-        m = blocks.max()
-        if np.isnan(blocks).any() or not np.isfinite(m):  # NaN, +inf or all -inf logits:
+        m = blocks.max()                         # NaN if any block (so any logit) is NaN
+        if not np.isfinite(m):                   # NaN, +inf or all -inf logits:
             for j in range(width):               # no finite normaliser, every p is NaN
                 top[r, j] = row[j]
                 ids[r, j] = j
@@ -140,16 +140,12 @@ def top_logits(logits: torch.Tensor, width: int
     top = np.empty((b, width), np.float32)
     ids = np.empty((b, width), np.int64)
     lse = np.empty(b, np.float64)
-    workers = max(1, min(torch.get_num_threads(), b // 8))
-    bounds = np.linspace(0, b, workers + 1).astype(np.int64)
+    chunks = max(1, min(torch.get_num_threads(), b // 8))
+    bounds = np.linspace(0, b, chunks + 1).astype(np.int64)
 
     def score(i: int) -> None:
         _rows(arr, blocks, width, bounds[i], bounds[i + 1], top, ids, lse)
 
-    if workers == 1:
-        score(0)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(score, range(workers)))
+    map_chunks(score, chunks, chunks)
     return (torch.from_numpy(top), torch.from_numpy(ids),
             torch.from_numpy(lse.astype(np.float32)[:, None]))
