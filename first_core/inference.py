@@ -9,14 +9,21 @@ Batches are *left*-padded with explicit position ids (what `generate()` does), s
 last token sits in the last column and the model only has to project that one position to the
 vocabulary (`logits_to_keep=1`): a batch never materialises a `B x T x V` logits tensor. Rows
 are padded independently of each other, so a row's logits equal those of an unbatched forward
-(checked in tests). Prompts are tokenised one batch at a time, the next batch on a background
-thread while the current one runs through the model (so a consumer of `answer_logits` must not
-use the tokenizer inside its loop), and memory does not grow with the number of prompts.
+(checked in tests). Prompts are tokenised one batch at a time, so memory does not grow with the
+number of prompts.
+
+The next batch is tokenised on a background thread while the current one runs through the
+model only when a core is free for it (`spare_cpu`: the model is on an accelerator, or torch
+uses fewer threads than the process may run on), so a consumer of `answer_logits` must not use
+the tokenizer inside its loop. When torch's own threads already fill every core, a background
+thread only stalls them (each parallel region waits for its slowest thread), so it tokenises
+inline instead.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -89,11 +96,22 @@ def _left_pad(seqs: list[list[int]], device: torch.device
     return ids.to(device), mask.long().to(device), positions.to(device)
 
 
-def _prefetched(fn, items) -> Iterator:
-    """fn(item) for each item, the next one computed on a background thread while the caller
-    works on the current one: tokenising batch i + 1 overlaps the forward of batch i (the
-    tokenizer and torch both release the GIL), at most one batch ahead."""
+def spare_cpu(model: torch.nn.Module) -> bool:
+    """Whether a CPU core is free while the model runs a forward pass: it runs on an
+    accelerator, or torch's intra-op threads leave one of this process's cores idle."""
+    if model_device(model).type != "cpu":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return torch.get_num_threads() < (cores or 1)
+
+
+def _prefetched(fn, items, background: bool) -> Iterator:
+    """fn(item) for each item; with `background`, the next one is computed on another thread
+    while the caller works on the current one (at most one ahead), else when asked for."""
     items = list(items)
+    if not background:
+        yield from map(fn, items)
+        return
     if not items:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="first-prefetch") as pool:
@@ -121,7 +139,8 @@ def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_siz
     use_positions = "position_ids" in params
     show = sys.stderr.isatty() if progress is None else progress
     starts = range(0, len(prompts), batch_size)
-    batches = _prefetched(lambda s: _encode(tokenizer, prompts[s:s + batch_size]), starts)
+    batches = _prefetched(lambda s: _encode(tokenizer, prompts[s:s + batch_size]), starts,
+                          background=spare_cpu(model))
     with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="ex",
                                       disable=not show) as bar:
         for start, seqs in zip(starts, batches):

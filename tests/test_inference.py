@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from first_core.data import format_prompt
-from first_core.inference import PromptIds, answer_logits, vocab_size
+from first_core import inference
+from first_core.inference import PromptIds, answer_logits, spare_cpu, vocab_size
 from first_core.models import label_token_ids
 from first_core.models import answer_token_ids, encode_examples
 from helpers.tiny_lm import make_examples, make_model
@@ -98,3 +101,20 @@ def test_bad_input(setup, prompts, batch_size, error, match):
     model, tokenizer, _ = setup
     with pytest.raises(error, match=match):
         list(answer_logits(model, tokenizer, prompts, batch_size=batch_size))
+
+
+def test_tokenises_inline_when_torch_fills_every_core(setup, monkeypatch):
+    model, tokenizer, examples = setup
+    cores = len(os.sched_getaffinity(0))
+    background = torch.cat([x for _, x in answer_logits(
+        model, tokenizer, PromptIds(tokenizer, examples), batch_size=4)])
+    assert spare_cpu(model) == (cores > 1)  # this module runs torch on one thread
+    monkeypatch.setattr(inference, "ThreadPoolExecutor", None)  # no thread may be started
+    torch.set_num_threads(cores)
+    try:
+        assert not spare_cpu(model)
+        inline = torch.cat([x for _, x in answer_logits(
+            model, tokenizer, PromptIds(tokenizer, examples), batch_size=4)])
+    finally:
+        torch.set_num_threads(1)
+    torch.testing.assert_close(inline, background, rtol=1e-5, atol=1e-5)

@@ -75,3 +75,46 @@ def test_top_probabilities_takes_the_kernel_only_where_it_applies(monkeypatch):
     inference.top_probabilities(big[:, :100], 5)                # tiny vocabulary: torch
     inference.top_probabilities(big.double(), 5)                # not float32: torch
     assert len(calls) == 1
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3000), st.integers(1, 200),
+       st.sampled_from(["normal", "ties", "masked"]))
+def test_threshold_keeps_at_least_width_blocks_and_not_many_more(seed, nb, width, kind):
+    rng = np.random.default_rng(seed)
+    blocks = rng.standard_normal(nb).astype(np.float32)
+    if kind == "ties":
+        blocks = np.round(blocks)
+    if kind == "masked":  # whole blocks of -inf logits (a masked vocabulary tail)
+        blocks[rng.random(nb) < 0.5] = -np.inf
+    finite = np.isfinite(blocks)
+    if not finite.any():
+        return  # the caller handles rows without a finite maximum before asking
+    t = T._threshold(blocks, width, np.float32(blocks[finite].max()))
+    kept = int((blocks >= t).sum())
+    if finite.sum() < width:
+        assert t == -np.inf
+    else:
+        assert kept >= width  # a valid bound: the top `width` lie in those blocks
+        if kind == "normal" and nb > width:  # distinct values: bisection gets close
+            assert kept <= width + width // 4
+
+
+def test_masked_vocabulary_tail_and_threaded_rows_equal_torch(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 5000, generator=g) * 3
+    x[:, 3000:] = float("-inf")              # whole blocks masked out
+    x[7, 40:] = float("-inf")                # fewer finite blocks than the width
+    one = T.top_logits(x, 120)
+    ref = torch.topk(x, 120, dim=-1)
+    assert torch.equal(one[0], ref.values) and torch.equal(one[1][:, :2], ref.indices[:, :2])
+    want = torch.logsumexp(x.double(), dim=-1, keepdim=True)
+    assert ((one[2].double() - want).abs() <= 4e-7 * want.abs().clamp(min=1.0)).all()
+    monkeypatch.setattr(T, "ROWS_PER_THREAD", 4)  # two chunks, one per thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        split = T.top_logits(x, 120)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, split))
