@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,19 +215,20 @@ class CoverageAccumulator:
 
 # ------------------------------------------------------------------------------ writing
 
-class _ShardWriter:
-    """Buffers rows and writes them as `part-r{rank}-{index}.parquet`, `shard_size` rows each."""
+class ShardWriter:
+    """Buffers rows of named columns and writes them as `part-r{rank}-{index}.parquet`,
+    `shard_size` rows each, each shard built by `to_table(columns)`. Shared by both stores."""
 
-    def __init__(self, folder: Path, rank: int, shard_size: int, dtype: str) -> None:
-        self.folder, self.rank, self.shard_size = folder, rank, shard_size
-        self.pa_type, self.np_type = DTYPES[dtype]
+    def __init__(self, folder: Path, rank: int, shard_size: int,
+                 to_table: Callable[[dict[str, np.ndarray]], pa.Table]) -> None:
+        self.folder, self.rank, self.shard_size, self.to_table = folder, rank, shard_size, to_table
         self.parts: list[dict[str, np.ndarray]] = []
         self.buffered = 0
         self.index = 0
 
     def add(self, **columns: np.ndarray) -> None:
         self.parts.append(columns)
-        self.buffered += len(columns["gold_token_id"])
+        self.buffered += len(next(iter(columns.values())))
         while self.buffered >= self.shard_size:
             self._write(self.shard_size)
 
@@ -238,22 +239,31 @@ class _ShardWriter:
     def _write(self, n: int) -> None:
         """Write the first `n` buffered rows as the next shard; keep the rest buffered."""
         cols = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
-        head = {key: v[:n] for key, v in cols.items()}
         self.parts = [{key: v[n:] for key, v in cols.items()}]
         self.buffered -= n
-        k = head["topk_ids"].shape[1]
-        offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-        table = pa.table({
-            "example_id": pa.array(head["example_id"], pa.string()),
-            "topk_ids": pa.ListArray.from_arrays(offsets, pa.array(
-                head["topk_ids"].ravel().astype(np.int32))),
-            "topk_probs": pa.ListArray.from_arrays(offsets, pa.array(
-                round_down(head["topk_probs"].ravel(), self.np_type), self.pa_type)),
-            "gold_token_id": pa.array(head["gold_token_id"].astype(np.int32)),
-            "gold_rank_in_topk": pa.array(head["gold_rank_in_topk"].astype(np.int32)),
-        })
+        table = self.to_table({key: v[:n] for key, v in cols.items()})
         pq.write_table(table, self.folder / f"part-r{self.rank:03d}-{self.index:05d}.parquet")
         self.index += 1
+
+
+def probs_array(probs: np.ndarray, dtype: str) -> pa.Array:
+    """Stored probabilities `[n, k]` as a flat Arrow array of `dtype`, rounded down
+    (`round_down`), so a stored row never sums above the teacher's own."""
+    pa_type, np_type = DTYPES[dtype]
+    return pa.array(round_down(probs.ravel(), np_type), pa_type)
+
+
+def _answer_table(cols: dict[str, np.ndarray], dtype: str) -> pa.Table:
+    n, k = cols["topk_ids"].shape
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return pa.table({
+        "example_id": pa.array(cols["example_id"], pa.string()),
+        "topk_ids": pa.ListArray.from_arrays(offsets, pa.array(
+            cols["topk_ids"].ravel().astype(np.int32))),
+        "topk_probs": pa.ListArray.from_arrays(offsets, probs_array(cols["topk_probs"], dtype)),
+        "gold_token_id": pa.array(cols["gold_token_id"].astype(np.int32)),
+        "gold_rank_in_topk": pa.array(cols["gold_rank_in_topk"].astype(np.int32)),
+    })
 
 
 def _payload_bytes(path: Path) -> int:
@@ -299,7 +309,8 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
     state, tmp = start_partial(model, out)
 
     with state.split_between_processes(list(examples)) as mine:
-        writer = _ShardWriter(tmp, state.process_index, shard_size, dtype)
+        writer = ShardWriter(tmp, state.process_index, shard_size,
+                             lambda cols: _answer_table(cols, dtype))
         coverage = CoverageAccumulator(width)
         gold = np.array([letter_ids[ex.answer] for ex in mine], dtype=np.int64)
         prompts = PromptIds(tokenizer, mine, template, max_length)

@@ -47,8 +47,8 @@ from .inference import model_device, top_probabilities, vocab_size
 from .instruct_data import InstructExample
 from .metrics import topk_labels
 from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
-from .topk import (DTYPES, MANIFEST, CoverageAccumulator, _clear_store_dir, _collect_shards,
-                   coverage_table)
+from .topk import (MANIFEST, CoverageAccumulator, ShardWriter, _clear_store_dir, _collect_shards,
+                   coverage_table, probs_array)
 from .topk_extraction import check_extraction, start_partial
 
 TOKEN_SCHEMA_VERSION = 1
@@ -99,42 +99,17 @@ def instruct_examples_hash(examples: Sequence[InstructExample]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-class _TokenShardWriter:
-    """Buffers per-token rows and writes `shard_size` of them per Parquet file."""
-
-    def __init__(self, folder: Path, rank: int, shard_size: int, dtype: str, k: int) -> None:
-        self.folder, self.rank, self.shard_size, self.k = folder, rank, shard_size, k
-        self.pa_type, self.np_type = DTYPES[dtype]
-        self.parts: list[dict[str, np.ndarray]] = []
-        self.buffered = self.index = 0
-
-    def add(self, **columns: np.ndarray) -> None:
-        self.parts.append(columns)
-        self.buffered += len(columns["token_id"])
-        while self.buffered >= self.shard_size:
-            self._write(self.shard_size)
-
-    def close(self) -> None:
-        if self.buffered:
-            self._write(self.buffered)
-
-    def _write(self, n: int) -> None:
-        cols = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
-        head = {key: v[:n] for key, v in cols.items()}
-        self.parts = [{key: v[n:] for key, v in cols.items()}]
-        self.buffered -= n
-        table = pa.table({
-            "example_id": pa.array(head["example_id"], pa.string()),
-            "position": pa.array(head["position"].astype(np.int32)),
-            "token_id": pa.array(head["token_id"].astype(np.int32)),
-            "gold_rank_in_topk": pa.array(head["gold_rank_in_topk"].astype(np.int32)),
-            "topk_ids": pa.FixedSizeListArray.from_arrays(
-                pa.array(head["topk_ids"].ravel().astype(np.int32)), self.k),
-            "topk_probs": pa.FixedSizeListArray.from_arrays(
-                pa.array(head["topk_probs"].ravel().astype(self.np_type), self.pa_type), self.k),
-        })
-        pq.write_table(table, self.folder / f"part-r{self.rank:03d}-{self.index:05d}.parquet")
-        self.index += 1
+def _token_table(cols: dict[str, np.ndarray], dtype: str) -> pa.Table:
+    k = cols["topk_ids"].shape[1]
+    return pa.table({
+        "example_id": pa.array(cols["example_id"], pa.string()),
+        "position": pa.array(cols["position"].astype(np.int32)),
+        "token_id": pa.array(cols["token_id"].astype(np.int32)),
+        "gold_rank_in_topk": pa.array(cols["gold_rank_in_topk"].astype(np.int32)),
+        "topk_ids": pa.FixedSizeListArray.from_arrays(
+            pa.array(cols["topk_ids"].ravel().astype(np.int32)), k),
+        "topk_probs": pa.FixedSizeListArray.from_arrays(probs_array(cols["topk_probs"], dtype), k),
+    })
 
 
 def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
@@ -174,7 +149,8 @@ def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
     state, tmp = start_partial(model, out)
 
     with state.split_between_processes(list(examples)) as mine:
-        writer = _TokenShardWriter(tmp, state.process_index, shard_size, dtype, k)
+        writer = ShardWriter(tmp, state.process_index, shard_size,
+                             lambda cols: _token_table(cols, dtype))
         coverage = CoverageAccumulator(width)
         for chunk, logits, targets, counts in iter_token_batches(model, tokenizer, mine,
                                                                  batch_size, max_length):

@@ -298,3 +298,26 @@ def test_extraction_forms_no_full_softmax(setup, built, tmp_path, monkeypatch):
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.probs, b.probs)
     assert read_manifest(tmp_path / "s").coverage == built[1].coverage
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_both_stores_round_stored_probabilities_down(dtype):
+    """A confident teacher's 0.99985 is float16 1.0 to nearest (the row would sum above 1);
+    both stores' shard tables round toward zero instead, so no stored row exceeds its source."""
+    from first_core import topk, topk_tokens
+
+    probs = np.array([[0.99985, 1.2e-4, 2.9e-5], [0.5, 0.25, 0.125]])
+    assert np.float16(0.99985) == 1.0
+    ids = np.array([[5, 6, 7], [1, 2, 3]])
+    common = dict(example_id=np.array(["a", "b"], dtype=object), topk_ids=ids, topk_probs=probs,
+                  gold_rank_in_topk=np.array([0, -1]))
+    tables = [topk._answer_table({**common, "gold_token_id": np.array([5, 9])}, dtype),
+              topk_tokens._token_table({**common, "token_id": np.array([5, 9]),
+                                        "position": np.array([0, 1])}, dtype)]
+    for table in tables:
+        stored = np.array(table.column("topk_probs").to_pylist(), dtype=np.float64)
+        assert (stored <= probs).all() and (stored.sum(axis=1) <= 1.0).all()
+        half = dtype == "float16"  # 2.9e-5 is a float16 subnormal: absolute steps of 6e-8
+        np.testing.assert_allclose(stored, probs, rtol=1e-3 if half else 1e-7,
+                                   atol=6e-8 if half else 0)
+        assert table.column("topk_ids").to_pylist() == ids.tolist()

@@ -31,14 +31,14 @@ def _park() -> None:
 
 
 def _pause_in_topk() -> None:
-    original = topk._ShardWriter._write
+    original = topk.ShardWriter._write
 
-    def write(self: topk._ShardWriter, n: int) -> None:
+    def write(self: topk.ShardWriter, n: int) -> None:
         original(self, n)
         if self.folder.name == ".train.partial":
             _park()
 
-    topk._ShardWriter._write = write
+    topk.ShardWriter._write = write
 
 
 class _ParkAfterSave(TrainerCallback):
