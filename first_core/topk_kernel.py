@@ -12,8 +12,8 @@ teacher's forward pass on a CPU; this does both in one pass per row
   the width-th largest logit (each of those blocks holds a value >= t), so the top `width`
   all lie in blocks whose maximum is >= t: only those are scanned, their values >= t
   collected, and those few sorted (stable: the lower id first on ties). t is found by
-  bisection on the block maxima (`_threshold`: a dozen branch-free counting passes over ~1000
-  values, where a selection's data-dependent branches cost ten times more), stopped once at
+  bisection on the block maxima (`_threshold`: branch-free counting passes, which vectorise,
+  where a selection such as `np.partition` branches on every comparison), stopped once at
   most 25% more blocks than needed qualify.
 - **logsumexp** = max + log(sum exp(x - max)) with a float32 `exp` (the Cody-Waite reduction
   of `ece_kernel._exp` with a degree-7 polynomial: within 1 float32 ulp, tested) into 32
@@ -182,7 +182,7 @@ def top_logits(logits: torch.Tensor, width: int
     top = np.empty((b, width), np.float32)
     ids = np.empty((b, width), np.int64)
     lse = np.empty(b, np.float64)
-    # threads pay off from about a thousand rows (torch's OpenMP workers still spin after its
+    # a thread hand-off only pays for many rows (torch's OpenMP workers still spin after its
     # own parallel regions); an extraction batch of 64 rows runs in this thread
     chunks = max(1, min(torch.get_num_threads(), b // ROWS_PER_THREAD))
     bounds = np.linspace(0, b, chunks + 1).astype(np.int64)
