@@ -22,7 +22,6 @@ a row is correct when its arg-max column equals the label.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -35,7 +34,7 @@ from .metrics import check_labels, check_n_bins, check_probs, row_reduce
 MODES = ("first", "logit", "renorm")
 SEARCH_MODES = ("first", "logit")
 STRATEGIES = ("grid", "nll")  # how `choose_temperature` picks c
-THREADS: int | None = None  # grid-search threads; None = the usable cores, at most 8
+THREADS: int | None = None  # grid-search threads; None = `ece_kernel.default_threads()`
 
 
 # ---------------------------------------------------------------- numpy / torch operations
@@ -188,10 +187,6 @@ class SearchResult:
     best_ece: float
 
 
-def _workers() -> int:
-    return THREADS or max(1, min(len(os.sched_getaffinity(0)), 8))
-
-
 def score_gaps(scores: np.ndarray, top: int | np.ndarray | None = None) -> np.ndarray:
     """(k - 1) x N gaps z_j - z_top of the non-top rows of k x N c-independent scores z
     (`centered_scores(...).T`): what the ECE kernel exponentiates. `top` is the row whose
@@ -225,7 +220,7 @@ def scores_ece_curve(scores: np.ndarray, correct: np.ndarray, grid, n_bins: int 
         raise ValueError("scores: no predictions to score")
     sums = ece_kernel.temperature_bin_sums(score_gaps(scores, top), correct,
                                            np.asarray(grid, np.float64), check_n_bins(n_bins),
-                                           threads=_workers())
+                                           threads=THREADS)
     return ece_kernel.ece_from_sums(sums)
 
 
@@ -247,7 +242,7 @@ def _ls_curve(p: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
     out = np.full(len(deltas), np.nan)
     if valid.any():
         sums = ece_kernel.smoothing_bin_sums(q, labels, deltas[valid], n_bins,
-                                             threads=_workers())
+                                             threads=THREADS)
         out[valid] = ece_kernel.ece_from_sums(sums)
     return out
 
