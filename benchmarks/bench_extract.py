@@ -6,8 +6,8 @@ after a warm-up):
 - `forward`: `inference.answer_logits` over prompts tokenised beforehand: the teacher's forward
   pass at the answer position and nothing else, the floor any extraction pays;
 - `forward+tokenise`: the same with tokenisation inside the loop (as extraction does it);
-- `extract_topk`: the whole stage: tokenise, forward, softmax + top-k, coverage statistics,
-  Parquet shards, manifest.
+- `extract_topk`: the whole stage: tokenise, forward, top-k + logsumexp (beside the next
+  forward when a core is free), coverage statistics, Parquet shards, manifest.
 
 Two teachers: the tiny preset (about 0.8M parameters, ~120-token vocabulary), a worst case
 because its forward is so cheap that extraction's fixed costs weigh far more than they would

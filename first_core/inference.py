@@ -17,7 +17,8 @@ model only when a core is free for it (`spare_cpu`: the model is on an accelerat
 uses fewer threads than the process may run on), so a consumer of `answer_logits` must not use
 the tokenizer inside its loop. When torch's own threads already fill every core, a background
 thread only stalls them (each parallel region waits for its slowest thread), so it tokenises
-inline instead.
+inline instead. `answer_top` adds the top-k of each batch, which on a free core runs beside
+the next batch's forward pass in the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -105,21 +106,22 @@ def spare_cpu(model: torch.nn.Module) -> bool:
     return torch.get_num_threads() < (cores or 1)
 
 
-def _prefetched(fn, items, background: bool) -> Iterator:
-    """fn(item) for each item; with `background`, the next one is computed on another thread
-    while the caller works on the current one (at most one ahead), else when asked for."""
-    items = list(items)
+def _prefetched(fn, items: Iterable, background: bool) -> Iterator:
+    """fn(item) for each item, in order. With `background`, fn runs on one other thread: fn of
+    item i is computed there while the caller works on result i - 1 and pulls item i + 1
+    (pulling may itself be work, e.g. a forward pass), at most two items ahead."""
     if not background:
         yield from map(fn, items)
         return
-    if not items:
-        return
     with ThreadPoolExecutor(1, thread_name_prefix="first-prefetch") as pool:
-        pending = pool.submit(fn, items[0])
-        for nxt in items[1:]:
-            done, pending = pending.result(), pool.submit(fn, nxt)
-            yield done
-        yield pending.result()
+        pending = None
+        for item in items:
+            submitted = pool.submit(fn, item)
+            if pending is not None:
+                yield pending.result()
+            pending = submitted
+        if pending is not None:
+            yield pending.result()
 
 
 def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_size: int = 64,
@@ -149,6 +151,23 @@ def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_siz
             out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs, **extra)
             yield start, out.logits[:, -1, :].float().cpu()
             bar.update(len(seqs))
+
+
+def answer_top(model: torch.nn.Module, tokenizer, prompts: Prompts, width: int,
+               batch_size: int = 64, progress: bool | None = None, desc: str = "forward"
+               ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield `(start, probs, ids, lse)` per batch: `top_probabilities(logits, width)` of each
+    batch of `answer_logits`. When a core is free (`spare_cpu`) and the vocabulary takes the
+    compiled kernel, a batch's top-k runs on another thread while the model runs the next
+    batch (the kernel and torch's ops release the GIL); below `COMPILED_MIN_VOCAB` the step
+    costs less than the hand-off, so it runs in this thread."""
+    background = spare_cpu(model) and vocab_size(model) >= COMPILED_MIN_VOCAB
+
+    def top(batch: tuple[int, torch.Tensor]):
+        return (batch[0], *top_probabilities(batch[1], width))
+
+    yield from _prefetched(top, answer_logits(model, tokenizer, prompts, batch_size, progress,
+                                              desc), background)
 
 
 def top_probabilities(logits: torch.Tensor, k: int, dtype: torch.dtype | None = None

@@ -48,7 +48,7 @@ import torch
 
 from . import data
 from .errors import ConfigError, StoreError
-from .inference import PromptIds, answer_logits, top_probabilities, vocab_size
+from .inference import PromptIds, answer_top, vocab_size
 from .metrics import topk_labels
 from .models import MAX_POSITIONS, label_token_ids
 
@@ -314,11 +314,11 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
         coverage = CoverageAccumulator(width)
         gold = np.array([letter_ids[ex.answer] for ex in mine], dtype=np.int64)
         prompts = PromptIds(tokenizer, mine, template, max_length)
-        for start, logits in answer_logits(model, tokenizer, prompts, batch_size, progress,
-                                           desc=f"top-{k} (rank {state.process_index})"):
-            # the top-`width` once: the kept top-k and the coverage statistics both come
-            # from it, and no [B, V] softmax is formed (inference.top_probabilities)
-            top_p, top_i, _ = top_probabilities(logits, width)
+        # the top-`width` once per batch: the kept top-k and the coverage statistics both
+        # come from it, and no [B, V] softmax is formed (inference.top_probabilities)
+        for start, top_p, top_i, _ in answer_top(model, tokenizer, prompts, width, batch_size,
+                                                 progress,
+                                                 desc=f"top-{k} (rank {state.process_index})"):
             top_p, top_i = top_p.numpy(), top_i.numpy()
             ids, g = top_i[:, :k].copy(), gold[start:start + len(top_i)]
             coverage.add(top_p)

@@ -118,3 +118,85 @@ def test_tokenises_inline_when_torch_fills_every_core(setup, monkeypatch):
     finally:
         torch.set_num_threads(1)
     torch.testing.assert_close(inline, background, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7])
+@pytest.mark.parametrize("background", [False, True])
+def test_prefetched_keeps_order_and_runs_fn_off_the_caller_thread(n, background):
+    import threading
+
+    pulled, threads = [], set()
+
+    def items():  # pulling an item is work of the caller's thread (a forward pass)
+        for i in range(n):
+            pulled.append(i)
+            yield i
+
+    def fn(i):
+        threads.add(threading.current_thread().name)
+        return i * i
+
+    assert list(inference._prefetched(fn, items(), background)) == [i * i for i in range(n)]
+    assert pulled == list(range(n))
+    if n and background:
+        assert threads and all(t.startswith("first-prefetch") for t in threads)
+    else:
+        assert threads <= {threading.current_thread().name} and len(threads) == (n > 0)
+
+
+def test_prefetched_passes_on_the_items_error():
+    def items():
+        yield 1
+        raise ValueError("prompts: bad row")
+
+    with pytest.raises(ValueError, match="bad row"):
+        list(inference._prefetched(lambda i: i, items(), background=True))
+
+
+def test_answer_top_equals_top_probabilities_of_each_batch(setup, monkeypatch):
+    """The top-k overlapped with the next forward (worker thread) and the inline one are
+    exactly each batch's `top_probabilities` of `answer_logits`, in order."""
+    import threading
+
+    model, tokenizer, examples = setup
+    prompts = PromptIds(tokenizer, examples)
+    monkeypatch.setattr(inference, "COMPILED_MIN_VOCAB", 1)  # as if a real vocabulary
+    want = [(s, *inference.top_probabilities(x, 6))
+            for s, x in answer_logits(model, tokenizer, prompts, batch_size=4)]
+    real, threads = inference.top_probabilities, []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "top_probabilities", spy)
+    runs = {}
+    for background in (True, False):
+        monkeypatch.setattr(inference, "spare_cpu", lambda model, b=background: b)
+        threads.clear()
+        runs[background] = list(inference.answer_top(model, tokenizer, prompts, 6,
+                                                     batch_size=4))
+        assert len(threads) == 4
+        assert all(t.startswith("first-prefetch") == background for t in threads)
+    for got in runs.values():
+        assert [g[0] for g in got] == [w[0] for w in want] == [0, 4, 8, 12]
+        for g, w in zip(got, want):
+            for a, b in zip(g[1:], w[1:]):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_answer_top_keeps_small_vocabularies_in_this_thread(setup, monkeypatch):
+    model, tokenizer, examples = setup
+    assert vocab_size(model) < inference.COMPILED_MIN_VOCAB
+    monkeypatch.setattr(inference, "spare_cpu", lambda model: True)
+    real, calls = inference._prefetched, []
+
+    def spy(fn, items, background):
+        calls.append((fn.__name__, background))
+        return real(fn, items, background)
+
+    monkeypatch.setattr(inference, "_prefetched", spy)
+    got = list(inference.answer_top(model, tokenizer, PromptIds(tokenizer, examples), 3,
+                                    batch_size=8))
+    assert [g[0] for g in got] == [0, 8]
+    assert sorted(calls) == [("<lambda>", True), ("top", False)]  # tokenising, top-k
