@@ -373,15 +373,21 @@ def _merge(folder: Path, *, k: int, width: int, vocab: int, dtype: str, **meta: 
                         coverage=coverage.summary(),
                         bytes_per_position_measured=payload / n,
                         **meta)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: Any) -> None:
+    """`manifest.json` of a manifest dataclass; both stores write it last."""
     (folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(manifest), indent=2,
                                               sort_keys=True), encoding="utf-8")
-    return manifest
 
 
 # ------------------------------------------------------------------------------ reading
 
-def read_manifest(store_dir: str | os.PathLike[str]) -> Manifest:
-    """The manifest of a finished store; `StoreError` when missing, unreadable or too new."""
+def manifest_json(store_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """(path, JSON object) of a store's manifest; `StoreError` when missing or unreadable.
+    Shared by both stores' readers."""
     path = Path(store_dir) / MANIFEST
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -392,6 +398,12 @@ def read_manifest(store_dir: str | os.PathLike[str]) -> Manifest:
         raise StoreError(f"{path}: unreadable manifest: {exc}") from None
     if not isinstance(raw, dict):
         raise StoreError(f"{path}: manifest is not a JSON object")
+    return path, raw
+
+
+def read_manifest(store_dir: str | os.PathLike[str]) -> Manifest:
+    """The manifest of a finished store; `StoreError` when missing, unreadable or too new."""
+    path, raw = manifest_json(store_dir)
     return Manifest.from_dict(raw, path)
 
 

@@ -48,7 +48,7 @@ from .instruct_data import InstructExample
 from .metrics import topk_labels
 from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
 from .topk import (MANIFEST, CoverageAccumulator, ShardWriter, _clear_store_dir, _collect_shards,
-                   coverage_table, probs_array)
+                   coverage_table, manifest_json, probs_array, write_manifest)
 from .topk_extraction import check_extraction, start_partial
 
 TOKEN_SCHEMA_VERSION = 1
@@ -188,22 +188,13 @@ def _merge(folder: Path, *, k: int, width: int, vocab: int, dtype: str, **meta: 
                              n_gold_in_topk=golds, coverage=coverage.summary(),
                              shards=listed,
                              bytes_per_token_measured=payload / max(n, 1), **meta)
-    (folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(manifest), indent=2,
-                                              sort_keys=True), encoding="utf-8")
+    write_manifest(folder, manifest)
 
 
 def read_token_manifest(store_dir: str | os.PathLike[str]) -> TokenManifest:
-    path = Path(store_dir) / MANIFEST
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StoreError(f"{path}: no top-k manifest; the top-k stage has not finished "
-                         "(rerun it)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{path}: unreadable manifest: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("layout") != LAYOUT:
-        raise StoreError(f"{path}: not a per-token top-k store (layout "
-                         f"{raw.get('layout') if isinstance(raw, dict) else None!r})")
+    path, raw = manifest_json(store_dir)
+    if raw.get("layout") != LAYOUT:
+        raise StoreError(f"{path}: not a per-token top-k store (layout {raw.get('layout')!r})")
     if raw.get("schema_version", 0) > TOKEN_SCHEMA_VERSION:
         raise StoreError(f"{path}: written by a newer first-lab; upgrade")
     names = {f.name for f in dataclasses.fields(TokenManifest)}

@@ -226,6 +226,22 @@ def test_distillation_refuses_a_store_of_other_tokens(tiny, tmp_path) -> None:
                        tmp_path / "o", short)
 
 
+@pytest.mark.parametrize("content, match", [
+    (None, "no top-k manifest"),
+    ("{not json", "unreadable manifest"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"k": 5, "schema_version": 1}', "not a per-token top-k store \\(layout None\\)"),
+    ('{"layout": "long-per-token", "schema_version": 99}', "newer first-lab"),
+    ('{"layout": "long-per-token", "schema_version": 1}', "lacks fields"),
+])
+def test_a_bad_token_manifest_is_one_clear_error(tmp_path, content, match) -> None:
+    if content is not None:
+        (tmp_path / "manifest.json").write_text(content, encoding="utf-8")
+    with pytest.raises(FirstError, match=match) as err:
+        read_token_manifest(tmp_path)
+    assert str(tmp_path / "manifest.json") in str(err.value)
+
+
 def test_token_confidences_match_the_reference(tiny) -> None:
     _, examples, model, tok = tiny
     conf, correct = token_confidences(model, tok, examples[:9], batch_size=4, max_length=64)
