@@ -99,11 +99,14 @@ def _left_pad(seqs: list[list[int]], device: torch.device
 
 def spare_cpu(model: torch.nn.Module) -> bool:
     """Whether a CPU core is free while the model runs a forward pass: it runs on an
-    accelerator, or torch's intra-op threads leave one of this process's cores idle."""
+    accelerator, or torch's intra-op threads leave one of this process's cores idle. Under
+    torchrun / `accelerate launch` the processes on this machine (`LOCAL_WORLD_SIZE`) share
+    its cores, so each process counts only its part."""
     if model_device(model).type != "cpu":
         return True
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return torch.get_num_threads() < (cores or 1)
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return torch.get_num_threads() < (cores or 1) // ranks
 
 
 def _prefetched(fn, items: Iterable, background: bool) -> Iterator:

@@ -103,6 +103,15 @@ def test_bad_input(setup, prompts, batch_size, error, match):
         list(answer_logits(model, tokenizer, prompts, batch_size=batch_size))
 
 
+def test_processes_on_one_machine_share_its_cores(setup, monkeypatch):
+    model, _, _ = setup
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # one process per core: none is free
+    assert not spare_cpu(model)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert spare_cpu(model) == (cores > 1)
+
+
 def test_tokenises_inline_when_torch_fills_every_core(setup, monkeypatch):
     model, tokenizer, examples = setup
     cores = len(os.sched_getaffinity(0))
