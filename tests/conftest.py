@@ -1,10 +1,21 @@
-"""Shared test setup: one torch thread (the CI machine has two cores) and common paths."""
+"""Shared test setup: one torch thread (the CI machine has two cores), hypothesis's CI
+profile and common paths."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples on every run, so a red CI means a change broke something and
+# never that the search drew a new case; locally the search stays random and keeps what it
+# finds in .hypothesis/ (a case found there becomes a fixed test). Loaded before the test
+# modules build their settings, which inherit it.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CSQA = ROOT.parent / "shared" / "data" / "commonsenseqa_50.jsonl"
