@@ -23,9 +23,13 @@ Why numba, and why its own `exp`: a compiled loop fuses exp, sum, reciprocal, bi
 per-bin sums into one pass over cache-resident blocks, where numpy needs ~8 passes and a
 `bincount` that holds the GIL. numba's `math.exp` is glibc's scalar exp (about 4 ns here;
 the pip build of llvmlite has no SVML), so `_exp` below is the textbook Cody-Waite reduction
-plus a degree-13 Taylor polynomial that LLVM vectorises (about 0.8 ns, like numpy's AVX-512
-exp); it is within 1 ulp of numpy's `np.exp` and exact at 0 and -inf (tested), which is what
-keeps the curves equal to the numpy reference to 1e-12 and values on bin edges on them.
+plus a degree-13 Taylor polynomial that LLVM vectorises (about 0.8 ns on an AVX-512 machine,
+like numpy's exp there; about 2 ns on AVX2, where numpy's float64 exp is scalar); it is within
+1 ulp of numpy's `np.exp` and exact at 0 (tested), which is what keeps the curves equal to the
+numpy reference to 1e-12 and values on bin edges on them. On AVX2 (16 vector registers, no
+vector double -> int64 conversion) the loops are latency- and register-bound, so the kernel
+multiplies by 1/c instead of dividing, scores two columns per pass, and bins in floating
+point (benchmarks/README.md has the figures).
 torch was the other candidate: its float64 `exp` measured 1.7 ns per value here (Sleef, one
 thread) and it has no fused binning, so the compiled loop is the faster of the two.
 
@@ -36,6 +40,7 @@ does not depend on the number of threads.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +60,8 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01   # ln 2 split in two (fdlibm's constants) so that
 _LN2_LO = 1.90821492927058770002e-10   # x - n ln 2 is exact to double precision
 _ROUND = 6755399441055744.0            # 1.5 * 2^52: x + _ROUND - _ROUND rounds x to an integer
-_LOW = -50.0    # exp(-50) < 2^-72: added to a sum >= 1 it never changes a bit, so it is 0 here
+_LOW = -50.0    # exp(-50) < 2^-72: added to a sum >= 1 it never changes a bit, so every x
+                # below it (-inf included) may give exp(-50): no compare-and-select for 0
 _HIGH = 709.0   # the largest exponent whose 2^n scale is a normal double
 _OVERFLOW = 709.782712893384  # log(DBL_MAX): above this exp is inf (conf becomes 0)
 
@@ -64,29 +70,31 @@ _OVERFLOW = 709.782712893384  # log(DBL_MAX): above this exp is inf (conf become
 _jit = numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 
 
+# Taylor coefficients 1/k! of the tail, r^4/4! .. r^13/13!
+_A4, _A5, _A6, _A7, _A8 = 1 / 24, 1 / 120, 1 / 720, 1 / 5040, 1 / 40320
+_A9, _A10, _A11, _A12, _A13 = 1 / 362880, 1 / 3628800, 1 / 39916800, 1 / 479001600, 1 / 6227020800
+_ROUND_BITS = int(np.float64(_ROUND).view(np.int64))
+
+
 @numba.njit(inline="always", fastmath={"contract"})
 def _exp(x: float) -> float:
-    """exp(x) for x <= 0 to 1 ulp; exactly 0 below _LOW (see above), inf above _OVERFLOW."""
+    """exp(x) for x <= 0 to 1 ulp; exp(_LOW) ~ 2e-22 below _LOW (see above), inf above
+    _OVERFLOW. Written for a short dependency chain and few live registers: the loops are
+    latency-bound, AVX2's 16 vector registers most of all."""
     xc = min(max(x, _LOW), _HIGH)
-    n = (xc * _LOG2E + _ROUND) - _ROUND            # nearest integer to x / ln 2
+    t = xc * _LOG2E + _ROUND                       # n sits in the low bits of t's mantissa
+    n = t - _ROUND                                 # nearest integer to x / ln 2
     r = (xc - n * _LN2_HI) - n * _LN2_LO           # |r| <= ln(2) / 2
-    p = 1.0 / 6227020800.0                         # Taylor to r^13 / 13!: error < 2^-56
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    e = p * np.int64((np.int64(n) + 1023) << 52).view(np.float64)  # times 2^n
-    if x < _LOW:
-        e = 0.0
+    # Taylor to r^13 / 13! (error < 2^-56): 1 + (r + r^2 (1/2 + r/6)) + r^4 tail, the small
+    # tail r^0/4! + ... + r^9/13! by Estrin's scheme; independent short chains of fused
+    # mul-adds instead of one chain of thirteen
+    r2 = r * r
+    r4 = r2 * r2
+    tail = ((_A4 + _A5 * r) + (_A6 + _A7 * r) * r2
+            + ((_A8 + _A9 * r) + (_A10 + _A11 * r) * r2 + (_A12 + _A13 * r) * r4) * r4)
+    p = 1.0 + ((r + r2 * (0.5 + r * (1.0 / 6.0))) + r4 * tail)
+    # times 2^n, built from t's bits: integer ops only (AVX2 has no vector double -> int64)
+    e = p * np.int64((np.float64(t).view(np.int64) - _ROUND_BITS + 1023) << 52).view(np.float64)
     if x > _OVERFLOW:
         e = np.inf
     return e
@@ -102,19 +110,22 @@ def exp_array(x: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(inline="always")
-def _floor_bin(conf: float, n_bins: int, lower: np.ndarray) -> int:
-    """Right-closed bin of conf by the floor rule (branch-free, so a loop of it vectorises)."""
-    b = min(max(int(conf * n_bins), 0), n_bins)
-    b -= 1 if conf <= lower[b] else 0
-    return min(max(b, 0), n_bins - 1)
+def _floor_bin(conf: float, n_bins: int, step: float) -> float:
+    """Right-closed bin of conf by the floor rule, as a float. All in floating point and
+    branch-free, so a loop of it vectorises on AVX2 too (which has no vector double -> int64
+    conversion and slow gathers): the lower edge of bin b is b * step, which is exactly
+    linspace's edge for inner b (`_edges` checks it); at b = 0 and b = n_bins the clip decides
+    alone, as with metrics' table (-inf and 1.0 there)."""
+    b = min(max(math.floor(conf * n_bins), 0.0), float(n_bins))
+    b -= 1.0 if conf <= b * step else 0.0
+    return min(max(b, 0.0), n_bins - 1.0)
 
 
 @numba.njit(inline="always")
-def _bin(conf: float, n_bins: int, lower: np.ndarray, inner: np.ndarray,
-         use_floor: bool) -> int:
+def _bin(conf: float, n_bins: int, step: float, inner: np.ndarray, use_floor: bool) -> int:
     """Right-closed bin of conf (metrics.uniform_bin_ids' rule), clipped to a valid index."""
     if use_floor:
-        return _floor_bin(conf, n_bins, lower)
+        return int(_floor_bin(conf, n_bins, step))
     return min(max(np.searchsorted(inner, conf), 0), n_bins - 1)
 
 
@@ -125,7 +136,7 @@ def _add_block(conf, bins, correct, start, rows, acc, out):
     wait for the previous one's store."""
     acc[:] = 0.0
     for i in range(rows):
-        lane, b = i & 3, bins[i]
+        lane, b = i & 3, int(bins[i])
         acc[lane, b, 0] += 1.0
         acc[lane, b, 1] += correct[start + i]
         acc[lane, b, 2] += conf[i]
@@ -134,38 +145,46 @@ def _add_block(conf, bins, correct, start, rows, acc, out):
 
 
 @_jit
-def _temperature_chunk(gaps, correct, cs, n_bins, lower, inner, use_floor, lo, hi, out):
+def _temperature_chunk(gaps, correct, cs, n_bins, step, inner, use_floor, lo, hi, out):
     """Add the bin sums of rows lo:hi for every c to out (values x bins x 3)."""
     m = gaps.shape[0]
     s = np.empty(_BLOCK)
-    bins = np.empty(_BLOCK, np.int64)
+    bins = np.empty(_BLOCK)                      # bin ids as floats (see _floor_bin)
     acc = np.empty((4, n_bins, 3))
     for start in range(lo, hi, _BLOCK):
         rows = min(_BLOCK, hi - start)
         block_correct = correct[start:start + rows]
         for g in range(cs.shape[0]):
-            c = cs[g]
+            # one division per value, a product per entry: the divider is slow and would sit
+            # on every exp's critical path (the product is within 1 ulp of the quotient)
+            inv = 1.0 / cs[g]
             for i in range(rows):
                 s[i] = 1.0                       # exp(0) of the top entry
-            for j in range(m):
-                # a contiguous 1-D slice: `gaps[j, start + i]` compiles to a gather (numba
-                # cannot prove the index non-negative), this to plain vector loads
-                col = gaps[j][start:start + rows]
+            # two columns per pass: two independent exp chains per row keep the FP units
+            # busy where one chain's latency would leave them idle (AVX2 machines most of all).
+            # Contiguous 1-D slices: `gaps[j, start + i]` compiles to a gather (numba cannot
+            # prove the index non-negative), these to plain vector loads.
+            for j in range(0, m - 1, 2):
+                a, b = gaps[j][start:start + rows], gaps[j + 1][start:start + rows]
                 for i in range(rows):
-                    s[i] += _exp(col[i] / c)
+                    s[i] += _exp(a[i] * inv) + _exp(b[i] * inv)
+            if m % 2:
+                a = gaps[m - 1][start:start + rows]
+                for i in range(rows):
+                    s[i] += _exp(a[i] * inv)
             if use_floor:                        # two loops, so that the common one vectorises
                 for i in range(rows):
                     s[i] = 1.0 / s[i]
-                    bins[i] = _floor_bin(s[i], n_bins, lower)
+                    bins[i] = _floor_bin(s[i], n_bins, step)
             else:
                 for i in range(rows):
                     s[i] = 1.0 / s[i]
-                    bins[i] = _bin(s[i], n_bins, lower, inner, False)
+                    bins[i] = _bin(s[i], n_bins, step, inner, False)
             _add_block(s, bins, block_correct, 0, rows, acc, out[g])
 
 
 @_jit
-def _smoothing_chunk(q, top, labels, deltas, n_bins, lower, inner, use_floor, lo, hi, out):
+def _smoothing_chunk(q, top, labels, deltas, n_bins, step, inner, use_floor, lo, hi, out):
     """Label smoothing of the k x N renormalised rows q: per delta, the top column loses
     delta, the others gain delta / (k - 1); the new arg-max (first on ties) and its value are
     the prediction and confidence, correct when it is the row's label."""
@@ -180,17 +199,17 @@ def _smoothing_chunk(q, top, labels, deltas, n_bins, lower, inner, use_floor, lo
                 v = q[j, i] - delta if j == t else q[j, i] + add
                 if v > conf:
                     best, conf = j, v
-            b = _bin(conf, n_bins, lower, inner, use_floor)
+            b = _bin(conf, n_bins, step, inner, use_floor)
             out[g, b, 0] += 1.0
             out[g, b, 1] += 1.0 if best == labels[i] else 0.0
             out[g, b, 2] += conf
 
 
 @_jit
-def _confidence_chunk(conf, correct, n_bins, lower, inner, use_floor, lo, hi, out):
+def _confidence_chunk(conf, correct, n_bins, step, inner, use_floor, lo, hi, out):
     """Bin sums of given confidences (one value): the reliability diagram in one pass."""
     for i in range(lo, hi):
-        b = _bin(conf[i], n_bins, lower, inner, use_floor)
+        b = _bin(conf[i], n_bins, step, inner, use_floor)
         out[0, b, 0] += 1.0
         out[0, b, 1] += correct[i]
         out[0, b, 2] += conf[i]
@@ -204,23 +223,28 @@ def default_threads() -> int:
 
 
 @lru_cache(maxsize=64)
-def _edges(n_bins: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(lower edges for the floor rule, inner edges for the fallback search, use_floor)."""
+def _edges(n_bins: int) -> tuple[float, np.ndarray, bool]:
+    """(edge step for the floor rule, inner edges for the fallback search, use_floor).
+
+    The floor rule needs metrics' proof (`_floor_lower_edges`) and inner edges that are
+    exactly b * step (linspace makes them so; checked, never assumed)."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    lower = _floor_lower_edges(n_bins)
-    return (edges if lower is None else np.asarray(lower)), edges[1:-1].copy(), lower is not None
+    step = 1.0 / n_bins
+    use_floor = (_floor_lower_edges(n_bins) is not None
+                 and np.array_equal(np.arange(1, n_bins) * step, edges[1:-1]))
+    return step, edges[1:-1].copy(), use_floor
 
 
 def _run(kernel, n: int, n_values: int, n_bins: int, args: tuple,
          threads: int | None) -> np.ndarray:
     """Score rows in fixed chunks on a thread pool; (values x bins x 3) sums in chunk order."""
-    lower, inner, use_floor = _edges(n_bins)
+    step, inner, use_floor = _edges(n_bins)
     n_chunks = max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK))
     bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
     parts = np.zeros((n_chunks, n_values, n_bins, 3))
 
     def score(i: int) -> None:
-        kernel(*args, n_bins, lower, inner, use_floor, bounds[i], bounds[i + 1], parts[i])
+        kernel(*args, n_bins, step, inner, use_floor, bounds[i], bounds[i + 1], parts[i])
 
     map_chunks(score, n_chunks, threads or default_threads())
     return parts.sum(axis=0)

@@ -90,9 +90,10 @@ def test_exp_is_within_one_ulp_of_numpy_and_exact_at_the_ends():
     assert (np.abs(got - want) <= np.spacing(want)).all()
     assert (got == want).mean() > 0.8
     special = np.array([0.0, -0.0, -np.inf, -50.5, -1000.0, 710.0, np.inf])
-    assert K.exp_array(special).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, np.inf, np.inf]
-    # below -50 the kernel's 0 cannot change a sum that starts at 1
-    assert 1.0 + np.exp(-50.0) * 8 == 1.0
+    tiny = K.exp_array(np.array([K._LOW]))[0]
+    assert K.exp_array(special).tolist() == [1.0, 1.0, tiny, tiny, tiny, np.inf, np.inf]
+    # below -50 the kernel's exp(-50) cannot change a sum that starts at 1, even k - 1 of them
+    assert 0 < tiny < 2e-22 and 1.0 + tiny * 8 == 1.0 and 1.0 + (tiny + tiny) == 1.0
 
 
 # ---------------------------------------------------------------- curves
