@@ -199,11 +199,12 @@ def score_gaps(scores: np.ndarray, top: int | np.ndarray | None = None) -> np.nd
     if np.ndim(top) == 0:
         rest = np.delete(scores, int(top), axis=0)
         return rest - scores[int(top)]
-    rows, cols = scores.T, np.arange(k - 1)  # N x k; the non-top columns in their order:
-    top = np.asarray(top)[:, None]
-    rest = np.take_along_axis(rows, cols + (cols >= top), axis=1)  # a gather, not a mask
-    rest -= np.take_along_axis(rows, top, axis=1)
-    return np.ascontiguousarray(rest.T)
+    rows, top = np.ascontiguousarray(scores), np.asarray(top)  # k x N
+    best = np.take_along_axis(rows, top[None, :], axis=0)[0]
+    gaps = np.empty((k - 1, rows.shape[1]))
+    for j in range(k - 1):  # the non-top rows in their order: row j, or j + 1 from the top on
+        np.subtract(np.where(top > j, rows[j], rows[j + 1]), best, out=gaps[j])
+    return gaps
 
 
 def scores_ece_curve(scores: np.ndarray, correct: np.ndarray, grid, n_bins: int = 10,
