@@ -56,13 +56,19 @@ def parse_args(doc: str | None, **extra: tuple[type, object, str]) -> argparse.N
 
 
 def _cpu_model() -> str:
+    """CPU model, family/model numbers and widest vector unit: "AMD EPYC" alone can be a Zen 3
+    (AVX2) or a Zen 4 (AVX-512), and the compiled kernels run about twice as fast on the latter."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(line.split(":", 1) for line in
+                    Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')}"
+            f" model {info.get('model', '?')}, {simd})")
 
 
 def print_machine(title: str) -> None:
