@@ -79,15 +79,15 @@ _ROUND_BITS = int(np.float64(_ROUND).view(np.int64))
 @numba.njit(inline="always", fastmath={"contract"})
 def _exp(x: float) -> float:
     """exp(x) for x <= 0 to 1 ulp; exp(_LOW) ~ 2e-22 below _LOW (see above), inf above
-    _OVERFLOW. Written for a short dependency chain and few live registers: the loops are
-    latency-bound, AVX2's 16 vector registers most of all."""
+    _OVERFLOW. Written for a short dependency chain: the loops that call it are
+    latency-bound, on AVX2 most of all (its ~20 constants do not fit AVX2's 16 registers)."""
     xc = min(max(x, _LOW), _HIGH)
     t = xc * _LOG2E + _ROUND                       # n sits in the low bits of t's mantissa
     n = t - _ROUND                                 # nearest integer to x / ln 2
     r = (xc - n * _LN2_HI) - n * _LN2_LO           # |r| <= ln(2) / 2
-    # Taylor to r^13 / 13! (error < 2^-56): 1 + (r + r^2 (1/2 + r/6)) + r^4 tail, the small
-    # tail r^0/4! + ... + r^9/13! by Estrin's scheme; independent short chains of fused
-    # mul-adds instead of one chain of thirteen
+    # Taylor to r^13 / 13! (error < 2^-56): 1 + (r + r^2 (1/2 + r/6)) + r^4 tail, with the
+    # small tail = 1/4! + r/5! + ... + r^9/13! by Estrin's scheme: independent short chains
+    # of fused mul-adds instead of one chain of thirteen
     r2 = r * r
     r4 = r2 * r2
     tail = ((_A4 + _A5 * r) + (_A6 + _A7 * r) * r2
