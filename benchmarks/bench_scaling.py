@@ -39,7 +39,7 @@ TARGET = 1.1
 SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (2_000, 8_000, 32_000)
 SERIES = ("ece", "grid_search", "slider", "extract")
-BYTES_PER_ROW = {"ece": 60, "grid_search": 400, "slider": 700}  # measured peaks, rounded up
+BYTES_PER_ROW = {"ece": 60, "grid_search": 150, "slider": 700}  # measured peaks, rounded up
 GRID = np.linspace(0.05, 2.0, 20)
 
 

@@ -110,12 +110,18 @@ def _check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
 # ---------------------------------------------------------------- transforms
 
 
+def _scores(x, mode: str, ops: _Ops):
+    """z = p (`first`) or log p: what the temperature divides, up to a shift per row."""
+    if mode == "first":
+        return x
+    with np.errstate(divide="ignore"):  # log 0 = -inf -> weight 0, as p^(1/c) = 0
+        return ops.log(x)
+
+
 def _centered(x, mode: str, ops: _Ops):
-    """z - max z per row, z = p (`first`) or log p: what the temperature divides."""
-    if mode != "first":
-        with np.errstate(divide="ignore"):  # log 0 = -inf -> weight 0, as p^(1/c) = 0
-            x = ops.log(x)
-    return x - ops.amax(x)
+    """z - max z per row: the scores with the row's top at 0 (no overflow in exp)."""
+    z = _scores(x, mode, ops)
+    return z - ops.amax(z)
 
 
 def centered_scores(probs, mode: str = "first", *, check: bool = True) -> np.ndarray:
@@ -187,39 +193,25 @@ class SearchResult:
     best_ece: float
 
 
-def score_gaps(scores: np.ndarray, top: int | np.ndarray | None = None) -> np.ndarray:
-    """(k - 1) x N gaps z_j - z_top of the non-top rows of k x N c-independent scores z
-    (`centered_scores(...).T`): what the ECE kernel exponentiates. `top` is the row whose
-    confidence is scored: one index for every column, a per-column index array, or None
-    for each column's first arg-max."""
-    scores = np.asarray(scores, dtype=np.float64)
-    k = scores.shape[0]
-    if top is None:
-        top = np.argmax(scores, axis=0)
-    if np.ndim(top) == 0:
-        rest = np.delete(scores, int(top), axis=0)
-        return rest - scores[int(top)]
-    rows, top = np.ascontiguousarray(scores), np.asarray(top)  # k x N
-    best = np.take_along_axis(rows, top[None, :], axis=0)[0]
-    gaps = np.empty((k - 1, rows.shape[1]))
-    for j in range(k - 1):  # the non-top rows in their order: row j, or j + 1 from the top on
-        np.subtract(np.where(top > j, rows[j], rows[j + 1]), best, out=gaps[j])
-    return gaps
-
-
 def scores_ece_curve(scores: np.ndarray, correct: np.ndarray, grid, n_bins: int = 10,
                      top: int | np.ndarray | None = None) -> np.ndarray:
     """ECE at every c of `grid` for the confidence exp(z_top / c) / sum_j exp(z_j / c) of
-    k x N scores z (see `score_gaps`), with fixed correctness: one compiled pass per c.
+    k x N c-independent scores z (`centered_scores(...).T`, or any shift of them per column),
+    with fixed correctness: one compiled pass per c. `top` is the row whose confidence is
+    scored: one index for every column, a per-column index array, or None for each column's
+    first arg-max.
 
     The dashboard's ECE-vs-c curve (its slider's own conventions) and the grid searches
     go through this; the arrays are trusted (validated by their owner), c must be > 0.
     """
     from . import ece_kernel
 
-    if np.shape(scores)[1] == 0:
+    n = np.shape(scores)[1]
+    if n == 0:
         raise ValueError("scores: no predictions to score")
-    sums = ece_kernel.temperature_bin_sums(score_gaps(scores, top), correct,
+    if top is None:
+        top = np.argmax(scores, axis=0)
+    sums = ece_kernel.temperature_bin_sums(scores, np.broadcast_to(top, (n,)), correct,
                                            np.asarray(grid, np.float64), check_n_bins(n_bins),
                                            threads=THREADS)
     return ece_kernel.ece_from_sums(sums)
@@ -228,9 +220,10 @@ def scores_ece_curve(scores: np.ndarray, correct: np.ndarray, grid, n_bins: int 
 def _ts_curve(p: np.ndarray, labels: np.ndarray, cs: np.ndarray, mode: str,
               n_bins: int) -> np.ndarray:
     """ECE of `temperature_scale(p, c, mode)` for every c, without materialising the rows:
-    the arg-max (so correctness) does not depend on c, only the top-1 confidence does."""
-    correct = np.argmax(p, axis=1) == labels
-    return scores_ece_curve(_centered(p, mode, _NUMPY).T, correct, cs, n_bins)
+    the arg-max (so correctness) does not depend on c, only the top-1 confidence does. The
+    kernel takes differences to the top score, so z = p or log p needs no centring."""
+    top = np.argmax(p, axis=1)
+    return scores_ece_curve(_scores(p, mode, _NUMPY).T, top == labels, cs, n_bins, top)
 
 
 def _ls_curve(p: np.ndarray, labels: np.ndarray, deltas: np.ndarray,

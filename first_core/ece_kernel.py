@@ -8,9 +8,9 @@ only the top-1 confidence has to be recomputed for every c:
                            conf(c) = 1 / (1 + sum_j exp((log p_j - log p_top) / c))
                                    = 1 / sum_j (p_j / p_top)^(1/c)
 
-with the sums over the k - 1 non-top columns. The caller passes those c-independent gaps
-once ((k - 1) x N, `temperature_bin_sums`); the kernel does k - 1 exponentials per row and
-value, no renormalised matrix. Label smoothing (`smoothing_bin_sums`) can move the arg-max, so
+with the sums over the k - 1 non-top columns. The caller passes the c-independent scores
+(p or log p, k x N, `temperature_bin_sums`); the kernel takes each block's gaps once, then
+does k - 1 exponentials per row and value, no renormalised matrix. Label smoothing (`smoothing_bin_sums`) can move the arg-max, so
 it re-derives the prediction per delta from the renormalised rows, with the same operations as
 `calibrate.label_smooth` (no transcendental function: those confidences are bit-identical).
 
@@ -145,15 +145,25 @@ def _add_block(conf, bins, correct, start, rows, acc, out):
 
 
 @_jit
-def _temperature_chunk(gaps, correct, cs, n_bins, step, inner, use_floor, lo, hi, out):
+def _temperature_chunk(scores, top, correct, cs, n_bins, step, inner, use_floor, lo, hi, out):
     """Add the bin sums of rows lo:hi for every c to out (values x bins x 3)."""
-    m = gaps.shape[0]
+    m = scores.shape[0] - 1
+    gaps = np.empty((max(m, 1), _BLOCK))        # the block's gaps, built once for all c
     s = np.empty(_BLOCK)
     bins = np.empty(_BLOCK)                      # bin ids as floats (see _floor_bin)
     acc = np.empty((4, n_bins, 3))
     for start in range(lo, hi, _BLOCK):
         rows = min(_BLOCK, hi - start)
         block_correct = correct[start:start + rows]
+        # gaps[j] = the j-th non-top score minus the top one, in column order. Built here,
+        # per block, rather than by the caller: a (k - 1) x N array costs more to allocate
+        # and fill at N = 10M than the whole 20-value curve (page faults, memory traffic).
+        for i in range(rows):
+            s[i] = scores[top[start + i], start + i]
+        for j in range(m):
+            for i in range(rows):
+                r = start + i
+                gaps[j, i] = (scores[j, r] if top[r] > j else scores[j + 1, r]) - s[i]
         for g in range(cs.shape[0]):
             # one division per value, a product per entry: the divider is slow and would sit
             # on every exp's critical path (the product is within 1 ulp of the quotient)
@@ -162,14 +172,14 @@ def _temperature_chunk(gaps, correct, cs, n_bins, step, inner, use_floor, lo, hi
                 s[i] = 1.0                       # exp(0) of the top entry
             # two columns per pass: two independent exp chains per row keep the FP units
             # busy where one chain's latency would leave them idle (AVX2 machines most of all).
-            # Contiguous 1-D slices: `gaps[j, start + i]` compiles to a gather (numba cannot
-            # prove the index non-negative), these to plain vector loads.
+            # Contiguous 1-D slices: `gaps[j, i]` compiles to a gather (numba cannot prove
+            # the index non-negative), these to plain vector loads.
             for j in range(0, m - 1, 2):
-                a, b = gaps[j][start:start + rows], gaps[j + 1][start:start + rows]
+                a, b = gaps[j][:rows], gaps[j + 1][:rows]
                 for i in range(rows):
                     s[i] += _exp(a[i] * inv) + _exp(b[i] * inv)
             if m % 2:
-                a = gaps[m - 1][start:start + rows]
+                a = gaps[m - 1][:rows]
                 for i in range(rows):
                     s[i] += _exp(a[i] * inv)
             if use_floor:                        # two loops, so that the common one vectorises
@@ -266,18 +276,24 @@ def _as_correct(correct: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(correct, dtype=np.float64)
 
 
-def temperature_bin_sums(gaps: np.ndarray, correct: np.ndarray, cs: np.ndarray,
-                         n_bins: int = 10, threads: int | None = None) -> np.ndarray:
-    """(values x bins x 3) sums (`SUMS`) of conf(c) = 1 / (1 + sum_j exp(gaps[j] / c)).
+def temperature_bin_sums(scores: np.ndarray, top: np.ndarray, correct: np.ndarray,
+                         cs: np.ndarray, n_bins: int = 10,
+                         threads: int | None = None) -> np.ndarray:
+    """(values x bins x 3) sums (`SUMS`) of conf(c) = 1 / (1 + sum_j exp((z_j - z_top) / c)).
 
-    `gaps` is (k - 1) x N: each non-top score minus the top one (<= 0 when the top is the
-    row's maximum; a positive gap is allowed and lowers the confidence), `correct` N
-    booleans, `cs` the temperatures (> 0). Trusted: the callers validated them.
+    `scores` is k x N c-independent scores z (C- or Fortran-ordered: the transpose of N x k
+    rows is taken as it is, no copy), `top` the N row indices whose confidence is scored
+    (z_top is normally the column's maximum; a larger non-top score is allowed and lowers the
+    confidence), `correct` N booleans, `cs` the temperatures (> 0). Trusted: the callers
+    validated them.
     """
-    gaps = np.ascontiguousarray(gaps, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (scores.flags.c_contiguous or scores.flags.f_contiguous):
+        scores = np.ascontiguousarray(scores)
     cs = np.ascontiguousarray(cs, dtype=np.float64).ravel()
-    return _run(_temperature_chunk, gaps.shape[1], len(cs), n_bins,
-                (gaps, _as_correct(correct), cs), threads)
+    return _run(_temperature_chunk, scores.shape[1], len(cs), n_bins,
+                (scores, np.ascontiguousarray(top, dtype=np.int64), _as_correct(correct), cs),
+                threads)
 
 
 def smoothing_bin_sums(q: np.ndarray, labels: np.ndarray, deltas: np.ndarray,

@@ -355,15 +355,3 @@ def test_bad_temperature(c):
 def test_bad_input_names_the_argument(call, word):
     with pytest.raises(ValueError, match=word):
         call()
-
-
-@SETTINGS
-@given(seeds, st.integers(1, 50), st.integers(2, 6))
-def test_score_gaps_are_the_non_top_scores_minus_the_top_in_their_order(seed, n, k):
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(k, n)).round(1)  # rounded: ties, so "first arg-max" matters
-    for top in (None, int(rng.integers(0, k)), rng.integers(0, k, n)):
-        t = np.argmax(z, axis=0) if top is None else np.broadcast_to(top, (n,))
-        keep = np.arange(k)[:, None] != t[None, :]  # a mask: the plain reference
-        want = (z.T[keep.T].reshape(n, k - 1) - z[t, np.arange(n)][:, None]).T
-        np.testing.assert_array_equal(C.score_gaps(z, top), want)

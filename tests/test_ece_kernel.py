@@ -215,9 +215,33 @@ def test_dashboard_curve_equals_the_slider_value_by_value(mode, convention):
 
 def test_kernel_sums_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(4)
-    gaps = -rng.random((4, 100_000))
+    scores = rng.random((5, 100_000))
     correct = rng.random(100_000) < 0.5
     cs = np.linspace(0.05, 2, 11)
-    one = K.temperature_bin_sums(gaps, correct, cs, threads=1)
-    assert np.array_equal(one, K.temperature_bin_sums(gaps, correct, cs, threads=4))
+    top = np.argmax(scores, axis=0)
+    one = K.temperature_bin_sums(scores, top, correct, cs, threads=1)
+    assert np.array_equal(one, K.temperature_bin_sums(scores, top, correct, cs, threads=4))
     assert one[..., 0].sum(axis=1).tolist() == [100_000.0] * 11
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 5000), st.integers(1, 6), grids)
+def test_scored_row_may_be_any_row_and_scores_any_layout(seed, n, k, grid):
+    """`top` as one index, per column, or the first arg-max (ties: rounded scores); the
+    reference takes the non-top scores with a plain mask. C and Fortran order, and scores
+    shifted so that the top is 0, give the same bits (the kernel only uses z_j - z_top)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(k, n)).round(1)
+    correct = rng.random(n) < 0.5
+    cs = np.unique(grid)
+    for top in (None, int(rng.integers(0, k)), rng.integers(0, k, n)):
+        t = np.argmax(z, axis=0) if top is None else np.broadcast_to(top, (n,))
+        keep = np.arange(k)[:, None] != t[None, :]
+        gaps = z.T[keep.T].reshape(n, k - 1) - z[t, np.arange(n)][:, None]
+        want = [ref_ece(1.0 / (1.0 + np.exp(gaps / c).sum(axis=1)), correct, 10) for c in cs]
+        got = C.scores_ece_curve(z, correct, cs, top=top)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        fortran = np.asfortranarray(z)
+        assert np.array_equal(got, C.scores_ece_curve(fortran, correct, cs, top=top))
+        shifted = z - z[t, np.arange(n)]  # z_top - z_top = 0 exactly: the same gaps
+        assert np.array_equal(got, C.scores_ece_curve(shifted, correct, cs, top=t))
