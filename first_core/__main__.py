@@ -30,11 +30,14 @@ DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     """Run the pipeline once per training seed, then print Table 1; returns the config."""
     from .config import load_config
-    from .pipeline import process_state, run
-    from .store import default_store_path
+    from .numerics import pin_cpu_kernels
 
     seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
     cfg = load_config(args.config, [*args.set, *seeds])
+    pin_cpu_kernels(cfg.cpu_kernels)  # before anything imports torch (numerics.py says why)
+    from .pipeline import process_state, run
+    from .store import default_store_path
+
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
     main = process_state().is_main_process  # print once, not once per rank of a launch

@@ -28,6 +28,7 @@ import pandas as pd
 from . import calibrate, data, store
 from .config import CalibrationConfig, RunConfig
 from .errors import ConfigError, FirstError
+from .numerics import cpu_kernels_in_use, pin_cpu_kernels
 
 log = logging.getLogger(__name__)
 
@@ -563,6 +564,7 @@ def run(cfg: RunConfig, force: str | None = None,
     config change made stale are deleted, never before: a run that fails first never blocks
     the corrected command, and a resume never reuses a checkpoint of another config.
     """
+    pin_cpu_kernels(cfg.cpu_kernels)  # a no-op when the command line did it already
     state = process_state()
     main = state.is_main_process
     say = echo if main else (lambda _: None)
@@ -609,6 +611,7 @@ def run(cfg: RunConfig, force: str | None = None,
                 if st.every_rank or main:
                     result = st.fn(ctx)
                     result["seconds"] = round(time.perf_counter() - t0, 2)
+                    result["cpu_kernels"] = cpu_kernels_in_use()
                     if main:
                         write_json_atomic(done, result)
                         if not recorded:  # the outputs now on disk were made under this config
