@@ -71,6 +71,7 @@ def test_overrides_parse_toml_values_and_bare_strings() -> None:
     ("methods=['teacher_ft', 'magic']", "magic"),
     ("teacher_train.epochs=0", "teacher_train"),
     ("noequals", "section.key=value"),
+    ("cpu_kernels='avx512'", "cpu_kernels"),
 ])
 def test_bad_values(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

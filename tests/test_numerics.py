@@ -1,0 +1,73 @@
+"""first_core.numerics: pinning torch's CPU kernels so runs print the same on every x86 CPU.
+
+Each check runs in a fresh interpreter: the libraries read their switches once, when their
+first kernel runs, so only a process that has not used torch yet shows what pinning does.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from first_core import numerics
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = """
+import json, logging, os, sys
+logging.basicConfig()
+from first_core.config import load_config
+from first_core.numerics import pin_cpu_kernels, cpu_kernels_in_use
+cfg = load_config(sys.argv[1])
+pinned = pin_cpu_kernels(cfg.cpu_kernels)
+import torch
+torch.ones(3) @ torch.ones(3)
+print(json.dumps({"pinned": pinned, "in_use": cpu_kernels_in_use(),
+                  "env": {k: os.environ.get(k) for k in %r}}))
+""" % (sorted(numerics.AVX2_ENV),)
+
+
+def probe(config: str, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_ENV}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "configs" / config)],
+                         cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not numerics._has_avx2(), reason="pinning needs an x86 CPU with AVX2")
+def test_the_embedded_configs_pin_avx2_before_torch_runs():
+    got = probe("demo.toml")
+    assert got["pinned"] is True
+    assert got["env"] == numerics.AVX2_ENV
+    assert got["in_use"] == "AVX2 (MKL_CBWR=AVX2,STRICT)"
+
+
+def test_native_leaves_the_libraries_alone():
+    got = probe("tiny.toml")
+    assert got["pinned"] is False
+    assert got["env"] == dict.fromkeys(numerics.AVX2_ENV)
+    assert got["in_use"].endswith("(MKL_CBWR=unset)")
+
+
+@pytest.mark.skipif(not numerics._has_avx2(), reason="pinning needs an x86 CPU with AVX2")
+def test_a_switch_the_user_set_is_kept():
+    got = probe("demo.toml", ATEN_CPU_CAPABILITY="default")
+    assert got["env"]["ATEN_CPU_CAPABILITY"] == "default"
+    assert got["pinned"] is False  # not all three are pinned: it says so
+    assert got["in_use"].startswith("DEFAULT")
+
+
+@pytest.mark.skipif(not numerics._has_avx2(), reason="pinning needs an x86 CPU with AVX2")
+def test_pinning_after_torch_was_imported_warns(monkeypatch, caplog):
+    import torch  # noqa: F401  (this test process has run torch code already)
+
+    for key in numerics.AVX2_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with caplog.at_level("WARNING", logger="first_core.numerics"):
+        numerics.pin_cpu_kernels("avx2")
+    assert "torch was imported before the run started" in caplog.text
+    for key, value in numerics.AVX2_ENV.items():
+        assert os.environ[key] == value  # still set, for the processes this one starts
