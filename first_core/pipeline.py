@@ -419,7 +419,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # The first stage that reads each config section: changing a key there makes that stage and
 # every later one stale. Keys that only pick the store (or which runs go into it) make just
 # the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
-_AFFECTS = {"seed": "models", "data": "data", "model": "models", "teacher_train": "teacher_ft",
+_AFFECTS = {"seed": "models", "cpu_kernels": "models", "data": "data", "model": "models", "teacher_train": "teacher_ft",
             "topk": "topk", "calibration": "calibrate", "student_train": "student_ft",
             "distill": "student_distill", "eval": "eval_teacher_ft", "methods": "store",
             "store": "store"}
@@ -446,7 +446,10 @@ def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]
     old_path = ctx.path("config.json")
     if not old_path.exists():
         return set()
-    old = _flatten(json.loads(old_path.read_text(encoding="utf-8")))
+    # a key the recorded config lacks came with a later version, whose default is what the
+    # older code did (e.g. cpu_kernels = "native")
+    old = {**_flatten(json.loads(json.dumps(RunConfig().to_dict()))),
+           **_flatten(json.loads(old_path.read_text(encoding="utf-8")))}
     new = _flatten(json.loads(json.dumps(ctx.cfg.to_dict())))
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and k.split(".", 1)[0] not in _WHERE)

@@ -123,10 +123,13 @@ def test_failed_attempts_never_block_the_corrected_command(finished: dict) -> No
 
 
 def test_diverged_training_fails_the_stage_and_marks_nothing_done(tmp_path: Path) -> None:
-    proc = run(tmp_path, 'methods=["teacher_ft"]', "teacher_train.learning_rate=1e6",
+    # 1e30, not a merely large rate: after one Adam step of ~1e30 the next forward overflows
+    # float32 on every CPU; with 1e6 whether five clipped steps reach inf depended on the
+    # machine's kernels (finite on an Intel AVX-512 machine)
+    proc = run(tmp_path, 'methods=["teacher_ft"]', "teacher_train.learning_rate=1e30",
                "data.n_train=40", "teacher_train.batch_size=8")
     assert_user_error(proc, "teacher_train", "training diverged", "non-finite",
-                      "learning_rate=1e+06")
+                      "learning_rate=1e+30")
     assert records(tmp_path) == {"data", "models"}
     assert not (tmp_path / "runs" / "tiny" / "models" / "teacher_ft" / "final").exists()
     assert not (tmp_path / "first.duckdb").exists()
@@ -365,6 +368,29 @@ def test_force_records_the_new_config_of_the_stages_it_redid(copy: Path) -> None
     recorded = json.loads((copy / "runs" / "tiny" / "config.json").read_text())
     assert recorded["eval"]["n_boot"] == 5
     assert "done earlier, skipped" in proc.stdout and "[5/7] eval_teacher_ft: done" in proc.stdout
+
+
+def test_a_run_recorded_before_a_key_existed_resumes_under_its_default(copy: Path) -> None:
+    """config.json of an older version lacks `cpu_kernels`: that version ran "native"."""
+    path = copy / "runs" / "tiny" / "config.json"
+    recorded = json.loads(path.read_text())
+    assert recorded.pop("cpu_kernels") == "native"
+    path.write_text(json.dumps(recorded))
+    proc = run_here(copy, PLAIN, made_with(copy))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i, name in enumerate(["data", "models", "teacher_ft", "student_ft", "eval_teacher_ft",
+                              "eval_student_ft"], 1):  # (the store is this copy's own)
+        assert f"[{i}/7] {name}: done earlier, skipped" in proc.stdout
+
+
+def test_other_cpu_kernels_reach_the_models(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from first_core import numerics
+    for key in numerics.AVX2_ENV:  # restored afterwards: the pin sets them in this process
+        monkeypatch.delenv(key, raising=False)
+    before = tree(copy)
+    proc = run_here(copy, PLAIN, made_with(copy), "cpu_kernels='avx2'")
+    assert_user_error(proc, "changed: cpu_kernels (affects models)", "--force models")
+    assert no_stage_started(proc) and tree(copy) == before
 
 
 def test_a_changed_config_never_resumes_a_checkpoint_made_under_the_old_one(
