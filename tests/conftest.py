@@ -45,3 +45,15 @@ def tiny_instruct_run(tmp_path_factory):
     proc = run_instruct_tiny(work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, proc
+
+
+@pytest.fixture
+def unpinned(monkeypatch):
+    """No `cpu_kernels` pin in this process's environment, and none left behind after the
+    test: a pin set here would reach the subprocesses of every later test, which would then
+    run other kernels than this process and differ from it in the last bits."""
+    from first_core.numerics import AVX2_ENV
+
+    for key in AVX2_ENV:
+        monkeypatch.setenv(key, "")  # recorded, so the teardown restores the original state
+        monkeypatch.delenv(key)

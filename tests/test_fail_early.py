@@ -383,10 +383,7 @@ def test_a_run_recorded_before_a_key_existed_resumes_under_its_default(copy: Pat
         assert f"[{i}/7] {name}: done earlier, skipped" in proc.stdout
 
 
-def test_other_cpu_kernels_reach_the_models(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from first_core import numerics
-    for key in numerics.AVX2_ENV:  # restored afterwards: the pin sets them in this process
-        monkeypatch.delenv(key, raising=False)
+def test_other_cpu_kernels_reach_the_models(copy: Path, unpinned) -> None:
     before = tree(copy)
     proc = run_here(copy, PLAIN, made_with(copy), "cpu_kernels='avx2'")
     assert_user_error(proc, "changed: cpu_kernels (affects models)", "--force models")

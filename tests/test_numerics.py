@@ -61,11 +61,9 @@ def test_a_switch_the_user_set_is_kept():
 
 
 @pytest.mark.skipif(not numerics._has_avx2(), reason="pinning needs an x86 CPU with AVX2")
-def test_pinning_after_torch_was_imported_warns(monkeypatch, caplog):
+def test_pinning_after_torch_was_imported_warns(unpinned, caplog):
     import torch  # noqa: F401  (this test process has run torch code already)
 
-    for key in numerics.AVX2_ENV:
-        monkeypatch.delenv(key, raising=False)
     with caplog.at_level("WARNING", logger="first_core.numerics"):
         numerics.pin_cpu_kernels("avx2")
     assert "torch was imported before the run started" in caplog.text
