@@ -10,9 +10,10 @@ only the top-1 confidence has to be recomputed for every c:
 
 with the sums over the k - 1 non-top columns. The caller passes the c-independent scores
 (p or log p, k x N, `temperature_bin_sums`); the kernel takes each block's gaps once, then
-does k - 1 exponentials per row and value, no renormalised matrix. Label smoothing (`smoothing_bin_sums`) can move the arg-max, so
-it re-derives the prediction per delta from the renormalised rows, with the same operations as
-`calibrate.label_smooth` (no transcendental function: those confidences are bit-identical).
+does k - 1 exponentials per row and value, no renormalised matrix. Label smoothing
+(`smoothing_bin_sums`) can move the arg-max, so it re-derives the prediction per delta from
+the renormalised rows, with the same operations as `calibrate.label_smooth` (no
+transcendental function: those confidences are bit-identical).
 
 Each confidence is binned as it is made, by scikit-learn's rule (edges linspace(0, 1, n + 1),
 right-closed bins, 0 in the first; the floor shortcut of `metrics.uniform_bin_ids`), and three
@@ -158,7 +159,7 @@ def _temperature_chunk(scores, top, correct, cs, n_bins, step, inner, use_floor,
         # gaps[j] = the j-th non-top score minus the top one, in column order. Built here,
         # per block, rather than by the caller: a (k - 1) x N array costs more to allocate
         # and fill at N = 10M than the whole 20-value curve (page faults, memory traffic).
-        for i in range(rows):
+        for i in range(rows):                    # s holds z_top until the first c resets it
             s[i] = scores[top[start + i], start + i]
         for j in range(m):
             for i in range(rows):

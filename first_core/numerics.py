@@ -36,7 +36,7 @@ def _has_avx2() -> bool:
         return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and " avx2" in line for line in f)
+            return any(line.startswith("flags") and "avx2" in line.split() for line in f)
     except OSError:
         return False
 

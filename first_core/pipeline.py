@@ -416,13 +416,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _flat_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as config.json records it (through JSON: tuples become lists), flattened."""
+    return _flatten(json.loads(json.dumps(cfg.to_dict())))
+
+
 # The first stage that reads each config section: changing a key there makes that stage and
 # every later one stale. Keys that only pick the store (or which runs go into it) make just
 # the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
-_AFFECTS = {"seed": "models", "cpu_kernels": "models", "data": "data", "model": "models", "teacher_train": "teacher_ft",
-            "topk": "topk", "calibration": "calibrate", "student_train": "student_ft",
-            "distill": "student_distill", "eval": "eval_teacher_ft", "methods": "store",
-            "store": "store"}
+_AFFECTS = {"seed": "models", "cpu_kernels": "models", "data": "data", "model": "models",
+            "teacher_train": "teacher_ft", "topk": "topk", "calibration": "calibrate",
+            "student_train": "student_ft", "distill": "student_distill",
+            "eval": "eval_teacher_ft", "methods": "store", "store": "store"}
 _WHERE = ("name", "runs_dir", "seeds")  # they pick the run directory itself
 _ORDER = [st.name for st in stages(RunConfig())]  # every stage, in pipeline order
 
@@ -448,9 +453,9 @@ def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]
         return set()
     # a key the recorded config lacks came with a later version, whose default is what the
     # older code did (e.g. cpu_kernels = "native")
-    old = {**_flatten(json.loads(json.dumps(RunConfig().to_dict()))),
+    old = {**_flat_config(RunConfig()),
            **_flatten(json.loads(old_path.read_text(encoding="utf-8")))}
-    new = _flatten(json.loads(json.dumps(ctx.cfg.to_dict())))
+    new = _flat_config(ctx.cfg)
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and k.split(".", 1)[0] not in _WHERE)
     hit = {k: affected_stage(k, plan) for k in changed}
