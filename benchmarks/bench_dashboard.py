@@ -1,6 +1,6 @@
 """Latency of the Reliability page's temperature slider at 1M stored predictions.
 
-Times `first_core.views.calibration_view` (exactly what the page calls on every slider move:
+Times `first_core.views.rescaling.calibration_view` (exactly what the page calls on every slider move:
 re-scale the stored probabilities, then accuracy, ECE, MCE, Brier, NLL, trust and the
 reliability bins) and compares it with a naive baseline measured in the same run: the same
 numbers computed row by row in Python (the way a first dashboard prototype would loop),
@@ -22,12 +22,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from first_core import plots, views  # noqa: E402
+from first_core import plots
+from first_core.views import rescaling, run_arrays# noqa: E402
 
 TARGET_MS = 100.0
 
 
-def synthetic_arrays(n: int, k: int = 5, m: int = 4, seed: int = 0) -> views.PredictionArrays:
+def synthetic_arrays(n: int, k: int = 5, m: int = 4, seed: int = 0) -> run_arrays.PredictionArrays:
     """Predictions shaped like the store's: raw top-k (descending) and raw option probs."""
     rng = np.random.default_rng(seed)
     full = rng.dirichlet(np.ones(m + 6), n)
@@ -35,10 +36,10 @@ def synthetic_arrays(n: int, k: int = 5, m: int = 4, seed: int = 0) -> views.Pre
     option = full[:, :m] / full[:, :m].sum(1, keepdims=True) * mass
     topk = -np.sort(-np.hstack([option, full[:, m:] * (1 - mass)]), axis=1)[:, :k]
     gold = np.where(rng.random(n) < 0.7, option.argmax(1), rng.integers(0, m, n))
-    return views.PredictionArrays(topk, gold == option.argmax(1), option, gold)
+    return run_arrays.PredictionArrays(topk, gold == option.argmax(1), option, gold)
 
 
-def naive_view(a: views.PredictionArrays, c: float, n_bins: int) -> dict[str, float]:
+def naive_view(a: run_arrays.PredictionArrays, c: float, n_bins: int) -> dict[str, float]:
     """The same cards (classic scaling, option convention), one example at a time."""
     conf, ok, brier, nll = [], [], 0.0, 0.0
     for probs, gold in zip(a.option_probs, a.gold_option):
@@ -78,28 +79,28 @@ def main() -> int:
     arrays = synthetic_arrays(args.n)
     cs = [0.3, 0.5, 1.0, 2.0]
     print(f"slider recompute at n = {args.n:,} predictions (k = 5 top-k, 4 options), "
-          f"interval resamples at this n: {views.interval_resamples(args.n)}; "
+          f"interval resamples at this n: {rescaling.interval_resamples(args.n)}; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (other jobs slow "
           "every figure alike; compare the ratio)")
     t0 = time.perf_counter()
-    views.calibration_view(arrays, 0.5, "first", "paper")
+    rescaling.calibration_view(arrays, 0.5, "first", "paper")
     print(f"  first move after loading: {1000 * (time.perf_counter() - t0):.1f} ms "
           "(includes the per-mode cache of the c-independent scores)")
     worst = 0.0
     for mode, convention in (("logit", "option"), ("first", "paper"), ("logit", "paper")):
-        ms = max(best_ms(lambda: views.calibration_view(arrays, c, mode, convention), 3)
+        ms = max(best_ms(lambda: rescaling.calibration_view(arrays, c, mode, convention), 3)
                  for c in cs)
         worst = max(worst, ms)
         print(f"  {mode:5s} / {convention:6s}: {ms:7.1f} ms per slider move (worst c, best of 3)")
-    ms = max(best_ms(lambda: views.calibration_view(arrays, c, "logit", "option",
+    ms = max(best_ms(lambda: rescaling.calibration_view(arrays, c, "logit", "option",
                                                     strategy="quantile"), 3) for c in cs)
     worst = max(worst, ms)
     print(f"  equal-mass bins    : {ms:7.1f} ms")
 
-    sub = views.PredictionArrays(arrays.topk_probs[:args.naive_n], arrays.correct[:args.naive_n],
+    sub = run_arrays.PredictionArrays(arrays.topk_probs[:args.naive_n], arrays.correct[:args.naive_n],
                                  arrays.option_probs[:args.naive_n],
                                  arrays.gold_option[:args.naive_n])
-    fast = views.calibration_view(sub, 0.5, "logit", "option", n_boot=0).cards
+    fast = rescaling.calibration_view(sub, 0.5, "logit", "option", n_boot=0).cards
     slow = naive_view(sub, 0.5, 10)
     for key, value in slow.items():  # the baseline computes the same numbers
         assert abs(fast[key] - value) < 1e-9, (key, fast[key], value)
@@ -110,21 +111,21 @@ def main() -> int:
           f"(target <= {TARGET_MS:.0f} ms: {'met' if worst <= TARGET_MS else 'NOT met'})")
 
     def panel():  # what one Reliability panel computes per move since issue 12
-        scaled = views.rescale(arrays, 0.5, "logit", "paper")
-        view = views.summarize(scaled)
-        smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
+        scaled = rescaling.rescale(arrays, 0.5, "logit", "paper")
+        view = rescaling.summarize(scaled)
+        smooth = rescaling.smooth_calibration(scaled.confidence, scaled.correct)
         return plots.reliability_figure(view.bins, smooth=smooth.curve).to_dict()
 
     panel()
     ms = best_ms(panel, 3)
-    print(f"whole panel per move (cards + SmoothECE on {views.SMOOTH_MAX_N:,} sampled rows + "
+    print(f"whole panel per move (cards + SmoothECE on {rescaling.SMOOTH_MAX_N:,} sampled rows + "
           f"figure): {ms:.1f} ms")
 
-    boot_n = views.BOOT_MAX_N
-    boot = views.PredictionArrays(arrays.topk_probs[:boot_n], arrays.correct[:boot_n],
+    boot_n = rescaling.BOOT_MAX_N
+    boot = run_arrays.PredictionArrays(arrays.topk_probs[:boot_n], arrays.correct[:boot_n],
                                   arrays.option_probs[:boot_n], arrays.gold_option[:boot_n])
-    ms = best_ms(lambda: views.calibration_view(boot, 0.5, "logit", "option"), 3)
-    print(f"with the ECE bootstrap interval ({views.BOOT_RESAMPLES} resamples) at its largest "
+    ms = best_ms(lambda: rescaling.calibration_view(boot, 0.5, "logit", "option"), 3)
+    print(f"with the ECE bootstrap interval ({rescaling.BOOT_RESAMPLES} resamples) at its largest "
           f"n = {boot_n:,}: {ms:.1f} ms")
     return 0
 

@@ -9,7 +9,7 @@ estimated memory exceeds half of what the machine has available):
 - `ece`: `metrics.expected_calibration_error` of N confidences (10 uniform bins);
 - `grid_search`: `calibrate.search_temperature` over 20 temperatures (FIRST mode) on N raw
   top-5 rows (the cost per temperature is the same as in bench_calibration's 200);
-- `slider`: `views.calibration_view` (FIRST transform, paper convention, no bootstrap) on N
+- `slider`: `rescaling.calibration_view` (FIRST transform, paper convention, no bootstrap) on N
   stored predictions: one move of the dashboard's slider, its per-mode cache built before;
 - `extract`: `topk.extract_topk` with the tiny preset teacher on N examples. A forward costs
   milliseconds per example on a CPU, so this series uses `--extract-sizes` instead.
@@ -80,7 +80,8 @@ def child(series: str, sizes: list[int], threads: int) -> None:
     calibrate.THREADS = threads
     if series == "extract":
         return extract_child(sizes)
-    from first_core import metrics, views
+    from first_core import metrics
+    from first_core.views import rescaling, run_arrays
 
     for n in sizes:
         need = BYTES_PER_ROW[series] * n / 2**20
@@ -101,9 +102,9 @@ def child(series: str, sizes: list[int], threads: int) -> None:
             p, _ = topk_rows(n, k=4)
             option = p / p.sum(axis=1, keepdims=True) * 0.9
             gold = rng.integers(0, 4, n)
-            arrays = views.PredictionArrays(p, gold == 0, option, gold)
-            views.calibration_view(arrays, 0.5, "first", "paper", n_boot=0)  # the cache
-            sec = best_of(lambda: views.calibration_view(arrays, 0.3, "first", "paper",
+            arrays = run_arrays.PredictionArrays(p, gold == 0, option, gold)
+            rescaling.calibration_view(arrays, 0.5, "first", "paper", n_boot=0)  # the cache
+            sec = best_of(lambda: rescaling.calibration_view(arrays, 0.3, "first", "paper",
                                                          n_boot=0))
         print(json.dumps({"n": n, "seconds": sec, "peak_mb": peak_rss_mb()}), flush=True)
 

@@ -50,7 +50,7 @@ from functools import lru_cache
 import numba
 import numpy as np
 
-from .metrics import _floor_lower_edges
+from .bin_edges import floor_lower_edges
 
 SUMS = ("count", "correct", "confidence")  # the last axis of every bin-sum array
 _BLOCK = 2048          # rows per inner block: its gaps and confidences stay in L1/L2
@@ -237,11 +237,11 @@ def default_threads() -> int:
 def _edges(n_bins: int) -> tuple[float, np.ndarray, bool]:
     """(edge step for the floor rule, inner edges for the fallback search, use_floor).
 
-    The floor rule needs metrics' proof (`_floor_lower_edges`) and inner edges that are
+    The floor rule needs the proof in `bin_edges.floor_lower_edges` and inner edges that are
     exactly b * step (linspace makes them so; checked, never assumed)."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     step = 1.0 / n_bins
-    use_floor = (_floor_lower_edges(n_bins) is not None
+    use_floor = (floor_lower_edges(n_bins) is not None
                  and np.array_equal(np.arange(1, n_bins) * step, edges[1:-1]))
     return step, edges[1:-1].copy(), use_floor
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, reduce
+from functools import reduce
 
 import numpy as np
 
+from .bin_edges import floor_lower_edges
 from .errors import ConfigError
 
 STRATEGIES = ("uniform", "quantile")
@@ -135,37 +136,16 @@ def _conf_correct(confidence, correct, check: bool = True) -> tuple[np.ndarray, 
 # ---------------------------------------------------------------- binning
 
 
-@lru_cache(maxsize=64)
-def _floor_lower_edges(n_bins: int) -> np.ndarray | None:
-    """Lower edge of the bin that floor(conf * n_bins) names, or None where floor is unsafe.
-
-    Index n_bins (conf = 1) holds 1.0 and index 0 holds -inf, so `floor - (conf <= lower)`
-    is the right-closed bin for every conf in [0, 1] provided floor(fl(conf * n_bins)) is
-    never below the true bin and at most one above it. Rounding is monotone, so checking
-    the floats on either side of each inner edge proves that for all conf (it holds for
-    every n_bins up to 20000; the check keeps this exact for any other).
-    """
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    inner, b = edges[1:-1], np.arange(1, n_bins)
-    if not ((np.floor(np.nextafter(inner, 2.0) * n_bins) >= b).all()
-            and (np.floor(inner * n_bins) <= b).all()):
-        return None
-    lower = edges.copy()
-    lower[0] = -np.inf
-    lower.flags.writeable = False
-    return lower
-
-
 def uniform_bin_ids(confidence: np.ndarray, n_bins: int, out: np.ndarray | None = None
                     ) -> np.ndarray:
     """Bin of each confidence for edges `linspace(0, 1, n_bins + 1)`, bins (a, b], 0 in bin 0.
 
     Equal to `np.searchsorted(edges[1:-1], confidence)` (scikit-learn's rule) but without the
     binary search: floor(conf * n) is never below the true bin and at most one above it
-    (`_floor_lower_edges`), so one comparison with the true lower edge corrects it. The grid
+    (`floor_lower_edges`), so one comparison with the true lower edge corrects it. The grid
     searches bin 10^8 confidences through this, into a reused intp buffer `out`.
     """
-    lower = _floor_lower_edges(n_bins)
+    lower = floor_lower_edges(n_bins)
     if lower is None:
         return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)
     ids = np.empty(confidence.shape, np.intp) if out is None else out

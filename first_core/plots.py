@@ -56,7 +56,7 @@ def reliability_figure(bins: pd.DataFrame, title: str = "",
     `bins` has one row per bin with columns lo, hi, count, confidence, accuracy (NaN where
     the bin is empty). The gap between accuracy and mean confidence is drawn on top of the
     accuracy bar: red where the model is over-confident, blue where it is under-confident.
-    `smooth` (columns x, y: `views.smooth_calibration(...).curve`) is drawn as a line over
+    `smooth` (columns x, y: `rescaling.smooth_calibration(...).curve`) is drawn as a line over
     the bars: relplot's kernel-smoothed reliability curve, the one SmoothECE integrates.
     """
     _check_columns(bins, BIN_COLUMNS, "bins")
@@ -140,7 +140,7 @@ def coverage_figure(coverage: pd.DataFrame, disk: pd.DataFrame | None = None,
 
 def position_coverage_figure(by_position: pd.DataFrame, title: str = "") -> go.Figure:
     """The teacher's mean top-1 and top-k mass per response position (columns position,
-    mean_top1, mean_topk: `views.token_coverage_by_position`)."""
+    mean_top1, mean_topk: `token_views.token_coverage_by_position`)."""
     _check_columns(by_position, ("position", "mean_top1", "mean_topk"), "by_position")
     fig = go.Figure()
     fig.add_scatter(x=by_position["position"], y=by_position["mean_topk"], mode="lines+markers",

@@ -45,9 +45,9 @@ def table1(rows: pd.DataFrame, splits: Sequence[str] = ("test", "test_ood")) -> 
 
     Values are percentages. `std` is the sample standard deviation over seeds (ddof = 1; 0
     with one seed); `seeds` counts the runs behind the mean. The grouping is the dashboard's
-    own (`views.compare_table`), so the README, the CLI and Compare cannot disagree.
+    own (`tables.compare_table`), so the README, the CLI and Compare cannot disagree.
     """
-    from .views import compare_table
+    from .views.tables import compare_table
     wanted = rows[rows["metric"].isin(list(COLUMNS))]
     parts = [compare_table(wanted, convention, splits).assign(convention=convention)
              for convention in dict.fromkeys(wanted["convention"])]

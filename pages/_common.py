@@ -18,7 +18,8 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from first_core import store, views
+from first_core import store
+from first_core.views import run_arrays, tables
 from first_core.errors import FirstError, StoreError
 
 STORE_KEY = "store_path"
@@ -100,11 +101,11 @@ def query(name: str, **kwargs: Any) -> Any:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _arrays(path: str, version: tuple[int, int], run_id: str, split: str
-            ) -> views.PredictionArrays:
+            ) -> run_arrays.PredictionArrays:
     del version
-    frame = store.load_predictions(path, run_id, split, columns=views.PREDICTION_COLUMNS)
+    frame = store.load_predictions(path, run_id, split, columns=run_arrays.PREDICTION_COLUMNS)
     try:
-        return views.prediction_arrays(frame)
+        return run_arrays.prediction_arrays(frame)
     except ValueError as exc:
         raise StoreError(f"store {path}: run {run_id}, split {split}: {exc}") from exc
 
@@ -133,7 +134,7 @@ def live(fn: Callable[[], None]) -> Callable[[], None]:
     return fn if os.environ.get("FIRST_FULL_RERUNS") == "1" else st.fragment(fn)
 
 
-def arrays(run_id: str, split: str) -> views.PredictionArrays:
+def arrays(run_id: str, split: str) -> run_arrays.PredictionArrays:
     """Dense, read-only slider inputs for one run and split (shared, not copied, per rerun)."""
     path = store_path()
     return _arrays(str(path), store_version(path), run_id, split)
@@ -203,7 +204,7 @@ ALL_PIPELINES = "All pipelines"
 def pick_pipeline(runs: pd.DataFrame, key: str) -> str | None:
     """A pipeline picker that starts from and writes back the `pipeline` query parameter;
     None means every pipeline (each still its own rows: seeds never mix across pipelines)."""
-    names = views.pipelines(runs)
+    names = tables.pipelines(runs)
     wanted = st.query_params.get("pipeline")
     if key not in st.session_state:
         st.session_state[key] = wanted if wanted in names else ALL_PIPELINES

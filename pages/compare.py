@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots, views
+from first_core import plots
+from first_core.views import tables, view_state
 from pages._common import (csv_download, pick_pipeline, query, require_runs, store_errors,
                            through_app)
 
@@ -17,21 +18,21 @@ st.title("Compare runs")
 runs = require_runs()
 pipeline = pick_pipeline(runs, "cmp_pipeline")
 cols = st.columns([2, 2, 3])
-convention = cols[0].radio("Confidence", list(views.CONVENTIONS), key="cmp_conv",
-                           format_func=views.CONVENTIONS.get)
-splits = cols[1].multiselect("Splits", list(views.SPLIT_NAMES), ["test", "test_ood"],
-                             key="cmp_splits", format_func=views.SPLIT_NAMES.get)
+convention = cols[0].radio("Confidence", list(view_state.CONVENTIONS), key="cmp_conv",
+                           format_func=view_state.CONVENTIONS.get)
+splits = cols[1].multiselect("Splits", list(view_state.SPLIT_NAMES), ["test", "test_ood"],
+                             key="cmp_splits", format_func=view_state.SPLIT_NAMES.get)
 metric = cols[2].selectbox("Metric for the bars", list(METRIC_NAMES), key="cmp_metric",
                            format_func=METRIC_NAMES.get)
 with store_errors():
-    rows = views.with_pipeline(query("metrics"), runs)
-table = views.compare_table(rows, convention, splits, pipeline)
+    rows = tables.with_pipeline(query("metrics"), runs)
+table = tables.compare_table(rows, convention, splits, pipeline)
 if table.empty:
     st.info("No metrics for this convention and these splits.")
     st.stop()
 
 part = table[table["metric"] == metric].assign(
-    split=lambda t: t["split"].map(views.SPLIT_NAMES),
+    split=lambda t: t["split"].map(view_state.SPLIT_NAMES),
     # one bar group per (pipeline, method); the pipeline only when several are shown
     group=lambda t: t["method"] if t["pipeline"].nunique() == 1
     else t["pipeline"] + " / " + t["method"])

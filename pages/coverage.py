@@ -6,7 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import plots, views
+from first_core import plots
+from first_core.views import storage_math, token_views, view_state
 from pages._common import (csv_download, require_rows, require_runs, run_label, store_errors,
                            store_version, through_app)
 
@@ -14,19 +15,19 @@ from pages._common import (csv_download, require_rows, require_runs, run_label, 
 @st.cache_data(show_spinner=False, max_entries=8)
 def token_positions(folder: str, version: tuple[int, int]):
     del version  # only part of the cache key
-    return views.token_coverage_by_position(folder, max_position=30)
+    return token_views.token_coverage_by_position(folder, max_position=30)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def token_examples(folder: str, version: tuple[int, int]) -> list[str]:
     del version
-    return views.token_example_ids(folder)
+    return token_views.token_example_ids(folder)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def teacher_tokenizer(folder: str):
     # without the teacher's folder (weights kept elsewhere) the view shows token ids instead
-    return views.load_tokenizer(folder) if Path(folder).is_dir() else None
+    return token_views.load_tokenizer(folder) if Path(folder).is_dir() else None
 
 
 through_app()
@@ -47,11 +48,11 @@ n_positions = cols[0].number_input("Token positions in the data set", min_value=
 vocab = cols[1].number_input("Vocabulary size", min_value=2,
                              value=int(stored["vocab_size"] or 32000), step=1000,
                              key="cov_vocab")
-dtype = cols[2].selectbox("Probability dtype", list(views.DTYPE_BYTES), index=1,
+dtype = cols[2].selectbox("Probability dtype", list(storage_math.DTYPE_BYTES), index=1,
                           key="cov_dtype")
 mark_k = cols[3].number_input("Mark K", min_value=1, max_value=int(rows["k"].max()), value=5,
                               key="cov_k")
-disk = views.disk_usage(rows["k"].to_numpy(), n_positions, vocab, views.DTYPE_BYTES[dtype])
+disk = storage_math.disk_usage(rows["k"].to_numpy(), n_positions, vocab, storage_math.DTYPE_BYTES[dtype])
 st.plotly_chart(plots.coverage_figure(rows, disk, mark_k=int(mark_k)), key="cov-fig")
 
 at_k = disk[disk["k"] == mark_k].iloc[0]
@@ -59,21 +60,21 @@ covered = rows.loc[rows["k"] == mark_k, "mean"]
 cards = st.columns(3)
 cards[0].metric(f"Mean coverage at K = {mark_k}",
                 f"{float(covered.iloc[0]):.1%}" if len(covered) else "n/a")
-cards[1].metric("Full distribution", views.human_bytes(at_k["full_bytes"]))
-cards[2].metric(f"Top-{mark_k} store", views.human_bytes(at_k["topk_bytes"]),
+cards[1].metric("Full distribution", storage_math.human_bytes(at_k["full_bytes"]))
+cards[2].metric(f"Top-{mark_k} store", storage_math.human_bytes(at_k["topk_bytes"]),
                 help="Uncompressed: int32 ids + probabilities.")
 st.markdown(
     f"Full distribution: {n_positions:,} positions x {vocab:,} tokens x "
-    f"{views.DTYPE_BYTES[dtype]} bytes = **{views.human_bytes(at_k['full_bytes'])}**. "
-    f"Top-{mark_k}: {n_positions:,} x {mark_k} x (4 + {views.DTYPE_BYTES[dtype]}) bytes = "
-    f"**{views.human_bytes(at_k['topk_bytes'])}**, "
+    f"{storage_math.DTYPE_BYTES[dtype]} bytes = **{storage_math.human_bytes(at_k['full_bytes'])}**. "
+    f"Top-{mark_k}: {n_positions:,} x {mark_k} x (4 + {storage_math.DTYPE_BYTES[dtype]}) bytes = "
+    f"**{storage_math.human_bytes(at_k['topk_bytes'])}**, "
     f"{at_k['full_bytes'] / at_k['topk_bytes']:,.0f} times smaller.")
 table = rows[["k", "mean", "p10", "p50", "p90", "bytes_per_position"]].merge(disk, on="k")
 st.dataframe(table, hide_index=True)
 st.caption("`bytes_per_position` is what the pipeline measured on disk for its own top-k store.")
 csv_download(table, "topk-coverage.csv")
 
-run_dir = views.instruct_run_dir(runs.set_index("run_id")["config"].get(run_id))
+run_dir = token_views.instruct_run_dir(runs.set_index("run_id")["config"].get(run_id))
 if run_dir is not None:  # the instruction setting: top-k at every response token
     st.subheader("Along the response (instruction setting)")
     train_dir, val_dir = run_dir / "topk" / "train", run_dir / "topk" / "val"
@@ -89,12 +90,12 @@ if run_dir is not None:  # the instruction setting: top-k at every response toke
     with store_errors():
         example_ids = token_examples(str(val_dir), store_version(val_dir / "manifest.json"))
     example = cols[0].selectbox("Validation example", example_ids, key="cov_example")
-    c = cols[1].select_slider("c (FIRST transform)", options=list(views.TEMPERATURE_GRID),
+    c = cols[1].select_slider("c (FIRST transform)", options=list(view_state.TEMPERATURE_GRID),
                               value=1.0, key="cov_c", format_func=lambda v: f"{v:g}")
     tokenizer = teacher_tokenizer(str(run_dir / "models" / "teacher_ft" / "final"))
     with store_errors():
-        view = views.token_topk_view(val_dir, example, c, tokenizer)
-    st.dataframe(views.token_view_table(view, c), hide_index=True, key="cov_tokens")
+        view = token_views.token_topk_view(val_dir, example, c, tokenizer)
+    st.dataframe(token_views.token_view_table(view, c), hide_index=True, key="cov_tokens")
     st.caption("Each response token with the teacher's stored top-k at it (raw full-vocabulary "
                "probabilities) and after the FIRST transform softmax(p / c): the student's "
                "target there.")

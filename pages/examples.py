@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from first_core import plots, views
+from first_core import plots
+from first_core.views import example_rows, tables, view_state
 from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
 SHOWN = ["example_id", "gold", "pred_option", "confidence_option", "correct_option", "pred",
@@ -15,7 +16,7 @@ through_app()
 st.title("Examples")
 runs = require_runs()
 with store_errors():
-    splits = [s for s in views.SPLIT_NAMES if s in query("splits")]
+    splits = [s for s in view_state.SPLIT_NAMES if s in query("splits")]
 if not splits:
     st.warning("This store holds runs but no predictions yet.")
     st.stop()
@@ -23,18 +24,18 @@ cols = st.columns([3, 1, 2])
 students = runs[runs["method"] != "teacher_ft"]["run_id"].tolist() or runs["run_id"].tolist()
 run_id = cols[0].selectbox("Run", students, format_func=run_label(runs), key="ex_run")
 split = cols[1].selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0,
-                          format_func=views.SPLIT_NAMES.get, key="ex_split")
-convention = cols[2].radio("Confidence", list(views.CONVENTIONS), key="ex_conv",
-                           format_func=views.CONVENTIONS.get)
+                          format_func=view_state.SPLIT_NAMES.get, key="ex_split")
+convention = cols[2].radio("Confidence", list(view_state.CONVENTIONS), key="ex_conv",
+                           format_func=view_state.CONVENTIONS.get)
 cols = st.columns([2, 1, 1])
-kind = cols[0].selectbox("Show", list(views.FILTERS), index=1, format_func=views.FILTERS.get,
+kind = cols[0].selectbox("Show", list(example_rows.FILTERS), index=1, format_func=example_rows.FILTERS.get,
                          key="ex_filter")
 confident = cols[1].slider("Confident means >=", 0.5, 1.0, 0.8, 0.05, key="ex_confident")
 unsure = cols[2].slider("Unsure means <", 0.0, 1.0, 0.5, 0.05, key="ex_unsure")
 
 with store_errors():
     preds = query("predictions", run_ids=run_id, split=split)
-found = views.filter_predictions(preds, kind, convention, confident, unsure)
+found = example_rows.filter_predictions(preds, kind, convention, confident, unsure)
 st.markdown(f"**{len(found):,}** of {len(preds):,} predictions match.")
 st.dataframe(found[SHOWN], hide_index=True)
 csv_download(found[SHOWN], f"examples-{kind}.csv")
@@ -68,7 +69,7 @@ with cols[0]:
         list(row["option_labels"]), {"student, over the options": option_probs /
                                      option_probs.sum()},
         highlight=row["gold"], title="This run's option probabilities"), key="ex-options")
-teacher = views.teacher_for(runs, run_id)
+teacher = tables.teacher_for(runs, run_id)
 with cols[1]:
     if teacher is None:
         st.info("No teacher run in this store.")
@@ -80,7 +81,7 @@ with cols[1]:
         if t.empty:
             st.info(f"The teacher ({teacher}) has no prediction for this example.")
         else:
-            labels, gold = views.token_labels(t.iloc[0]["topk_tokens"], row["gold"])
+            labels, gold = example_rows.token_labels(t.iloc[0]["topk_tokens"], row["gold"])
             st.plotly_chart(plots.probability_bars(
                 labels, {"teacher top-k (raw)": np.asarray(t.iloc[0]["topk_probs"], float)},
                 highlight=gold, title=f"Teacher's top-k ({teacher})"), key="ex-teacher")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import importer, views
+from first_core import importer
+from first_core.views import tables, view_state
 from first_core.errors import FirstError
 from pages._common import (csv_download, DEMO_COMMAND, first_visit, pick_pipeline, query,
                            store_errors, store_path, through_app)
@@ -32,7 +33,7 @@ def run_demo(path: Path) -> None:
             for line in proc.stdout:
                 log.append(line.rstrip())
                 tail.code("\n".join(log[-12:]))
-                step = views.parse_progress(line)
+                step = tables.parse_progress(line)
                 if step:
                     bar.progress(step[0] / step[1], text=f"Stage {step[0]}/{step[1]}: {step[2]}")
         if proc.returncode:
@@ -103,12 +104,12 @@ if runs is None or runs.empty:
     st.stop()
 
 st.subheader("Headline (Table 1)")
-convention = st.radio("Confidence convention", list(views.CONVENTIONS),
-                      index=list(views.CONVENTIONS).index("paper"),  # the paper's Table 1
-                      format_func=views.CONVENTIONS.get, horizontal=True, key="home_conv")
+convention = st.radio("Confidence convention", list(view_state.CONVENTIONS),
+                      index=list(view_state.CONVENTIONS).index("paper"),  # the paper's Table 1
+                      format_func=view_state.CONVENTIONS.get, horizontal=True, key="home_conv")
 pipeline = pick_pipeline(runs, "home_pipeline")
 with store_errors():
-    headline = views.headline_table(views.with_pipeline(query("metrics"), runs), convention,
+    headline = tables.headline_table(tables.with_pipeline(query("metrics"), runs), convention,
                                     pipeline)
 percent = {c: st.column_config.NumberColumn(c, format="percent")
            for c in headline.columns if c != "method"}
@@ -120,7 +121,7 @@ csv_download(headline, "headline.csv")
 
 shown = runs.drop(columns=["config"], errors="ignore")
 if pipeline is not None:
-    shown = shown[shown["pipeline"].fillna(views.NO_PIPELINE) == pipeline]
+    shown = shown[shown["pipeline"].fillna(tables.NO_PIPELINE) == pipeline]
 st.subheader(f"Runs ({len(shown)} of {len(runs)} in this store)")
 st.dataframe(shown, hide_index=True)
 csv_download(shown, "runs.csv")

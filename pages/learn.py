@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots, views
+from first_core import plots
+from first_core.views import teaching, view_state
 
 from pages._common import through_app
 
@@ -23,15 +24,15 @@ accuracy = left.slider("Accuracy of the simulated classifier", 0.35, 0.95, 0.70,
                        key="learn_acc")
 sharpness = left.slider("Over-confidence s (1 = calibrated, > 1 over-, < 1 under-confident)",
                         0.3, 4.0, 2.0, 0.1, key="learn_s")
-mode = right.radio("Re-scaling", list(views.MODES), format_func=views.MODES.get,
+mode = right.radio("Re-scaling", list(view_state.MODES), format_func=view_state.MODES.get,
                    key="learn_mode")
-c = right.select_slider("Temperature c", options=list(views.TEMPERATURE_GRID), value=1.0,
+c = right.select_slider("Temperature c", options=list(view_state.TEMPERATURE_GRID), value=1.0,
                         key="learn_c", format_func=lambda v: f"{v:g}")
-n_bins = right.slider("Bins", *views.BIN_RANGE, 10, key="learn_bins")
+n_bins = right.slider("Bins", *view_state.BIN_RANGE, 10, key="learn_bins")
 
-probs, labels = views.simulate_classifier(accuracy, sharpness)
-before = views.classifier_view(probs, labels, 1.0, "logit", n_bins)
-after = views.classifier_view(probs, labels, c, mode, n_bins)
+probs, labels = teaching.simulate_classifier(accuracy, sharpness)
+before = teaching.classifier_view(probs, labels, 1.0, "logit", n_bins)
+after = teaching.classifier_view(probs, labels, c, mode, n_bins)
 panels = zip(st.columns(2), (before, after),
              ("As the model reports it", f"After re-scaling with c = {c:g}"))
 for i, (column, view, title) in enumerate(panels):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots, views
+from first_core import plots
+from first_core.views import example_rows, rescaling, run_arrays, tables, view_state
 from pages._common import (arrays, csv_download, live, query, require_runs, run_label, shared,
                            store_errors, through_app)
 
@@ -18,15 +19,15 @@ st.title("Reliability")
 runs = require_runs()
 run_ids = runs["run_id"].tolist()
 with store_errors():
-    splits = [s for s in views.SPLIT_NAMES if s in query("splits")]
+    splits = [s for s in view_state.SPLIT_NAMES if s in query("splits")]
 if not splits:
     st.warning("This store holds runs but no predictions yet.")
     st.stop()
 
 # Widgets start from the URL (a shared link reproduces the view), then write it back. With
 # no URL the first view is the paper's Figure 5: student_ft beside first_ts, OOD.
-state = views.parse_view_state(st.query_params.to_dict(), run_ids, splits,
-                               default=views.figure5_default(runs, splits))
+state = view_state.parse_view_state(st.query_params.to_dict(), run_ids, splits,
+                               default=view_state.figure5_default(runs, splits))
 defaults = {"rel_runs": list(state.runs), "rel_split": state.split, "rel_conv": state.convention,
             "rel_mode": state.mode, "rel_c": state.c, "rel_bins": state.n_bins,
             "rel_strategy": state.strategy, "rel_bin": state.bin, "rel_panel": state.panel}
@@ -41,7 +42,7 @@ def snap_to_best() -> None:
     """Button callback: set the slider to the grid's lowest validation ECE (first run)."""
     with store_errors():
         val = arrays(st.session_state.rel_runs[0], "val")
-    st.session_state.rel_c = views.best_temperature(
+    st.session_state.rel_c = rescaling.best_temperature(
         val, st.session_state.rel_mode, st.session_state.rel_conv,
         st.session_state.rel_bins, st.session_state.rel_strategy)
 
@@ -54,16 +55,16 @@ def select_bin(panel: int, key: str) -> None:
     """on_select callback of panel `panel`'s diagram: the clicked bar's bin, or none."""
     points = st.session_state[key].selection.get("points", [])
     bins = st.session_state.get(f"rel-bins-{panel}")
-    picked = views.bin_at(bins, float(points[0]["x"])) if points and bins is not None else None
+    picked = example_rows.bin_at(bins, float(points[0]["x"])) if points and bins is not None else None
     st.session_state.rel_bin, st.session_state.rel_panel = picked, panel
 
 
-def drilldown(run_id: str, data: views.PredictionArrays, scaled: views.Rescaled,
+def drilldown(run_id: str, data: run_arrays.PredictionArrays, scaled: rescaling.Rescaled,
               convention: str, n_bins: int, strategy: str, bins) -> None:
     """The selected bin's examples, at the current temperature, as plain text."""
     b = st.session_state.rel_bin
     lo, hi = bins["lo"].iloc[b], bins["hi"].iloc[b]
-    rows = views.bin_members(scaled, n_bins, strategy, b)
+    rows = example_rows.bin_members(scaled, n_bins, strategy, b)
     head = st.columns([5, 1])
     head[0].markdown(f"**Bin {b + 1} of {n_bins}** (confidence {lo:.2f} to {hi:.2f}): "
                      f"{len(rows):,} predictions"
@@ -73,14 +74,14 @@ def drilldown(run_id: str, data: views.PredictionArrays, scaled: views.Rescaled,
         return
     split = st.session_state.rel_split
     dataset = runs.loc[runs["run_id"] == run_id, "dataset"].iloc[0]
-    teacher = views.teacher_for(runs, run_id)
+    teacher = tables.teacher_for(runs, run_id)
     with store_errors():
         preds = shared("predictions", run_ids=run_id, split=split,
                        columns=["example_id", "gold", "pred", "pred_option"])
         text = shared("examples", dataset=dataset, split=split)
         top = shared("predictions", run_ids=teacher, split=split,
                      columns=["example_id", "topk_tokens", "topk_probs"]) if teacher else None
-    table = views.drilldown_table(data, scaled, rows, convention, preds, text, top)
+    table = example_rows.drilldown_table(data, scaled, rows, convention, preds, text, top)
     # st.dataframe shows every cell as plain text: a question holding Markdown or an image
     # link stays text and makes the browser fetch nothing
     st.dataframe(table, hide_index=True, key="rel-drill", column_config={
@@ -93,27 +94,27 @@ def drilldown(run_id: str, data: views.PredictionArrays, scaled: views.Rescaled,
 top = st.columns([4, 1])
 picked = top[0].multiselect("Runs (up to two, side by side)", run_ids, key="rel_runs",
                             max_selections=2, format_func=run_label(runs))
-split = top[1].selectbox("Split", splits, key="rel_split", format_func=views.SPLIT_NAMES.get)
+split = top[1].selectbox("Split", splits, key="rel_split", format_func=view_state.SPLIT_NAMES.get)
 
 
 @live
 def panels() -> None:
     """Controls, metric cards, diagrams and the drill-down: what a slider move reruns."""
     row = st.columns([3, 2, 3, 2])
-    convention = row[0].radio("Confidence", list(views.CONVENTIONS), key="rel_conv",
-                              format_func=views.CONVENTIONS.get)
-    mode = row[1].radio("Re-scaling", list(views.MODES), key="rel_mode",
-                        format_func=views.MODES.get)
-    c = row[2].select_slider("Temperature c (log scale)", options=list(views.TEMPERATURE_GRID),
+    convention = row[0].radio("Confidence", list(view_state.CONVENTIONS), key="rel_conv",
+                              format_func=view_state.CONVENTIONS.get)
+    mode = row[1].radio("Re-scaling", list(view_state.MODES), key="rel_mode",
+                        format_func=view_state.MODES.get)
+    c = row[2].select_slider("Temperature c (log scale)", options=list(view_state.TEMPERATURE_GRID),
                              key="rel_c", format_func=lambda v: f"{v:g}")
     row[3].button("Best c on validation", on_click=snap_to_best, key="rel_best",
                   disabled=not picked or "val" not in splits,
                   help="Snap to the slider value with the lowest ECE on the validation split "
                        "of the first run, with the current re-scaling, convention and bins.")
     row = st.columns([2, 1, 3])
-    n_bins = row[0].slider("Bins", *views.BIN_RANGE, key="rel_bins")
-    strategy = row[1].radio("Bins are", list(views.STRATEGIES), key="rel_strategy",
-                            format_func=views.STRATEGIES.get)
+    n_bins = row[0].slider("Bins", *view_state.BIN_RANGE, key="rel_bins")
+    strategy = row[1].radio("Bins are", list(view_state.STRATEGIES), key="rel_strategy",
+                            format_func=view_state.STRATEGIES.get)
     row[2].caption(
         "The slider re-scales the stored probabilities: the answer letters' probabilities for "
         "the option convention, the teacher-style top-k (plus the dropped tail as one entry in "
@@ -123,7 +124,7 @@ def panels() -> None:
     if st.session_state.rel_bin is not None and not (
             0 <= st.session_state.rel_bin < n_bins and st.session_state.rel_panel < len(picked)):
         st.session_state.rel_bin = None  # fewer bins or runs than the selection needs
-    st.query_params.from_dict(views.ViewState(
+    st.query_params.from_dict(view_state.ViewState(
         tuple(picked), split, c, mode, convention, n_bins, strategy,
         st.session_state.rel_bin, st.session_state.rel_panel).to_params())
     if not picked:
@@ -136,24 +137,24 @@ def panels() -> None:
             with store_errors():
                 data = arrays(run_id, split)
             if not len(data):
-                st.warning(f"{run_id} has no predictions on the {views.SPLIT_NAMES[split]} "
+                st.warning(f"{run_id} has no predictions on the {view_state.SPLIT_NAMES[split]} "
                            "split.")
                 continue
-            scaled = views.rescale(data, c, mode, convention)
-            view = views.summarize(scaled, n_bins, strategy)
+            scaled = rescaling.rescale(data, c, mode, convention)
+            view = rescaling.summarize(scaled, n_bins, strategy)
             cards = view.cards
-            st.markdown(f"**{run_label(runs)(run_id)}**, {views.SPLIT_NAMES[split]}, "
+            st.markdown(f"**{run_label(runs)(run_id)}**, {view_state.SPLIT_NAMES[split]}, "
                         f"n = {view.n:,}")
             # the binned cards go out first; SmoothECE (relplot, the slowest number) and the
             # figure follow, so the numbers update as soon as they are known
             grid = st.columns(4)
             grid[0].metric("Accuracy", f"{cards['accuracy']:.1%}")
-            interval = views.format_interval(cards["ece_low"], cards["ece_high"])
+            interval = rescaling.format_interval(cards["ece_low"], cards["ece_high"])
             grid[1].metric("ECE", f"{cards['ece']:.1%}", delta=interval, delta_color="off",
                            delta_arrow="off",
                            help="Expected calibration error; below it the 95% bootstrap "
                                 "interval in percent (omitted above "
-                                f"{views.BOOT_MAX_N:,} predictions to keep the slider live).")
+                                f"{rescaling.BOOT_MAX_N:,} predictions to keep the slider live).")
             smooth_card = grid[2].empty()
             grid[3].metric("MCE", f"{cards['mce']:.1%}")
             grid = st.columns(4)
@@ -161,12 +162,12 @@ def panels() -> None:
             grid[1].metric("NLL", f"{cards['nll']:.3f}")
             grid[2].metric("Trust", f"{cards['trust']:.1%}",
                            help="Accuracy - ECE (our definition).")
-            smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
+            smooth = rescaling.smooth_calibration(scaled.confidence, scaled.correct)
             smooth_card.metric(
                 "SmoothECE", f"{smooth.ece:.1%}",
                 help="Kernel-smoothed ECE (Blasiok & Nakkiran 2023, the `relplot` package, "
                      f"bandwidth {smooth.sigma:.3f}); no bins to choose. Its smoothed curve "
-                     f"is the orange line. Above {views.SMOOTH_MAX_N:,} predictions it uses a "
+                     f"is the orange line. Above {rescaling.SMOOTH_MAX_N:,} predictions it uses a "
                      f"fixed random sample of that size (here {smooth.n_used:,}).")
             st.session_state[f"rel-bins-{i}"] = view.bins
             key = f"rel-fig-{i}"

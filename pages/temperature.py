@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from first_core import calibrate, plots, views
+from first_core import calibrate, plots
+from first_core.views import example_rows, tables, view_state
 from first_core.calibrate import temperature_scale
 from pages._common import (csv_download, query, require_rows, require_runs, run_label,
                            store_errors, through_app)
@@ -18,7 +19,7 @@ search = require_rows("search", "No temperature search in this store yet (the pi
                                 "`calibrate` stage records it).")
 teachers = list(dict.fromkeys(search["run_id"]))
 run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="ts_run")
-curves, chosen = views.search_curves(search[search["run_id"] == run_id])
+curves, chosen = tables.search_curves(search[search["run_id"] == run_id])
 by = st.radio("Choose c by", calibrate.STRATEGIES, horizontal=True, key="ts_strategy",
               format_func={"grid": "lowest validation ECE (grid, the paper)",
                            "nll": "NLL fit (Guo et al.) on validation"}.get)
@@ -54,15 +55,15 @@ st.subheader("The teacher's top-5 before and after")
 preds = require_rows("predictions", "No test predictions for this run.", run_ids=run_id,
                      split="test", columns=["example_id", "gold", "topk_tokens", "topk_probs"])
 ts_best = chosen.loc[chosen["kind"] == "TS", "value"]
-start = views.snap_temperature(float(ts_best.iloc[0])) if len(ts_best) else 1.0
+start = view_state.snap_temperature(float(ts_best.iloc[0])) if len(ts_best) else 1.0
 cols = st.columns([2, 3])
 example = cols[0].selectbox("Example", preds["example_id"].tolist(), key="ts_example")
-c = cols[1].select_slider("c", options=list(views.TEMPERATURE_GRID), value=start,
+c = cols[1].select_slider("c", options=list(view_state.TEMPERATURE_GRID), value=start,
                           key="ts_c", format_func=lambda v: f"{v:g}")
 row = preds[preds["example_id"] == example].iloc[0]
 raw = np.asarray(row["topk_probs"], dtype=float)
 after = temperature_scale(raw[None, :], c, mode="first")[0]
-labels, gold = views.token_labels(row["topk_tokens"], row["gold"])
+labels, gold = example_rows.token_labels(row["topk_tokens"], row["gold"])
 st.plotly_chart(plots.probability_bars(labels, {"stored (raw top-5)": raw,
                                                 f"FIRST transform, c = {c:g}": after},
                                        highlight=gold), key="ts-bars")

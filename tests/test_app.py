@@ -15,7 +15,8 @@ import pytest
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
-from first_core import store, views
+from first_core import store
+from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
 from first_core.fixtures import write_fixture_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def open_app(monkeypatch, store_path: Path | str, page: str | None = None,
 
 def drilldown(at: AppTest) -> pd.DataFrame | None:
     """The drill-down table under the reliability diagram, if shown."""
-    found = [d.value for d in at.dataframe if list(d.value.columns) == list(views.DRILL_COLUMNS)]
+    found = [d.value for d in at.dataframe if list(d.value.columns) == list(example_rows.DRILL_COLUMNS)]
     return found[0] if found else None
 
 
@@ -110,7 +111,7 @@ def test_moving_the_temperature_slider_changes_the_ece(monkeypatch, fixture_stor
     before = ece_shown(at)
     assert before and all(re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", v) for v in before)
     at.radio(key="rel_mode").set_value("first").run()
-    at.select_slider(key="rel_c").set_value(views.snap_temperature(0.3)).run()
+    at.select_slider(key="rel_c").set_value(view_state.snap_temperature(0.3)).run()
     after = ece_shown(at)
     assert after != before
     assert at.query_params["c"] == "0.299" and at.query_params["mode"] == "first"
@@ -121,8 +122,8 @@ def test_best_c_button_snaps_to_the_validation_optimum(monkeypatch, fixture_stor
     run_id = at.multiselect(key="rel_runs").value[0]
     at.button(key="rel_best").click().run()
     frame = store.load_predictions(fixture_store, run_id, "val",
-                                   columns=views.PREDICTION_COLUMNS)
-    expected = views.best_temperature(views.prediction_arrays(frame), "logit", "option", 10,
+                                   columns=run_arrays.PREDICTION_COLUMNS)
+    expected = rescaling.best_temperature(run_arrays.prediction_arrays(frame), "logit", "option", 10,
                                       "uniform")
     assert at.select_slider(key="rel_c").value == expected
 
@@ -133,7 +134,7 @@ def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
              "conv": "paper", "bins": "15", "strategy": "quantile"}
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     assert at.multiselect(key="rel_runs").value == runs[1:3]
-    assert at.select_slider(key="rel_c").value == views.snap_temperature(0.3)
+    assert at.select_slider(key="rel_c").value == view_state.snap_temperature(0.3)
     assert at.slider(key="rel_bins").value == 15
     assert (at.selectbox(key="rel_split").value, at.radio(key="rel_strategy").value) == \
         ("test_ood", "quantile")
@@ -197,7 +198,7 @@ def test_learn_page_needs_no_store_and_moves_with_its_sliders(monkeypatch, tmp_p
     at.slider(key="learn_s").set_value(3.0).run()
     after = [m.value for m in at.metric if m.label == "ECE"]
     assert after[0] != before[0]
-    at.select_slider(key="learn_c").set_value(views.snap_temperature(3.0)).run()  # c ~ s undoes it
+    at.select_slider(key="learn_c").set_value(view_state.snap_temperature(3.0)).run()  # c ~ s undoes it
     fixed = [m.value for m in at.metric if m.label == "ECE"]
     assert float(fixed[1].rstrip("%")) < float(fixed[0].rstrip("%"))
     assert len(at.latex) >= 4
@@ -272,8 +273,8 @@ def test_reliability_opens_on_figure_5(monkeypatch, fixture_store):
 def test_garbage_query_parameters_show_no_traceback(monkeypatch, fixture_store, query):
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.select_slider(key="rel_c").value in views.TEMPERATURE_GRID
-    assert views.BIN_RANGE[0] <= at.slider(key="rel_bins").value <= views.BIN_RANGE[1]
+    assert at.select_slider(key="rel_c").value in view_state.TEMPERATURE_GRID
+    assert view_state.BIN_RANGE[0] <= at.slider(key="rel_bins").value <= view_state.BIN_RANGE[1]
     assert len(ece_shown(at)) == 2  # fell back to the default view
     assert "bin" not in at.query_params
 
@@ -287,9 +288,9 @@ def test_a_bin_in_the_url_lists_its_examples_at_the_current_temperature(monkeypa
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     table = drilldown(at)
     assert table is not None
-    frame = store.load_predictions(fixture_store, run, "test", columns=views.PREDICTION_COLUMNS)
-    scaled = views.rescale(views.prediction_arrays(frame), 2.0, "logit", "option")
-    members = views.bin_members(scaled, 10, "uniform", 7)
+    frame = store.load_predictions(fixture_store, run, "test", columns=run_arrays.PREDICTION_COLUMNS)
+    scaled = rescaling.rescale(run_arrays.prediction_arrays(frame), 2.0, "logit", "option")
+    members = example_rows.bin_members(scaled, 10, "uniform", 7)
     assert len(table) == len(members) > 0
     assert set(table["example_id"]) == set(frame["example_id"].to_numpy()[members])
     assert table["teacher_top5"].notna().all() and table["question"].notna().all()
@@ -305,8 +306,8 @@ def test_smooth_ece_card_is_relplots_number(monkeypatch, fixture_store):
     run = runs.loc[runs["method"] == "first_ts", "run_id"].iloc[0]
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py",
                   {"runs": run, "split": "test", "conv": "paper", "c": "1", "mode": "logit"})
-    frame = store.load_predictions(fixture_store, run, "test", columns=views.PREDICTION_COLUMNS)
-    scaled = views.rescale(views.prediction_arrays(frame), 1.0, "logit", "paper")
+    frame = store.load_predictions(fixture_store, run, "test", columns=run_arrays.PREDICTION_COLUMNS)
+    scaled = rescaling.rescale(run_arrays.prediction_arrays(frame), 1.0, "logit", "paper")
     expected = relplot.smECE(scaled.confidence, scaled.correct.astype(float))
     assert [m.value for m in at.metric if m.label == "SmoothECE"] == [f"{expected:.1%}"]
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -411,15 +412,15 @@ def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch
     assert picker.options == list(dict.fromkeys(val.example_ids))
     example = picker.options[3]
     picker.set_value(example).run()
-    at.select_slider(key="cov_c").set_value(views.snap_temperature(0.5)).run()
+    at.select_slider(key="cov_c").set_value(view_state.snap_temperature(0.5)).run()
     table = at.dataframe[-1].value
     rows = val.example_ids == example
     assert len(table) == rows.sum() and table["position"].tolist() == list(range(rows.sum()))
-    after = softmax(val.probs[rows] / views.snap_temperature(0.5), axis=1)  # q = softmax(p/c)
+    after = softmax(val.probs[rows] / view_state.snap_temperature(0.5), axis=1)  # q = softmax(p/c)
     shown = [[float(x.rsplit(" ", 1)[1].rstrip("%")) / 100 for x in cell.split(", ")]
              for cell in table.iloc[:, -1]]
     np.testing.assert_allclose(shown, after, atol=5e-4)  # printed to 0.1 %
-    tok = views.load_tokenizer(work / "runs" / "instruct-tiny" / "models" / "teacher_ft" / "final")
+    tok = token_views.load_tokenizer(work / "runs" / "instruct-tiny" / "models" / "teacher_ft" / "final")
     assert table["token"].tolist() == [tok.decode([i]) for i in val.token_ids[rows]]
 
 

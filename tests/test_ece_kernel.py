@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from first_core import calibrate as C
 from first_core import ece_kernel as K
 from first_core import metrics as M
-from first_core import views
+from first_core.views import rescaling, run_arrays
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -183,7 +183,7 @@ def test_bin_sums_fall_back_to_a_search_when_the_floor_rule_is_unsafe(monkeypatc
     correct = rng.random(len(conf)) < 0.5
     fast = K.confidence_bin_sums(conf, correct, 7)
     K._edges.cache_clear()
-    monkeypatch.setattr(K, "_floor_lower_edges", lambda n: None)
+    monkeypatch.setattr(K, "floor_lower_edges", lambda n: None)
     try:
         slow = K.confidence_bin_sums(conf, correct, 7)
     finally:
@@ -202,12 +202,12 @@ def test_dashboard_curve_equals_the_slider_value_by_value(mode, convention):
     topk = -np.sort(-np.hstack([option, full[:, m:] * 0.3]), axis=1)[:, :5]
     topk[:5] = 0.2  # all-equal rows: a confidence of exactly 0.2 in the paper convention
     gold = rng.integers(0, m, n)
-    arrays = views.PredictionArrays(topk, rng.random(n) < 0.6, option, gold)
+    arrays = run_arrays.PredictionArrays(topk, rng.random(n) < 0.6, option, gold)
     grid = np.array([0.05, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0])
-    curve = views.ece_curve(arrays, mode, convention, grid=grid)
+    curve = rescaling.ece_curve(arrays, mode, convention, grid=grid)
     want = []
     for c in grid:
-        scaled = views.rescale(arrays, float(c), mode, convention)
+        scaled = rescaling.rescale(arrays, float(c), mode, convention)
         want.append(ref_ece(scaled.confidence, scaled.correct.astype(float), 10))
     assert isinstance(curve, pd.DataFrame) and curve["c"].tolist() == grid.tolist()
     np.testing.assert_allclose(curve["ece"], want, rtol=0, atol=1e-12)

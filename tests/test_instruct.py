@@ -312,7 +312,7 @@ def test_instruct_rerun_skips_and_bad_config_is_one_line(tiny_instruct_run, tmp_
 
 def test_views_of_a_per_token_store(tiny, tmp_path) -> None:
     from first_core.calibrate import temperature_scale
-    from first_core.views import token_coverage_by_position, token_topk_view
+    from first_core.views.token_views import token_coverage_by_position, token_topk_view
     _, examples, model, tok = tiny
     extract_token_topk(model, tok, examples, tmp_path / "s", k=3, coverage_k=3, shard_size=25,
                        batch_size=5, max_length=64)

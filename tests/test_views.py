@@ -11,7 +11,8 @@ import pytest
 
 from scipy.special import softmax
 
-from first_core import metrics, store, views
+from first_core import metrics, store
+from first_core.views import example_rows, rescaling, run_arrays, storage_math, tables, teaching, token_views, view_state
 from first_core.fixtures import write_fixture_store
 
 
@@ -40,41 +41,41 @@ def preds(fixture_store) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def arrays(preds) -> views.PredictionArrays:
-    return views.prediction_arrays(preds[list(views.PREDICTION_COLUMNS)])
+def arrays(preds) -> run_arrays.PredictionArrays:
+    return run_arrays.prediction_arrays(preds[list(run_arrays.PREDICTION_COLUMNS)])
 
 
 # ---------------------------------------------------------------- grid and view state
 
 def test_grid_is_log_spaced_from_005_to_10_with_one():
-    grid = views.TEMPERATURE_GRID
+    grid = view_state.TEMPERATURE_GRID
     assert grid[0] == pytest.approx(0.05, rel=0.01) and grid[-1] == 10.0 and 1.0 in grid
     steps = np.diff(np.log10(grid))
     assert (steps > 0).all() and np.allclose(steps, 1 / 40, atol=0.003)
 
 
 def test_snap_temperature_picks_nearest_in_log_space():
-    assert views.snap_temperature(0.3) == pytest.approx(0.299)
-    assert views.snap_temperature(1e6) == 10.0 and views.snap_temperature(1e-6) == views.TEMPERATURE_GRID[0]
+    assert view_state.snap_temperature(0.3) == pytest.approx(0.299)
+    assert view_state.snap_temperature(1e6) == 10.0 and view_state.snap_temperature(1e-6) == view_state.TEMPERATURE_GRID[0]
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="c"):
-            views.snap_temperature(bad)
+            view_state.snap_temperature(bad)
 
 
 def test_view_state_round_trips_through_query_params():
-    state = views.ViewState(("r2", "r1"), "test_ood", views.snap_temperature(0.3), "first",
+    state = view_state.ViewState(("r2", "r1"), "test_ood", view_state.snap_temperature(0.3), "first",
                             "paper", 15, "quantile")
-    assert views.parse_view_state(state.to_params(), ["r1", "r2", "r3"],
+    assert view_state.parse_view_state(state.to_params(), ["r1", "r2", "r3"],
                                   ["val", "test", "test_ood"]) == state
 
 
 def test_view_state_drops_invalid_url_values():
     params = {"runs": "nope,r1'; DROP TABLE runs; --", "split": "train", "c": "abc",
               "mode": "exec", "conv": "x", "bins": "999", "strategy": "?"}
-    state = views.parse_view_state(params, ["r1", "r2"], ["val", "test"])
-    assert state == views.ViewState(("r1",), "test", 1.0, "logit", "option", 30, "uniform")
-    assert views.parse_view_state({"bins": "1", "c": "0.33"}, ["r1"], ["val"]).n_bins == 5
-    assert views.parse_view_state({"c": ["0.33"]}, ["r1"], ["val"]).c == pytest.approx(0.335)
+    state = view_state.parse_view_state(params, ["r1", "r2"], ["val", "test"])
+    assert state == view_state.ViewState(("r1",), "test", 1.0, "logit", "option", 30, "uniform")
+    assert view_state.parse_view_state({"bins": "1", "c": "0.33"}, ["r1"], ["val"]).n_bins == 5
+    assert view_state.parse_view_state({"c": ["0.33"]}, ["r1"], ["val"]).c == pytest.approx(0.335)
 
 
 @pytest.mark.parametrize("params", [{"c": "-1"}, {"c": "nan"}, {"c": "inf"}, {"c": "0"},
@@ -82,23 +83,23 @@ def test_view_state_drops_invalid_url_values():
                                     {"bin": "10"}, {"bin": "-1"}, {"bin": "x", "panel": "7"},
                                     {"runs": "ghost,phantom"}, {"split": "../etc"}])
 def test_garbage_query_parameters_fall_back_to_valid_values(params):
-    state = views.parse_view_state(params, ["r1", "r2"], ["val", "test"])
-    assert state.c in views.TEMPERATURE_GRID and np.isfinite(state.c)
-    assert views.BIN_RANGE[0] <= state.n_bins <= views.BIN_RANGE[1]
+    state = view_state.parse_view_state(params, ["r1", "r2"], ["val", "test"])
+    assert state.c in view_state.TEMPERATURE_GRID and np.isfinite(state.c)
+    assert view_state.BIN_RANGE[0] <= state.n_bins <= view_state.BIN_RANGE[1]
     assert state.runs == ("r1",) and state.split == "test"
     assert state.bin is None or 0 <= state.bin < state.n_bins
     assert 0 <= state.panel < max(1, len(state.runs))
 
 
 def test_selected_bin_round_trips_and_is_dropped_outside_the_diagram():
-    state = views.ViewState(("r1", "r2"), "test", 1.0, n_bins=10, bin=9, panel=1)
-    assert views.parse_view_state(state.to_params(), ["r1", "r2"], ["test"]) == state
+    state = view_state.ViewState(("r1", "r2"), "test", 1.0, n_bins=10, bin=9, panel=1)
+    assert view_state.parse_view_state(state.to_params(), ["r1", "r2"], ["test"]) == state
     params = {**state.to_params(), "bins": "5"}  # bin 9 no longer exists with 5 bins
-    assert views.parse_view_state(params, ["r1", "r2"], ["test"]).bin is None
-    lone = views.parse_view_state({"runs": "r1", "bin": "3", "panel": "1"}, ["r1", "r2"],
+    assert view_state.parse_view_state(params, ["r1", "r2"], ["test"]).bin is None
+    lone = view_state.parse_view_state({"runs": "r1", "bin": "3", "panel": "1"}, ["r1", "r2"],
                                   ["test"])
     assert (lone.bin, lone.panel) == (3, 0)  # no second panel: the first one
-    assert "bin" not in views.ViewState(("r1",)).to_params()
+    assert "bin" not in view_state.ViewState(("r1",)).to_params()
 
 
 def test_figure5_default_is_student_ft_beside_first_ts_on_ood():
@@ -107,16 +108,16 @@ def test_figure5_default_is_student_ft_beside_first_ts_on_ood():
                          "method": ["teacher_ft", "student_ft", "first_ts", "student_ft"],
                          "pipeline": ["p", "p", "p", "q"]})
     splits = ["val", "test", "test_ood"]
-    assert views.figure5_default(runs, splits) == (("p/student_ft/seed0", "p/first_ts/seed0"),
+    assert view_state.figure5_default(runs, splits) == (("p/student_ft/seed0", "p/first_ts/seed0"),
                                                    "test_ood")
-    state = views.parse_view_state({}, runs["run_id"].tolist(), splits,
-                                   default=views.figure5_default(runs, splits))
+    state = view_state.parse_view_state({}, runs["run_id"].tolist(), splits,
+                                   default=view_state.figure5_default(runs, splits))
     assert state.runs == ("p/student_ft/seed0", "p/first_ts/seed0") and state.split == "test_ood"
-    assert views.figure5_default(runs, ["val", "test"]) is None
-    assert views.figure5_default(runs[runs["method"] != "first_ts"], splits) is None
-    picked = views.parse_view_state({"runs": "q/student_ft/seed0", "split": "test"},
+    assert view_state.figure5_default(runs, ["val", "test"]) is None
+    assert view_state.figure5_default(runs[runs["method"] != "first_ts"], splits) is None
+    picked = view_state.parse_view_state({"runs": "q/student_ft/seed0", "split": "test"},
                                     runs["run_id"].tolist(), splits,
-                                    default=views.figure5_default(runs, splits))
+                                    default=view_state.figure5_default(runs, splits))
     assert picked.runs == ("q/student_ft/seed0",) and picked.split == "test"  # URL wins
 
 
@@ -132,22 +133,22 @@ def test_prediction_arrays_are_dense_read_only_and_find_gold(preds, arrays):
 
 
 def test_prediction_arrays_reject_ragged_rows_and_unknown_gold(preds):
-    frame = preds[list(views.PREDICTION_COLUMNS)].copy()
+    frame = preds[list(run_arrays.PREDICTION_COLUMNS)].copy()
     ragged = frame.copy()
     ragged.at[ragged.index[3], "topk_probs"] = np.array([0.5, 0.2])
     with pytest.raises(ValueError, match="topk_probs.*row 3"):
-        views.prediction_arrays(ragged)
+        run_arrays.prediction_arrays(ragged)
     unknown = frame.copy()
     unknown.at[unknown.index[2], "gold"] = "Z"
     with pytest.raises(ValueError, match="gold.*'Z'"):
-        views.prediction_arrays(unknown)
+        run_arrays.prediction_arrays(unknown)
 
 
 def test_classic_scaling_at_one_shows_the_stored_confidence(preds, arrays):
-    option = views.rescale(arrays, 1.0, "logit", "option")
+    option = rescaling.rescale(arrays, 1.0, "logit", "option")
     np.testing.assert_allclose(option.confidence, preds["confidence_option"], rtol=1e-9)
     np.testing.assert_array_equal(option.correct, preds["correct_option"])
-    paper = views.rescale(arrays, 1.0, "logit", "paper")
+    paper = rescaling.rescale(arrays, 1.0, "logit", "paper")
     np.testing.assert_allclose(paper.confidence, preds["confidence"], rtol=1e-9)
 
 
@@ -155,13 +156,13 @@ def test_classic_scaling_at_one_shows_the_stored_confidence(preds, arrays):
 def test_first_transform_matches_the_paper_formula(arrays, c):
     p = arrays.topk_probs
     expected = np.exp(p / c) / np.exp(p / c).sum(axis=1, keepdims=True)
-    scaled = views.rescale(arrays, c, "first", "paper")
+    scaled = rescaling.rescale(arrays, c, "first", "paper")
     np.testing.assert_allclose(scaled.confidence, expected.max(axis=1), rtol=1e-9)
     np.testing.assert_array_equal(scaled.correct, arrays.correct)  # arg-max kept
 
 
 def test_calibration_view_agrees_with_reference_metrics(arrays):
-    view = views.calibration_view(arrays, 0.5, "logit", "option", n_bins=12, n_boot=100)
+    view = rescaling.calibration_view(arrays, 0.5, "logit", "option", n_bins=12, n_boot=100)
     p = arrays.option_probs ** 2  # c = 0.5: p^(1/c)
     p = p / p.sum(axis=1, keepdims=True)
     conf, correct = p.max(axis=1), p.argmax(axis=1) == arrays.gold_option
@@ -199,13 +200,13 @@ def _reference_scaled(arrays, c, mode, convention):
 @pytest.mark.parametrize("c", [0.07, 0.5, 1.0, 4.0])
 def test_slider_numbers_match_an_independent_transform(arrays, mode, convention, c):
     conf, correct, brier, nll = _reference_scaled(arrays, c, mode, convention)
-    scaled = views.rescale(arrays, c, mode, convention)
+    scaled = rescaling.rescale(arrays, c, mode, convention)
     np.testing.assert_allclose(scaled.confidence, conf, rtol=1e-12)
     np.testing.assert_array_equal(scaled.correct, correct)
     assert scaled.brier == pytest.approx(brier, rel=1e-12)
     assert scaled.nll == pytest.approx(nll, rel=1e-12)
     for strategy in ("uniform", "quantile"):
-        cards = views.calibration_view(arrays, c, mode, convention, 7, strategy, 0).cards
+        cards = rescaling.calibration_view(arrays, c, mode, convention, 7, strategy, 0).cards
         assert cards["ece"] == pytest.approx(metrics.expected_calibration_error(
             conf, correct, 7, strategy), abs=1e-12)
         assert cards["mce"] == pytest.approx(metrics.maximum_calibration_error(
@@ -213,7 +214,7 @@ def test_slider_numbers_match_an_independent_transform(arrays, mode, convention,
 
 
 def test_arrays_are_validated_once_and_the_slider_never_rechecks(arrays, monkeypatch):
-    before = views.calibration_view(arrays, 0.4, "first", "paper", n_boot=0).cards
+    before = rescaling.calibration_view(arrays, 0.4, "first", "paper", n_boot=0).cards
 
     def refuse(*args, **kwargs):
         raise AssertionError("the slider path re-validated its input")
@@ -221,8 +222,8 @@ def test_arrays_are_validated_once_and_the_slider_never_rechecks(arrays, monkeyp
     for name in ("check_probs", "check_confidence", "check_correct", "check_labels"):
         monkeypatch.setattr(metrics, name, refuse)
     for mode, convention in (("first", "paper"), ("logit", "option"), ("logit", "paper")):
-        views.calibration_view(arrays, 0.4, mode, convention, n_boot=0)
-    np.testing.assert_equal(views.calibration_view(arrays, 0.4, "first", "paper",
+        rescaling.calibration_view(arrays, 0.4, mode, convention, n_boot=0)
+    np.testing.assert_equal(rescaling.calibration_view(arrays, 0.4, "first", "paper",
                                                    n_boot=0).cards, before)
 
 
@@ -237,42 +238,42 @@ def test_prediction_arrays_reject_bad_values_naming_the_field(field, value, word
     good = {"topk_probs": np.array([[0.6, 0.3]]), "correct": np.array([True]),
             "option_probs": np.array([[0.6, 0.3]]), "gold_option": np.array([0])}
     with pytest.raises(ValueError, match=word):
-        views.PredictionArrays(**(good | {field: value}))
-    assert len(views.PredictionArrays(np.zeros((0, 2)), np.zeros(0, bool), np.zeros((0, 2)),
+        run_arrays.PredictionArrays(**(good | {field: value}))
+    assert len(run_arrays.PredictionArrays(np.zeros((0, 2)), np.zeros(0, bool), np.zeros((0, 2)),
                                       np.zeros(0, int))) == 0  # an empty split is fine
 
 
 def test_ece_moves_with_the_slider(arrays):
-    eces = {c: views.calibration_view(arrays, c, "first", "paper", n_boot=0).cards["ece"]
+    eces = {c: rescaling.calibration_view(arrays, c, "first", "paper", n_boot=0).cards["ece"]
             for c in (0.1, 0.3, 1.0)}
     assert len(set(np.round(list(eces.values()), 6))) == 3
 
 
 @pytest.mark.parametrize("mode,convention", [("logit", "option"), ("first", "paper")])
 def test_best_temperature_is_the_argmin_over_the_grid(arrays, mode, convention):
-    best = views.best_temperature(arrays, mode, convention, n_bins=10)
+    best = rescaling.best_temperature(arrays, mode, convention, n_bins=10)
     brute = []
-    for c in views.TEMPERATURE_GRID:
-        s = views.rescale(arrays, float(c), mode, convention)
+    for c in view_state.TEMPERATURE_GRID:
+        s = rescaling.rescale(arrays, float(c), mode, convention)
         brute.append(ref_ece(s.confidence, s.correct, 10))
-    assert best == views.TEMPERATURE_GRID[int(np.argmin(brute))]
+    assert best == view_state.TEMPERATURE_GRID[int(np.argmin(brute))]
 
 
 def test_rescale_rejects_unknown_mode_and_convention(arrays):
     with pytest.raises(ValueError, match="mode"):
-        views.rescale(arrays, 1.0, "softmax", "option")
+        rescaling.rescale(arrays, 1.0, "softmax", "option")
     with pytest.raises(ValueError, match="convention"):
-        views.rescale(arrays, 1.0, "logit", "vocab")
+        rescaling.rescale(arrays, 1.0, "logit", "vocab")
 
 
 @pytest.mark.parametrize("convention", ["option", "paper"])
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
 def test_bin_members_are_the_rows_the_diagram_counts(arrays, convention, strategy):
-    scaled = views.rescale(arrays, 0.5, "logit", convention)
-    view = views.summarize(scaled, 8, strategy, n_boot=0)
+    scaled = rescaling.rescale(arrays, 0.5, "logit", convention)
+    view = rescaling.summarize(scaled, 8, strategy, n_boot=0)
     edges = np.r_[view.bins["lo"].to_numpy(), view.bins["hi"].iloc[-1]]
     for b in range(8):
-        rows = views.bin_members(scaled, 8, strategy, b)
+        rows = example_rows.bin_members(scaled, 8, strategy, b)
         assert len(rows) == view.bins["count"].iloc[b]
         if len(rows):  # independent rule: (lo, hi], 0 in the first bin
             conf = scaled.confidence[rows]
@@ -280,24 +281,24 @@ def test_bin_members_are_the_rows_the_diagram_counts(arrays, convention, strateg
             assert (np.diff(conf) <= 0).all()  # most confident first
             assert scaled.correct[rows].mean() == pytest.approx(view.bins["accuracy"].iloc[b])
     with pytest.raises(ValueError, match="bin"):
-        views.bin_members(scaled, 8, strategy, 8)
+        example_rows.bin_members(scaled, 8, strategy, 8)
 
 
 def test_bin_at_maps_a_clicked_bar_centre_to_its_bin():
-    bins = views.bins_frame(np.array([0.05, 0.55, 0.95]), np.array([True, False, True]), 10)
-    assert views.bin_at(bins, 0.95) == 9 and views.bin_at(bins, 0.05) == 0
-    assert views.bin_at(bins, 1.5) is None and views.bin_at(bins, float("nan")) is None
+    bins = rescaling.bins_frame(np.array([0.05, 0.55, 0.95]), np.array([True, False, True]), 10)
+    assert example_rows.bin_at(bins, 0.95) == 9 and example_rows.bin_at(bins, 0.05) == 0
+    assert example_rows.bin_at(bins, 1.5) is None and example_rows.bin_at(bins, float("nan")) is None
 
 
 def test_drilldown_lists_a_bins_examples_at_the_current_temperature(fixture_store, preds, arrays):
-    scaled = views.rescale(arrays, 2.0, "logit", "paper")
-    rows = views.bin_members(scaled, 10, "uniform", 5)
+    scaled = rescaling.rescale(arrays, 2.0, "logit", "paper")
+    rows = example_rows.bin_members(scaled, 10, "uniform", 5)
     examples = store.load_examples(fixture_store, split="test")
     runs = store.list_runs(fixture_store)
-    teacher = store.load_predictions(fixture_store, views.teacher_for(runs, preds["run_id"][0]),
+    teacher = store.load_predictions(fixture_store, tables.teacher_for(runs, preds["run_id"][0]),
                                      "test", columns=["example_id", "topk_tokens", "topk_probs"])
-    table = views.drilldown_table(arrays, scaled, rows, "paper", preds, examples, teacher)
-    assert list(table.columns) == list(views.DRILL_COLUMNS) and len(table) == len(rows) > 0
+    table = example_rows.drilldown_table(arrays, scaled, rows, "paper", preds, examples, teacher)
+    assert list(table.columns) == list(example_rows.DRILL_COLUMNS) and len(table) == len(rows) > 0
     first = table.iloc[0]
     src = preds.set_index("example_id").loc[first["example_id"]]
     text = examples.set_index("example_id").loc[first["example_id"]]
@@ -309,15 +310,15 @@ def test_drilldown_lists_a_bins_examples_at_the_current_temperature(fixture_stor
     top = teacher.set_index("example_id").loc[first["example_id"]]
     assert first["teacher_top5"].startswith(f"{top['topk_tokens'][0]!r} "
                                             f"{top['topk_probs'][0]:.1%}, ")
-    bare = views.drilldown_table(arrays, scaled, rows, "option", preds, examples.iloc[:0])
+    bare = example_rows.drilldown_table(arrays, scaled, rows, "option", preds, examples.iloc[:0])
     assert bare["question"].isna().all() and bare["teacher_top5"].isna().all()
     assert bare.iloc[0]["prediction"] == src["pred_option"]
 
 
 def test_smooth_ece_is_relplots_own_on_the_same_inputs(arrays):
     relplot = pytest.importorskip("relplot", reason="relplot not installed (requirements.txt)")
-    scaled = views.rescale(arrays, 0.7, "logit", "option")
-    smooth = views.smooth_calibration(scaled.confidence, scaled.correct)
+    scaled = rescaling.rescale(arrays, 0.7, "logit", "option")
+    smooth = rescaling.smooth_calibration(scaled.confidence, scaled.correct)
     f, y = scaled.confidence, scaled.correct.astype(float)
     assert smooth.ece == pytest.approx(relplot.smECE(f, y), rel=1e-12)
     assert smooth.n_used == len(f)
@@ -333,19 +334,19 @@ def test_smooth_ece_tells_calibrated_from_overconfident_and_samples_large_inputs
     conf = rng.uniform(0.3, 1.0, 6000)
     calibrated = rng.random(6000) < conf
     over = rng.random(6000) < conf - 0.2
-    good, bad = (views.smooth_calibration(conf, ok).ece for ok in (calibrated, over))
+    good, bad = (rescaling.smooth_calibration(conf, ok).ece for ok in (calibrated, over))
     assert good < 0.03 < 0.15 < bad < 0.25  # smECE of a 0.2 shift is about 0.2
-    sampled = views.smooth_calibration(conf, over, max_n=1000)
-    rows = views.smooth_sample(6000, 1000)
+    sampled = rescaling.smooth_calibration(conf, over, max_n=1000)
+    rows = rescaling.smooth_sample(6000, 1000)
     assert sampled.n_used == 1000 and len(np.unique(rows)) == 1000
-    assert sampled.ece == pytest.approx(views.smooth_calibration(conf[rows], over[rows]).ece)
+    assert sampled.ece == pytest.approx(rescaling.smooth_calibration(conf[rows], over[rows]).ece)
     with pytest.raises(ValueError, match="confidence"):
-        views.smooth_calibration(conf[:0], over[:0])
+        rescaling.smooth_calibration(conf[:0], over[:0])
 
 
 def test_format_interval():
-    assert views.format_interval(0.059, 0.0844) == "[5.9, 8.4]"
-    assert views.format_interval(float("nan"), float("nan")) is None
+    assert rescaling.format_interval(0.059, 0.0844) == "[5.9, 8.4]"
+    assert rescaling.format_interval(float("nan"), float("nan")) is None
 
 
 # ---------------------------------------------------------------- tables and filters
@@ -365,12 +366,12 @@ def metric_rows() -> pd.DataFrame:
 
 
 def test_headline_table_is_table_one(metric_rows):
-    table = views.headline_table(metric_rows, "paper")
+    table = tables.headline_table(metric_rows, "paper")
     assert table["method"].tolist() == ["teacher_ft", "first_ts"]  # pipeline order
     assert list(table.columns) == ["pipeline", "method", "Acc ID", "ECE ID", "Trust ID",
                                    "Acc OOD", "ECE OOD", "Trust OOD"]
     assert table.loc[0, "Acc OOD"] == pytest.approx(0.805)  # mean over seeds 0.80, 0.81
-    assert views.headline_table(metric_rows, "option").columns.tolist() == ["pipeline",
+    assert tables.headline_table(metric_rows, "option").columns.tolist() == ["pipeline",
                                                                              "method"]
 
 
@@ -381,104 +382,104 @@ def _two_pipelines(metric_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     rows = pd.concat([metric_rows, other], ignore_index=True)
     runs = pd.DataFrame({"run_id": rows["run_id"].unique()})
     runs["pipeline"] = np.where(runs["run_id"].str.startswith("b-"), "b", "a")
-    return views.with_pipeline(rows, runs), runs
+    return tables.with_pipeline(rows, runs), runs
 
 
 def test_seeds_are_averaged_within_one_pipeline_only(metric_rows):
     rows, runs = _two_pipelines(metric_rows)
-    assert views.pipelines(runs) == ["a", "b"]
-    table = views.headline_table(rows, "paper")
+    assert tables.pipelines(runs) == ["a", "b"]
+    table = tables.headline_table(rows, "paper")
     assert table[["pipeline", "method"]].values.tolist() == [
         ["a", "teacher_ft"], ["a", "first_ts"], ["b", "teacher_ft"], ["b", "first_ts"]]
     acc = table.set_index(["pipeline", "method"])["Acc OOD"]
     assert acc["a", "teacher_ft"] == pytest.approx(0.805)       # seeds of "a" only
     assert acc["b", "teacher_ft"] == pytest.approx(0.605)       # not (0.805 + 0.605) / 2
-    only_b = views.headline_table(rows, "paper", pipeline="b")
+    only_b = tables.headline_table(rows, "paper", pipeline="b")
     assert set(only_b["pipeline"]) == {"b"} and len(only_b) == 2
-    cmp = views.compare_table(rows, "paper", pipeline=None)
+    cmp = tables.compare_table(rows, "paper", pipeline=None)
     seeds = cmp[(cmp["metric"] == "accuracy") & (cmp["split"] == "test")]
     assert seeds["seeds"].tolist() == [2, 2, 2, 2]  # never 4: seeds of two pipelines
-    assert views.compare_table(rows, "paper", pipeline="a")["pipeline"].unique().tolist() == ["a"]
+    assert tables.compare_table(rows, "paper", pipeline="a")["pipeline"].unique().tolist() == ["a"]
 
 
 def test_compare_table_mean_std_and_seeds(metric_rows):
-    table = views.compare_table(metric_rows, "paper")
+    table = tables.compare_table(metric_rows, "paper")
     row = table[(table["method"] == "first_ts") & (table["split"] == "test")
                 & (table["metric"] == "accuracy")].iloc[0]
     assert row["mean"] == pytest.approx(0.705) and row["seeds"] == 2
-    assert set(table["pipeline"]) == {views.NO_PIPELINE}  # rows without runs' pipeline
+    assert set(table["pipeline"]) == {tables.NO_PIPELINE}  # rows without runs' pipeline
     assert row["std"] == pytest.approx(np.std([0.70, 0.71], ddof=1))
     assert set(table["split"]) == {"test", "test_ood"}
 
 
 def test_filters_pick_wrong_confident_and_right_unsure(preds):
     conf, ok = preds["confidence_option"], preds["correct_option"]
-    wrong = views.filter_predictions(preds, "wrong_confident", "option", confident=0.6)
+    wrong = example_rows.filter_predictions(preds, "wrong_confident", "option", confident=0.6)
     assert set(wrong.index) == set(preds.index[~ok & (conf >= 0.6)])
     assert wrong["confidence_option"].is_monotonic_decreasing
-    unsure = views.filter_predictions(preds, "right_unsure", "paper", unsure=0.5)
+    unsure = example_rows.filter_predictions(preds, "right_unsure", "paper", unsure=0.5)
     assert set(unsure.index) == set(preds.index[preds["correct"] & (preds["confidence"] < 0.5)])
-    assert len(views.filter_predictions(preds, "all")) == len(preds)
+    assert len(example_rows.filter_predictions(preds, "all")) == len(preds)
     with pytest.raises(ValueError, match="kind"):
-        views.filter_predictions(preds, "DROP TABLE")
+        example_rows.filter_predictions(preds, "DROP TABLE")
 
 
 def test_teacher_for_prefers_the_same_pipeline():
     runs = pd.DataFrame({"run_id": ["a/t", "b/t", "b/s"],
                          "method": ["teacher_ft", "teacher_ft", "first_ts"],
                          "pipeline": ["a", "b", "b"]})
-    assert views.teacher_for(runs, "b/s") == "b/t"
-    assert views.teacher_for(runs[runs["method"] != "teacher_ft"], "b/s") is None
+    assert tables.teacher_for(runs, "b/s") == "b/t"
+    assert tables.teacher_for(runs[runs["method"] != "teacher_ft"], "b/s") is None
     imported = pd.concat([runs, pd.DataFrame({"run_id": ["x/imported/seed0"],
                                               "method": ["imported"], "pipeline": ["x"]})])
-    assert views.teacher_for(imported, "x/imported/seed0") is None  # another model's
+    assert tables.teacher_for(imported, "x/imported/seed0") is None  # another model's
 
 
 def test_token_labels_show_spaces_and_find_gold():
-    labels, gold = views.token_labels([" A", " The", "B"], "B")
+    labels, gold = example_rows.token_labels([" A", " The", "B"], "B")
     assert labels == ["' A'", "' The'", "'B'"] and gold == "'B'"
-    assert views.token_labels([" A"], "C")[1] is None
+    assert example_rows.token_labels([" A"], "C")[1] is None
 
 
 def test_search_curves_long_format_and_chosen():
     search = pd.DataFrame({"kind": ["TS", "TS", "LS"], "value": [0.2, 0.3, 0.1],
                            "ece_val": [0.2, 0.1, 0.3], "ece_test": [0.25, 0.15, np.nan],
                            "chosen": [False, True, True]})
-    curves, chosen = views.search_curves(search)
+    curves, chosen = tables.search_curves(search)
     assert len(curves) == 5 and set(curves["series"]) == {"validation", "test"}
     assert chosen[["kind", "value", "ece"]].values.tolist() == [["TS", 0.3, 0.1],
                                                                ["LS", 0.1, 0.3]]
 
 
 def test_parse_progress():
-    assert views.parse_progress("[3/12] topk ...\n") == (3, 12, "topk ...")
-    assert views.parse_progress("loading") is None and views.parse_progress("[1/0] x") is None
+    assert tables.parse_progress("[3/12] topk ...\n") == (3, 12, "topk ...")
+    assert tables.parse_progress("loading") is None and tables.parse_progress("[1/0] x") is None
 
 
 # ---------------------------------------------------------------- coverage arithmetic
 
 def test_disk_usage_reproduces_terabytes_vs_gigabytes():
-    disk = views.disk_usage([1, 5], n_positions=1.875e9, vocab_size=32000, prob_bytes=2)
+    disk = storage_math.disk_usage([1, 5], n_positions=1.875e9, vocab_size=32000, prob_bytes=2)
     assert disk["full_bytes"].iloc[0] == pytest.approx(120e12)
     assert disk["topk_bytes"].tolist() == pytest.approx([1.875e9 * 6, 1.875e9 * 30])
-    assert views.human_bytes(120e12) == "120 TB" and views.human_bytes(999) == "999 B"
+    assert storage_math.human_bytes(120e12) == "120 TB" and storage_math.human_bytes(999) == "999 B"
     with pytest.raises(ValueError, match="vocab_size"):
-        views.disk_usage([5], 10, 0, 2)
+        storage_math.disk_usage([5], 10, 0, 2)
 
 
 # ---------------------------------------------------------------- teaching page
 
 def test_simulated_classifier_hits_accuracy_and_is_calibrated_at_s_one():
-    probs, labels = views.simulate_classifier(0.7, 1.0, n=20000, seed=3)
-    view = views.classifier_view(probs, labels)
+    probs, labels = teaching.simulate_classifier(0.7, 1.0, n=20000, seed=3)
+    view = teaching.classifier_view(probs, labels)
     assert view.cards["accuracy"] == pytest.approx(0.7, abs=0.02)
     assert view.cards["ece"] < 0.02
 
 
 def test_classic_scaling_with_c_equal_s_undoes_over_confidence():
-    probs, labels = views.simulate_classifier(0.6, 2.5, n=20000, seed=4)
-    raw = views.classifier_view(probs, labels)
-    fixed = views.classifier_view(probs, labels, c=2.5, mode="logit")
+    probs, labels = teaching.simulate_classifier(0.6, 2.5, n=20000, seed=4)
+    raw = teaching.classifier_view(probs, labels)
+    fixed = teaching.classifier_view(probs, labels, c=2.5, mode="logit")
     conf = probs.max(axis=1)
     assert raw.cards["ece"] == pytest.approx(ref_ece(conf, probs.argmax(1) == labels, 10))
     assert raw.cards["ece"] > 0.1 and fixed.cards["ece"] < 0.02
@@ -491,7 +492,7 @@ def test_classic_scaling_with_c_equal_s_undoes_over_confidence():
 def test_simulated_classifier_rejects_bad_arguments(kwargs, name):
     args = {"accuracy": 0.7, "overconfidence": 1.0} | kwargs
     with pytest.raises(ValueError, match=name):
-        views.simulate_classifier(**args)
+        teaching.simulate_classifier(**args)
 
 
 # ---------------------------------------------------------------- instruction runs (issue 13)
@@ -502,11 +503,11 @@ def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
     cfg = load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                  "student_train.loss_on='response'", "name='x'"])
     cfg = dataclasses.replace(cfg, seeds=seeds, seed=4)
-    assert views.instruct_run_dir(json.dumps(cfg.to_dict())) == cfg.run_dir
-    assert str(views.instruct_run_dir(cfg.to_dict())) == want
-    assert views.instruct_run_dir(json.dumps(RunConfig(name="x").to_dict())) is None  # mc
-    assert views.instruct_run_dir(None) is None
-    assert views.instruct_run_dir('{"data": {"kind": "instruct"}}') is None  # no name
+    assert token_views.instruct_run_dir(json.dumps(cfg.to_dict())) == cfg.run_dir
+    assert str(token_views.instruct_run_dir(cfg.to_dict())) == want
+    assert token_views.instruct_run_dir(json.dumps(RunConfig(name="x").to_dict())) is None  # mc
+    assert token_views.instruct_run_dir(None) is None
+    assert token_views.instruct_run_dir('{"data": {"kind": "instruct"}}') is None  # no name
 
 
 @pytest.fixture(scope="module")
@@ -525,13 +526,13 @@ def test_token_example_ids_are_the_stores_examples_in_order(token_store):
     from first_core.topk_tokens import load_token_topk
     path, examples, _ = token_store
     assert len(load_token_topk(path).manifest.shards) > 1  # examples cross shard borders
-    assert views.token_example_ids(path) == [e.id for e in examples]
+    assert token_views.token_example_ids(path) == [e.id for e in examples]
 
 
 def test_token_view_table_shows_each_token_before_and_after(token_store):
     path, examples, tok = token_store
-    view = views.token_topk_view(path, examples[2].id, 0.5, tokenizer=tok)
-    table = views.token_view_table(view, 0.5)
+    view = token_views.token_topk_view(path, examples[2].id, 0.5, tokenizer=tok)
+    table = token_views.token_view_table(view, 0.5)
     assert table["token"].tolist() == view["token"].tolist()
     assert list(table.columns[-2:]) == ["teacher top-k (raw)", "after FIRST, c = 0.5"]
     first = view.iloc[0]
@@ -541,5 +542,5 @@ def test_token_view_table_shows_each_token_before_and_after(token_store):
                                           zip(first["topk_tokens"], first["first_probs"]))
     ranks = table["rank in top-k"].tolist()
     assert ranks == [str(r + 1) if r >= 0 else "-" for r in view["gold_rank"]]
-    no_tok = views.token_view_table(views.token_topk_view(path, examples[2].id, 0.5), 0.5)
+    no_tok = token_views.token_view_table(token_views.token_topk_view(path, examples[2].id, 0.5), 0.5)
     assert no_tok["token"].tolist() == [str(i) for i in view["token_id"]]

@@ -1,0 +1,127 @@
+"""Tables over many runs: Table 1 per (pipeline, method), the Compare page's mean and std
+over seeds, the teacher that goes with a run, the temperature-search curves and the
+pipeline's progress lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ..config import METHODS
+from ..store import IMPORTED_METHOD
+
+
+def _method_order(methods: pd.Series) -> pd.Series:
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return methods.map(lambda m: rank.get(m, len(rank)))
+
+
+NO_PIPELINE = "(no pipeline)"
+
+
+def pipelines(runs: pd.DataFrame) -> list[str]:
+    """The store's pipelines (runs' `pipeline`, oldest first; unnamed ones as NO_PIPELINE)."""
+    if "pipeline" not in runs:
+        return [NO_PIPELINE] if len(runs) else []
+    return list(dict.fromkeys(runs["pipeline"].fillna(NO_PIPELINE).astype(str)))
+
+
+def with_pipeline(metric_rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`store.load_metrics` rows plus their run's pipeline (NO_PIPELINE where unnamed)."""
+    names = (runs.set_index("run_id")["pipeline"] if "pipeline" in runs
+             else pd.Series(dtype=object))
+    return metric_rows.assign(
+        pipeline=metric_rows["run_id"].map(names).fillna(NO_PIPELINE).astype(str))
+
+
+def _pipeline_rows(metric_rows: pd.DataFrame, pipeline: str | None) -> pd.DataFrame:
+    rows = metric_rows if "pipeline" in metric_rows else metric_rows.assign(pipeline=NO_PIPELINE)
+    return rows if pipeline is None else rows[rows["pipeline"] == pipeline]
+
+
+def headline_table(metric_rows: pd.DataFrame, convention: str = "paper",
+                   pipeline: str | None = None) -> pd.DataFrame:
+    """Table-1 layout: one row per (pipeline, method), Acc / ECE / Trust in-domain and OOD.
+
+    Values are means over the seeds of *one* pipeline (never across pipelines: two
+    pipelines are two experiments). `metric_rows` is `store.load_metrics(...)` through
+    `with_pipeline` (without a pipeline column every row counts as one unnamed pipeline);
+    `pipeline` keeps only that one. Values stay fractions (format for display).
+    """
+    rows = _pipeline_rows(metric_rows, pipeline)
+    wanted = rows[(rows["convention"] == convention)
+                  & rows["split"].isin(["test", "test_ood"])
+                  & rows["metric"].isin(["accuracy", "ece", "trust"])]
+    if wanted.empty:
+        return pd.DataFrame(columns=["pipeline", "method"])
+    table = wanted.pivot_table(index=["pipeline", "method"], columns=["split", "metric"],
+                               values="value", aggfunc="mean", sort=False)
+    names = {"test": "ID", "test_ood": "OOD"}
+    short = {"accuracy": "Acc", "ece": "ECE", "trust": "Trust"}
+    order = [(s, m) for s in names for m in short if (s, m) in table.columns]
+    table = table[order]
+    table.columns = [f"{short[m]} {names[s]}" for s, m in order]
+    table = table.reset_index()
+    return table.sort_values(["pipeline", "method"], kind="stable",
+                             key=lambda col: _method_order(col) if col.name == "method"
+                             else col.map({p: i for i, p in enumerate(
+                                 dict.fromkeys(wanted["pipeline"]))})
+                             ).reset_index(drop=True)
+
+
+def compare_table(metric_rows: pd.DataFrame, convention: str = "paper",
+                  splits: Sequence[str] = ("test", "test_ood"),
+                  pipeline: str | None = None) -> pd.DataFrame:
+    """Per (pipeline, method) and split: mean, std and number of seeds of each metric (tidy,
+    for bars). Seeds are only ever averaged within one pipeline; see `headline_table`."""
+    rows = _pipeline_rows(metric_rows, pipeline)
+    wanted = rows[(rows["convention"] == convention) & rows["split"].isin(list(splits))]
+    out = (wanted.groupby(["pipeline", "method", "split", "metric"], sort=False)["value"]
+           .agg(mean="mean", std="std", seeds="count").reset_index())
+    out["std"] = out["std"].fillna(0.0)
+    split_rank = {s: i for i, s in enumerate(splits)}
+    pipe_rank = {p: i for i, p in enumerate(dict.fromkeys(wanted["pipeline"]))}
+    return out.sort_values(["pipeline", "method", "split", "metric"],
+                           key=lambda col: _method_order(col) if col.name == "method"
+                           else col.map(split_rank) if col.name == "split"
+                           else col.map(pipe_rank) if col.name == "pipeline" else col
+                           ).reset_index(drop=True)
+
+
+def teacher_for(runs: pd.DataFrame, run_id: str) -> str | None:
+    """The teacher run that goes with `run_id`: same pipeline if there is one, else any;
+    None for imported predictions (another model: no teacher of this project's goes with it)."""
+    teachers = runs[runs["method"] == "teacher_ft"]
+    mine = runs[runs["run_id"] == run_id]
+    if teachers.empty or (len(mine) and mine["method"].iloc[0] == IMPORTED_METHOD):
+        return None
+    same = teachers[teachers["pipeline"] == mine["pipeline"].iloc[0]] if len(mine) \
+        else teachers.iloc[:0]
+    return str((same if len(same) else teachers)["run_id"].iloc[0])
+
+
+def search_curves(search: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`store.load_temperature_search` rows -> (curves, chosen) for `plots.search_curve_figure`.
+
+    curves: kind, value, ece, series ("val" / "test"), one row per point and split;
+    chosen: the rows marked chosen, at their validation ECE.
+    """
+    long = search.melt(id_vars=["kind", "value", "chosen"], value_vars=["ece_val", "ece_test"],
+                       var_name="series", value_name="ece").dropna(subset=["ece"])
+    long["series"] = long["series"].map({"ece_val": "validation", "ece_test": "test"})
+    picked = long[long["chosen"].astype(bool) & (long["series"] == "validation")]
+    columns = ["kind", "value", "ece", "series"]
+    return long[columns].reset_index(drop=True), picked[columns].reset_index(drop=True)
+
+
+_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
+
+
+def parse_progress(line: str) -> tuple[int, int, str] | None:
+    """'[3/12] topk ...' (the pipeline's stage lines) -> (3, 12, 'topk ...'); else None."""
+    match = _PROGRESS.match(line.strip())
+    if not match or int(match[2]) < 1:
+        return None
+    return int(match[1]), int(match[2]), match[3]

@@ -1,0 +1,54 @@
+"""The Learn page's simulated classifier: a model of chosen accuracy and over-confidence, and
+its calibration through the slider's own path."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .run_arrays import PredictionArrays
+from .rescaling import CalibrationView, calibration_view
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def simulate_classifier(accuracy: float, overconfidence: float, n: int = 4000,
+                        n_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic classifier for the teaching page: (probs N x n_classes, labels N).
+
+    The "true" distribution p = softmax(beta * g) (g Gaussian, beta chosen so that a
+    calibrated model has the requested expected `accuracy`) generates the labels; the model
+    reports p ** s renormalised with s = `overconfidence` (1 = calibrated, > 1 over-confident,
+    < 1 under-confident). Classic temperature scaling with c = s therefore undoes it exactly.
+    """
+    if not 1.0 / n_classes < accuracy < 1.0:
+        raise ValueError(f"accuracy: must be in (1/{n_classes}, 1), got {accuracy!r}")
+    if not overconfidence > 0:
+        raise ValueError(f"overconfidence: must be positive, got {overconfidence!r}")
+    if n < 1 or n_classes < 2:
+        raise ValueError(f"n, n_classes: need n >= 1 and n_classes >= 2, got {n}, {n_classes}")
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n, n_classes))
+    lo, hi = 0.0, 1.0
+    while _softmax(hi * g).max(axis=1).mean() < accuracy:  # expected accuracy rises with beta
+        lo, hi = hi, hi * 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _softmax(mid * g).max(axis=1).mean() < accuracy else (lo, mid)
+    p = _softmax(hi * g)
+    labels = (p.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(max=n_classes - 1)
+    return _softmax(overconfidence * hi * g), labels
+
+
+def classifier_view(probs: np.ndarray, labels: np.ndarray, c: float = 1.0, mode: str = "logit",
+                    n_bins: int = 10, strategy: str = "uniform", n_boot: int = 0
+                    ) -> CalibrationView:
+    """Calibration of a plain classifier (confidence = max prob) after temperature `c`.
+
+    The classes play the role of the answer options, so this is the slider path itself.
+    """
+    arrays = PredictionArrays(probs, probs.argmax(axis=1) == labels, probs, labels)
+    return calibration_view(arrays, c, mode, "option", n_bins, strategy, n_boot)
