@@ -3,8 +3,9 @@
 Contenders, timed interleaved on the same examples and batch size (median of several repeats
 after a warm-up):
 
-- `forward`: `inference.answer_logits` over prompts tokenised beforehand: the teacher's forward
-  pass at the answer position and nothing else, the floor any extraction pays;
+- `forward`: `inference.forward_batches` over prompts tokenised beforehand: the teacher's
+  forward pass at the answer position over the same length-sorted batches as extraction and
+  nothing else, the floor any extraction pays;
 - `forward+tokenise`: the same with tokenisation inside the loop (as extraction does it);
 - `extract_topk`: the whole stage: tokenise, forward, top-k + logsumexp (beside the next
   forward when a core is free), coverage statistics, Parquet shards, manifest.
@@ -40,7 +41,7 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 7)
     print_machine(f"bench_extract: top-k extraction vs teacher forward ({n} examples, batch "
                   f"{args.batch_size}, median of {repeats})")
-    from first_core.inference import PromptIds, answer_logits
+    from first_core.inference import PromptIds, forward_batches
     from first_core.models import load_model
     from first_core.topk import extract_topk
 
@@ -56,7 +57,7 @@ def main() -> None:
         forward_s = {}
         for name, model in teachers.items():
             def forward(ps, model=model) -> None:
-                for _ in answer_logits(model, tok, ps, args.batch_size, progress=False):
+                for _ in forward_batches(model, tok, ps, args.batch_size, progress=False):
                     pass
 
             def extract(model=model) -> None:

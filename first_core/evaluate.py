@@ -1,7 +1,9 @@
 """Evaluation: predictions at the answer position under both confidence conventions, metrics.
 
-`predict` runs a model over examples (through `inference.answer_logits`, the same forward as
-top-k extraction) and returns one row per example with exactly the columns of the store's
+`predict` runs a model over examples (through `inference.answer_reduced`, the same forward,
+length-sorted batches and top-k as extraction: on the model's device when it is off the CPU,
+so only `[B, k]` top-k values, the option letters' logits and the normaliser reach the host)
+and returns one row per example with exactly the columns of the store's
 `predictions` table (minus `run_id` and `split`, which the caller adds):
 
 - `paper` convention: the top-1 token over the *whole vocabulary*; `confidence` is its
@@ -25,9 +27,10 @@ import torch
 
 from . import metrics, store
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
-from .inference import PromptIds, answer_logits, top_probabilities, vocab_size
+from .inference import PromptIds, answer_reduced, on_device_default, to_device, vocab_size
+from .logit_reduce import top_logits
 from .models import MAX_POSITIONS, label_token_ids
-from .topk import check_k
+from .topk_extraction import check_k
 
 PREDICTION_COLUMNS = tuple(c for c in store.TABLES["predictions"].columns
                            if c not in ("run_id", "split"))
@@ -52,10 +55,12 @@ def _token_texts(tokenizer, ids: np.ndarray) -> dict[int, str]:
 
 def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
             template: PromptTemplate = DEFAULT_TEMPLATE, k: int = 5, batch_size: int = 64,
-            max_length: int = MAX_POSITIONS, progress: bool | None = None) -> pd.DataFrame:
+            max_length: int = MAX_POSITIONS, progress: bool | None = None,
+            on_device: bool | None = None) -> pd.DataFrame:
     """One row per example with the store's `predictions` columns (see the module doc).
 
-    Examples may have different numbers of options (BoolQ's 2 next to CSQA's 5).
+    Examples may have different numbers of options (BoolQ's 2 next to CSQA's 5). `on_device`:
+    where the top-k is taken (`inference.on_device_default`); the predictions are the same.
     """
     check_k(k, vocab_size(model))
     if not examples:
@@ -70,15 +75,21 @@ def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
     n, width = opt_ids.shape
     top_i, top_p = np.zeros((n, k), np.int64), np.zeros((n, k))
     opt_p = np.zeros((n, width))
+    on_device = on_device_default(model, on_device)
+
+    def reduce(logits: torch.Tensor, index: np.ndarray):
+        if not on_device:
+            logits = logits.float().cpu()
+        rows = to_device(torch.from_numpy(opt_ids[index]), logits.device)  # no GPU stall
+        return (*top_logits(logits, k, on_device), logits.gather(1, rows).float())
+
     prompts = PromptIds(tokenizer, examples, template, max_length)
-    for start, logits in answer_logits(model, tokenizer, prompts, batch_size, progress,
-                                       desc="predict"):
-        rows = slice(start, start + len(logits))
+    for start, (top, ids, lse, opt) in answer_reduced(model, tokenizer, prompts, reduce,
+                                                       batch_size, progress, desc="predict"):
+        rows, lse = slice(start, start + len(top)), lse.double()
         # exp(logit - logsumexp) of the kept tokens only: no [B, V] probability tensor
-        p, i, lse = top_probabilities(logits, k, dtype=torch.float64)
-        top_p[rows], top_i[rows] = p.numpy(), i.numpy()
-        opt_p[rows] = torch.exp(logits.gather(1, torch.from_numpy(opt_ids[rows])).double()
-                                - lse).numpy()
+        top_p[rows], top_i[rows] = torch.exp(top.double() - lse).numpy(), ids.numpy()
+        opt_p[rows] = torch.exp(opt.double() - lse).numpy()
     opt_p *= opt_mask  # padding columns hold no option
 
     paper = metrics.paper_convention(top_p, top_i, gold_id)

@@ -1,4 +1,4 @@
-"""Batched forward passes that return the logits at the answer position.
+"""Batched forward passes at the answer position, and what is kept of their logits.
 
 One implementation shared by top-k extraction (`topk.py`) and evaluation (`evaluate.py`), so
 the teacher's stored distribution and the evaluated one come from the same position with the
@@ -9,16 +9,26 @@ Batches are *left*-padded with explicit position ids (what `generate()` does), s
 last token sits in the last column and the model only has to project that one position to the
 vocabulary (`logits_to_keep=1`): a batch never materialises a `B x T x V` logits tensor. Rows
 are padded independently of each other, so a row's logits equal those of an unbatched forward
-(checked in tests). Prompts are tokenised one batch at a time, so memory does not grow with the
-number of prompts.
+(checked in tests). Prompts are tokenised one window at a time, so memory does not grow with
+the number of prompts.
 
-The next batch is tokenised on a background thread while the current one runs through the
+**Length-sorted batches.** Extraction and evaluation tokenise `SORT_WINDOW` batches' worth of
+prompts at once and batch them by length (`batch_order`), which cuts the padding the model
+runs over; their outputs are put back in prompt order per window (`in_order_index`), so
+callers see the order they gave.
+
+**Reduced where the logits are.** `answer_reduced` applies a caller's `reduce` (the top-k and
+logsumexp of `logit_reduce`, plus what evaluation gathers) to each batch's logits where they
+are, and only its small outputs reach the host: on a GPU they are copied without stalling it
+(`to_host`), so a `[B, V]` row never crosses the bus. On the CPU the compiled kernel takes
+the top-k.
+
+The next window is tokenised on a background thread while the current one runs through the
 model only when a core is free for it (`spare_cpu`: the model is on an accelerator, or torch
-uses fewer threads than the process may run on), so a consumer of `answer_logits` must not use
-the tokenizer inside its loop. When torch's own threads already fill every core, a background
-thread only stalls them (each parallel region waits for its slowest thread), so it tokenises
-inline instead. `answer_top` adds the top-k of each batch, which on a free core runs beside
-the next batch's forward pass in the same way.
+uses fewer threads than the process may run on). When torch's own threads already fill every
+core, a background thread only stalls them (each parallel region waits for its slowest
+thread), so it tokenises inline instead. `answer_top` runs the compiled top-k of a batch on a
+free core beside the next batch's forward pass in the same way.
 """
 
 from __future__ import annotations
@@ -26,16 +36,18 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import logit_reduce
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
 from .models import MAX_POSITIONS, encode_examples
 
-COMPILED_MIN_VOCAB = 2048  # below this torch.topk + logsumexp are faster than the kernel
+SORT_WINDOW = 8  # batches whose prompts are batched by length together (a bounded look-ahead)
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
 
@@ -87,14 +99,12 @@ def _left_pad(seqs: list[list[int]], device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, position_ids), left-padded with id 0 (masked out)."""
     lengths = torch.tensor([len(s) for s in seqs])
-    if int(lengths.min()) == 0:
-        raise ValueError(f"prompts: an empty prompt at batch row {int(lengths.argmin())}")
     width = int(lengths.max())
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.arange(width).unsqueeze(0) >= (width - lengths).unsqueeze(1)
     ids[mask] = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-    return ids.to(device), mask.long().to(device), positions.to(device)
+    return tuple(to_device(t, device) for t in (ids, mask.long(), positions))
 
 
 def spare_cpu(model: torch.nn.Module) -> bool:
@@ -109,7 +119,7 @@ def spare_cpu(model: torch.nn.Module) -> bool:
     return torch.get_num_threads() < (cores or 1) // ranks
 
 
-def _prefetched(fn, items: Iterable, background: bool) -> Iterator:
+def prefetched(fn, items: Iterable, background: bool) -> Iterator:
     """fn(item) for each item, in order. With `background`, fn runs on one other thread: fn of
     item i is computed there while the caller works on result i - 1 and pulls item i + 1
     (pulling may itself be work, e.g. a forward pass), at most two items ahead."""
@@ -127,13 +137,79 @@ def _prefetched(fn, items: Iterable, background: bool) -> Iterator:
             yield pending.result()
 
 
-def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_size: int = 64,
-                  progress: bool | None = None, desc: str = "forward"
-                  ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield `(start, logits)` per batch: float32 CPU logits `[B, V]` of prompts[start:start+B].
+def batch_order(lengths: Sequence[int], batch_size: int, sort: bool) -> list[np.ndarray]:
+    """Index arrays of the batches over items of these lengths: by length, longest first and
+    stable, when `sort` (less padding; the batch that needs the most memory runs first), else
+    in order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(lengths))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
-    `prompts` are strings (tokenised with the tokenizer's special tokens, as in training) or
-    token id lists. `progress=None` shows a bar only when stderr is a terminal.
+
+def in_order_index(order: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """The gather index that puts rows laid out item by item in `order` (item i with
+    `counts[i]` rows, one each when None) back in item order 0, 1, 2, ..."""
+    if counts is None:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return inverse
+    counts = np.asarray(counts, dtype=np.int64)
+    sizes = counts[order]
+    first = np.empty(len(order), np.int64)  # where item i's rows start in `order`'s layout
+    first[order] = np.cumsum(sizes) - sizes
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(first, counts) + within
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU without blocking (from pinned memory), so that
+    queueing the next batch never waits for the GPU to finish the current one."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def to_host(items: Iterable[tuple]) -> Iterator[tuple]:
+    """Each item with its last entry (a tuple of tensors) moved to the host, in order.
+
+    A CUDA tensor is copied without blocking, queued right behind its batch's work, and an
+    item is handed on only once the next one has been pulled (its forward pass queued): the
+    host waits for a copy that is long done while the GPU runs the next batch."""
+    pending = None
+    for *meta, outputs in items:
+        event = None
+        if any(t.is_cuda for t in outputs):
+            host = tuple(t.to("cpu", non_blocking=True) for t in outputs)
+            device = next(t.device for t in outputs if t.is_cuda)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+        else:
+            host = tuple(t.cpu() for t in outputs)
+        if pending is not None:
+            yield _arrived(*pending)
+        pending = meta, host, event
+    if pending is not None:
+        yield _arrived(*pending)
+
+
+def _arrived(meta: list, host: tuple, event) -> tuple:
+    if event is not None:
+        event.synchronize()
+    return (*meta, host)
+
+
+def forward_batches(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_size: int = 64,
+                    progress: bool | None = None, desc: str = "forward", sort: bool = True
+                    ) -> Iterator[tuple[int, int, np.ndarray, torch.Tensor]]:
+    """Yield `(start, size, rows, logits)` per batch: the logits `[B, V]` at the answer
+    position of `prompts[start + rows]`, on the model's device and in its dtype, where
+    `prompts[start:start + size]` is the window the batch belongs to.
+
+    With `sort` a window holds `SORT_WINDOW` batches, batched by prompt length
+    (`batch_order`); without, one batch in prompt order. Every batch of a window comes
+    before the next window's. `prompts` are strings (tokenised with the tokenizer's special
+    tokens, as in training) or token id lists. `progress=None` shows a bar only when stderr
+    is a terminal.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -143,58 +219,105 @@ def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_siz
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     use_positions = "position_ids" in params
     show = sys.stderr.isatty() if progress is None else progress
-    starts = range(0, len(prompts), batch_size)
-    batches = _prefetched(lambda s: _encode(tokenizer, prompts[s:s + batch_size]), starts,
-                          background=spare_cpu(model))
-    with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="ex",
-                                      disable=not show) as bar:
-        for start, seqs in zip(starts, batches):
-            ids, mask, positions = _left_pad(seqs, device)
-            kwargs = {"position_ids": positions} if use_positions else {}
-            out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs, **extra)
-            yield start, out.logits[:, -1, :].float().cpu()
-            bar.update(len(seqs))
+    window = batch_size * (SORT_WINDOW if sort else 1)
+    starts = range(0, len(prompts), window)
+    encoded = prefetched(lambda s: _encode(tokenizer, prompts[s:s + window]), starts,
+                         background=spare_cpu(model))
+    with tqdm(total=len(prompts), desc=desc, unit="ex", disable=not show) as bar:
+        for start, seqs in zip(starts, encoded):
+            lengths = [len(s) for s in seqs]
+            if 0 in lengths:
+                raise ValueError(f"prompts: an empty prompt at index {start + lengths.index(0)}")
+            for rows in batch_order(lengths, batch_size, sort):
+                ids, mask, positions = _left_pad([seqs[i] for i in rows], device)
+                kwargs = {"position_ids": positions} if use_positions else {}
+                with torch.inference_mode():
+                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False,
+                                   **kwargs, **extra).logits[:, -1, :]
+                yield start, len(seqs), rows, logits
+                del logits  # not alive while the next batch runs
+                bar.update(len(rows))
+
+
+def answer_logits(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_size: int = 64,
+                  progress: bool | None = None, desc: str = "forward"
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield `(start, logits)` per batch: float32 CPU logits `[B, V]` of
+    prompts[start:start+B], in prompt order (`forward_batches` unsorted)."""
+    for start, _, rows, logits in forward_batches(model, tokenizer, prompts, batch_size,
+                                                  progress, desc, sort=False):
+        yield start + int(rows[0]), logits.float().cpu()
+
+
+def _in_order(batches: Iterable[tuple[int, int, np.ndarray, tuple[torch.Tensor, ...]]]
+              ) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
+    """`(start, outputs)` per window, its batches' output rows put back in prompt order."""
+    parts: list[tuple[np.ndarray, tuple[torch.Tensor, ...]]] = []
+    seen = 0
+    for start, size, rows, outputs in batches:
+        parts.append((rows, outputs))
+        seen += len(rows)
+        if seen < size:
+            continue
+        order = np.concatenate([r for r, _ in parts])
+        joined = [torch.cat(col) if len(parts) > 1 else col[0]
+                  for col in zip(*(out for _, out in parts))]
+        if not np.array_equal(order, np.arange(size)):
+            index = torch.from_numpy(in_order_index(order))
+            joined = [t[index] for t in joined]
+        yield start, tuple(joined)
+        parts, seen = [], 0
+
+
+def on_device_default(model: torch.nn.Module, on_device: bool | None) -> bool:
+    """`on_device` as given, else whether the model runs off the CPU: the top-k is taken where
+    the logits are on an accelerator, and by the compiled kernel on the CPU."""
+    return model_device(model).type != "cpu" if on_device is None else bool(on_device)
+
+
+def answer_reduced(model: torch.nn.Module, tokenizer, prompts: Prompts,
+                   reduce: Callable[[torch.Tensor, np.ndarray], tuple[torch.Tensor, ...]],
+                   batch_size: int = 64, progress: bool | None = None, desc: str = "forward",
+                   sort: bool = True, background: bool = False
+                   ) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
+    """Yield `(start, outputs)` per window of prompts, in prompt order: `reduce(logits,
+    index)` of each batch of `forward_batches` (logits on the model's device in its dtype;
+    `index`: the batch's prompt indices) on the host, rows in prompt order.
+
+    On a GPU the outputs come back without stalling it (`to_host`). On the CPU with
+    `background`, a batch's `reduce` runs on another thread while the model runs the next
+    batch (worth it for the compiled kernel, which releases the GIL)."""
+    def step(batch: tuple[int, int, np.ndarray, torch.Tensor]):
+        start, size, rows, logits = batch
+        with torch.inference_mode():
+            return start, size, rows, reduce(logits, start + rows)
+
+    batches = forward_batches(model, tokenizer, prompts, batch_size, progress, desc, sort)
+    if model_device(model).type == "cpu":
+        done = prefetched(step, batches, background)
+    else:
+        done = to_host(map(step, batches))
+    yield from _in_order(done)
 
 
 def answer_top(model: torch.nn.Module, tokenizer, prompts: Prompts, width: int,
-               batch_size: int = 64, progress: bool | None = None, desc: str = "forward"
+               batch_size: int = 64, progress: bool | None = None, desc: str = "forward",
+               on_device: bool | None = None, sort: bool = True
                ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield `(start, probs, ids, lse)` per batch: `top_probabilities(logits, width)` of each
-    batch of `answer_logits`. When a core is free (`spare_cpu`) and the vocabulary takes the
-    compiled kernel, a batch's top-k runs on another thread while the model runs the next
-    batch (the kernel and torch's ops release the GIL); below `COMPILED_MIN_VOCAB` the step
-    costs less than the hand-off, so it runs in this thread."""
-    background = spare_cpu(model) and vocab_size(model) >= COMPILED_MIN_VOCAB
+    """Yield `(start, probs, ids, lse)` per window in prompt order: the `width` most likely
+    tokens at the answer position, their probabilities exp(logit - lse) `[n, width]` float32
+    and the log-normaliser `[n, 1]`, taken by `logit_reduce.top_logits` where the logits are
+    (`on_device`, default: the model is not on the CPU) or on the host. On the CPU, when a
+    core is free (`spare_cpu`) and the vocabulary takes the compiled kernel, a batch's top-k
+    runs beside the next batch's forward pass; below `COMPILED_MIN_VOCAB` the step costs less
+    than the hand-off, so it runs in this thread."""
+    on_device = on_device_default(model, on_device)
+    background = (not on_device and spare_cpu(model)
+                  and vocab_size(model) >= logit_reduce.COMPILED_MIN_VOCAB)
 
-    def top(batch: tuple[int, torch.Tensor]):
-        return (batch[0], *top_probabilities(batch[1], width))
+    def reduce(logits: torch.Tensor, _: np.ndarray):
+        return logit_reduce.top_logits(logits, width, on_device)
 
-    yield from _prefetched(top, answer_logits(model, tokenizer, prompts, batch_size, progress,
-                                              desc), background)
-
-
-def top_probabilities(logits: torch.Tensor, k: int, dtype: torch.dtype | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probs [B, k], ids [B, k], log-normaliser [B, 1]) of the k most likely tokens.
-
-    softmax is monotone, so the top-k of the logits are the top-k tokens, and a kept token's
-    probability is exp(logit - logsumexp(logits)): one `topk` and one `logsumexp` over the
-    vocabulary, no [B, V] probability tensor. `dtype` (e.g. float64) is the precision of the
-    returned probabilities and normaliser; other entries' probabilities follow as
-    `torch.exp(logits.gather(...).to(dtype) - lse)`.
-
-    float32 CPU rows of a real vocabulary (what extraction passes) go through the compiled
-    `topk_kernel.top_logits`; other dtypes, devices and tiny vocabularies (where torch's own
-    kernels are faster) through `torch.topk` and `torch.logsumexp`.
-    """
-    if (dtype is None and logits.dtype == torch.float32 and logits.device.type == "cpu"
-            and logits.dim() == 2 and logits.shape[1] >= COMPILED_MIN_VOCAB):
-        from . import topk_kernel  # here, not at import: numba stays off the start-up path
-
-        top, ids, lse = topk_kernel.top_logits(logits, k)  # the same numbers, one compiled pass
-        return torch.exp(top - lse), ids, lse
-    top, ids = torch.topk(logits, k, dim=-1)
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    if dtype is not None:
-        top, lse = top.to(dtype), lse.to(dtype)
-    return torch.exp(top - lse), ids, lse
+    for start, (top, ids, lse) in answer_reduced(model, tokenizer, prompts, reduce, batch_size,
+                                                 progress, desc, sort, background):
+        yield start, torch.exp(top - lse), ids, lse

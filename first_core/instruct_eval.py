@@ -19,19 +19,29 @@ import torch
 
 from . import metrics
 from .evaluate import METRIC_COLUMNS
+from .inference import on_device_default
 from .instruct_data import InstructExample
+from .logit_reduce import top_logits
 from .topk_tokens import iter_token_batches
 
 
 def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
-                      batch_size: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence `[N]`, correct `[N]`) at the N response tokens of `examples`."""
+                      batch_size: int, max_length: int, on_device: bool | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence `[N]`, correct `[N]`) at the N response tokens of `examples`: the top-1
+    probability exp(logit - logsumexp), taken where the logits are (`on_device`, as in
+    extraction), and whether the top-1 token is the response token."""
+    on_device = on_device_default(model, on_device)
+
+    def reduce(logits: torch.Tensor, targets: torch.Tensor):
+        top, ids, lse = top_logits(logits, 1, on_device)
+        return top, lse, ids[:, 0] == targets.to(ids.device)
+
     conf, correct = [], []
-    for _, logits, targets, _ in iter_token_batches(model, tokenizer, examples, batch_size,
-                                                    max_length):
-        p, i = torch.softmax(logits.double(), dim=-1).max(dim=-1)
-        conf.append(p.numpy())
-        correct.append((i == targets).numpy())
+    for _, (top, lse, hit), _ in iter_token_batches(model, tokenizer, examples, batch_size,
+                                                    max_length, reduce):
+        conf.append(torch.exp(top[:, 0].double() - lse[:, 0].double()).numpy())
+        correct.append(hit.numpy())
     return np.concatenate(conf), np.concatenate(correct)
 
 

@@ -47,14 +47,14 @@ import pyarrow.parquet as pq
 import torch
 
 from . import data
-from .errors import ConfigError, StoreError
+from .errors import StoreError
 from .inference import PromptIds, answer_top, vocab_size
 from .metrics import topk_labels
 from .models import MAX_POSITIONS, label_token_ids
+from .topk_extraction import DTYPES, check_extraction, start_partial
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 ID_BYTES = 4  # int32 token ids
 FULL_BYTES = 2  # a full-vocabulary distribution is counted in fp16
 COVERAGE_BINS = 2000  # histogram resolution of the coverage percentiles (bin means are kept)
@@ -112,15 +112,6 @@ class TopK:
     gold_ids: np.ndarray  # int32 [N]
     gold_rank: np.ndarray  # int64 [N]: column of the gold token in `ids`, -1 if absent
     manifest: Manifest
-
-
-def check_k(k: int, vocab_size: int, name: str = "k") -> None:
-    """`k` must be a positive integer no larger than the vocabulary."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {k!r}")
-    if k > vocab_size:
-        raise ConfigError(f"{name}={k} is larger than the teacher's vocabulary "
-                          f"({vocab_size} tokens)")
 
 
 def examples_hash(examples: Sequence[data.Example],
@@ -292,15 +283,15 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
                  dtype: str = "float32", shard_size: int = 50_000, batch_size: int = 64,
                  template: data.PromptTemplate = data.DEFAULT_TEMPLATE,
                  max_length: int = MAX_POSITIONS, manifest_info: Mapping[str, Any] | None = None,
-                 progress: bool | None = None) -> Manifest:
+                 progress: bool | None = None, on_device: bool | None = None) -> Manifest:
     """Write the teacher's top-k store for `examples` to `out_dir` and return its manifest.
 
     `manifest_info` may hold `teacher`, `dataset_hash` and `config_hash` (checked again by
     `load_topk`); any other keys are kept under `info`. `coverage_k` is capped at the
-    vocabulary size. An existing store at `out_dir` is replaced.
+    vocabulary size. An existing store at `out_dir` is replaced. `on_device`: where the top-k
+    is taken (`inference.answer_top`; default: on the model's device off the CPU, by the
+    compiled kernel on it).
     """
-    from .topk_extraction import check_extraction, start_partial  # it imports this module
-
     vocab = vocab_size(model)
     width = check_extraction(k=k, coverage_k=coverage_k, dtype=dtype, shard_size=shard_size,
                              examples=examples, vocab=vocab)
@@ -315,10 +306,11 @@ def extract_topk(model: torch.nn.Module, tokenizer, examples: Sequence[data.Exam
         gold = np.array([letter_ids[ex.answer] for ex in mine], dtype=np.int64)
         prompts = PromptIds(tokenizer, mine, template, max_length)
         # the top-`width` once per batch: the kept top-k and the coverage statistics both
-        # come from it, and no [B, V] softmax is formed (inference.top_probabilities)
+        # come from it, and no [B, V] softmax is formed (logit_reduce.top_logits)
         for start, top_p, top_i, _ in answer_top(model, tokenizer, prompts, width, batch_size,
                                                  progress,
-                                                 desc=f"top-{k} (rank {state.process_index})"):
+                                                 desc=f"top-{k} (rank {state.process_index})",
+                                                 on_device=on_device):
             top_p, top_i = top_p.numpy(), top_i.numpy()
             ids, g = top_i[:, :k].copy(), gold[start:start + len(top_i)]
             coverage.add(top_p)

@@ -1,5 +1,7 @@
 """The checks and the folder set-up that both top-k extractions share: one answer position
 per example (`topk.extract_topk`) and every response token (`topk_tokens.extract_token_topk`).
+Both import this module, and it imports neither: the stored probability dtypes (`DTYPES`) and
+the check of k (`check_k`, evaluation's too) live here.
 
 Both refuse bad settings before the teacher runs, and both write into `.NAME.partial` beside
 the output folder (rank 0 creates it, every rank waits), so a killed run never leaves a store
@@ -12,11 +14,23 @@ import shutil
 from collections.abc import Sized
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from .errors import ConfigError
 from .inference import model_device
-from .topk import DTYPES, check_k
+
+DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
+
+
+def check_k(k: int, vocab_size: int, name: str = "k") -> None:
+    """`k` must be a positive integer no larger than the vocabulary."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {k!r}")
+    if k > vocab_size:
+        raise ConfigError(f"{name}={k} is larger than the teacher's vocabulary "
+                          f"({vocab_size} tokens)")
 
 
 def check_extraction(*, k: int, coverage_k: int, dtype: str, shard_size: int,

@@ -14,12 +14,15 @@ response tokens (`topk.CoverageAccumulator`, fixed size).
 (fixed_size_list<float>[k]). The row's distribution is the teacher's next-token distribution
 that predicts `token_id`. Rows are ordered example by example, position by position.
 
-Streaming: examples are tokenised and run one batch at a time and rows are written as soon
-as `shard_size` of them are buffered, so peak memory is one batch's logits plus one shard,
-whatever the size of the data set. Multi-process exactly like `topk.extract_topk`: every rank
-takes a contiguous slice of the examples, writes `part-r{rank}-{n}.parquet` and its coverage
-histogram into `.NAME.partial`, rank 0 merges them into the manifest and renames the folder,
-so a killed run never leaves a store that looks finished. Resume is per store: the pipeline
+Streaming: examples are tokenised and run one window of batches at a time (batched by length,
+put back in order), the top-k is taken where the logits are (on the GPU for a model there:
+only `[tokens, coverage_k]` values cross to the host) and rows are written as soon as
+`shard_size` of them are buffered, so peak memory is one batch's logits plus one window's
+top-k rows plus one shard, whatever the size of the data set. Multi-process exactly like
+`topk.extract_topk`: every rank takes a contiguous slice of the examples, writes
+`part-r{rank}-{n}.parquet` and its coverage histogram into `.NAME.partial`, rank 0 merges them
+into the manifest and renames the folder, so a killed run never leaves a store that looks
+finished. Resume is per store: the pipeline
 skips a split whose finished store matches (`token_store_matches`).
 """
 
@@ -29,7 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,8 +46,10 @@ import pyarrow.parquet as pq
 import torch
 
 from .errors import ConfigError, StoreError
-from .inference import model_device, top_probabilities, vocab_size
+from .inference import (SORT_WINDOW, batch_order, in_order_index, model_device,
+                        on_device_default, prefetched, to_device, to_host, vocab_size)
 from .instruct_data import InstructExample
+from .logit_reduce import top_logits
 from .metrics import topk_labels
 from .response_tokens import ResponseCollator, encode_responses, logits_mode, response_logits
 from .topk import (MANIFEST, CoverageAccumulator, ShardWriter, _clear_store_dir, _collect_shards,
@@ -113,50 +118,80 @@ def _token_table(cols: dict[str, np.ndarray], dtype: str) -> pa.Table:
 
 
 def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
-                       batch_size: int, max_length: int
-                       ) -> Iterator[tuple[Sequence[InstructExample], torch.Tensor,
-                                           torch.Tensor, np.ndarray]]:
-    """Yield (batch examples, logits `[N, V]` float32 on CPU, targets `[N]`, tokens per
-    example) per batch, teacher-forced, under inference mode. Shared with evaluation."""
+                       batch_size: int, max_length: int,
+                       reduce: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+                       sort: bool = True
+                       ) -> Iterator[tuple[Sequence[InstructExample], tuple[torch.Tensor, ...],
+                                           np.ndarray]]:
+    """Yield `(examples, outputs, tokens per example)` per window of examples, in order:
+    `reduce(logits, targets)` of each teacher-forced batch (logits `[N, V]` at its N
+    response tokens and the tokens they predict, on the model's device, the logits in its
+    dtype) on the host, rows example by example, position by position. Shared with
+    evaluation.
+
+    With `sort` a window holds `inference.SORT_WINDOW` batches, batched by sequence length
+    (less padding); the rows come back in example order either way. Only `reduce`'s outputs
+    leave the device (`inference.to_host`), and on an accelerator the next window runs on a
+    background thread while the caller works on this one (writing shards, statistics), so
+    the GPU does not wait for the caller."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     device = model_device(model)
     collate = ResponseCollator(tokenizer.pad_token_id)
     keep_only = logits_mode(model)
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            enc = encode_responses(tokenizer, chunk, max_length)
-            batch = collate([{"input_ids": s, "response_start": r, "index": i}
-                             for i, (s, r) in enumerate(zip(enc.input_ids, enc.response_start))])
-            batch = {key: v.to(device) for key, v in batch.items()}
-            logits, targets = response_logits(model, batch, keep_only)
-            counts = np.array([enc.n_response(i) for i in range(len(enc))])
-            yield chunk, logits.float().cpu(), targets.cpu(), counts
+    window = batch_size * (SORT_WINDOW if sort else 1)
+
+    def run(enc, batches):
+        for rows in batches:
+            batch = collate([{"input_ids": enc.input_ids[i], "response_start":
+                              enc.response_start[i], "index": int(i)} for i in rows])
+            batch = {key: to_device(v, device) for key, v in batch.items()}
+            with torch.inference_mode():
+                logits, targets = response_logits(model, batch, keep_only)
+                outputs = reduce(logits, targets)
+            del logits, targets  # not alive while the next batch runs
+            yield rows, outputs
+
+    def run_window(start: int):
+        chunk = examples[start:start + window]
+        enc = encode_responses(tokenizer, chunk, max_length)
+        counts = np.array([enc.n_response(i) for i in range(len(enc))], dtype=np.int64)
+        parts = list(to_host(run(enc, batch_order([len(s) for s in enc.input_ids],
+                                                   batch_size, sort))))
+        index = torch.from_numpy(in_order_index(np.concatenate([r for r, _ in parts]), counts))
+        return chunk, tuple(torch.cat(col)[index] for col in zip(*(o for _, o in parts))), counts
+
+    # off the CPU the next window runs on another thread while the caller takes this one
+    yield from prefetched(run_window, range(0, len(examples), window),
+                          background=device.type != "cpu")
 
 
 def extract_token_topk(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
                        out_dir: str | os.PathLike[str], *, k: int = 5, coverage_k: int = 100,
                        dtype: str = "float32", shard_size: int = 200_000, batch_size: int = 32,
-                       max_length: int = 512, manifest_info: Mapping[str, Any] | None = None
-                       ) -> TokenManifest:
-    """Write the teacher's per-token top-k store for `examples` to `out_dir` (replaced)."""
+                       max_length: int = 512, manifest_info: Mapping[str, Any] | None = None,
+                       on_device: bool | None = None) -> TokenManifest:
+    """Write the teacher's per-token top-k store for `examples` to `out_dir` (replaced).
+    `on_device`: where the top-k is taken (`inference.on_device_default`)."""
     vocab = vocab_size(model)
     width = check_extraction(k=k, coverage_k=coverage_k, dtype=dtype, shard_size=shard_size,
                              examples=examples, vocab=vocab)
+    on_device = on_device_default(model, on_device)
     out = Path(out_dir)
     state, tmp = start_partial(model, out)
+
+    def reduce(logits: torch.Tensor, targets: torch.Tensor):  # no [T, V] softmax
+        return (*top_logits(logits, width, on_device), targets)
 
     with state.split_between_processes(list(examples)) as mine:
         writer = ShardWriter(tmp, state.process_index, shard_size,
                              lambda cols: _token_table(cols, dtype))
         coverage = CoverageAccumulator(width)
-        for chunk, logits, targets, counts in iter_token_batches(model, tokenizer, mine,
-                                                                 batch_size, max_length):
-            top_p, top_i, _ = top_probabilities(logits, width)  # no [T, V] softmax
-            top_p, top_i = top_p.numpy(), top_i.numpy()
-            ids, gold = top_i[:, :k].copy(), targets.numpy()
+        for chunk, (top, top_i, lse, gold), counts in iter_token_batches(
+                model, tokenizer, mine, batch_size, max_length, reduce):
+            top_p, top_i, gold = torch.exp(top - lse).numpy(), top_i.numpy(), gold.numpy()
+            ids = top_i[:, :k].copy()
             coverage.add(top_p)
             starts = np.repeat(np.cumsum(counts) - counts, counts)
             writer.add(example_id=np.repeat(np.array([ex.id for ex in chunk], dtype=object),

@@ -73,3 +73,42 @@ def test_store_ratio_is_consistent_with_bytes_per_position() -> None:
     assert ratio == pytest.approx(2 * 32_000 / bpp, rel=1e-3)
     assert 0 < bpp <= 30 and verdict == "PASS"
 
+
+
+GPU_LINES = [f"{name}[{setting}, llama-tiny]" for name, setting in (
+    ("extract_throughput/forward_throughput", "answer"),
+    ("extract_topk_host_throughput/forward_throughput", "answer"),
+    ("predict_throughput/forward_throughput", "answer"),
+    ("extract_token_throughput/forward_throughput", "tokens"),
+    ("token_eval_throughput/forward_throughput", "tokens"))]
+
+
+def _bench_gpu(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), *args], cwd=ROOT.parent,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_gpu_benchmark_skips_without_cuda() -> None:
+    """Without CUDA, `bench_gpu.py` prints one SKIP line and exits 0 (so `first_core bench`
+    passes on a CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: bench_gpu.py would run for minutes")
+    proc = _bench_gpu()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("SKIP bench_gpu: no CUDA device"), lines
+
+
+def test_gpu_benchmark_code_runs_on_the_cpu_with_a_tiny_teacher() -> None:
+    """The GPU benchmark's own code (teacher made in bf16 on the device, every contender,
+    the device path of each stage, the result lines), run on the CPU with a tiny shape."""
+    proc = _bench_gpu("--device", "cpu", "--models", "tiny", "--quick")
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert "# machine:" in proc.stdout and "# MISS" not in proc.stdout
+    lines = {m["name"]: float(m["value"]) for m in LINE.finditer(proc.stdout)}
+    missing = [name for name in GPU_LINES if name not in lines]
+    assert not missing, f"no RATIO line for {missing}; got {sorted(lines)}"
+    assert all(math.isfinite(lines[n]) and lines[n] > 0 for n in GPU_LINES), lines

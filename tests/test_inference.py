@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from first_core.data import format_prompt
-from first_core import inference
+from first_core import inference, logit_reduce
 from first_core.inference import PromptIds, answer_logits, spare_cpu, vocab_size
 from first_core.models import label_token_ids
 from first_core.models import answer_token_ids, encode_examples
@@ -94,7 +94,7 @@ def test_label_token_ids_cover_every_label(setup):
 
 @pytest.mark.parametrize("prompts, batch_size, error, match", [
     ([[3, 4]], 0, ValueError, "batch_size"),
-    ([[3, 4], []], 2, ValueError, "empty prompt at batch row 1"),
+    ([[3, 4], []], 2, ValueError, "empty prompt at index 1"),
     (["a b", [3, 4]], 2, TypeError, "not a mix"),
 ])
 def test_bad_input(setup, prompts, batch_size, error, match):
@@ -145,7 +145,7 @@ def test_prefetched_keeps_order_and_runs_fn_off_the_caller_thread(n, background)
         threads.add(threading.current_thread().name)
         return i * i
 
-    assert list(inference._prefetched(fn, items(), background)) == [i * i for i in range(n)]
+    assert list(inference.prefetched(fn, items(), background)) == [i * i for i in range(n)]
     assert pulled == list(range(n))
     if n and background:
         assert threads and all(t.startswith("first-prefetch") for t in threads)
@@ -159,32 +159,34 @@ def test_prefetched_passes_on_the_items_error():
         raise ValueError("prompts: bad row")
 
     with pytest.raises(ValueError, match="bad row"):
-        list(inference._prefetched(lambda i: i, items(), background=True))
+        list(inference.prefetched(lambda i: i, items(), background=True))
 
 
-def test_answer_top_equals_top_probabilities_of_each_batch(setup, monkeypatch):
+def test_answer_top_equals_top_logits_of_each_batch(setup, monkeypatch):
     """The top-k overlapped with the next forward (worker thread) and the inline one are
-    exactly each batch's `top_probabilities` of `answer_logits`, in order."""
+    exactly `logit_reduce.top_logits` of each batch of `answer_logits`, in order."""
     import threading
 
     model, tokenizer, examples = setup
     prompts = PromptIds(tokenizer, examples)
-    monkeypatch.setattr(inference, "COMPILED_MIN_VOCAB", 1)  # as if a real vocabulary
-    want = [(s, *inference.top_probabilities(x, 6))
-            for s, x in answer_logits(model, tokenizer, prompts, batch_size=4)]
-    real, threads = inference.top_probabilities, []
+    monkeypatch.setattr(logit_reduce, "COMPILED_MIN_VOCAB", 1)  # as if a real vocabulary
+    want = []
+    for s, x in answer_logits(model, tokenizer, prompts, batch_size=4):
+        top, ids, lse = logit_reduce.top_logits(x, 6, on_device=False)
+        want.append((s, torch.exp(top - lse), ids, lse))
+    real, threads = logit_reduce.top_logits, []
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "top_probabilities", spy)
+    monkeypatch.setattr(logit_reduce, "top_logits", spy)
     runs = {}
     for background in (True, False):
         monkeypatch.setattr(inference, "spare_cpu", lambda model, b=background: b)
         threads.clear()
         runs[background] = list(inference.answer_top(model, tokenizer, prompts, 6,
-                                                     batch_size=4))
+                                                     batch_size=4, sort=False))
         assert len(threads) == 4
         assert all(t.startswith("first-prefetch") == background for t in threads)
     for got in runs.values():
@@ -196,16 +198,16 @@ def test_answer_top_equals_top_probabilities_of_each_batch(setup, monkeypatch):
 
 def test_answer_top_keeps_small_vocabularies_in_this_thread(setup, monkeypatch):
     model, tokenizer, examples = setup
-    assert vocab_size(model) < inference.COMPILED_MIN_VOCAB
+    assert vocab_size(model) < logit_reduce.COMPILED_MIN_VOCAB
     monkeypatch.setattr(inference, "spare_cpu", lambda model: True)
-    real, calls = inference._prefetched, []
+    real, calls = inference.prefetched, []
 
     def spy(fn, items, background):
         calls.append((fn.__name__, background))
         return real(fn, items, background)
 
-    monkeypatch.setattr(inference, "_prefetched", spy)
+    monkeypatch.setattr(inference, "prefetched", spy)
     got = list(inference.answer_top(model, tokenizer, PromptIds(tokenizer, examples), 3,
-                                    batch_size=8))
+                                    batch_size=8, sort=False))
     assert [g[0] for g in got] == [0, 8]
-    assert sorted(calls) == [("<lambda>", True), ("top", False)]  # tokenising, top-k
+    assert sorted(calls) == [("<lambda>", True), ("step", False)]  # tokenising, top-k

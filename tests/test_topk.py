@@ -279,10 +279,11 @@ def test_two_processes_give_the_single_process_result(tmp_path):
     assert [s["file"][:9] for s in m2.shards] == ["part-r000"] * 2 + ["part-r001"] * 2
     assert two.example_ids.tolist() == one.example_ids.tolist()
     np.testing.assert_array_equal(two.ids, one.ids)
-    np.testing.assert_allclose(two.probs, one.probs, rtol=1e-6, atol=1e-8)
+    # each rank batches its own slice by length: other padding, float32 rounding apart
+    np.testing.assert_allclose(two.probs, one.probs, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(two.gold_rank, one.gold_rank)
     for col in ("mean", "p10", "p50", "p90"):
-        np.testing.assert_allclose(m2.coverage[col], m1.coverage[col], atol=1e-9)
+        np.testing.assert_allclose(m2.coverage[col], m1.coverage[col], atol=1e-6)
     assert (m2.n_examples, m2.n_gold_in_topk, m2.examples_hash) == (
         m1.n_examples, m1.n_gold_in_topk, m1.examples_hash)
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from first_core import inference
+from first_core import logit_reduce
 from first_core import topk_kernel as T
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -61,20 +61,22 @@ def test_ties_masked_tokens_and_broken_rows():
         T.top_logits(x, 301)
 
 
-def test_top_probabilities_takes_the_kernel_only_where_it_applies(monkeypatch):
+def test_top_logits_takes_the_kernel_only_on_the_host_at_real_vocabularies(monkeypatch):
     calls = []
     real = T.top_logits
     monkeypatch.setattr(T, "top_logits", lambda *a: calls.append(a) or real(*a))
-    big = torch.randn(8, inference.COMPILED_MIN_VOCAB) * 4
-    p, ids, lse = inference.top_probabilities(big, 5)
+    big = torch.randn(8, logit_reduce.COMPILED_MIN_VOCAB) * 4
+    top, ids, lse = logit_reduce.top_logits(big, 5, on_device=False)
     assert len(calls) == 1
     want = torch.softmax(big.double(), dim=-1)
-    np.testing.assert_allclose(p.numpy(), torch.gather(want, 1, ids).numpy(), rtol=2e-6)
+    np.testing.assert_allclose(torch.exp(top - lse).numpy(),
+                               torch.gather(want, 1, ids).numpy(), rtol=2e-6)
     assert torch.equal(ids, torch.topk(big, 5).indices)
-    inference.top_probabilities(big, 5, dtype=torch.float64)   # float64 normaliser: torch
-    inference.top_probabilities(big[:, :100], 5)                # tiny vocabulary: torch
-    inference.top_probabilities(big.double(), 5)                # not float32: torch
-    assert len(calls) == 1
+    logit_reduce.top_logits(big.double(), 5, on_device=False)   # any float: a float32 copy
+    assert len(calls) == 2
+    logit_reduce.top_logits(big, 5)                             # on the device: torch
+    logit_reduce.top_logits(big[:, :100], 5, on_device=False)   # tiny vocabulary: torch
+    assert len(calls) == 2
 
 
 @SETTINGS
