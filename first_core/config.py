@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .reporting import check_report_to
 
 METHODS = ("teacher_ft", "student_ft", "student_distill", "first_ls", "first_ts")
 
@@ -91,7 +92,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hugging Face `Trainer` settings shared by teacher SFT, student SFT and distillation."""
+    """Hugging Face `Trainer` settings shared by teacher SFT, student SFT and distillation.
+
+    `epochs = 0` is allowed for the teacher only: the teacher is then used as given (no
+    fine-tuning; top-k, calibration and evaluation read the model `[model] teacher` names)."""
 
     epochs: float = 3.0
     batch_size: int = 32
@@ -105,6 +109,9 @@ class TrainConfig:
     fp16: bool = False
     gradient_checkpointing: bool = False
     save_steps: int = 200
+    # where the Trainer logs (HF `TrainingArguments.report_to`): "none", "all", an integration
+    # ("tensorboard", "wandb", ...) or a list of them; checked at load (first_core/reporting.py)
+    report_to: str | list[str] = "none"
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,7 @@ _LIMITS: dict[tuple[type, str], Range] = {
     (DataConfig, "seed"): Range(0, MAX_SEED),
     **{(DataConfig, k): _AT_LEAST_1 for k in ("n_train", "n_val", "n_test", "n_ood",
                                               "max_train")},
-    (TrainConfig, "epochs"): _POSITIVE,
+    (TrainConfig, "epochs"): _NON_NEGATIVE,  # 0: the teacher as given (student: checked below)
     (TrainConfig, "batch_size"): _AT_LEAST_1,
     (TrainConfig, "learning_rate"): _POSITIVE,
     (TrainConfig, "weight_decay"): _NON_NEGATIVE,
@@ -354,6 +361,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
                           f"{cfg.data.hf_dataset!r} instead of the embedded task")
     if cfg.topk.coverage_k < cfg.topk.k:
         raise ConfigError(f"{where}: topk.coverage_k must be >= topk.k")
+    if cfg.student_train.epochs == 0:
+        raise ConfigError(f"{where}: student_train.epochs: must be > 0 (only the teacher can be "
+                          "used as given, with teacher_train.epochs = 0), got 0")
+    for name in ("teacher_train", "student_train"):
+        try:
+            check_report_to(getattr(cfg, name).report_to, f"{name}.report_to")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     for name in ("teacher_train", "student_train"):  # the two settings train different tokens
         on, kind = getattr(cfg, name).loss_on, cfg.data.kind
         if (on == "response") != (kind == "instruct"):

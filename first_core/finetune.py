@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
 from .errors import ConfigError, FirstError
 from .models import Encoded, encode_examples, load_model
+from .reporting import check_report_to
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,9 @@ class SFTTrainer(Trainer):
 
 def training_arguments(out_dir: str | os.PathLike[str], cfg: TrainConfig,
                        seed: int) -> TrainingArguments:
-    """`TrainingArguments` from a `TrainConfig`: checkpoints for resume, no external loggers."""
+    """`TrainingArguments` from a `TrainConfig`: checkpoints for resume, and external loggers
+    only where `report_to` names them (the default "none": none). Every trainer (SFT, both
+    distillations, response SFT) gets its arguments here."""
     cuda = torch.cuda.is_available()
     if cfg.fp16 and not cuda:
         raise ConfigError("train.fp16: needs a CUDA GPU; use bf16 or float32 on CPU")
@@ -151,7 +154,8 @@ def training_arguments(out_dir: str | os.PathLike[str], cfg: TrainConfig,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         bf16=cfg.bf16, fp16=cfg.fp16, activation_checkpointing=cfg.gradient_checkpointing,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
-        logging_steps=max(1, min(50, cfg.save_steps)), report_to=[],
+        logging_steps=max(1, min(50, cfg.save_steps)),
+        report_to=check_report_to(cfg.report_to, "train.report_to"),
         disable_tqdm=not sys.stderr.isatty(), use_cpu=not cuda, seed=seed, data_seed=seed,
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False)

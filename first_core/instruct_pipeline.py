@@ -31,7 +31,6 @@ multiple-choice task.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,9 @@ from .config import RunConfig
 from .errors import FirstError
 from .instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                             check_instruct_file, load_instruct)
+from .stage_base import (build_models, build_stages, dataset_hash, load_for, search_calibration,
+                         stage_mc_data, student_targets, teacher_vocab_size, write_json_atomic,
+                         write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 
@@ -77,7 +79,6 @@ def instruct_examples(ctx) -> dict[str, list[InstructExample]]:
 
 def stage_data(ctx) -> dict[str, Any]:
     """The MC data as in the MC setting, plus the instruction files, all checked first."""
-    from .pipeline import dataset_hash, stage_data as mc_stage_data
     i = ctx.cfg.instruct
     root = Path(i.dir)
     if i.embedded:
@@ -93,7 +94,7 @@ def stage_data(ctx) -> dict[str, Any]:
         shown = "\n".join(str(p) for p in problems[:20])
         more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise FirstError(f"the instruction data has {len(problems)} problem(s):\n{shown}{more}")
-    mc = mc_stage_data(ctx)
+    mc = stage_mc_data(ctx)
     counts = {s: len(load_instruct(f, i.fmt, tpl)) for s, f in files.items()}
     both = {**mc["files"], **{f"instruct_{s}": f for s, f in files.items()}}
     return {**mc, "instruct_files": files, "instruct_counts": counts,
@@ -101,8 +102,7 @@ def stage_data(ctx) -> dict[str, Any]:
 
 
 def stage_models(ctx) -> dict[str, Any]:
-    """As in the MC setting (`pipeline.build_models`), the tokenizer over both texts."""
-    from .pipeline import build_models
+    """As in the MC setting (`stage_base.build_models`), the tokenizer over both texts."""
     tpl = mc_template(ctx.cfg)
     texts = ([ex.prompt + " " + ex.response for ex in instruct_examples(ctx)["train"]]
              + [data.format_prompt(ex, tpl) + data.answer_text(ex.answer)
@@ -111,18 +111,16 @@ def stage_models(ctx) -> dict[str, Any]:
 
 
 def stage_finetune(ctx, method: str) -> dict[str, Any]:
-    from .pipeline import _load
     from .response_tokens import finetune_responses
     role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
                        else ("student", ctx.cfg.student_train))
-    model, tok = _load(ctx, ctx.init_path(role))
+    model, tok = load_for(ctx, ctx.init_path(role))
     out = finetune_responses(model, tok, instruct_examples(ctx)["train"],
                              ctx.path("models", method), train_cfg, seed=ctx.cfg.seed)
     return {"model": str(out)}
 
 
 def stage_topk(ctx) -> dict[str, Any]:
-    from .pipeline import _load
     from .topk_tokens import extract_token_topk, instruct_examples_hash, token_store_matches
     t = ctx.cfg.topk
     info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
@@ -138,7 +136,7 @@ def stage_topk(ctx) -> dict[str, Any]:
             kept.append(split)  # finished before a kill: resume after it
             continue
         if model is None:
-            model, tok = _load(ctx, ctx.model_path("teacher_ft"))
+            model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
         extract_token_topk(model, tok, examples, folder, k=t.k, coverage_k=t.coverage_k,
                            dtype=t.dtype, shard_size=t.shard_size, batch_size=t.batch_size,
                            max_length=ctx.cfg.teacher_train.max_length,
@@ -148,8 +146,7 @@ def stage_topk(ctx) -> dict[str, Any]:
 
 def load_split_topk(ctx, split: str):
     from .topk_tokens import load_token_topk
-    teacher = json.loads((ctx.model_path("teacher_ft") / "config.json").read_text())
-    return load_token_topk(ctx.path("topk", split), expect_vocab_size=teacher["vocab_size"],
+    return load_token_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
                            expect_dataset_hash=ctx.record("data")["dataset_hash"],
                            expect_teacher=ctx.cfg.model.teacher)
 
@@ -157,7 +154,6 @@ def load_split_topk(ctx, split: str):
 def stage_calibrate(ctx) -> dict[str, Any]:
     """c (by `[calibration] strategy`, as in the MC setting) and delta over every response
     token of the validation split (module doc)."""
-    from .pipeline import search_calibration, write_json_atomic
     val, test = load_split_topk(ctx, "val"), load_split_topk(ctx, "test")
     result = search_calibration(ctx.cfg.calibration, val, test,
                                 load_split_topk(ctx, "train").probs)
@@ -172,11 +168,10 @@ def stage_calibrate(ctx) -> dict[str, Any]:
 def stage_distill(ctx, method: str) -> dict[str, Any]:
     from .distill import teacher_targets
     from .distill_tokens import distill_tokens
-    from .pipeline import _load, student_targets
     mode, c, delta = student_targets(ctx, method)
     topk = load_split_topk(ctx, "train")
     targets = teacher_targets(topk.probs, mode, c, delta)
-    model, tok = _load(ctx, ctx.init_path("student"))
+    model, tok = load_for(ctx, ctx.init_path("student"))
     d = ctx.cfg.distill
     out = distill_tokens(model, tok, instruct_examples(ctx)["train"], topk.example_ids,
                          topk.token_ids, topk.ids, targets, ctx.path("models", method),
@@ -190,8 +185,7 @@ def stage_evaluate(ctx, method: str) -> dict[str, Any]:
     """Token metrics on the instruction val/test, MC predictions + metrics on the OOD split."""
     from .evaluate import compute_metrics, predict
     from .instruct_eval import token_confidences, token_metrics
-    from .pipeline import _load
-    model, tok = _load(ctx, ctx.model_path(method))
+    model, tok = load_for(ctx, ctx.model_path(method))
     e = ctx.cfg.eval
     train_cfg = ctx.cfg.teacher_train if method == "teacher_ft" else ctx.cfg.student_train
     mets, n_tokens = [], {}
@@ -214,9 +208,8 @@ def stage_evaluate(ctx, method: str) -> dict[str, Any]:
 
 
 def stage_store(ctx) -> dict[str, Any]:
-    """As in the MC setting (`pipeline.write_store`, one transaction), with the coverage over
+    """As in the MC setting (`stage_base.write_store`, one transaction), with the coverage over
     all response tokens of train and the multiple-choice OOD examples."""
-    from .pipeline import write_store
     from .topk_tokens import read_token_manifest, token_coverage_table
     dataset = ctx.record("data")["dataset_hash"]
     mc = ctx.examples[ctx.cfg.instruct.mc_split]
@@ -230,7 +223,6 @@ def stage_store(ctx) -> dict[str, Any]:
 
 
 def instruct_stages(cfg: RunConfig) -> list:
-    """The ordered stages of the instruction setting (`pipeline.build_stages` over this
+    """The ordered stages of the instruction setting (`stage_base.build_stages` over this
     module's stage functions; config.load_config checked loss_on = "response")."""
-    from .pipeline import build_stages
     return build_stages(cfg, sys.modules[__name__])

@@ -7,15 +7,20 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+
+try:  # a test-only package: the GPU machine runs `-m gpu` without it (scripts/gpu_check.sh)
+    from hypothesis import settings
+except ImportError:  # pragma: no cover - the test modules that use it fail on their own
+    settings = None
 
 # CI replays the same examples on every run, so a red CI means a change broke something and
 # never that the search drew a new case; locally the search stays random and keeps what it
 # finds in .hypothesis/ (a case found there becomes a fixed test). Loaded before the test
 # modules build their settings, which inherit it.
-settings.register_profile("ci", derandomize=True, database=None)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+if settings is not None:
+    settings.register_profile("ci", derandomize=True, database=None)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CSQA = ROOT.parent / "shared" / "data" / "commonsenseqa_50.jsonl"

@@ -69,7 +69,8 @@ def test_overrides_parse_toml_values_and_bare_strings() -> None:
     ("topk.k=0", "topk.k"),
     ("distill.student_side='transformed'", "student_side"),
     ("methods=['teacher_ft', 'magic']", "magic"),
-    ("teacher_train.epochs=0", "teacher_train"),
+    ("student_train.epochs=0", "student_train.epochs: must be > 0"),
+    ("teacher_train.epochs=-1", "teacher_train.epochs: must be >= 0"),
     ("noequals", "section.key=value"),
     ("cpu_kernels='avx512'", "cpu_kernels"),
 ])

