@@ -29,10 +29,10 @@ def json_error(exc: Exception, path: str | Path, line: int) -> DataError:
         return DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", path, line)
     if isinstance(exc, RecursionError):
         return DataError("JSON nested too deeply to be a record", path, line)
-    if "digits" in str(exc):  # int(): Python's limit on converting long digit strings
+    if "Exceeds the limit" in str(exc):  # int(): Python's limit on long digit strings
         return DataError(f"an integer with more than {sys.get_int_max_str_digits()} digits "
                          "cannot be read (write it as a string)", path, line)
-    return DataError(f"cannot read this JSON: {exc}", path, line)
+    return DataError(f"cannot read this JSON: {exc}", path, line)  # e.g. a hook's refusal
 
 
 JSON_ERRORS = (ValueError, RecursionError)  # json.JSONDecodeError is a ValueError
@@ -60,7 +60,8 @@ def parse_json_line(text: str, path: str | Path, line: int,
     return surrogate_error(value, text, path, line) or value
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def read_jsonl(path: Path, loads: Callable[[str], Any] = json.loads
+               ) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed JSON or DataError) for every non-blank line."""
     raw = path.read_bytes()
     for no, line in enumerate(raw.split(b"\n"), start=1):
@@ -72,7 +73,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             yield no, utf8_error(e, line, path, no)
             continue
         if text.strip():
-            yield no, parse_json_line(text, path, no)
+            yield no, parse_json_line(text, path, no, loads)
 
 
 def utf8_error(exc: UnicodeDecodeError, line: bytes, path: str | Path, no: int) -> DataError:
