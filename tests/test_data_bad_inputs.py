@@ -37,7 +37,7 @@ def array_file(path: Path, *elements: str, after: str = "") -> Path:
     ('{"instruction": "Say \\ud800.", "output": "hi"}', "instruction: a lone UTF-16 surrogate"),
     ('{"instruction": "Say hi.", "output": ' + "[" * 100_000 + "]" * 100_000 + "}",
      "JSON nested too deeply"),
-])
+], ids=["lone surrogate", "nested 100k deep"])
 def test_json_array_element_that_no_stage_can_use_is_named(tmp_path, capsys, element, words):
     f = array_file(tmp_path / "a.json", json.dumps(ALPACA), element)
     code, text = check_data(capsys, f, "alpaca")
