@@ -10,15 +10,16 @@ Each record reports its first problem (fixing it may reveal the next one in that
 
 from __future__ import annotations
 
-import json
 import string
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError, FirstError
+from .errors import ConfigError, DataError
+from .hf_data import hf_rows, write_hf_splits  # noqa: F401 (the pipeline's data.write_hf_splits)
+from .jsonl import read_jsonl
 
 FORMATS = ("auto", "csqa", "boolq", "jsonl")
 _MAX_LISTED = 20  # problems spelled out in the message of the error `load_examples` raises
@@ -100,57 +101,6 @@ def answer_text(label: str) -> str:
 def _norm(text: str) -> str:
     """Collapse runs of whitespace (real CSQA has double spaces) and strip the ends."""
     return " ".join(text.split())
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed JSON or DataError) for every non-blank line."""
-    raw = path.read_bytes()
-    for no, line in enumerate(raw.split(b"\n"), start=1):
-        if no == 1 and line.startswith(b"\xef\xbb\xbf"):
-            line = line[3:]  # UTF-8 byte-order mark
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield no, DataError(f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column "
-                                f"{e.start + 1})", path, no)
-            continue
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield no, DataError(f"malformed JSON ({e.msg} at column {e.colno})", path, no)
-            continue
-        except RecursionError:
-            yield no, DataError("JSON nested too deeply to be a record", path, no)
-            continue
-        where = _lone_surrogate(value)
-        if where is not None:  # valid JSON (`"\\ud800"`), but no tokenizer can encode it
-            yield no, DataError("a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
-                                "pair) is not text", path, no, where or None)
-            continue
-        yield no, value
-
-
-def _lone_surrogate(value: Any) -> str | None:
-    """The field path of the first string (key or value) holding a lone surrogate, else None.
-
-    Iterative, so a record nested as deeply as `json` allows cannot overflow the stack."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        where, v = stack.pop()
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return where
-        elif isinstance(v, dict):
-            for k, item in v.items():
-                stack.append((f"{where}.{k}" if where else str(k), k))
-                stack.append((f"{where}.{k}" if where else str(k), item))
-        elif isinstance(v, list):
-            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(v))
-    return None
 
 
 def _detect(record: dict[str, Any]) -> str:
@@ -314,7 +264,7 @@ def _load(path: str | Path, fmt: str) -> tuple[list[Example], list[DataError]]:
     try:
         if not path.is_file():
             return [], [DataError("no such file" if not path.exists() else "not a file", path)]
-        records = list(_read_jsonl(path))
+        records = list(read_jsonl(path))
     except OSError as exc:  # unreadable (permissions), a name too long, an I/O error
         return [], [DataError(f"cannot read it: {exc.strerror or exc}", path)]
     examples, errors = _parse_records(records, path, fmt)
@@ -365,25 +315,6 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
     return examples
 
 
-def hf_rows(name: str, split: str, subset: str | None = None) -> tuple[list[Any], str]:
-    """(rows, source) of one split of a Hugging Face data set: a Hub name (needs internet),
-    or a local folder (`Dataset.save_to_disk`, or JSON / JSONL files named by split).
-    `split` may slice (`"train[:90%]"`). A missing package, an unknown name or split, or no
-    connection is one `FirstError` naming the data set and split."""
-    source = f"hf:{name}{'/' + subset if subset else ''}[{split}]"
-    try:
-        import datasets
-    except ImportError:
-        raise FirstError("loading a Hugging Face data set by name needs the `datasets` "
-                         "package: pip install datasets") from None
-    try:
-        rows = datasets.load_dataset(name, subset, split=split)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FirstError(f"{source}: cannot load it: {first}") from None
-    return list(rows), source
-
-
 def load_hf_dataset(name: str, split: str, subset: str | None = None,
                     fmt: str = "auto") -> list[Example]:
     """Load a Hugging Face data set by name (needs `datasets` and internet), same checks.
@@ -396,21 +327,6 @@ def load_hf_dataset(name: str, split: str, subset: str | None = None,
     if errors:
         _raise_all(errors, source)
     return examples
-
-
-def write_hf_splits(name: str, splits: Iterable[tuple[str, str | Path]],
-                    subset: str | None = None) -> None:
-    """Write each (hf split, path) of a Hugging Face data set (`hf_rows`) to that JSONL file,
-    row by row as the data set has it: the pipeline then reads, checks (FILE:LINE: field)
-    and hashes these files like any others (`[data] hf_dataset`). Every split is fetched
-    before any file is written, so a failing one leaves the others as they were."""
-    from .tasks import _write_atomic
-
-    fetched = [(Path(path), hf_rows(name, split, subset)[0]) for split, path in splits]
-    for path, rows in fetched:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n"
-                                    for r in rows))
 
 
 def split_overlap(splits: dict[str, list[Example]], reference: str = "train"

@@ -40,11 +40,28 @@ METRIC_COLUMNS = tuple(c for c in store.TABLES["metrics"].columns if c not in ("
 def _pad(rows: Sequence[Sequence], fill, dtype) -> tuple[np.ndarray, np.ndarray]:
     """Ragged rows -> (`[N, max_len]` matrix padded with `fill`, boolean mask of real cells)."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    width = int(lengths.max()) if len(rows) else 0
+    flat = [np.asarray(r, dtype=dtype) for r in rows]
+    return _place(lengths, np.concatenate(flat) if flat else np.empty(0, dtype), fill, dtype)
+
+
+def _place(lengths: np.ndarray, flat: np.ndarray, fill, dtype) -> tuple[np.ndarray, np.ndarray]:
+    width = int(lengths.max()) if len(lengths) else 0
     mask = np.arange(width) < lengths[:, None]
-    out = np.full((len(rows), width), fill, dtype=dtype)
-    out[mask] = np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if width else []
+    out = np.full((len(lengths), width), fill, dtype=dtype)
+    out[mask] = flat if width else []
     return out, mask
+
+
+def _pad_column(column: pd.Series, fill, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """`_pad` of a list column; an Arrow-backed one (the importer's) without a list per row."""
+    if not isinstance(column.dtype, pd.ArrowDtype):
+        return _pad(column.tolist(), fill, dtype)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    rows = pa.array(column)
+    lengths = pc.fill_null(pc.list_value_length(rows), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(rows).to_numpy(zero_copy_only=False).astype(dtype)
+    return _place(lengths.astype(np.int64), flat, fill, dtype)
 
 
 def _token_texts(tokenizer, ids: np.ndarray) -> dict[int, str]:
@@ -118,9 +135,9 @@ def option_distribution(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
     Padding with zeros leaves Brier and NLL unchanged: a padded class has p = 0 and y = 0.
     """
-    probs, _ = _pad(pred["option_probs"].tolist(), 0.0, np.float64)
+    probs, _ = _pad_column(pred["option_probs"], 0.0, np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)
-    labels, mask = _pad(pred["option_labels"].tolist(), "", object)
+    labels, mask = _pad_column(pred["option_labels"], "", object)
     gold = ((labels == pred["gold"].to_numpy(dtype=object)[:, None]) & mask).argmax(axis=1)
     return probs, gold
 

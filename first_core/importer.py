@@ -7,13 +7,17 @@ prediction per row, in one of two layouts:
 
 - **per-option probabilities**: one column `p_<LABEL>` per answer option (at least two,
   e.g. `p_A, p_B, p_C, p_D`), each in [0, 1] with a row sum in (0, 1] (the rest of the
-  vocabulary may keep some mass), and `gold`, the correct option's LABEL;
+  vocabulary may keep some mass; a sum up to 1 + `PROB_TOL` is taken as rounding, e.g. a
+  softmax written with 6 decimals), and `gold`, the correct option's LABEL;
 - **confidence + correct**: `confidence` in [0, 1] (the model's probability for its own
   answer) and `correct` (true/false, 1/0).
 
-Optional columns: `example_id` (unique per split; default `row-N`), `split` (`val`, `test`
-or `test_ood`; default `test`), `question` (shown as plain text on Examples and in the
-drill-down). Any other column is an error, so a typo cannot be silently ignored.
+Optional columns: `example_id` (unique per split, text or an integer; leave it out and rows
+are named `row-LINE`, but give it on every row or on none), `split` (`val`, `test` or
+`test_ood`; default `test`), `question` (text, shown as plain text on Examples and in the
+drill-down; bytes or nested values are refused, not stored as their Python repr). Any other
+column is an error, so a typo cannot be silently ignored; see `importer_read` for what is
+refused while reading (repeated columns, names with spaces, unreadable lines).
 
 How the store's two confidence conventions are filled: with per-option probabilities the
 paper convention is the top-1 raw probability (its top-k are the options, largest first) and
@@ -22,125 +26,252 @@ confidence + correct there are no options: the paper convention is (confidence, 
 as given, and the option convention is the binary question "is the answer right?"
 (probabilities [confidence, 1 - confidence] over right / wrong).
 
-Everything is checked before anything is written; every problem is reported as
-`FILE:LINE: field: what is wrong` (CSV and JSONL lines of the file, Parquet rows counted
-from 1), and the run lands in the store in one transaction (`store.write_imported_run`) as
-pipeline NAME with the method `imported`, replacing an earlier import of the same name.
+Everything is checked, column by column without a loop over rows where the file's types
+allow, before anything is written; every problem is reported as `FILE:LINE: field: what is
+wrong` (CSV and JSONL lines of the file, Parquet rows counted from 1). The run lands in the
+store in one transaction (`store_imports.write_imported_run`) as pipeline NAME with the
+method `imported`, its questions under the data set key `import:NAME`, replacing an earlier
+import of the same name whole.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from . import store
 from .errors import DataError
 from .evaluate import compute_metrics
+from .importer_read import read_cells
+from .store_imports import check_import, write_imported_run
 
+log = logging.getLogger(__name__)
 MAX_BYTES = 50 * 1024 * 1024  # the dashboard's upload limit (the CLI reads any size)
 MAX_PROBLEMS = 20             # problems listed before "... and N more"
 MAX_OPTIONS = 26
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OPTION = re.compile(r"^p_(.+)$")
 OPTIONAL = ("example_id", "split", "question")
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
-            ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "1.0", "yes", "t", "y"}, {"false", "0", "0.0", "no", "f", "n"}
-PROB_TOL = 1e-6
+PROB_TOL = 1e-4     # a row sum up to 1 + PROB_TOL is rounding (26 columns at 6 decimals: 1.3e-5)
+LARGE_ROWS = 1_000_000  # from here on, say that the metrics' bootstrap takes a while
 
 
 class _Problems:
-    """Collects `FILE:LINE: field: message` lines; `raise_if_any` raises them as one error."""
+    """Collects `FILE:LINE: field: message` lines; `raise_if_any` raises them as one error.
 
-    def __init__(self, path: Path, lines: np.ndarray) -> None:
-        self.path, self.lines, self.found = path, lines, []
+    `lines()` maps rows to file lines; it is called only once a problem is found."""
 
-    def add(self, mask: np.ndarray, field: str, message: str) -> None:
-        for r in np.flatnonzero(mask)[:MAX_PROBLEMS]:
-            line = int(self.lines[r])
-            self.found.append((line, f"{self.path}:{line}: {field}: {message}"))
+    def __init__(self, path: Path, lines: Callable[[], np.ndarray]) -> None:
+        self.path, self.lines, self.found, self.total = path, lines, [], 0
+
+    def add(self, mask: np.ndarray, field: str, message: str | Callable[[int], str]) -> None:
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            return
+        self.total += len(rows)
+        lines = self.lines()
+        for r in rows[:MAX_PROBLEMS]:
+            text = message(int(r)) if callable(message) else message
+            self.found.append((int(lines[r]), f"{self.path}:{lines[r]}: {field}: {text}"))
 
     def raise_if_any(self) -> None:
         if not self.found:
             return
-        found = sorted(self.found, key=lambda p: p[0])
-        text = [m for _, m in found[:MAX_PROBLEMS]]
-        if len(found) > MAX_PROBLEMS:
-            text.append(f"... and {len(found) - MAX_PROBLEMS} more problem(s)")
+        found = sorted(self.found, key=lambda p: p[0])[:MAX_PROBLEMS]
+        text = [m for _, m in found]
+        if self.total > len(found):
+            text.append(f"... and {self.total - len(found)} more problem(s)")
         raise DataError("\n".join(text))
 
 
-def _read(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The file's rows as strings/objects and each row's line number (Parquet: row number)."""
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"unknown file type {path.suffix!r}; use one of {sorted(SUFFIXES)}",
-                        path)
-    if not path.is_file():
-        raise DataError("no such file", path)
-    try:
-        if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-            return frame, np.arange(len(frame)) + 2  # line 1 is the header
-        if kind == "parquet":
-            frame = pd.read_parquet(path)
-            return frame, np.arange(len(frame)) + 1
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read as {kind}: {exc}", path) from None
-    records, lines = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON ({exc.msg})", path, number) from None
-            if not isinstance(record, dict):
-                raise DataError("each line must be a JSON object", path, number)
-            records.append(record)
-            lines.append(number)
-    return pd.DataFrame.from_records(records), np.asarray(lines, dtype=int)
+# ------------------------------------------------------------------------------ cells
+
+def _float(v: object) -> float:
+    """One JSON / Parquet object cell as a float (NaN when it is not a number)."""
+    if isinstance(v, bool):
+        return np.nan
+    if isinstance(v, (int, float, str)):
+        try:
+            return float(v)
+        except OverflowError:  # an integer of 400 digits
+            return np.inf
+        except ValueError:
+            return np.nan
+    return np.nan
+
+
+def _describe(cell: object, value: float) -> str:
+    """Why a non-missing cell is not a usable number."""
+    if isinstance(cell, str) and cell.strip().lower() in ("nan", "+nan", "-nan") or (
+            isinstance(cell, float) and math.isnan(cell)):
+        return "NaN is not a probability"
+    if np.isinf(value):
+        what = (f"an integer of {len(str(abs(cell)))} digits" if isinstance(cell, int)
+                else str(cell)[:40])
+        return f"not a finite number ({what})"
+    return f"not a number: {repr(cell)[:60]}"
 
 
 def _numbers(column: pd.Series, field: str, problems: _Problems) -> np.ndarray:
     """Floats of a column; missing, non-numeric or non-finite cells are problems."""
-    values = pd.to_numeric(column.map(lambda v: v if not isinstance(v, bool) else "bool"),
-                           errors="coerce").to_numpy(dtype=np.float64)
+    if pd.api.types.is_bool_dtype(column.dtype):
+        values = np.full(len(column), np.nan)
+    elif pd.api.types.is_numeric_dtype(column.dtype):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif isinstance(column.dtype, pd.StringDtype):  # CSV: vectorised parsing
+        values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    else:  # JSONL / Parquet objects
+        values = np.fromiter(map(_float, column), dtype=np.float64, count=len(column))
     missing = column.isna().to_numpy()
     problems.add(missing, field, "missing value")
     problems.add(~missing & ~np.isfinite(values), field,
-                 "not a finite number")
+                 lambda r: _describe(column.iloc[r], values[r]))
     return values
 
 
+def _texts(column: pd.Series, field: str, problems: _Problems,
+           integers: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(text cells as an object array, None where missing, blank or wrong; the wrong ones).
+    With `integers`, whole numbers count as text too; anything else (bytes, a dict, a float
+    id) is a problem, not its Python repr."""
+    none = np.zeros(len(column), dtype=bool)
+    if pd.api.types.is_integer_dtype(column.dtype) and integers:
+        return column.astype(str).to_numpy(dtype=object), none
+    if isinstance(column.dtype, pd.StringDtype):
+        out = column.to_numpy(dtype=object, na_value=None)
+        out[column.str.strip().eq("").to_numpy(dtype=bool, na_value=False)] = None
+        return out, none
+    kinds = (str, int) if integers else (str,)
+    cells = column.to_numpy(dtype=object)
+    ok = np.fromiter((v is None or (isinstance(v, kinds) and not isinstance(v, bool))
+                      or (isinstance(v, float) and math.isnan(v)) for v in cells), bool,
+                     len(cells))
+    expected = "text or an integer" if integers else "text"
+    problems.add(~ok, field, lambda r: f"{type(cells[r]).__name__}, not {expected}")
+    return np.fromiter((_text(v) if good else None for v, good in zip(cells, ok)), object,
+                       len(cells)), ~ok
+
+
+def _text(v: object) -> str | None:
+    """A str or int cell as text; None for a missing (None / NaN) or blank cell."""
+    if not isinstance(v, (str, int)):
+        return None
+    text = str(v)
+    return text if text.strip() else None
+
+
 def _booleans(column: pd.Series, field: str, problems: _Problems) -> np.ndarray:
-    text = column.map(lambda v: str(v).strip().lower() if v is not None and v == v else "")
+    if pd.api.types.is_bool_dtype(column.dtype) and not column.isna().any():
+        return column.to_numpy(dtype=bool)
+    text = column.astype(object).where(column.notna(), "").astype(str).str.strip().str.lower()
     ok = text.isin(TRUE | FALSE).to_numpy()
     problems.add(~ok, field, "must be true/false or 1/0")
     return text.isin(TRUE).to_numpy()
 
 
-def _texts(column: pd.Series | None, n: int, default: list[str]) -> np.ndarray:
-    if column is None:
-        return np.asarray(default, dtype=object)
-    return column.map(lambda v: None if v is None or v != v else str(v)).to_numpy(dtype=object)
+def _example_ids(frame: pd.DataFrame, split: np.ndarray, problems: _Problems) -> np.ndarray:
+    """`example_id` cells, or `row-LINE` without the column; missing ids are one problem
+    (not one per row), and only given ids can be duplicates."""
+    n = len(frame)
+    if "example_id" not in frame:
+        return np.asarray([f"row-{i}" for i in problems.lines()], dtype=object)
+    ids, wrong = _texts(frame["example_id"], "example_id", problems, integers=True)
+    missing = pd.isna(ids) & ~wrong
+    if missing.any():
+        lines = problems.lines()[missing]
+        listed = ", ".join(map(str, lines[:8])) + (", ..." if len(lines) > 8 else "")
+        problems.add(np.arange(n) == np.flatnonzero(missing)[0], "example_id",
+                     f"missing on {len(lines)} of {n} rows (line{'s' * (len(lines) > 1)} "
+                     f"{listed}); give every row an id, or leave the column out (rows are then "
+                     "named row-LINE)")
+    keys = pd.DataFrame({"s": split, "e": ids})
+    group = keys.groupby(["s", "e"], sort=False, dropna=False).ngroup().to_numpy()
+    first_row = np.unique(group, return_index=True)[1]
+    dup = ~pd.isna(ids) & (np.arange(n) != first_row[group])
+    problems.add(dup, "example_id", lambda r: "duplicate within its split (first on line "
+                                              f"{problems.lines()[first_row[group[r]]]})")
+    return ids
 
 
-def read_predictions(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate FILE and build (store predictions, examples) frames; raises `DataError`
-    listing every problem (up to MAX_PROBLEMS) as `FILE:LINE: field: message`."""
-    path = Path(path)
-    frame, lines = _read(path)
-    problems = _Problems(path, lines)
-    if frame.empty:
-        raise DataError("no predictions in the file", path)
+def _lists(values: np.ndarray) -> pd.Series:
+    """Rows of an `[N, W]` float array as one Arrow-backed list column (no object per row)."""
+    return _list_column(pa.array(values.ravel(), type=pa.float64()), *values.shape)
+
+
+def _label_lists(names: list[str], index: np.ndarray) -> pd.Series:
+    """Rows `names[index[i]]` of an `[N, W]` index array as an Arrow-backed list column."""
+    flat = pa.array(names, type=pa.string()).take(pa.array(index.ravel()))
+    return _list_column(flat, *index.shape)
+
+
+def _list_column(flat: pa.Array, n: int, width: int) -> pd.Series:
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, flat)))
+
+
+# ------------------------------------------------------------------------------ layouts
+
+def _option_rows(frame: pd.DataFrame, options: list[str], problems: _Problems
+                 ) -> tuple[dict, list[str], np.ndarray]:
+    """Store columns of the per-option layout, its labels and each row's gold label."""
+    labels = [OPTION.match(c)[1] for c in options]
+    probs = np.column_stack([_numbers(frame[c], c, problems) for c in options])
+    finite = np.isfinite(probs)
+    for j, c in enumerate(options):
+        problems.add(finite[:, j] & ((probs[:, j] < 0) | (probs[:, j] > 1)), c,
+                     "must be a probability in [0, 1]")
+    total = np.where(finite, probs, 0).sum(axis=1)
+    problems.add(finite.all(axis=1) & ((total <= 0) | (total > 1 + PROB_TOL)),
+                 "/".join(options), lambda r: f"probabilities sum to {total[r]:.7g}; they must "
+                 f"sum to more than 0 and at most 1 (+{PROB_TOL:g} for rounding)")
+    gold = _texts(frame["gold"], "gold", problems, integers=True)[0]
+    gold_at = pd.Index(labels).get_indexer(gold)
+    problems.add(gold_at < 0, "gold", f"must be one of {labels}")
+    problems.raise_if_any()
+    n, names = len(frame), np.asarray(labels, dtype=object)
+    best = probs.argmax(axis=1)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    pred, top = names[best], probs.max(axis=1)
+    right = best == gold_at
+    every = np.broadcast_to(np.arange(len(labels)), (n, len(labels)))
+    return {"gold": names[gold_at], "pred": pred, "confidence": top, "correct": right,
+            "pred_option": pred, "confidence_option": top / total, "correct_option": right,
+            "option_labels": _label_lists(labels, every), "option_probs": _lists(probs),
+            "topk_probs": _lists(np.take_along_axis(probs, order, axis=1)),
+            "topk_tokens": _label_lists(labels, order)}, labels, names[gold_at]
+
+
+def _confidence_rows(frame: pd.DataFrame, problems: _Problems) -> dict:
+    """Store columns of the confidence + correct layout."""
+    conf = _numbers(frame["confidence"], "confidence", problems)
+    problems.add(np.isfinite(conf) & ((conf < 0) | (conf > 1)), "confidence",
+                 "must be a probability in [0, 1]")
+    correct = _booleans(frame["correct"], "correct", problems)
+    problems.raise_if_any()
+    n = len(frame)
+    verdict = np.where(correct, "right", "wrong").astype(object)
+    binary = np.column_stack([conf, 1 - conf])
+    sure = np.where(conf >= 0.5, "right", "wrong").astype(object)
+    return {"gold": verdict, "pred": "(the model's answer)", "confidence": conf,
+            "correct": correct, "pred_option": sure, "confidence_option": binary.max(axis=1),
+            "correct_option": sure == verdict,
+            "option_labels": _label_lists(["right", "wrong"], np.tile([0, 1], (n, 1))),
+            "option_probs": _lists(binary), "topk_probs": _lists(conf[:, None]),
+            "topk_tokens": _label_lists(["(answer)"], np.zeros((n, 1), np.intp))}
+
+
+def _layout(frame: pd.DataFrame, path: Path) -> list[str]:
+    """The `p_<LABEL>` columns (empty: confidence + correct); refuses unknown or missing
+    columns and a wrong number of options."""
     options = [c for c in frame.columns if OPTION.match(str(c))]
-    layout = "options" if options else "confidence"
     known = set(OPTIONAL) | (set(options) | {"gold"} if options else {"confidence", "correct"})
     unknown = [str(c) for c in frame.columns if c not in known]
     if unknown:
@@ -152,70 +283,43 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         hint = ("per-option probabilities need gold" if options
                 else "give p_<LABEL> columns + gold, or confidence + correct")
         raise DataError(f"missing column(s) {missing} ({hint})", path)
-    if layout == "options" and not 2 <= len(options) <= MAX_OPTIONS:
+    if options and not 2 <= len(options) <= MAX_OPTIONS:
         raise DataError(f"need 2 to {MAX_OPTIONS} p_<LABEL> columns, got {len(options)}", path)
-    n = len(frame)
-    example_id = _texts(frame.get("example_id"), n, [f"row-{i}" for i in lines])
-    problems.add(pd.isna(example_id), "example_id", "missing value")
-    split = _texts(frame.get("split"), n, ["test"] * n)
-    bad_split = ~pd.Series(split).isin(store.SPLITS).to_numpy()
-    problems.add(bad_split, "split", f"must be one of {list(store.SPLITS)}")
-    dup = pd.DataFrame({"s": split, "e": example_id}).duplicated().to_numpy()
-    problems.add(dup, "example_id", "duplicate within its split")
-    question = _texts(frame.get("question"), n, [None] * n) if "question" in frame else None
+    return options
 
-    if layout == "options":
-        labels = [OPTION.match(str(c))[1] for c in options]
-        probs = np.column_stack([_numbers(frame[c], c, problems) for c in options])
-        finite = np.isfinite(probs)
-        for j, c in enumerate(options):
-            problems.add(finite[:, j] & ((probs[:, j] < 0) | (probs[:, j] > 1)), c,
-                         "must be a probability in [0, 1]")
-        total = np.where(finite, probs, 0).sum(axis=1)
-        rows_ok = finite.all(axis=1)
-        problems.add(rows_ok & ((total <= 0) | (total > 1 + PROB_TOL)), "/".join(options),
-                     "probabilities must sum to more than 0 and at most 1")
-        gold = _texts(frame["gold"], n, [])
-        is_gold = np.asarray(labels, dtype=object)[None, :] == gold[:, None]
-        problems.add(~is_gold.any(axis=1), "gold", f"must be one of {labels}")
-        problems.raise_if_any()
-        best = probs.argmax(axis=1)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :5]
-        top = np.take_along_axis(probs, order, axis=1)
-        pred = np.asarray(labels, dtype=object)[best]
-        preds = pd.DataFrame({
-            "split": split, "example_id": example_id, "gold": gold, "pred": pred,
-            "confidence": probs.max(axis=1), "correct": pred == gold, "pred_option": pred,
-            "confidence_option": probs.max(axis=1) / total, "correct_option": pred == gold,
-            "option_labels": [labels] * n, "option_probs": list(probs),
-            "topk_probs": list(top),
-            "topk_tokens": list(np.asarray(labels, dtype=object)[order])})
-        choices = [labels] * n
+
+def read_predictions(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Validate FILE and build (store predictions, examples without `dataset`) frames;
+    raises `DataError` listing every problem (up to MAX_PROBLEMS) as `FILE:LINE: field:
+    message`."""
+    path = Path(path)
+    cells = read_cells(path)
+    frame = cells.frame
+    if frame.empty:
+        raise DataError("no predictions in the file", path)
+    options = _layout(frame, path)
+    problems = _Problems(path, cells.lines)
+    n = len(frame)
+    split = (_texts(frame["split"], "split", problems)[0] if "split" in frame
+             else np.full(n, "test", dtype=object))
+    problems.add(~pd.Series(split).isin(store.SPLITS).to_numpy(), "split",
+                 f"must be one of {list(store.SPLITS)}")
+    example_id = _example_ids(frame, split, problems)
+    question = (_texts(frame["question"], "question", problems)[0] if "question" in frame
+                else None)
+    if options:
+        columns, labels, answer = _option_rows(frame, options, problems)
     else:
-        conf = _numbers(frame["confidence"], "confidence", problems)
-        problems.add(np.isfinite(conf) & ((conf < 0) | (conf > 1)), "confidence",
-                     "must be a probability in [0, 1]")
-        correct = _booleans(frame["correct"], "correct", problems)
-        problems.raise_if_any()
-        verdict = np.where(correct, "right", "wrong").astype(object)
-        binary = np.column_stack([conf, 1 - conf])
-        sure = np.where(conf >= 0.5, "right", "wrong").astype(object)
-        preds = pd.DataFrame({
-            "split": split, "example_id": example_id, "gold": verdict,
-            "pred": "(the model's answer)", "confidence": conf, "correct": correct,
-            "pred_option": sure, "confidence_option": binary.max(axis=1),
-            "correct_option": sure == verdict, "option_labels": [["right", "wrong"]] * n,
-            "option_probs": list(binary), "topk_probs": list(conf[:, None]),
-            "topk_tokens": [["(answer)"]] * n})
-        labels, choices = [], [[]] * n
-    examples = None
-    if question is not None:
-        keep = ~pd.isna(question)
-        examples = pd.DataFrame({
-            "split": split[keep], "example_id": example_id[keep], "question": question[keep],
-            "labels": [labels] * int(keep.sum()),
-            "choices": [c for c, k in zip(choices, keep) if k],
-            "answer": preds["gold"].to_numpy()[keep] if layout == "options" else ""})
+        columns, labels, answer = _confidence_rows(frame, problems), [], np.full(n, "", object)
+    preds = pd.DataFrame({"split": split, "example_id": example_id, **columns})
+    if question is None:
+        return preds, None
+    keep = ~pd.isna(question)
+    every = np.broadcast_to(np.arange(len(labels)), (int(keep.sum()), len(labels)))
+    examples = pd.DataFrame({
+        "split": split[keep], "example_id": example_id[keep], "question": question[keep],
+        "labels": _label_lists(labels, every), "choices": _label_lists(labels, every),
+        "answer": answer[keep]})
     return preds, examples
 
 
@@ -224,20 +328,22 @@ def import_predictions(path: str | Path, name: str, store_path: str | Path | Non
     """Validate FILE, compute its metrics and store it as pipeline `name`.
 
     Returns (store path, run id, number of predictions). Nothing is written when any check
-    fails (a `DataError` / `ConfigError` saying what and where).
+    fails (a `DataError` / `StoreError` saying what and where).
     """
     if not NAME.match(name or ""):
         raise DataError("--name: 1-64 letters, digits, '.', '_' or '-', starting with a letter "
                         f"or digit; got {name!r}")
+    check_import(store_path, name)  # before a read that may take minutes
     preds, examples = read_predictions(path)
+    if len(preds) >= LARGE_ROWS:
+        log.warning("%s: %s rows; the metrics' bootstrap intervals resample them 1000 times "
+                    "per split, which takes a few minutes", path, f"{len(preds):,}")
     metrics = pd.concat([compute_metrics(part.reset_index(drop=True)).assign(split=split)
                          for split, part in preds.groupby("split", sort=False)],
                         ignore_index=True)
     run_id = f"{name}/{store.IMPORTED_METHOD}/seed0"
-    if examples is not None:
-        examples = examples.assign(dataset=name)
-    written = store.write_imported_run(
-        store_path, pipeline=name, run_id=run_id, model=model or "unknown", dataset=name,
-        predictions=preds, metrics=metrics, examples=examples,
+    written = write_imported_run(
+        store_path, pipeline=name, run_id=run_id, model=model or "unknown", predictions=preds,
+        metrics=metrics, examples=examples,
         config={"imported_from": Path(path).name, "rows": len(preds)})
     return written, run_id, len(preds)

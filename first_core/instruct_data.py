@@ -9,7 +9,9 @@ Two file layouts become the same `InstructExample(id, prompt, response)`:
 - **prompt/response JSONL** (`fmt="prompt_response"`): records with `prompt` and `response`,
   used as they are.
 
-`fmt="auto"` decides per record (`instruction` -> Alpaca, else prompt/response). All checks
+`fmt="auto"` decides per record: any of `instruction` / `input` / `output` -> Alpaca, else
+any of `prompt` / `response` -> prompt/response, else the record is refused; a missing field
+then says which layout the record was read as. All checks
 live in one code path (`_parse`), which collects every problem as `FILE:LINE: field: what`;
 `check_instruct_file` returns them (for `check-data`), `load_instruct` raises them as one
 `DataError`. Line numbers are 1-based physical lines, in a JSON array the line where the
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import data
+from . import data, jsonl
 from .errors import ConfigError, DataError
 
 INSTRUCT_FORMATS = ("auto", "alpaca", "prompt_response")
@@ -76,10 +78,17 @@ DEFAULT_INSTRUCT_TEMPLATE = InstructTemplate()
 
 
 def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line of the element's first character, element) for a top-level JSON array."""
+    """Yield (line of the element's first character, element) for a top-level JSON array;
+    a problem ends it with a DataError (anything after the closing `]` is one too)."""
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     n = len(text)
+    counted = [0, 1]  # (position, its line): lines are counted once, front to back
+
+    def line_at(p: int) -> int:
+        counted[1] += text.count("\n", counted[0], p)
+        counted[0] = p
+        return counted[1]
 
     def skip(p: int) -> int:
         while p < n and text[p] in " \t\r\n":
@@ -90,26 +99,27 @@ def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     if pos < n and text[pos] == "]":
         return
     while pos < n:
-        line = text.count("\n", 0, pos) + 1
+        line, start = line_at(pos), pos
         try:
             rec, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            yield e.lineno, DataError(f"malformed JSON ({e.msg} at column {e.colno})", path,
-                                      e.lineno)
+        except jsonl.JSON_ERRORS as e:  # malformed, nested too deeply, a 5,000-digit integer
+            yield line, jsonl.json_error(e, path, getattr(e, "lineno", line))
             return
-        yield line, rec
+        yield line, jsonl.surrogate_error(rec, text[start:pos], path, line) or rec
         pos = skip(pos)
         if pos < n and text[pos] == ",":
             pos = skip(pos + 1)
         elif pos < n and text[pos] == "]":
+            rest = skip(pos + 1)
+            if rest < n:
+                yield line_at(rest), DataError("text after the closing ']' of the array (a "
+                                               "file holds one array)", path, line_at(rest))
             return
         else:
-            line = text.count("\n", 0, pos) + 1
-            yield line, DataError("malformed JSON (expected ',' or ']' after an element)",
-                                  path, line)
+            yield line_at(pos), DataError("malformed JSON (expected ',' or ']' after an "
+                                          "element)", path, line_at(pos))
             return
-    yield text.count("\n") + 1, DataError("malformed JSON (the array is not closed)", path,
-                                          text.count("\n") + 1)
+    yield line_at(n), DataError("malformed JSON (the array is not closed)", path, line_at(n))
 
 
 def _records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -117,7 +127,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
     raw = path.read_bytes()
     head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if head != b"[":
-        yield from data._read_jsonl(path)
+        yield from jsonl.read_jsonl(path)
         return
     try:
         text = raw.decode("utf-8-sig")
@@ -128,10 +138,27 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
     yield from _read_json_array(path, text)
 
 
-def _string(rec: dict[str, Any], key: str, required: bool = True) -> str:
+ALPACA_KEYS, PROMPT_KEYS = ("instruction", "input", "output"), ("prompt", "response")
+_EXPECTED = {"alpaca": "an Alpaca record, by its keys, needs instruction and output",
+             "prompt_response": "a prompt/response record, by its keys, needs prompt and "
+                                "response"}
+
+
+def _layout(rec: dict[str, Any]) -> str:
+    """`fmt="auto"`, per record: the layout its keys belong to (Alpaca wins a tie)."""
+    if any(k in rec for k in ALPACA_KEYS):
+        return "alpaca"
+    if any(k in rec for k in PROMPT_KEYS):
+        return "prompt_response"
+    raise data._Bad("", f"neither an Alpaca record ({', '.join(ALPACA_KEYS)}) nor a "
+                        f"prompt/response record ({', '.join(PROMPT_KEYS)}); keys: "
+                        f"{sorted(map(str, rec))[:10]}")
+
+
+def _string(rec: dict[str, Any], key: str, required: bool = True, why: str = "") -> str:
     if key not in rec:
         if required:
-            raise data._Bad(key, "missing")
+            raise data._Bad(key, f"missing ({why})" if why else "missing")
         return ""
     value = rec[key]
     if value is None and not required:
@@ -146,13 +173,16 @@ def _string(rec: dict[str, Any], key: str, required: bool = True) -> str:
 def _example(rec: Any, fmt: str, line: int, template: InstructTemplate) -> InstructExample:
     if not isinstance(rec, dict):
         raise data._Bad("", f"expected a JSON object, got {type(rec).__name__}")
-    if fmt == "auto":
-        fmt = "alpaca" if "instruction" in rec else "prompt_response"
+    why = ""
+    if fmt == "auto":  # say which layout the record was read as, since no one chose it
+        fmt = _layout(rec)
+        why = _EXPECTED[fmt]
     if fmt == "alpaca":
-        prompt = template.format(_string(rec, "instruction"), _string(rec, "input", False))
-        response = _string(rec, "output")
+        prompt = template.format(_string(rec, "instruction", why=why),
+                                 _string(rec, "input", False))
+        response = _string(rec, "output", why=why)
     else:
-        prompt, response = _string(rec, "prompt"), _string(rec, "response")
+        prompt, response = _string(rec, "prompt", why=why), _string(rec, "response", why=why)
     return InstructExample(id=data._record_id(rec, line), prompt=prompt, response=response)
 
 

@@ -282,20 +282,8 @@ def preflight(ctx: Context, todo: set[str]) -> None:
     if path.exists():  # open for writing: checks the lock, the schema and every table
         store.Store(path)
     else:  # made at the store stage; a run that fails before then leaves no empty store
-        make_folder(path.parent, f"store {path}")
+        store.make_folder(path.parent, f"store {path}")
         _probe_writable(path.parent, f"store {path}: its folder")
-
-
-def make_folder(folder: Path, what: str) -> None:
-    """`mkdir -p folder`, or a `FirstError` saying why not (a file in the way, permissions)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        why = (f"{blocker} is a file, not a folder"
-               if isinstance(exc, (FileExistsError, NotADirectoryError)) and blocker
-               and not blocker.is_dir() else f"cannot create {folder} ({exc.strerror or exc})")
-        raise FirstError(f"{what}: {why}") from None
 
 
 def _probe_writable(folder: Path, what: str) -> None:
@@ -365,7 +353,7 @@ def run(cfg: RunConfig, force: str | None = None,
     def prepare() -> tuple[set[str], set[str]]:
         """Rank 0: lock, check, clear what is to be redone; returns the stages to run."""
         nonlocal lock
-        make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
+        store.make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
         lock = _lock(ctx)
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}

@@ -26,9 +26,10 @@ import duckdb
 import pandas as pd
 
 from .config import METHODS
-from .errors import StoreError
+from .errors import FirstError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: imported runs file their questions under `import:<pipeline>`
+MIGRATED_FROM = (1,)  # older versions read as they are and upgraded when opened for writing
 DEFAULT_STORE = Path("data/first.duckdb")
 STORE_ENV = "FIRST_STORE"
 CREATE_COMMAND = ("`python -m first_core demo` or "
@@ -40,6 +41,8 @@ SPLITS = ("val", "test", "test_ood")
 CONVENTIONS = ("paper", "option")
 METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust")
 SEARCH_KINDS = ("TS", "LS")
+IMPORTED_METHOD = "imported"  # `runs.method` of predictions imported from another model
+IMPORT_PREFIX = "import:"     # `runs.dataset` / `examples.dataset` of an import: prefix + name
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,18 @@ def list_store_files(root: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+def make_folder(folder: Path, what: str) -> None:
+    """`mkdir -p folder`, or a `FirstError` saying why not (a file in the way, permissions)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        why = (f"{blocker} is a file, not a folder"
+               if isinstance(exc, (FileExistsError, NotADirectoryError)) and blocker
+               and not blocker.is_dir() else f"cannot create {folder} ({exc.strerror or exc})")
+        raise FirstError(f"{what}: {why}") from None
+
+
 # ---------------------------------------------------------------------------- connections
 
 def _is_lock_error(exc: duckdb.Error) -> bool:
@@ -259,11 +274,33 @@ def _check_schema(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -
     elif version > SCHEMA_VERSION:
         raise StoreError(f"store {path}: written with schema version {version}, newer than this "
                          f"first-lab's version {SCHEMA_VERSION}; upgrade first-lab to read it")
-    elif version != SCHEMA_VERSION:
+    elif version != SCHEMA_VERSION and version not in MIGRATED_FROM:
         raise StoreError(f"store {path}: schema version {version} is not supported "
                          f"(this first-lab reads version {SCHEMA_VERSION})")
     else:
         _check_tables(con, path)
+        if version != SCHEMA_VERSION and not read_only:
+            with transaction(con):
+                _migrate_imports(con)
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                            [str(SCHEMA_VERSION)])
+
+
+def _migrate_imports(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 -> 2: an imported run's `runs.dataset` and its question texts move from its
+    bare name to `import:<name>`, where no pipeline's data set key (a hash) can land on them.
+    Questions under a key that one of this project's own runs also uses stay with that run
+    (version 1 let such an import overwrite them; whose they are cannot be told apart)."""
+    old = con.execute("SELECT DISTINCT pipeline, dataset FROM runs WHERE method = ? AND "
+                      "pipeline IS NOT NULL AND NOT starts_with(coalesce(dataset, ''), ?)",
+                      [IMPORTED_METHOD, IMPORT_PREFIX]).fetchall()
+    for pipeline, dataset in old:
+        key = IMPORT_PREFIX + pipeline
+        if not con.execute("SELECT 1 FROM runs WHERE dataset = ? AND method <> ?",
+                           [dataset, IMPORTED_METHOD]).fetchall():
+            con.execute("UPDATE examples SET dataset = ? WHERE dataset = ?", [key, dataset])
+        con.execute("UPDATE runs SET dataset = ? WHERE method = ? AND pipeline = ?",
+                    [key, IMPORTED_METHOD, pipeline])
 
 
 def _check_tables(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -295,7 +332,7 @@ def connect(path: str | os.PathLike[str] | None = None, read_only: bool = False,
     if read_only and not store.exists():
         raise StoreError(f"store {store} does not exist; create it with {CREATE_COMMAND}")
     if not read_only:
-        store.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(store.parent, f"store {store}")
     wait = timeout if timeout is not None else (READ_TIMEOUT_S if read_only else WRITE_TIMEOUT_S)
     con = _connect(store, read_only, wait)
     try:
@@ -592,10 +629,7 @@ def available_splits(source: Source | None = None,
     return [s for s in SPLITS if s in found]
 
 
-# ---------------------------------------------------------------------------- imported runs
-
-IMPORTED_METHOD = "imported"  # `runs.method` of predictions imported from another model
-
+# ---------------------------------------------------------------------------- pipelines
 
 def list_pipelines(source: Source | None = None) -> pd.DataFrame:
     """One row per pipeline: pipeline, runs, methods (list), first created_at; oldest first."""
@@ -603,43 +637,3 @@ def list_pipelines(source: Source | None = None) -> pd.DataFrame:
            "min(created_at) AS created_at FROM runs GROUP BY pipeline ORDER BY 4, 1")
     with _reading(source) as con:
         return con.execute(sql).df()
-
-
-def write_imported_run(path: str | os.PathLike[str] | None, pipeline: str, run_id: str,
-                       model: str, dataset: str, predictions: pd.DataFrame,
-                       metrics: pd.DataFrame, examples: pd.DataFrame | None = None,
-                       config: Mapping[str, Any] | None = None,
-                       timeout: float = WRITE_TIMEOUT_S) -> Path:
-    """Store another model's predictions as pipeline `pipeline` (method `imported`), in one
-    transaction: its runs row, predictions, metrics and question texts land whole or not at
-    all. Re-importing the same name replaces the earlier import; a name that belongs to a
-    pipeline of this project's own runs is refused (choose another name)."""
-    if not pipeline or not run_id:
-        raise ValueError("pipeline, run_id: must be non-empty")
-    fixed = {"run_id": run_id}
-    for name, frame in (("predictions", predictions), ("metrics", metrics)):
-        _validate(TABLES[name], frame, fixed)
-    if examples is not None:
-        _validate(TABLES["examples"], examples, {})
-    store = default_store_path(path)
-    row = RunRecord(run_id=run_id, method=METHODS[0], model=model, dataset=dataset, seed=0,
-                    config=dict(config or {}), pipeline=pipeline).row()
-    row[1] = IMPORTED_METHOD  # RunRecord checks the project's own methods; this is not one
-    cols = ", ".join(f'"{c}"' for c in TABLES["runs"].columns)
-    marks = ", ".join("?" for _ in TABLES["runs"].columns)
-    with connect(store, read_only=False, timeout=timeout) as con, transaction(con):
-        owners = {r[0] for r in con.execute(
-            "SELECT DISTINCT method FROM runs WHERE pipeline = ?", [pipeline]).fetchall()}
-        if owners - {IMPORTED_METHOD}:
-            raise StoreError(f"store {store}: pipeline {pipeline!r} holds this project's own "
-                             f"runs ({sorted(owners)}); import under another name")
-        old = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE pipeline = ?",
-                                         [pipeline]).fetchall()] + [run_id]
-        for name in ("predictions", "metrics", "runs"):
-            con.execute(f'DELETE FROM "{name}" WHERE list_contains(?, run_id)', [old])
-        con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
-        _insert(con, TABLES["predictions"], predictions, fixed)
-        _insert(con, TABLES["metrics"], metrics, fixed)
-        if examples is not None and len(examples):
-            _replace(con, TABLES["examples"], examples)
-    return store

@@ -366,6 +366,29 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(monkeypatch, tmp_path):
     assert len(ece_shown(at)) == 1 and not at.error
 
 
+def test_upload_box_turns_unreadable_files_and_colliding_names_into_messages(monkeypatch,
+                                                                             tmp_path):
+    """Issue 23: bytes that are not UTF-8 raised a Python exception in the box, and a name
+    equal to a pipeline's data set key replaced that pipeline's question texts."""
+    from first_core.fixtures import DATASET
+    path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
+    before = store.load_examples(path)
+    at = open_app(monkeypatch, path)
+    at.file_uploader(key="import_file").set_value(
+        ("mine.jsonl", b'{"confidence": 0.5, "correct": true}\n\xff\xfe\n', "text/plain"))
+    at.text_input(key="import_name").set_value("my-llm")
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception
+    assert [c.value for c in at.code if "mine.jsonl:2: not valid UTF-8" in c.value]
+    good = b"example_id,split,p_A,p_B,gold,question\ne1,test,0.6,0.3,A,Mine?\n"
+    at.file_uploader(key="import_file").set_value(("mine.csv", good, "text/csv"))
+    at.text_input(key="import_name").set_value(DATASET)
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception
+    assert [c.value for c in at.code if f"name {DATASET!r} is the data set key" in c.value]
+    pd.testing.assert_frame_equal(store.load_examples(path), before)
+
+
 @pytest.mark.parametrize("page", [None, "pages/reliability.py", "pages/learn.py"])
 def test_first_run_of_a_fresh_server_goes_through_app_py(monkeypatch, fixture_store, page):
     """Without `as_after_the_first_request`, every AppTest run is a fresh server's first:

@@ -73,7 +73,7 @@ def test_per_option_file_becomes_a_pipeline_with_both_conventions(tmp_path, suff
     conf = probs.max(1) / probs.sum(1)
     ok = np.asarray(list("ABCD"))[probs.argmax(1)] == src["gold"].to_numpy()
     assert rows["value"].iloc[0] == pytest.approx(ref_ece(conf, ok))
-    text = store.load_examples(target, dataset="my-llm", split="test")
+    text = store.load_examples(target, dataset="import:my-llm", split="test")
     assert set(text["question"]) == set(src["question"])
 
 
@@ -107,8 +107,8 @@ def test_every_problem_is_named_by_file_line_and_field_and_nothing_is_written(tm
     with pytest.raises(DataError) as err:
         importer.import_predictions(path, "x", target)
     lines = str(err.value).splitlines()
-    for expected in (f"{path}:3: p_B: not a finite number",
-                     f"{path}:4: p_A/p_B: probabilities must sum",
+    for expected in (f"{path}:3: p_B: not a number: 'oops'",
+                     f"{path}:4: p_A/p_B: probabilities sum to 1.4; they must sum",
                      f"{path}:5: gold: must be one of ['A', 'B']",
                      f"{path}:6: example_id: duplicate within its split",
                      f"{path}:7: p_A: must be a probability in [0, 1]",
@@ -135,7 +135,7 @@ def test_wrong_layouts_say_what_is_expected(tmp_path, content, message):
 def test_bad_jsonl_line_and_bad_names(tmp_path):
     path = tmp_path / "f.jsonl"
     path.write_text('{"confidence": 0.5, "correct": true}\n{"confidence": 0.5,\n')
-    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
+    with pytest.raises(DataError, match=rf"{path}:2: malformed JSON"):
         importer.read_predictions(path)
     with pytest.raises(DataError, match="unknown file type"):
         importer.read_predictions(tmp_path / "f.xlsx")

@@ -68,11 +68,13 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path: Path) -> N
         '[1]',                                        # 8: not an object
     ]) + "\n")
     msgs = [str(e) for e in check_instruct_file(f)]
-    assert msgs == [f"{f}:2: output: missing", f"{f}:3: instruction: expected str, got int",
+    assert msgs == [f"{f}:2: output: missing (an Alpaca record, by its keys, needs instruction "
+                    "and output)", f"{f}:3: instruction: expected str, got int",
                     f"{f}:4: instruction: empty",
                     f"{f}:5: malformed JSON (Expecting property name enclosed in double quotes "
                     f"at column 2)",
-                    f"{f}:6: response: missing",
+                    f"{f}:6: response: missing (a prompt/response record, by its keys, needs "
+                    "prompt and response)",
                     f"{f}:7: id: duplicate id 'line-1' (first on line 1)",
                     f"{f}:8: expected a JSON object, got list"]
     with pytest.raises(DataError, match="7 problems"):
