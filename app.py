@@ -48,6 +48,6 @@ def pick_store() -> Path:
 
 
 through_app()  # a fresh server's first run is in Streamlit's legacy pages/ mode: leave it
-st.set_page_config(page_title="first-lab", page_icon=":material/thermostat:", layout="wide")
+st.set_page_config(page_title="first-lab", page_icon="🌡️", layout="wide")
 st.session_state[STORE_KEY] = str(pick_store())
 st.navigation(PAGES).run()

@@ -26,17 +26,22 @@ STORE_KEY = "store_path"
 
 
 def navigation_pages() -> list[st.Page]:
-    """The dashboard's seven pages, listed explicitly (app.py's `st.navigation`)."""
+    """The dashboard's seven pages, listed explicitly (app.py's `st.navigation`).
+
+    Icons are emoji, not `:material/...:` names: Streamlit 1.67 turns the open page's icon
+    into the tab's favicon, and for a Material icon it fetches that from fonts.gstatic.com
+    (missing offline, and a request leaving the machine); an emoji favicon is a data: URL.
+    """
     return [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/reliability.py", title="Reliability", icon=":material/insights:"),
+        st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+        st.Page("pages/reliability.py", title="Reliability", icon="📈"),
         st.Page("pages/coverage.py", title="Top-k coverage",
-                icon=":material/stacked_line_chart:"),
+                icon="📚"),
         st.Page("pages/temperature.py", title="Temperature search",
-                icon=":material/thermostat:"),
-        st.Page("pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
-        st.Page("pages/examples.py", title="Examples", icon=":material/quiz:"),
-        st.Page("pages/learn.py", title="Learn calibration", icon=":material/school:"),
+                icon="🌡️"),
+        st.Page("pages/compare.py", title="Compare runs", icon="📊"),
+        st.Page("pages/examples.py", title="Examples", icon="🔎"),
+        st.Page("pages/learn.py", title="Learn calibration", icon="🎓"),
     ]
 
 
