@@ -44,7 +44,7 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     for one in cfg.per_seed():
         if cfg.seeds is not None and main:
             print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")
-        run(one, force=args.force)
+        run(one, force=args.force, config_file=str(args.config))
         if main:
             _say_calibration(one)
     if main:

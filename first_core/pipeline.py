@@ -62,6 +62,7 @@ class Context:
     cfg: RunConfig
     run_dir: Path
     _examples: dict[str, list[data.Example]] | None = None
+    config_file: str = "config"  # where cfg came from, named by errors about its keys
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -151,6 +152,9 @@ def build_models(ctx: Context, texts: list[str]) -> dict[str, Any]:
                                            seed=ctx.cfg.seed))
         elif needs_build(spec):
             built[role] = str(build_model(spec, ctx.path("models", "built")))
+    from .model_checks import check_vocabulary
+    check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                     ctx.config_file)
     return {"built": built}
 
 
@@ -491,12 +495,18 @@ def _lock(ctx: Context):
 
 def preflight(ctx: Context, todo: set[str]) -> None:
     """What can be known before the first stage: a writable run directory, a usable store
-    (when the store stage is to run: opened for writing, schema and tables checked) and
-    local model paths that exist. Without this a bad store or a model path typo surfaces
-    only after all the training."""
+    (when the store stage is to run: opened for writing, schema and tables checked),
+    local model paths that exist, fp16 only with a GPU, and, when the models were built
+    earlier, every k against their vocabulary (`model_checks`). Without this a bad store or
+    a model path typo surfaces only after all the training."""
+    from .model_checks import check_machine, check_vocabulary
     from .models import check_model_spec
     for role in ("teacher", "student"):
         check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
+    check_machine(ctx.cfg, ctx.config_file)
+    if "models" not in todo:  # built earlier: a k changed since is checked now, not at its stage
+        check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                         ctx.config_file)
     _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
     path = store.default_store_path(ctx.cfg.store)
     if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
@@ -558,7 +568,7 @@ def _together(state, fn: Callable[[], Any], share: bool = False) -> Any:
 
 
 def run(cfg: RunConfig, force: str | None = None,
-        echo: Callable[[str], None] = print) -> pd.DataFrame:
+        echo: Callable[[str], None] = print, config_file: str = "config") -> pd.DataFrame:
     """Run (or resume) every stage, then return the Table-1 summary from the store.
 
     Under `accelerate launch` / `torchrun` every rank runs this: training and extraction
@@ -576,7 +586,7 @@ def run(cfg: RunConfig, force: str | None = None,
     state = process_state()
     main = state.is_main_process
     say = echo if main else (lambda _: None)
-    ctx = Context(cfg, cfg.run_dir)
+    ctx = Context(cfg, cfg.run_dir, config_file=config_file)
     plan = stages(cfg)
     names = [st.name for st in plan]
     if force is not None and force not in names:
