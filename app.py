@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from first_core import store
+from first_core.safe_text import for_markdown
 from first_core.errors import StoreError
 from pages._common import DATA_DIR, STORE_KEY, navigation_pages, through_app
 
@@ -43,7 +44,7 @@ def pick_store() -> Path:
     try:
         return store.safe_store_path(choice, DATA_DIR)
     except StoreError as exc:
-        st.sidebar.error(str(exc))
+        st.sidebar.error(for_markdown(exc))
         return configured
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from first_core import store
+from first_core.safe_text import for_markdown
 from first_core.views import run_arrays, tables
 from first_core.errors import FirstError, StoreError
 
@@ -151,7 +152,7 @@ def store_errors() -> Iterator[None]:
     try:
         yield
     except (FirstError, duckdb.Error) as exc:
-        st.error(f"{exc}")
+        st.error(for_markdown(exc))  # names paths, runs, columns: shown as typed
         if "run in progress" in str(exc):
             st.info("The pipeline is writing to this store. The page will work again as soon "
                     "as it finishes this step; reload in a moment.")
@@ -161,8 +162,8 @@ def store_errors() -> Iterator[None]:
 def first_visit(path: Path) -> None:
     """The empty/missing-store state: say what to run."""
     reason = "does not exist yet" if not path.exists() else "holds no runs yet"
-    st.info(f"The store `{path}` {reason}. Create it by running the embedded demo "
-            "(a few minutes on a laptop CPU):")
+    st.info(f"The store {for_markdown(path)} {reason}. Create it by running the embedded "
+            "demo (a few minutes on a laptop CPU):")
     st.code(DEMO_COMMAND, language="bash")
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from first_core import plots
+from first_core.safe_text import for_markdown
 from first_core.views import example_rows, tables, view_state
 from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
@@ -79,7 +80,8 @@ with cols[1]:
                       columns=["example_id", "topk_tokens", "topk_probs"])
         t = t[t["example_id"] == example]
         if t.empty:
-            st.info(f"The teacher ({teacher}) has no prediction for this example.")
+            st.info(f"The teacher ({for_markdown(teacher)}) has no prediction for this "
+                    "example.")
         else:
             labels, gold = example_rows.token_labels(t.iloc[0]["topk_tokens"], row["gold"])
             st.plotly_chart(plots.probability_bars(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots
+from first_core.safe_text import for_markdown
 from first_core.views import example_rows, rescaling, run_arrays, tables, view_state
 from pages._common import (arrays, csv_download, live, query, require_runs, run_label, shared,
                            store_errors, through_app)
@@ -137,14 +138,14 @@ def panels() -> None:
             with store_errors():
                 data = arrays(run_id, split)
             if not len(data):
-                st.warning(f"{run_id} has no predictions on the {view_state.SPLIT_NAMES[split]} "
-                           "split.")
+                st.warning(f"{for_markdown(run_id)} has no predictions on the "
+                           f"{view_state.SPLIT_NAMES[split]} split.")
                 continue
             scaled = rescaling.rescale(data, c, mode, convention)
             view = rescaling.summarize(scaled, n_bins, strategy)
             cards = view.cards
-            st.markdown(f"**{run_label(runs)(run_id)}**, {view_state.SPLIT_NAMES[split]}, "
-                        f"n = {view.n:,}")
+            st.markdown(f"**{for_markdown(run_label(runs)(run_id))}**, "
+                        f"{view_state.SPLIT_NAMES[split]}, n = {view.n:,}")
             # the binned cards go out first; SmoothECE (relplot, the slowest number) and the
             # figure follow, so the numbers update as soon as they are known
             grid = st.columns(4)
@@ -180,7 +181,7 @@ def panels() -> None:
                 selected = (run_id, data, scaled, view.bins)
     if selected is not None:
         run_id, data, scaled, bins = selected
-        st.subheader(f"Examples in the selected bin: {run_label(runs)(run_id)}")
+        st.subheader(f"Examples in the selected bin: {for_markdown(run_label(runs)(run_id))}")
         drilldown(run_id, data, scaled, convention, n_bins, strategy, bins)
 
 

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from first_core import store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
 from first_core.fixtures import write_fixture_store
+from first_core.safe_text import for_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -99,7 +100,7 @@ def test_every_page_renders_with_its_widgets(monkeypatch, fixture_store, page):
 
 def test_home_shows_the_store_and_the_headline(monkeypatch, fixture_store):
     at = open_app(monkeypatch, fixture_store)
-    assert any(str(fixture_store) in c.value for c in at.caption)
+    assert any(for_markdown(fixture_store) in c.value for c in at.caption)
     headline = at.dataframe[0].value
     assert set(headline["method"]) == set(store.list_runs(fixture_store)["method"])
     assert {"Acc ID", "ECE ID", "Trust ID", "Acc OOD", "ECE OOD", "Trust OOD"} <= set(headline)
@@ -187,7 +188,7 @@ def test_picker_lists_only_stores_under_the_data_folder(monkeypatch, tmp_path, f
     picker = at.selectbox(key="store_choice")
     assert picker.options == [str(tmp_path / "missing.duckdb"), "other.duckdb"]
     picker.set_value("other.duckdb").run()
-    assert any(str((tmp_path / "data" / "other.duckdb").resolve()) in c.value
+    assert any(for_markdown((tmp_path / "data" / "other.duckdb").resolve()) in c.value
                for c in at.caption)
     assert at.dataframe  # the picked store's headline
 
@@ -438,3 +439,102 @@ def test_coverage_page_says_when_the_run_folder_is_elsewhere(monkeypatch, tiny_i
     assert not at.error and not at.exception
     assert [i.value for i in at.info if "is not on this machine" in i.value]
     assert at.get("plotly_chart")  # the store's own coverage curve still shows
+
+
+# ---------------------------------------------------------------- issue 23 item 6: no markup
+
+EVIL = '![i](http://x.example/i.png)<a href="https://x.example/">L</a>**B**'
+EVIL_PIPELINE = f"p{EVIL}"
+LINK_LABEL = '<a href="https://x.example/">A</a>'
+MARKDOWN_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning",
+                  "error", "success")
+
+
+@pytest.fixture(scope="module")
+def crafted_store(tmp_path_factory) -> Path:
+    """A store whose text is hostile: a pipeline name (so every run id) and a teacher's gold
+    label holding Markdown and HTML, and an import whose option columns are links."""
+    import duckdb
+
+    from first_core import importer
+    from first_core.fixtures import run_id
+
+    folder = tmp_path_factory.mktemp("crafted")
+    path = write_fixture_store(folder / "crafted.duckdb", 30, seed=2, pipeline=EVIL_PIPELINE)
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE predictions SET gold = ? WHERE run_id = ? AND split = 'test'",
+                    [EVIL, run_id("teacher_ft", 2, EVIL_PIPELINE)])
+    rows = [{f"p_{LINK_LABEL}": 0.7 - i / 100, "p_<b>B</b>": 0.2 + i / 100,
+             "gold": LINK_LABEL if i % 3 else "<b>B</b>", "split": "test"} for i in range(30)]
+    upload = folder / "links.jsonl"
+    upload.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    importer.import_predictions(upload, "links", path)
+    return path
+
+
+def _rendered_markdown(at: AppTest) -> list[str]:
+    return [e.value for kind in MARKDOWN_KINDS for e in getattr(at, kind)]
+
+
+def _chart_strings(at: AppTest) -> list[str]:
+    def walk(v):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from walk(x)
+    return [s for chart in at.get("plotly_chart") for s in walk(json.loads(chart.proto.spec))]
+
+
+def assert_shown_as_text(at: AppTest) -> None:
+    """No store text reached Markdown or Plotly as markup: no link, image, tag or bold."""
+    for text in _rendered_markdown(at):
+        assert "](http" not in text and not re.search(r"(?<!\\)<(a |b>)", text), text
+        assert "**B**" not in text, text
+    for text in _chart_strings(at):
+        assert "<a " not in text and "<b>" not in text, text
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "pages/coverage.py"])
+def test_store_text_is_never_rendered_as_markup(monkeypatch, crafted_store, page):
+    at = open_app(monkeypatch, crafted_store, page)
+    assert not at.exception
+    assert_shown_as_text(at)
+
+
+def test_crafted_gold_and_run_id_show_escaped(monkeypatch, crafted_store):
+    at = open_app(monkeypatch, crafted_store, "pages/temperature.py")
+    assert any(f"Gold answer: {for_markdown(EVIL)} (outlined)" in c.value for c in at.caption)
+    at = open_app(monkeypatch, crafted_store, "pages/reliability.py")
+    headers = [m.value for m in at.markdown if for_markdown(EVIL) in m.value]
+    assert len(headers) == 2  # the two panels' headers name their runs, escaped
+    assert_shown_as_text(at)
+
+
+def test_imported_option_labels_are_text_in_the_examples_chart(monkeypatch, crafted_store):
+    at = open_app(monkeypatch, crafted_store, "pages/examples.py")
+    at.selectbox(key="ex_run").set_value("links/imported/seed0").run()
+    at.selectbox(key="ex_filter").set_value("all").run()
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert list(spec["data"][0]["x"]) == ["&lt;a href=\"https://x.example/\"&gt;A&lt;/a&gt;",
+                                          "&lt;b&gt;B&lt;/b&gt;"]
+    assert_shown_as_text(at)
+
+
+def test_an_uploaded_file_name_is_shown_as_text(monkeypatch, tmp_path):
+    path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
+    at = open_app(monkeypatch, path)
+    name = "![u](http://x.example/up.png).csv"
+    good = b"example_id,split,p_A,p_B,gold\n" + b"".join(
+        f"e{i},test,{0.9 - i / 50:.3f},{0.05 + i / 60:.3f},{'AB'[i % 3 == 0]}\n".encode()
+        for i in range(20))
+    at.file_uploader(key="import_file").set_value((name, good, "text/csv"))
+    at.text_input(key="import_name").set_value("up-llm")
+    at.get("form_submit_button")[0].click().run()
+    done = [s.value for s in at.success]
+    assert len(done) == 1 and for_markdown(name) in done[0], done
+    assert_shown_as_text(at)
