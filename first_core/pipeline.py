@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import calibrate, data, store
 from .config import CalibrationConfig, RunConfig
+from .config_diff import flat_config, flatten
 from .errors import ConfigError, FirstError
 from .numerics import cpu_kernels_in_use, pin_cpu_kernels
 
@@ -413,18 +414,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
-def _flat_config(cfg: RunConfig) -> dict[str, Any]:
-    """The config as config.json records it (through JSON: tuples become lists), flattened."""
-    return _flatten(json.loads(json.dumps(cfg.to_dict())))
-
-
 # The first stage that reads each config section: changing a key there makes that stage and
 # every later one stale. Keys that only pick the store (or which runs go into it) make just
 # the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
@@ -457,9 +446,9 @@ def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]
         return set()
     # a key the recorded config lacks came with a later version, whose default is what the
     # older code did (e.g. cpu_kernels = "native")
-    old = {**_flat_config(RunConfig()),
-           **_flatten(json.loads(old_path.read_text(encoding="utf-8")))}
-    new = _flat_config(ctx.cfg)
+    old = {**flat_config(RunConfig()),
+           **flatten(json.loads(old_path.read_text(encoding="utf-8")))}
+    new = flat_config(ctx.cfg)
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and k.split(".", 1)[0] not in _WHERE)
     hit = {k: affected_stage(k, plan) for k in changed}

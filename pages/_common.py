@@ -216,7 +216,9 @@ def pick_pipeline(runs: pd.DataFrame, key: str) -> str | None:
         st.session_state[key] = wanted if wanted in names else ALL_PIPELINES
     choice = st.selectbox("Pipeline", [ALL_PIPELINES, *names], key=key,
                           help="Each pipeline is one experiment (one config); means are over "
-                               "the seeds of one pipeline, never across pipelines.")
+                               "the seeds of one pipeline, never across pipelines. Runs of "
+                               "one name made with different configs are listed as "
+                               "NAME [config A], NAME [config B], ...")
     if choice == ALL_PIPELINES:
         st.query_params.pop("pipeline", None)
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from first_core import importer
+from first_core.config_diff import config_notes
 from first_core.safe_text import for_markdown
 from first_core.views import tables, view_state
 from first_core.errors import FirstError
@@ -117,13 +118,15 @@ percent = {c: st.column_config.NumberColumn(c, format="percent")
            for c in headline.columns if c != "method"}
 st.dataframe(headline, hide_index=True, column_config=percent)
 st.caption("ID = in-domain test, OOD = out-of-domain test; mean over the seeds of each "
-           "pipeline (never across pipelines). "
+           "pipeline (never across pipelines, nor across configs of one pipeline). "
            "Trust = Acc - ECE (our definition).")
+for note in config_notes(runs, pipeline):  # one name, several configs: split, and why
+    st.warning(for_markdown(note))
 csv_download(headline, "headline.csv")
 
-shown = runs.drop(columns=["config"], errors="ignore")
+shown = tables.labelled(runs).drop(columns=["config"], errors="ignore")
 if pipeline is not None:
-    shown = shown[shown["pipeline"].fillna(tables.NO_PIPELINE) == pipeline]
+    shown = shown[shown["pipeline"] == pipeline]
 st.subheader(f"Runs ({len(shown)} of {len(runs)} in this store)")
 st.dataframe(shown, hide_index=True)
 csv_download(shown, "runs.csv")

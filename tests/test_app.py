@@ -538,3 +538,39 @@ def test_an_uploaded_file_name_is_shown_as_text(monkeypatch, tmp_path):
     done = [s.value for s in at.success]
     assert len(done) == 1 and for_markdown(name) in done[0], done
     assert_shown_as_text(at)
+
+
+# ---------------------------------------------------------------- issue 23 item 2
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory) -> Path:
+    from helpers.mixed_configs import write_mixed_store
+
+    return write_mixed_store(tmp_path_factory.mktemp("mixed") / "mixed.duckdb")
+
+
+def _config_warning(at: AppTest) -> str:
+    from helpers.mixed_configs import DIFFERING
+
+    found = [w.value for w in at.warning if "different configs" in w.value]
+    assert len(found) == 1, [w.value for w in at.warning]
+    for key in DIFFERING:
+        assert for_markdown(key) in found[0]
+    return found[0]
+
+
+def test_home_and_compare_keep_the_configs_of_one_pipeline_apart(monkeypatch, mixed_store):
+    labels = {"demo [config A]", "demo [config B]"}
+    at = open_app(monkeypatch, mixed_store)
+    headline, shown_runs = at.dataframe[0].value, at.dataframe[1].value
+    assert set(headline["pipeline"]) == labels and len(headline) == 10
+    assert set(shown_runs["pipeline"]) == labels
+    _config_warning(at)
+    at.selectbox(key="home_pipeline").set_value("demo [config B]").run()
+    assert set(at.dataframe[0].value["pipeline"]) == {"demo [config B]"}
+    assert set(at.dataframe[1].value["seed"]) == {1}
+    at = open_app(monkeypatch, mixed_store, "pages/compare.py")
+    full = at.dataframe[1].value
+    assert full.groupby("pipeline")["seeds"].max().to_dict() == {"demo [config A]": 2,
+                                                                 "demo [config B]": 1}
+    _config_warning(at)
