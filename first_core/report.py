@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .config_diff import config_notes as _notes, label_runs
+from .config_diff import config_notes as _notes
+from .config_diff import label_runs
 from .errors import FirstError
 
 SPLIT_NAMES = {"test": "ID", "test_ood": "OOD"}

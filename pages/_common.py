@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from first_core import store
+from first_core import prediction_reads, store
 from first_core.safe_text import for_markdown
 from first_core.views import run_arrays, tables
 from first_core.errors import FirstError, StoreError
@@ -72,7 +72,8 @@ DEMO_COMMAND = "python -m first_core demo"
 LOADERS: dict[str, Callable[..., Any]] = {
     "runs": store.list_runs, "splits": store.available_splits, "predictions": store.load_predictions,
     "metrics": store.load_metrics, "search": store.load_temperature_search,
-    "coverage": store.load_topk_coverage, "examples": store.load_examples}
+    "coverage": store.load_topk_coverage, "examples": store.load_examples,
+    "matches": prediction_reads.read_matches, "rows": prediction_reads.read_rows}
 
 
 def store_path() -> Path:
@@ -109,26 +110,10 @@ def query(name: str, **kwargs: Any) -> Any:
 def _arrays(path: str, version: tuple[int, int], run_id: str, split: str
             ) -> run_arrays.PredictionArrays:
     del version
-    frame = store.load_predictions(path, run_id, split, columns=run_arrays.PREDICTION_COLUMNS)
-    try:
-        return run_arrays.prediction_arrays(frame)
+    try:  # every row, from Arrow buffers: 2M imported predictions in a few seconds
+        return prediction_reads.read_arrays(path, run_id, split)
     except ValueError as exc:
         raise StoreError(f"store {path}: run {run_id}, split {split}: {exc}") from exc
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _shared(name: str, path: str, version: tuple[int, int],
-            kwargs: tuple[tuple[str, Any], ...]) -> Any:
-    del version
-    return LOADERS[name](path, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs})
-
-
-def shared(name: str, **kwargs: Any) -> Any:
-    """Like `query`, but the cached frame is shared, not copied, on every rerun (cache_resource):
-    for large reads repeated while a slider moves. Callers must not modify it."""
-    path = store_path()
-    return _shared(name, str(path), store_version(path),
-                   tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
 
 
 def live(fn: Callable[[], None]) -> Callable[[], None]:

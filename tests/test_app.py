@@ -574,3 +574,104 @@ def test_home_and_compare_keep_the_configs_of_one_pipeline_apart(monkeypatch, mi
     assert full.groupby("pipeline")["seeds"].max().to_dict() == {"demo [config A]": 2,
                                                                  "demo [config B]": 1}
     _config_warning(at)
+
+
+# ---------------------------------------------------------------- issue 23 item 9 (dashboard)
+
+class _Counted:
+    """A DuckDB connection that records how many rows each query on `predictions` returned."""
+
+    def __init__(self, con, log):
+        self._con, self._log = con, log
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def _count(self, sql, result):
+        if "predictions" in sql:
+            self._log.append((sql, len(result)))
+        return result
+
+    def execute(self, sql, *params):
+        con = self._con.execute(sql, *params)
+        outer = self
+
+        class Result:
+            def __getattr__(self, name):
+                return getattr(con, name)
+
+            def df(self):
+                return outer._count(sql, con.df())
+
+            def fetchall(self):
+                return outer._count(sql, con.fetchall())
+
+            def to_arrow_table(self):
+                return outer._count(sql, con.to_arrow_table())
+        return Result()
+
+    def sql(self, query, **kwargs):
+        rel = self._con.sql(query, **kwargs)
+        outer = self
+
+        class Relation:
+            def __getattr__(self, name):
+                return getattr(rel, name)
+
+            def to_arrow_table(self):
+                return outer._count(query, rel.to_arrow_table())
+        return Relation()
+
+
+@pytest.fixture
+def predictions_read(monkeypatch):
+    """(sql, rows) of every query on the predictions table made while the test runs."""
+    log: list[tuple[str, int]] = []
+    connect = store._connect
+    monkeypatch.setattr(store, "_connect", lambda *a, **k: _Counted(connect(*a, **k), log))
+    return log
+
+
+@pytest.fixture
+def large_import(tmp_path) -> Path:
+    """One imported run of 1,500 test predictions: more than the Examples page lists."""
+    from first_core import importer
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 1500)
+    frame = pd.DataFrame({"p_A": p[:, 0], "p_B": p[:, 1], "p_C": p[:, 2],
+                          "gold": rng.choice(list("ABC"), 1500), "split": "test"})
+    frame.to_parquet(tmp_path / "big.parquet")
+    importer.import_predictions(tmp_path / "big.parquet", "big", tmp_path / "big.duckdb")
+    return tmp_path / "big.duckdb"
+
+
+def test_examples_reads_a_bounded_number_of_rows_and_says_so(monkeypatch, large_import,
+                                                            predictions_read):
+    from first_core.prediction_reads import SHOWN_ROWS
+
+    at = open_app(monkeypatch, large_import, "pages/examples.py")
+    at.selectbox(key="ex_filter").set_value("all").run()
+    assert not at.exception and not at.error
+    assert SHOWN_ROWS < 1500
+    listed = at.dataframe[0].value
+    assert len(listed) == SHOWN_ROWS
+    assert listed["confidence_option"].is_monotonic_decreasing  # the most confident first
+    assert any("**1,500** of 1,500 predictions match. Only the first 1,000" in m.value
+               for m in at.markdown)
+    reads = [rows for sql, rows in predictions_read if "DISTINCT" not in sql]
+    assert reads and max(reads) <= SHOWN_ROWS, predictions_read
+
+
+def test_a_reliability_bin_reads_only_its_listed_rows(monkeypatch, large_import,
+                                                      predictions_read):
+    at = open_app(monkeypatch, large_import, "pages/reliability.py",
+                  {"runs": "big/imported/seed0", "split": "test", "conv": "option",
+                   "bins": "5", "bin": "2", "panel": "0"})
+    table = drilldown(at)
+    assert table is not None and 0 < len(table) <= 500
+    # the arrays read every row once (the cards are over all of them); nothing else does
+    whole = [rows for sql, rows in predictions_read if "list_position" in sql]
+    rest = [rows for sql, rows in predictions_read
+            if "list_position" not in sql and "DISTINCT" not in sql]
+    assert whole == [1500] and rest and max(rest) <= 500, predictions_read

@@ -181,8 +181,8 @@ def test_seeds_give_one_config_and_run_directory_per_seed() -> None:
     ("runs_dir=' '", "runs_dir: must not be empty"),
     ("store=''", "store: must not be empty"),
     ("data.train=''", "data.train: must not be empty"),
-    ("teacher_train.weight_decay=1000", "teacher_train.weight_decay: learning_rate \\* "
-                                        "weight_decay must be < 1"),
+    ("teacher_train.weight_decay=1000",
+     r"teacher_train.weight_decay: learning_rate \* weight_decay must be < 1"),
 ])
 def test_every_key_is_checked_at_load(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"tiny\.toml: " + message):

@@ -114,7 +114,7 @@ def test_report_never_averages_runs_of_different_configs_as_seeds(mixed):
     from helpers.mixed_configs import DIFFERING
 
     proc = subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
-                           str(mixed)], capture_output=True, text=True)
+                           str(mixed)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "**demo [config A]**, paper" in text and "**demo [config B]**, paper" in text
@@ -143,7 +143,7 @@ def test_report_never_averages_runs_of_different_configs_as_seeds(mixed):
 def test_report_of_a_split_pipeline_by_name_and_as_csv(mixed):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
-                               str(mixed), *args], capture_output=True, text=True)
+                               str(mixed), *args], capture_output=True, text=True, check=False)
     md = cli("--pipeline", "demo")
     assert md.returncode == 0, md.stderr
     assert "[config A]" in md.stdout and "[config B]" in md.stdout

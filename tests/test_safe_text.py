@@ -7,7 +7,8 @@ import html
 import re
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from first_core.safe_text import WORD_JOINER, for_markdown, for_plotly
 
