@@ -477,16 +477,9 @@ def _rendered_markdown(at: AppTest) -> list[str]:
 
 
 def _chart_strings(at: AppTest) -> list[str]:
-    def walk(v):
-        if isinstance(v, str):
-            yield v
-        elif isinstance(v, dict):
-            for x in v.values():
-                yield from walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                yield from walk(x)
-    return [s for chart in at.get("plotly_chart") for s in walk(json.loads(chart.proto.spec))]
+    from helpers.text_walk import strings
+
+    return [s for chart in at.get("plotly_chart") for s in strings(json.loads(chart.proto.spec))]
 
 
 def assert_shown_as_text(at: AppTest) -> None:
@@ -593,34 +586,23 @@ class _Counted:
         return result
 
     def execute(self, sql, *params):
-        con = self._con.execute(sql, *params)
-        outer = self
+        return _CountedResult(self._con.execute(sql, *params), sql, self._count)
 
-        class Result:
-            def __getattr__(self, name):
-                return getattr(con, name)
+    def sql(self, query, **kwargs):  # a relation: counted where it is fetched
+        return _CountedResult(self._con.sql(query, **kwargs), query, self._count)
 
-            def df(self):
-                return outer._count(sql, con.df())
 
-            def fetchall(self):
-                return outer._count(sql, con.fetchall())
+class _CountedResult:
+    """A result (or relation) whose fetches report their row count."""
 
-            def to_arrow_table(self):
-                return outer._count(sql, con.to_arrow_table())
-        return Result()
+    def __init__(self, result, sql, count):
+        self._result, self._sql, self._count = result, sql, count
 
-    def sql(self, query, **kwargs):
-        rel = self._con.sql(query, **kwargs)
-        outer = self
-
-        class Relation:
-            def __getattr__(self, name):
-                return getattr(rel, name)
-
-            def to_arrow_table(self):
-                return outer._count(query, rel.to_arrow_table())
-        return Relation()
+    def __getattr__(self, name):
+        fetch = getattr(self._result, name)
+        if name not in ("df", "fetchall", "to_arrow_table"):
+            return fetch
+        return lambda *a, **k: self._count(self._sql, fetch(*a, **k))
 
 
 @pytest.fixture

@@ -131,22 +131,10 @@ LINK = '<a href="https://x.example/">A</a>'
 STYLED = "<span style='font-size:80px'>big</span> <b>b</b> & co"
 
 
-def _strings(value):
-    """Every string anywhere in a figure's JSON-able dict."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _strings(v)
-    elif isinstance(value, np.ndarray) and value.dtype == object:
-        yield from _strings(value.tolist())
-
-
 def _no_markup(fig) -> list[str]:
-    found = list(_strings(fig.to_plotly_json()))
+    from helpers.text_walk import strings
+
+    found = list(strings(fig.to_plotly_json()))
     raw = [s for s in found if "<a" in s or "<span" in s or "<b>" in s or " & " in s]
     assert not raw, raw
     return found
