@@ -26,9 +26,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import interleaved_medians, parse_args, print_machine, report  # noqa: E402
-from first_core import prediction_reads, store  # noqa: E402
-from first_core.views import example_rows, run_arrays  # noqa: E402
+from benchmarks._common import interleaved_medians, parse_args, print_machine, report
+from first_core import prediction_reads, store
+from first_core.views import example_rows, run_arrays
 
 RUN = "bench/imported/seed0"
 
