@@ -16,6 +16,7 @@ import streamlit as st
 
 from first_core import store
 from first_core.errors import StoreError
+from first_core.safe_text import for_markdown
 from pages._common import DATA_DIR, STORE_KEY, navigation_pages, through_app
 
 PAGES = navigation_pages()  # the seven pages, listed explicitly
@@ -43,11 +44,11 @@ def pick_store() -> Path:
     try:
         return store.safe_store_path(choice, DATA_DIR)
     except StoreError as exc:
-        st.sidebar.error(str(exc))
+        st.sidebar.error(for_markdown(exc))
         return configured
 
 
 through_app()  # a fresh server's first run is in Streamlit's legacy pages/ mode: leave it
-st.set_page_config(page_title="first-lab", page_icon=":material/thermostat:", layout="wide")
+st.set_page_config(page_title="first-lab", page_icon="🌡️", layout="wide")
 st.session_state[STORE_KEY] = str(pick_store())
 st.navigation(PAGES).run()

@@ -44,7 +44,7 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     for one in cfg.per_seed():
         if cfg.seeds is not None and main:
             print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")
-        run(one, force=args.force)
+        run(one, force=args.force, config_file=str(args.config))
         if main:
             _say_calibration(one)
     if main:
@@ -68,9 +68,17 @@ def _say_calibration(cfg: RunConfig) -> None:
 
 
 def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "option")) -> str:
-    from .report import format_csv, format_markdown, load_rows, table1
+    """Table 1 as text; a pipeline whose runs have different configs is one table per config,
+    with a note naming the keys that differ (on stderr for CSV, which stays plain data)."""
+    from .report import config_notes, format_csv, format_markdown, load_rows, table1
     tidy = table1(load_rows(path, pipeline))
-    return format_csv(tidy) if fmt == "csv" else "\n" + format_markdown(tidy, conventions)
+    notes = config_notes(path, pipeline)
+    if fmt == "csv":
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return format_csv(tidy)
+    return "\n" + "".join(f"> **Note**: {note}\n\n" for note in notes) + \
+        format_markdown(tidy, conventions)
 
 
 def _report(args: argparse.Namespace) -> int:

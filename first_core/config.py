@@ -215,6 +215,14 @@ class Range:
 
 _POSITIVE, _AT_LEAST_1, _NON_NEGATIVE = Range(0, low_open=True), Range(1), Range(0)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
+# Sanity caps, far above any real use, on keys whose cost grows with the value: a typo such
+# as `eval.topk = 100000` or `n_bins = 1e9` would otherwise run out of memory (or time) only
+# at the stage that uses it, after the training. k against the model's vocabulary is
+# checked once the models stage knows it (`vocab_check.py`).
+MAX_TOPK = 1000           # topk.k, eval.topk: top-k kept per position / per prediction
+MAX_COVERAGE_K = 10_000   # topk.coverage_k: points of the coverage curve
+MAX_BINS = 10_000         # calibration.n_bins, eval.n_bins
+MAX_BOOT = 100_000        # eval.n_boot: bootstrap resamples per metric
 
 # Range of every numeric key, checked while the config loads so that a value that would only
 # fail (or silently misbehave) after hours of training stops the run before its first stage.
@@ -231,17 +239,59 @@ _LIMITS: dict[tuple[type, str], Range] = {
     (TrainConfig, "gradient_accumulation_steps"): _AT_LEAST_1,
     (TrainConfig, "max_length"): Range(3),
     (TrainConfig, "save_steps"): _AT_LEAST_1,
-    (TopKConfig, "k"): _AT_LEAST_1,
-    (TopKConfig, "coverage_k"): _AT_LEAST_1,
+    (TopKConfig, "k"): Range(1, MAX_TOPK),
+    (TopKConfig, "coverage_k"): Range(1, MAX_COVERAGE_K),
     (TopKConfig, "shard_size"): _AT_LEAST_1,
     (TopKConfig, "batch_size"): _AT_LEAST_1,
-    (CalibrationConfig, "n_bins"): _AT_LEAST_1,
-    (DistillConfig, "ce_weight"): _NON_NEGATIVE,
+    (CalibrationConfig, "n_bins"): Range(1, MAX_BINS),
+    (DistillConfig, "ce_weight"): Range(0, 1),  # (1 - w) * KL + w * CE
     (EvalConfig, "batch_size"): _AT_LEAST_1,
-    (EvalConfig, "n_bins"): _AT_LEAST_1,
-    (EvalConfig, "n_boot"): _NON_NEGATIVE,
-    (EvalConfig, "topk"): _AT_LEAST_1,
+    (EvalConfig, "n_bins"): Range(1, MAX_BINS),
+    (EvalConfig, "n_boot"): Range(0, MAX_BOOT),
+    (EvalConfig, "topk"): Range(1, MAX_TOPK),
+    **{(InstructConfig, k): _AT_LEAST_1 for k in ("n_train", "n_val", "n_test")},
 }
+
+# Keys typed `str` whose value must be one of a fixed set (the modules that read them hold
+# the same lists: data.FORMATS, models.DTYPES; tests/test_config.py checks they agree).
+_CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
+    (DataConfig, "fmt"): ("auto", "csqa", "boolq", "jsonl"),
+    (ModelConfig, "dtype"): ("float32", "bfloat16", "float16"),
+}
+
+# Keys naming a file, folder or model: an empty string would silently mean "here" or nothing.
+_NOT_EMPTY = {(RunConfig, "runs_dir"), (RunConfig, "store"), (ModelConfig, "teacher"),
+              (ModelConfig, "student"), (DataConfig, "hf_dataset"),
+              *((DataConfig, k) for k in ("train", "val", "test", "test_ood", "dir")),
+              *((InstructConfig, k) for k in ("dir", "train", "val", "test"))}
+
+
+def _check_value(cls: type, key: str, value: Any, where: str) -> None:
+    """The table-driven checks of one (already type-checked) value: range, choice, empty."""
+    if value is None:
+        return
+    limit = _LIMITS.get((cls, key))
+    if limit is not None and value not in limit:
+        raise ConfigError(f"{where}: must be {limit}, got {value}")
+    choices = _CHOICES.get((cls, key))
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: expected one of {choices}, got {value!r}")
+    if (cls, key) in _NOT_EMPTY and not value.strip():
+        raise ConfigError(f"{where}: must not be empty")
+
+
+def _check_together(cfg: RunConfig, where: str) -> None:
+    """Checks across keys of one section that no single key's range can express."""
+    for name in ("teacher_train", "student_train"):
+        t = getattr(cfg, name)
+        if t.fp16 and t.bf16:
+            raise ConfigError(f"{where}: {name}.fp16 and {name}.bf16: choose one")
+        # decoupled weight decay multiplies the weights by (1 - learning_rate * weight_decay)
+        # each step: at >= 1 they are wiped out or flip sign
+        if t.learning_rate * t.weight_decay >= 1:
+            raise ConfigError(f"{where}: {name}.weight_decay: learning_rate * weight_decay must "
+                              f"be < 1 (each step scales the weights by 1 - their product), "
+                              f"got {t.learning_rate:g} * {t.weight_decay:g}")
 
 # `name` becomes a folder under `runs_dir` that `--force` deletes from: one plain name only
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -301,9 +351,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(tp, value, here)
         else:
             kwargs[key] = _check_type(value, tp, here)
-            limit = _LIMITS.get((cls, key))
-            if limit is not None and kwargs[key] is not None and kwargs[key] not in limit:
-                raise ConfigError(f"{here}: must be {limit}, got {kwargs[key]}")
+            _check_value(cls, key, kwargs[key], here)
     return cls(**kwargs)
 
 
@@ -369,6 +417,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             check_report_to(getattr(cfg, name).report_to, f"{name}.report_to")
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    _check_together(cfg, where)
     for name in ("teacher_train", "student_train"):  # the two settings train different tokens
         on, kind = getattr(cfg, name).loss_on, cfg.data.kind
         if (on == "response") != (kind == "instruct"):

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import calibrate, data, store
 from .config import RunConfig
+from .config_diff import flat_config, flatten
 from .errors import ConfigError, FirstError
 from .numerics import cpu_kernels_in_use, pin_cpu_kernels
 # the parts both settings share live one floor down (stage_base); the names stay importable
@@ -183,18 +184,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
-def _flat_config(cfg: RunConfig) -> dict[str, Any]:
-    """The config as config.json records it (through JSON: tuples become lists), flattened."""
-    return _flatten(json.loads(json.dumps(cfg.to_dict())))
-
-
 # The first stage that reads each config section: changing a key there makes that stage and
 # every later one stale. Keys that only pick the store (or which runs go into it) make just
 # the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
@@ -231,9 +220,9 @@ def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]
         return set()
     # a key the recorded config lacks came with a later version, whose default is what the
     # older code did (e.g. cpu_kernels = "native")
-    old = {**_flat_config(RunConfig()),
-           **_flatten(json.loads(old_path.read_text(encoding="utf-8")))}
-    new = _flat_config(ctx.cfg)
+    old = {**flat_config(RunConfig()),
+           **flatten(json.loads(old_path.read_text(encoding="utf-8")))}
+    new = flat_config(ctx.cfg)
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and k.split(".", 1)[0] not in _WHERE)
     hit = {k: affected_stage(k, plan) for k in changed}
@@ -269,12 +258,18 @@ def _lock(ctx: Context):
 
 def preflight(ctx: Context, todo: set[str]) -> None:
     """What can be known before the first stage: a writable run directory, a usable store
-    (when the store stage is to run: opened for writing, schema and tables checked) and
-    local model paths that exist. Without this a bad store or a model path typo surfaces
-    only after all the training."""
+    (when the store stage is to run: opened for writing, schema and tables checked),
+    local model paths that exist, fp16 only with a GPU, and, when the models were built
+    earlier, every k against their vocabulary (`model_checks`). Without this a bad store or
+    a model path typo surfaces only after all the training."""
+    from .model_checks import check_machine, check_vocabulary
     from .models import check_model_spec
     for role in ("teacher", "student"):
         check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
+    check_machine(ctx.cfg, ctx.config_file)
+    if "models" not in todo:  # built earlier: a k changed since is checked now, not at its stage
+        check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                         ctx.config_file)
     _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
     path = store.default_store_path(ctx.cfg.store)
     if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
@@ -324,7 +319,7 @@ def _together(state, fn: Callable[[], Any], share: bool = False) -> Any:
 
 
 def run(cfg: RunConfig, force: str | None = None,
-        echo: Callable[[str], None] = print) -> pd.DataFrame:
+        echo: Callable[[str], None] = print, config_file: str = "config") -> pd.DataFrame:
     """Run (or resume) every stage, then return the Table-1 summary from the store.
 
     Under `accelerate launch` / `torchrun` every rank runs this: training and extraction
@@ -342,7 +337,7 @@ def run(cfg: RunConfig, force: str | None = None,
     state = process_state()
     main = state.is_main_process
     say = echo if main else (lambda _: None)
-    ctx = Context(cfg, cfg.run_dir)
+    ctx = Context(cfg, cfg.run_dir, config_file=config_file)
     plan = stages(cfg)
     names = [st.name for st in plan]
     if force is not None and force not in names:

@@ -3,6 +3,10 @@
 Each builder takes plain tables (pandas DataFrames built by `first_core.views`) and returns a
 `go.Figure`; nothing here computes a metric, so the figures can never disagree with the
 numbers on the metric cards. Plotly's toolbar gives PNG/SVG downloads for free.
+
+Plotly reads a subset of HTML (`<a href>`, `<b>`, `<span style>`) in every label, so each
+string a builder is given (titles, legend names, category labels) goes through
+`safe_text.for_plotly`: a run id or an option label from a store shows as typed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from .safe_text import for_plotly
 
 OVER_COLOR = "rgba(214, 39, 40, 0.55)"    # red: confidence above accuracy
 UNDER_COLOR = "rgba(31, 119, 180, 0.55)"  # blue: confidence below accuracy
@@ -40,7 +46,7 @@ def _title_legend_layout(title: str, height: int, left: int = 50, right: int = 2
     layout = dict(height=height, margin=dict(l=left, r=right, t=top, b=bottom),
                   legend=dict(orientation="h", x=0, y=1, yanchor="bottom", yref="paper"))
     if title:
-        layout["title"] = dict(text=title, x=0, xref="paper", y=1, yref="container",
+        layout["title"] = dict(text=for_plotly(title), x=0, xref="paper", y=1, yref="container",
                                yanchor="top", pad=dict(t=8))
     return layout
 
@@ -164,7 +170,8 @@ def search_curve_figure(curves: pd.DataFrame, chosen: pd.DataFrame | None = None
     fig = go.Figure()
     for series, part in curves.groupby("series", sort=False):
         part = part.sort_values("value")
-        fig.add_scatter(x=part["value"], y=part["ece"], mode="lines+markers", name=str(series),
+        fig.add_scatter(x=part["value"], y=part["ece"], mode="lines+markers",
+                        name=for_plotly(series),
                         marker=dict(size=4))
     if chosen is not None and len(chosen):
         _check_columns(chosen, ("value", "ece", "series"), "chosen")
@@ -173,7 +180,7 @@ def search_curve_figure(curves: pd.DataFrame, chosen: pd.DataFrame | None = None
                         textposition="top center",
                         marker=dict(size=12, symbol="star", color="rgb(214, 39, 40)"))
     _title_and_legend(fig, title, 380)
-    fig.update_xaxes(title_text=x_title)
+    fig.update_xaxes(title_text=for_plotly(x_title))
     fig.update_yaxes(title_text="ECE", tickformat=".0%")
     return fig
 
@@ -185,7 +192,8 @@ def grouped_bars(table: pd.DataFrame, x: str, y: str, group: str, title: str = "
     _check_columns(table, (x, y, group) + ((error,) if error else ()), "table")
     fig = go.Figure()
     for name, part in table.groupby(group, sort=False):
-        fig.add_bar(x=part[x], y=part[y], name=str(name),
+        fig.add_bar(x=[for_plotly(v) if isinstance(v, str) else v for v in part[x]], y=part[y],
+                    name=for_plotly(name),
                     text=[f"{v:.1%}" if percent else f"{v:.3g}" for v in part[y]],
                     textposition="outside",
                     error_y=dict(type="data", array=part[error]) if error else None)
@@ -203,12 +211,13 @@ def probability_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
     `highlight` names the label to outline (the gold answer).
     """
     labels = [str(label) for label in labels]
+    shown = [for_plotly(label) for label in labels]
     fig = go.Figure()
     for name, values in series.items():
         if len(values) != len(labels):
             raise ValueError(f"series {name!r}: {len(values)} values for {len(labels)} labels")
-        fig.add_bar(x=labels, y=list(values), name=name, text=[f"{v:.1%}" for v in values],
-                    textposition="outside",
+        fig.add_bar(x=shown, y=list(values), name=for_plotly(name),
+                    text=[f"{v:.1%}" for v in values], textposition="outside",
                     marker=dict(line=dict(width=[3 if lab == highlight else 0 for lab in labels],
                                           color="rgb(44, 160, 44)")))
     fig.update_layout(barmode="group")

@@ -2,7 +2,9 @@
 
 The README's tables are pasted from `python -m first_core report`, so they cannot drift from
 what a run stored. Runs are grouped by (pipeline, method): seeds of one pipeline are averaged,
-never runs of unrelated pipelines that happen to share a method name.
+never runs of unrelated pipelines that happen to share a method name, nor runs of one pipeline
+name made with different configs (`config_diff`: those become `NAME [config A]`, ... with a
+note, `config_notes`, naming the keys that differ).
 
 `table1` is the tidy computation (tested); `format_markdown` / `format_csv` only lay it out.
 """
@@ -15,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from . import store
+from .config_diff import config_notes as _notes
+from .config_diff import label_runs
 from .errors import FirstError
 
 SPLIT_NAMES = {"test": "ID", "test_ood": "OOD"}
@@ -30,14 +34,22 @@ def load_rows(path, pipeline: str | None = None) -> pd.DataFrame:
         rows = store.load_metrics(con)
     if runs.empty:
         raise FirstError(f"{path}: the store holds no runs yet; run the pipeline first")
-    pipelines = runs.set_index("run_id")["pipeline"]
-    rows = rows.assign(pipeline=rows["run_id"].map(pipelines))
-    if pipeline is not None:
-        known = sorted(pipelines.dropna().unique())
-        if pipeline not in known:
+    names = runs.set_index("run_id")["pipeline"]
+    labels = label_runs(runs)
+    rows = rows.assign(pipeline=rows["run_id"].map(labels))
+    if pipeline is not None:  # a pipeline's name (all its configs) or one config's label
+        known = sorted(names.dropna().unique())
+        if pipeline not in known and pipeline not in set(labels):
             raise FirstError(f"--pipeline {pipeline!r}: not in {path}; pipelines: {known}")
-        rows = rows[rows["pipeline"] == pipeline]
+        rows = rows[(rows["run_id"].map(names) == pipeline) | (rows["pipeline"] == pipeline)]
     return rows
+
+
+def config_notes(path, pipeline: str | None = None) -> list[str]:
+    """One line per pipeline of the store whose runs were made with different configs:
+    its `NAME [config X]` rows and the keys that differ (optionally one pipeline's)."""
+    with store.open_readonly(path) as con:
+        return _notes(store.list_runs(con), pipeline)
 
 
 def table1(rows: pd.DataFrame, splits: Sequence[str] = ("test", "test_ood")) -> pd.DataFrame:

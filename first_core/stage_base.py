@@ -63,6 +63,7 @@ class Context:
     cfg: RunConfig
     run_dir: Path
     _examples: dict[str, list[data.Example]] | None = None
+    config_file: str = "config"  # where cfg came from, named by errors about its keys
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -176,6 +177,9 @@ def build_models(ctx: Context, texts: list[str]) -> dict[str, Any]:
                                            seed=ctx.cfg.seed))
         elif needs_build(spec):
             built[role] = str(build_model(spec, ctx.path("models", "built")))
+    from .model_checks import check_vocabulary
+    check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                     ctx.config_file)
     return {"built": built}
 
 

@@ -18,7 +18,8 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from first_core import store
+from first_core import prediction_reads, store
+from first_core.safe_text import for_markdown
 from first_core.views import run_arrays, tables
 from first_core.errors import FirstError, StoreError
 
@@ -26,17 +27,22 @@ STORE_KEY = "store_path"
 
 
 def navigation_pages() -> list[st.Page]:
-    """The dashboard's seven pages, listed explicitly (app.py's `st.navigation`)."""
+    """The dashboard's seven pages, listed explicitly (app.py's `st.navigation`).
+
+    Icons are emoji, not `:material/...:` names: Streamlit 1.67 turns the open page's icon
+    into the tab's favicon, and for a Material icon it fetches that from fonts.gstatic.com
+    (missing offline, and a request leaving the machine); an emoji favicon is a data: URL.
+    """
     return [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/reliability.py", title="Reliability", icon=":material/insights:"),
+        st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+        st.Page("pages/reliability.py", title="Reliability", icon="📈"),
         st.Page("pages/coverage.py", title="Top-k coverage",
-                icon=":material/stacked_line_chart:"),
+                icon="📚"),
         st.Page("pages/temperature.py", title="Temperature search",
-                icon=":material/thermostat:"),
-        st.Page("pages/compare.py", title="Compare runs", icon=":material/bar_chart:"),
-        st.Page("pages/examples.py", title="Examples", icon=":material/quiz:"),
-        st.Page("pages/learn.py", title="Learn calibration", icon=":material/school:"),
+                icon="🌡️"),
+        st.Page("pages/compare.py", title="Compare runs", icon="📊"),
+        st.Page("pages/examples.py", title="Examples", icon="🔎"),
+        st.Page("pages/learn.py", title="Learn calibration", icon="🎓"),
     ]
 
 
@@ -66,7 +72,8 @@ DEMO_COMMAND = "python -m first_core demo"
 LOADERS: dict[str, Callable[..., Any]] = {
     "runs": store.list_runs, "splits": store.available_splits, "predictions": store.load_predictions,
     "metrics": store.load_metrics, "search": store.load_temperature_search,
-    "coverage": store.load_topk_coverage, "examples": store.load_examples}
+    "coverage": store.load_topk_coverage, "examples": store.load_examples,
+    "matches": prediction_reads.read_matches, "rows": prediction_reads.read_rows}
 
 
 def store_path() -> Path:
@@ -103,26 +110,10 @@ def query(name: str, **kwargs: Any) -> Any:
 def _arrays(path: str, version: tuple[int, int], run_id: str, split: str
             ) -> run_arrays.PredictionArrays:
     del version
-    frame = store.load_predictions(path, run_id, split, columns=run_arrays.PREDICTION_COLUMNS)
-    try:
-        return run_arrays.prediction_arrays(frame)
+    try:  # every row, from Arrow buffers: 2M imported predictions in a few seconds
+        return prediction_reads.read_arrays(path, run_id, split)
     except ValueError as exc:
         raise StoreError(f"store {path}: run {run_id}, split {split}: {exc}") from exc
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _shared(name: str, path: str, version: tuple[int, int],
-            kwargs: tuple[tuple[str, Any], ...]) -> Any:
-    del version
-    return LOADERS[name](path, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs})
-
-
-def shared(name: str, **kwargs: Any) -> Any:
-    """Like `query`, but the cached frame is shared, not copied, on every rerun (cache_resource):
-    for large reads repeated while a slider moves. Callers must not modify it."""
-    path = store_path()
-    return _shared(name, str(path), store_version(path),
-                   tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
 
 
 def live(fn: Callable[[], None]) -> Callable[[], None]:
@@ -146,7 +137,7 @@ def store_errors() -> Iterator[None]:
     try:
         yield
     except (FirstError, duckdb.Error) as exc:
-        st.error(f"{exc}")
+        st.error(for_markdown(exc))  # names paths, runs, columns: shown as typed
         if "run in progress" in str(exc):
             st.info("The pipeline is writing to this store. The page will work again as soon "
                     "as it finishes this step; reload in a moment.")
@@ -156,8 +147,8 @@ def store_errors() -> Iterator[None]:
 def first_visit(path: Path) -> None:
     """The empty/missing-store state: say what to run."""
     reason = "does not exist yet" if not path.exists() else "holds no runs yet"
-    st.info(f"The store `{path}` {reason}. Create it by running the embedded demo "
-            "(a few minutes on a laptop CPU):")
+    st.info(f"The store {for_markdown(path)} {reason}. Create it by running the embedded "
+            "demo (a few minutes on a laptop CPU):")
     st.code(DEMO_COMMAND, language="bash")
 
 
@@ -210,7 +201,9 @@ def pick_pipeline(runs: pd.DataFrame, key: str) -> str | None:
         st.session_state[key] = wanted if wanted in names else ALL_PIPELINES
     choice = st.selectbox("Pipeline", [ALL_PIPELINES, *names], key=key,
                           help="Each pipeline is one experiment (one config); means are over "
-                               "the seeds of one pipeline, never across pipelines.")
+                               "the seeds of one pipeline, never across pipelines. Runs of "
+                               "one name made with different configs are listed as "
+                               "NAME [config A], NAME [config B], ...")
     if choice == ALL_PIPELINES:
         st.query_params.pop("pipeline", None)
         return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots
+from first_core.config_diff import config_notes
+from first_core.safe_text import for_markdown
 from first_core.views import tables, view_state
 from pages._common import (csv_download, pick_pipeline, query, require_runs, store_errors,
                            through_app)
@@ -27,6 +29,8 @@ metric = cols[2].selectbox("Metric for the bars", list(METRIC_NAMES), key="cmp_m
 with store_errors():
     rows = tables.with_pipeline(query("metrics"), runs)
 table = tables.compare_table(rows, convention, splits, pipeline)
+for note in config_notes(runs, pipeline):  # one name, several configs: split, and why
+    st.warning(for_markdown(note))
 if table.empty:
     st.info("No metrics for this convention and these splits.")
     st.stop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from first_core import plots
+from first_core import plots, prediction_reads
+from first_core.safe_text import for_markdown
 from first_core.views import example_rows, tables, view_state
 from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 
@@ -33,10 +34,15 @@ kind = cols[0].selectbox("Show", list(example_rows.FILTERS), index=1, format_fun
 confident = cols[1].slider("Confident means >=", 0.5, 1.0, 0.8, 0.05, key="ex_confident")
 unsure = cols[2].slider("Unsure means <", 0.0, 1.0, 0.5, 0.05, key="ex_unsure")
 
-with store_errors():
-    preds = query("predictions", run_ids=run_id, split=split)
-found = example_rows.filter_predictions(preds, kind, convention, confident, unsure)
-st.markdown(f"**{len(found):,}** of {len(preds):,} predictions match.")
+with store_errors():  # the filter runs in the store: only the listed rows are read
+    page = query("matches", run_id=run_id, split=split, kind=kind, convention=convention,
+                 confident=confident, unsure=unsure)
+found = page.rows
+st.markdown(f"**{page.matched:,}** of {page.total:,} predictions match."
+            + (f" Only the first {len(found):,} (by confidence, as ordered below) are read "
+               f"and listed: above {prediction_reads.SHOWN_ROWS:,} matches the page shows "
+               "that many, so that a large import stays fast."
+               if page.matched > len(found) else ""))
 st.dataframe(found[SHOWN], hide_index=True)
 csv_download(found[SHOWN], f"examples-{kind}.csv")
 if found.empty:
@@ -75,11 +81,11 @@ with cols[1]:
         st.info("No teacher run in this store.")
     else:
         with store_errors():
-            t = query("predictions", run_ids=teacher, split=split,
+            t = query("rows", run_ids=teacher, split=split, example_ids=example,
                       columns=["example_id", "topk_tokens", "topk_probs"])
-        t = t[t["example_id"] == example]
         if t.empty:
-            st.info(f"The teacher ({teacher}) has no prediction for this example.")
+            st.info(f"The teacher ({for_markdown(teacher)}) has no prediction for this "
+                    "example.")
         else:
             labels, gold = example_rows.token_labels(t.iloc[0]["topk_tokens"], row["gold"])
             st.plotly_chart(plots.probability_bars(

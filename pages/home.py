@@ -10,6 +10,8 @@ from pathlib import Path
 import streamlit as st
 
 from first_core import importer
+from first_core.config_diff import config_notes
+from first_core.safe_text import for_markdown
 from first_core.views import tables, view_state
 from first_core.errors import FirstError
 from pages._common import (csv_download, DEMO_COMMAND, first_visit, pick_pipeline, query,
@@ -68,8 +70,8 @@ def import_box(path: Path) -> None:
             st.warning("Choose a file and a pipeline name first.")
             return
         if upload.size > importer.MAX_BYTES:
-            st.error(f"{upload.name}: {upload.size / 2**20:.1f} MB is over the {limit} MB "
-                     "upload limit; use the command line.")
+            st.error(f"{for_markdown(upload.name)}: {upload.size / 2**20:.1f} MB is over the "
+                     f"{limit} MB upload limit; use the command line.")
             return
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(upload.name).name  # messages name the user's file
@@ -80,8 +82,9 @@ def import_box(path: Path) -> None:
                 st.error("Nothing was imported:")
                 st.code(str(exc).replace(str(local), upload.name), language=None)
                 return
-        st.success(f"Imported {n:,} predictions from {upload.name} as pipeline {name} "
-                   f"(run {run_id}).")
+        # the file name, the name typed and the run id are the user's text: shown as typed
+        st.success(f"Imported {n:,} predictions from {for_markdown(upload.name)} as pipeline "
+                   f"{for_markdown(name)} (run {for_markdown(run_id)}).")
 
 
 through_app()
@@ -89,7 +92,7 @@ st.title("first-lab: trustworthy distillation")
 st.markdown("Calibration of distilled language models with **FIRST** (Shum et al., EMNLP "
             "2024): keep the teacher's top-k, re-scale it to be trustworthy, distil.")
 path = store_path()
-st.caption(f"Store: `{path}`")
+st.caption(f"Store: {for_markdown(path)}")
 
 import_box(path)
 runs = None
@@ -115,13 +118,15 @@ percent = {c: st.column_config.NumberColumn(c, format="percent")
            for c in headline.columns if c != "method"}
 st.dataframe(headline, hide_index=True, column_config=percent)
 st.caption("ID = in-domain test, OOD = out-of-domain test; mean over the seeds of each "
-           "pipeline (never across pipelines). "
+           "pipeline (never across pipelines, nor across configs of one pipeline). "
            "Trust = Acc - ECE (our definition).")
+for note in config_notes(runs, pipeline):  # one name, several configs: split, and why
+    st.warning(for_markdown(note))
 csv_download(headline, "headline.csv")
 
-shown = runs.drop(columns=["config"], errors="ignore")
+shown = tables.labelled(runs).drop(columns=["config"], errors="ignore")
 if pipeline is not None:
-    shown = shown[shown["pipeline"].fillna(tables.NO_PIPELINE) == pipeline]
+    shown = shown[shown["pipeline"] == pipeline]
 st.subheader(f"Runs ({len(shown)} of {len(runs)} in this store)")
 st.dataframe(shown, hide_index=True)
 csv_download(shown, "runs.csv")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots
+from first_core.safe_text import for_markdown
 from first_core.views import example_rows, rescaling, run_arrays, tables, view_state
-from pages._common import (arrays, csv_download, live, query, require_runs, run_label, shared,
+from pages._common import (arrays, csv_download, live, query, require_runs, run_label,
                            store_errors, through_app)
+
+DRILL_ROWS = 500  # a selected bin lists at most this many examples
 
 through_app()
 st.title("Reliability")
@@ -68,20 +71,23 @@ def drilldown(run_id: str, data: run_arrays.PredictionArrays, scaled: rescaling.
     head = st.columns([5, 1])
     head[0].markdown(f"**Bin {b + 1} of {n_bins}** (confidence {lo:.2f} to {hi:.2f}): "
                      f"{len(rows):,} predictions"
-                     + (", the 500 most confident shown" if len(rows) > 500 else ""))
+                     + (f", the {DRILL_ROWS} most confident shown" if len(rows) > DRILL_ROWS
+                        else ""))
     head[1].button("Clear selection", on_click=clear_selection, key="rel_clear")
     if not len(rows):
         return
     split = st.session_state.rel_split
     dataset = runs.loc[runs["run_id"] == run_id, "dataset"].iloc[0]
     teacher = tables.teacher_for(runs, run_id)
+    ids = data.example_ids[rows[:DRILL_ROWS]].tolist()  # read these rows only, not the split
     with store_errors():
-        preds = shared("predictions", run_ids=run_id, split=split,
-                       columns=["example_id", "gold", "pred", "pred_option"])
-        text = shared("examples", dataset=dataset, split=split)
-        top = shared("predictions", run_ids=teacher, split=split,
-                     columns=["example_id", "topk_tokens", "topk_probs"]) if teacher else None
-    table = example_rows.drilldown_table(data, scaled, rows, convention, preds, text, top)
+        preds = query("rows", run_ids=run_id, split=split, example_ids=ids,
+                      columns=["example_id", "gold", "pred", "pred_option"])
+        text = query("examples", example_ids=ids, dataset=dataset, split=split)
+        top = query("rows", run_ids=teacher, split=split, example_ids=ids,
+                    columns=["example_id", "topk_tokens", "topk_probs"]) if teacher else None
+    table = example_rows.drilldown_table(data, scaled, rows, convention, preds, text, top,
+                                         limit=DRILL_ROWS)
     # st.dataframe shows every cell as plain text: a question holding Markdown or an image
     # link stays text and makes the browser fetch nothing
     st.dataframe(table, hide_index=True, key="rel-drill", column_config={
@@ -137,14 +143,14 @@ def panels() -> None:
             with store_errors():
                 data = arrays(run_id, split)
             if not len(data):
-                st.warning(f"{run_id} has no predictions on the {view_state.SPLIT_NAMES[split]} "
-                           "split.")
+                st.warning(f"{for_markdown(run_id)} has no predictions on the "
+                           f"{view_state.SPLIT_NAMES[split]} split.")
                 continue
             scaled = rescaling.rescale(data, c, mode, convention)
             view = rescaling.summarize(scaled, n_bins, strategy)
             cards = view.cards
-            st.markdown(f"**{run_label(runs)(run_id)}**, {view_state.SPLIT_NAMES[split]}, "
-                        f"n = {view.n:,}")
+            st.markdown(f"**{for_markdown(run_label(runs)(run_id))}**, "
+                        f"{view_state.SPLIT_NAMES[split]}, n = {view.n:,}")
             # the binned cards go out first; SmoothECE (relplot, the slowest number) and the
             # figure follow, so the numbers update as soon as they are known
             grid = st.columns(4)
@@ -180,7 +186,7 @@ def panels() -> None:
                 selected = (run_id, data, scaled, view.bins)
     if selected is not None:
         run_id, data, scaled, bins = selected
-        st.subheader(f"Examples in the selected bin: {run_label(runs)(run_id)}")
+        st.subheader(f"Examples in the selected bin: {for_markdown(run_label(runs)(run_id))}")
         drilldown(run_id, data, scaled, convention, n_bins, strategy, bins)
 
 

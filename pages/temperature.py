@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from first_core import calibrate, plots
+from first_core.safe_text import for_markdown
 from first_core.views import example_rows, tables, view_state
 from first_core.calibrate import temperature_scale
 from pages._common import (csv_download, query, require_rows, require_runs, run_label,
@@ -34,7 +35,7 @@ if by == "nll":  # fitted here on the teacher's stored validation top-k
         chosen = pd.concat([chosen[chosen["kind"] != "TS"], pd.DataFrame([{
             "kind": "TS", "value": fit.best, "ece": fit.best_ece, "series": "validation"}])])
     except ValueError as exc:
-        st.warning(f"No NLL fit on this run's validation predictions: {exc}")
+        st.warning(f"No NLL fit on this run's validation predictions: {for_markdown(exc)}")
 
 cols = st.columns(2)
 for column, kind, x_title in ((cols[0], "TS", "temperature c (FIRST transform)"),
@@ -67,5 +68,5 @@ labels, gold = example_rows.token_labels(row["topk_tokens"], row["gold"])
 st.plotly_chart(plots.probability_bars(labels, {"stored (raw top-5)": raw,
                                                 f"FIRST transform, c = {c:g}": after},
                                        highlight=gold), key="ts-bars")
-st.caption(f"Gold answer: {row['gold']} (outlined). The raw top-5 sums to {raw.sum():.1%}; "
+st.caption(f"Gold answer: {for_markdown(row['gold'])} (outlined). The raw top-5 sums to {raw.sum():.1%}; "
            "the transform renormalises over the kept tokens and, for c < 1, sharpens them.")

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from first_core import store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
 from first_core.fixtures import write_fixture_store
+from first_core.safe_text import for_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -99,7 +100,7 @@ def test_every_page_renders_with_its_widgets(monkeypatch, fixture_store, page):
 
 def test_home_shows_the_store_and_the_headline(monkeypatch, fixture_store):
     at = open_app(monkeypatch, fixture_store)
-    assert any(str(fixture_store) in c.value for c in at.caption)
+    assert any(for_markdown(fixture_store) in c.value for c in at.caption)
     headline = at.dataframe[0].value
     assert set(headline["method"]) == set(store.list_runs(fixture_store)["method"])
     assert {"Acc ID", "ECE ID", "Trust ID", "Acc OOD", "ECE OOD", "Trust OOD"} <= set(headline)
@@ -187,7 +188,7 @@ def test_picker_lists_only_stores_under_the_data_folder(monkeypatch, tmp_path, f
     picker = at.selectbox(key="store_choice")
     assert picker.options == [str(tmp_path / "missing.duckdb"), "other.duckdb"]
     picker.set_value("other.duckdb").run()
-    assert any(str((tmp_path / "data" / "other.duckdb").resolve()) in c.value
+    assert any(for_markdown((tmp_path / "data" / "other.duckdb").resolve()) in c.value
                for c in at.caption)
     assert at.dataframe  # the picked store's headline
 
@@ -461,3 +462,221 @@ def test_coverage_page_says_when_the_run_folder_is_elsewhere(monkeypatch, tiny_i
     assert not at.error and not at.exception
     assert [i.value for i in at.info if "is not on this machine" in i.value]
     assert at.get("plotly_chart")  # the store's own coverage curve still shows
+
+
+# ---------------------------------------------------------------- issue 23 item 6: no markup
+
+EVIL = '![i](http://x.example/i.png)<a href="https://x.example/">L</a>**B**'
+EVIL_PIPELINE = f"p{EVIL}"
+LINK_LABEL = '<a href="https://x.example/">A</a>'
+MARKDOWN_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning",
+                  "error", "success")
+
+
+@pytest.fixture(scope="module")
+def crafted_store(tmp_path_factory) -> Path:
+    """A store whose text is hostile: a pipeline name (so every run id) and a teacher's gold
+    label holding Markdown and HTML, and an import whose option columns are links."""
+    import duckdb
+
+    from first_core import importer
+    from first_core.fixtures import run_id
+
+    folder = tmp_path_factory.mktemp("crafted")
+    path = write_fixture_store(folder / "crafted.duckdb", 30, seed=2, pipeline=EVIL_PIPELINE)
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE predictions SET gold = ? WHERE run_id = ? AND split = 'test'",
+                    [EVIL, run_id("teacher_ft", 2, EVIL_PIPELINE)])
+    rows = [{f"p_{LINK_LABEL}": 0.7 - i / 100, "p_<b>B</b>": 0.2 + i / 100,
+             "gold": LINK_LABEL if i % 3 else "<b>B</b>", "split": "test"} for i in range(30)]
+    upload = folder / "links.jsonl"
+    upload.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    importer.import_predictions(upload, "links", path)
+    return path
+
+
+def _rendered_markdown(at: AppTest) -> list[str]:
+    return [e.value for kind in MARKDOWN_KINDS for e in getattr(at, kind)]
+
+
+def _chart_strings(at: AppTest) -> list[str]:
+    from helpers.text_walk import strings
+
+    return [s for chart in at.get("plotly_chart") for s in strings(json.loads(chart.proto.spec))]
+
+
+def assert_shown_as_text(at: AppTest) -> None:
+    """No store text reached Markdown or Plotly as markup: no link, image, tag or bold."""
+    for text in _rendered_markdown(at):
+        assert "](http" not in text and not re.search(r"(?<!\\)<(a |b>)", text), text
+        assert "**B**" not in text, text
+    for text in _chart_strings(at):
+        assert "<a " not in text and "<b>" not in text, text
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "pages/coverage.py"])
+def test_store_text_is_never_rendered_as_markup(monkeypatch, crafted_store, page):
+    at = open_app(monkeypatch, crafted_store, page)
+    assert not at.exception
+    assert_shown_as_text(at)
+
+
+def test_crafted_gold_and_run_id_show_escaped(monkeypatch, crafted_store):
+    at = open_app(monkeypatch, crafted_store, "pages/temperature.py")
+    assert any(f"Gold answer: {for_markdown(EVIL)} (outlined)" in c.value for c in at.caption)
+    at = open_app(monkeypatch, crafted_store, "pages/reliability.py")
+    headers = [m.value for m in at.markdown if for_markdown(EVIL) in m.value]
+    assert len(headers) == 2  # the two panels' headers name their runs, escaped
+    assert_shown_as_text(at)
+
+
+def test_imported_option_labels_are_text_in_the_examples_chart(monkeypatch, crafted_store):
+    at = open_app(monkeypatch, crafted_store, "pages/examples.py")
+    at.selectbox(key="ex_run").set_value("links/imported/seed0").run()
+    at.selectbox(key="ex_filter").set_value("all").run()
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert list(spec["data"][0]["x"]) == ["&lt;a href=\"https://x.example/\"&gt;A&lt;/a&gt;",
+                                          "&lt;b&gt;B&lt;/b&gt;"]
+    assert_shown_as_text(at)
+
+
+def test_an_uploaded_file_name_is_shown_as_text(monkeypatch, tmp_path):
+    path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
+    at = open_app(monkeypatch, path)
+    name = "![u](http://x.example/up.png).csv"
+    good = b"example_id,split,p_A,p_B,gold\n" + b"".join(
+        f"e{i},test,{0.9 - i / 50:.3f},{0.05 + i / 60:.3f},{'AB'[i % 3 == 0]}\n".encode()
+        for i in range(20))
+    at.file_uploader(key="import_file").set_value((name, good, "text/csv"))
+    at.text_input(key="import_name").set_value("up-llm")
+    at.get("form_submit_button")[0].click().run()
+    done = [s.value for s in at.success]
+    assert len(done) == 1 and for_markdown(name) in done[0], done
+    assert_shown_as_text(at)
+
+
+# ---------------------------------------------------------------- issue 23 item 2
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory) -> Path:
+    from helpers.mixed_configs import write_mixed_store
+
+    return write_mixed_store(tmp_path_factory.mktemp("mixed") / "mixed.duckdb")
+
+
+def _config_warning(at: AppTest) -> str:
+    from helpers.mixed_configs import DIFFERING
+
+    found = [w.value for w in at.warning if "different configs" in w.value]
+    assert len(found) == 1, [w.value for w in at.warning]
+    for key in DIFFERING:
+        assert for_markdown(key) in found[0]
+    return found[0]
+
+
+def test_home_and_compare_keep_the_configs_of_one_pipeline_apart(monkeypatch, mixed_store):
+    labels = {"demo [config A]", "demo [config B]"}
+    at = open_app(monkeypatch, mixed_store)
+    headline, shown_runs = at.dataframe[0].value, at.dataframe[1].value
+    assert set(headline["pipeline"]) == labels and len(headline) == 10
+    assert set(shown_runs["pipeline"]) == labels
+    _config_warning(at)
+    at.selectbox(key="home_pipeline").set_value("demo [config B]").run()
+    assert set(at.dataframe[0].value["pipeline"]) == {"demo [config B]"}
+    assert set(at.dataframe[1].value["seed"]) == {1}
+    at = open_app(monkeypatch, mixed_store, "pages/compare.py")
+    full = at.dataframe[1].value
+    assert full.groupby("pipeline")["seeds"].max().to_dict() == {"demo [config A]": 2,
+                                                                 "demo [config B]": 1}
+    _config_warning(at)
+
+
+# ---------------------------------------------------------------- issue 23 item 9 (dashboard)
+
+class _Counted:
+    """A DuckDB connection that records how many rows each query on `predictions` returned."""
+
+    def __init__(self, con, log):
+        self._con, self._log = con, log
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def _count(self, sql, result):
+        if "predictions" in sql:
+            self._log.append((sql, len(result)))
+        return result
+
+    def execute(self, sql, *params):
+        return _CountedResult(self._con.execute(sql, *params), sql, self._count)
+
+    def sql(self, query, **kwargs):  # a relation: counted where it is fetched
+        return _CountedResult(self._con.sql(query, **kwargs), query, self._count)
+
+
+class _CountedResult:
+    """A result (or relation) whose fetches report their row count."""
+
+    def __init__(self, result, sql, count):
+        self._result, self._sql, self._count = result, sql, count
+
+    def __getattr__(self, name):
+        fetch = getattr(self._result, name)
+        if name not in ("df", "fetchall", "to_arrow_table"):
+            return fetch
+        return lambda *a, **k: self._count(self._sql, fetch(*a, **k))
+
+
+@pytest.fixture
+def predictions_read(monkeypatch):
+    """(sql, rows) of every query on the predictions table made while the test runs."""
+    log: list[tuple[str, int]] = []
+    connect = store._connect
+    monkeypatch.setattr(store, "_connect", lambda *a, **k: _Counted(connect(*a, **k), log))
+    return log
+
+
+@pytest.fixture
+def large_import(tmp_path) -> Path:
+    """One imported run of 1,500 test predictions: more than the Examples page lists."""
+    from first_core import importer
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 1500)
+    frame = pd.DataFrame({"p_A": p[:, 0], "p_B": p[:, 1], "p_C": p[:, 2],
+                          "gold": rng.choice(list("ABC"), 1500), "split": "test"})
+    frame.to_parquet(tmp_path / "big.parquet")
+    importer.import_predictions(tmp_path / "big.parquet", "big", tmp_path / "big.duckdb")
+    return tmp_path / "big.duckdb"
+
+
+def test_examples_reads_a_bounded_number_of_rows_and_says_so(monkeypatch, large_import,
+                                                            predictions_read):
+    from first_core.prediction_reads import SHOWN_ROWS
+
+    at = open_app(monkeypatch, large_import, "pages/examples.py")
+    at.selectbox(key="ex_filter").set_value("all").run()
+    assert not at.exception and not at.error
+    assert SHOWN_ROWS < 1500
+    listed = at.dataframe[0].value
+    assert len(listed) == SHOWN_ROWS
+    assert listed["confidence_option"].is_monotonic_decreasing  # the most confident first
+    assert any("**1,500** of 1,500 predictions match. Only the first 1,000" in m.value
+               for m in at.markdown)
+    reads = [rows for sql, rows in predictions_read if "DISTINCT" not in sql]
+    assert reads and max(reads) <= SHOWN_ROWS, predictions_read
+
+
+def test_a_reliability_bin_reads_only_its_listed_rows(monkeypatch, large_import,
+                                                      predictions_read):
+    at = open_app(monkeypatch, large_import, "pages/reliability.py",
+                  {"runs": "big/imported/seed0", "split": "test", "conv": "option",
+                   "bins": "5", "bin": "2", "panel": "0"})
+    table = drilldown(at)
+    assert table is not None and 0 < len(table) <= 500
+    # the arrays read every row once (the cards are over all of them); nothing else does
+    whole = [rows for sql, rows in predictions_read if "list_position" in sql]
+    rest = [rows for sql, rows in predictions_read
+            if "list_position" not in sql and "DISTINCT" not in sql]
+    assert whole == [1500] and rest and max(rest) <= 500, predictions_read

@@ -212,8 +212,8 @@ def test_answer_labels_split_into_several_tokens_are_explained(tmp_path: Path) -
 @pytest.mark.parametrize("sets, words", [
     (("teacher_train.epoch=3",), ("teacher_train", "'epoch'", "unknown key")),
     (("topk.k='five'",), ("topk.k", "'five'")),
-    (("topk.k=0",), ("topk.k", ">= 1")),
-    (("topk.k=-3",), ("topk.k", ">= 1")),
+    (("topk.k=0",), ("topk.k", "in [1, 1000]")),
+    (("topk.k=-3",), ("topk.k", "in [1, 1000]")),
     (("teacher_train.learning_rate=nan",), ("teacher_train.learning_rate", "finite")),
     (("calibration.temperature_grid=[nan, 0.3]",), ("calibration.temperature_grid[0]",
                                                     "finite")),
@@ -325,10 +325,14 @@ def test_failed_forced_run_leaves_no_later_stage_marked_done(copy: Path) -> None
 
 
 def test_k_larger_than_the_vocabulary_is_refused_before_writing(copy: Path) -> None:
+    # within the load-time cap (1000) but over the tiny vocabulary (47): the models are
+    # there already, so the check before the first stage refuses it, naming file and key
+    proc = rerun(copy, "topk.k=500", "topk.coverage_k=500", force="topk")
+    assert_user_error(proc, f"{TINY}: topk.k: 500 is larger than the teacher's vocabulary")
+    assert "topk" in records(copy)  # refused before --force removed anything
+    assert (copy / "runs" / "tiny" / "topk" / "train").is_dir()  # its outputs kept
     proc = rerun(copy, "topk.k=100000", "topk.coverage_k=100000", force="topk")
-    assert_user_error(proc, "k=100000", "vocabulary")
-    assert "topk" not in records(copy)
-    assert not (copy / "runs" / "tiny" / "topk").exists()  # no store, no .partial left
+    assert_user_error(proc, f"{TINY}: topk.k: must be in [1, 1000], got 100000")
 
 
 def test_grid_with_no_valid_value_is_refused(copy: Path) -> None:

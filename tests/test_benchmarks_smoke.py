@@ -38,6 +38,8 @@ EXPECTED = {
     "bench_calibration.py": ["torchmetrics_loop/grid_search[200T]",
                              "grid_search_seconds[200T x 100000]", "torchmetrics_ece/ece[1000000]"],
     "bench_scaling.py": [f"loglog_slope[{s}]" for s in ("ece", "grid_search", "slider", "extract")],
+    "bench_pages.py": ["examples_read_before/after", "examples_rows_read",
+                       "reliability_arrays_before/after"],
 }
 
 

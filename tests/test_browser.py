@@ -4,7 +4,8 @@ On a fixture store: the temperature slider changes the ECE (screenshot in tests/
 the sidebar lists exactly the seven pages, also on the first request of a fresh server;
 clicking a reliability bar lists that bin's examples (and the URL keeps the selection);
 the Home upload box imports a file as its own pipeline; data text with Markdown images
-makes the browser fetch nothing; titles and legends of the figures do not overlap.
+makes the browser fetch nothing; titles and legends of the figures do not overlap; no page
+requests anything from a host other than localhost.
 """
 
 from __future__ import annotations
@@ -206,3 +207,29 @@ def test_temperature_slider_changes_ece_in_chromium(server, browser):
     page.wait_for_timeout(800)  # let Plotly finish drawing before the screenshot
     page.screenshot(path=str(ARTIFACTS / "reliability.png"), full_page=True)
     assert (ARTIFACTS / "reliability.png").stat().st_size > 10_000
+
+
+PAGE_PATHS = ["", "reliability", "coverage", "temperature", "compare", "examples", "learn"]
+
+
+def test_no_page_fetches_anything_from_another_host(server, browser):
+    """Offline use: every page, sidebar icons and favicon included (issue 23 item 12), loads from localhost
+    only. Requests to any other host are recorded and blocked (as they would fail offline)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    outside = []
+
+    def local_only(route):
+        host = urlparse(route.request.url).hostname
+        if route.request.url.startswith(("data:", "blob:")) or host in ("localhost",
+                                                                        "127.0.0.1"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    for path in PAGE_PATHS:
+        page.goto(f"{server}/{path}", timeout=60_000)
+        assert sidebar_pages(page) == PAGE_TITLES
+        page.wait_for_timeout(800)  # the favicon is set after the page's script has run
+        assert outside == [], (path, outside)

@@ -112,9 +112,9 @@ def test_hash_is_stable_and_sensitive() -> None:
     ("seed=4294967296", r"seed: must be in \[0, 4294967295\]"),
     ("data.seed=-1", r"data.seed: must be in \[0, 4294967295\]"),
     ("seeds=[0, 4294967296]", r"seeds: expected distinct integers in \[0, 4294967295\]"),
-    ("calibration.n_bins=0", "calibration.n_bins: must be >= 1"),
-    ("eval.n_bins=0", "eval.n_bins: must be >= 1"),
-    ("eval.n_boot=-1", "eval.n_boot: must be >= 0"),
+    ("calibration.n_bins=0", r"calibration.n_bins: must be in \[1, 10000\], got 0"),
+    ("eval.n_bins=0", r"eval.n_bins: must be in \[1, 10000\]"),
+    ("eval.n_boot=-1", r"eval.n_boot: must be in \[0, 100000\]"),
     ("topk.shard_size=0", "topk.shard_size: must be >= 1"),
     ("teacher_train.warmup_ratio=-0.1", r"teacher_train.warmup_ratio: must be in \[0, 1\)"),
     ("student_train.warmup_ratio=1.0", r"student_train.warmup_ratio: must be in \[0, 1\)"),
@@ -122,7 +122,7 @@ def test_hash_is_stable_and_sensitive() -> None:
      "teacher_train.gradient_accumulation_steps: must be >= 1"),
     ("data.n_train=0", "data.n_train: must be >= 1"),
     ("data.max_train=0", "data.max_train: must be >= 1"),
-    ("distill.ce_weight=-1", "distill.ce_weight: must be >= 0"),
+    ("distill.ce_weight=-1", r"distill.ce_weight: must be in \[0, 1\]"),
     ("name='../../x'", "name: '../../x' is not a plain folder name"),
     ("name='a/b'", "name: 'a/b' is not a plain folder name"),
     ("name='..'", "name: '..' is not a plain folder name"),
@@ -165,3 +165,46 @@ def test_seeds_give_one_config_and_run_directory_per_seed() -> None:
     assert {r.data.seed for r in runs} == {cfg.data.seed}  # one data set for every seed
     with pytest.raises(ConfigError, match="seeds"):
         load_config(ROOT / "configs" / "tiny.toml", ["seeds=[1, 1]"])
+
+
+# issue 23 item 7: every key range-checked at load (the caps are far above real use)
+@pytest.mark.parametrize("override, message", [
+    ("distill.ce_weight=1.5", r"distill.ce_weight: must be in \[0, 1\], got 1.5"),
+    ("eval.topk=1001", r"eval.topk: must be in \[1, 1000\], got 1001"),
+    ("topk.k=0", r"topk.k: must be in \[1, 1000\], got 0"),
+    ("topk.coverage_k=10001", r"topk.coverage_k: must be in \[1, 10000\]"),
+    ("eval.n_bins=10001", r"eval.n_bins: must be in \[1, 10000\]"),
+    ("eval.n_boot=100001", r"eval.n_boot: must be in \[0, 100000\]"),
+    ("instruct.n_val=0", "instruct.n_val: must be >= 1"),
+    ("model.dtype='int8'", r"model.dtype: expected one of \('float32', 'bfloat16', 'float16'\)"),
+    ("data.fmt='csv'", r"data.fmt: expected one of \('auto', 'csqa', 'boolq', 'jsonl'\)"),
+    ("model.teacher=''", "model.teacher: must not be empty"),
+    ("runs_dir=' '", "runs_dir: must not be empty"),
+    ("store=''", "store: must not be empty"),
+    ("data.train=''", "data.train: must not be empty"),
+    ("teacher_train.weight_decay=1000",
+     r"teacher_train.weight_decay: learning_rate \* weight_decay must be < 1"),
+])
+def test_every_key_is_checked_at_load(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"tiny\.toml: " + message):
+        load_config(ROOT / "configs" / "tiny.toml", [override])
+
+
+def test_fp16_and_bf16_together_are_refused_at_load() -> None:
+    with pytest.raises(ConfigError, match="student_train.fp16 and student_train.bf16: choose"):
+        load_config(None, ["student_train.fp16=true", "student_train.bf16=true"])
+
+
+@pytest.mark.parametrize("override", ["distill.ce_weight=1", "eval.topk=1000", "topk.k=1000",
+                                      "eval.n_boot=100000", "model.dtype='bfloat16'",
+                                      "data.fmt='boolq'", "teacher_train.weight_decay=0.1"])
+def test_values_at_the_edge_of_the_new_checks_are_accepted(override: str) -> None:
+    extra = ["topk.coverage_k=1000"] if override == "topk.k=1000" else []
+    load_config(None, [override, *extra])
+
+
+def test_the_choice_lists_agree_with_the_modules_that_read_them() -> None:
+    from first_core import config, data, models
+
+    assert set(config._CHOICES[config.DataConfig, "fmt"]) == set(data.FORMATS)
+    assert set(config._CHOICES[config.ModelConfig, "dtype"]) == set(models.DTYPES)

@@ -139,8 +139,8 @@ def test_diverged_training_fails_the_stage_and_marks_nothing_done(tmp_path: Path
     ("teacher_train.batch_size=0", ("teacher_train.batch_size", ">= 1")),
     ("eval.batch_size=0", ("eval.batch_size", ">= 1")),
     ("seed=-1", ("seed", "[0, 4294967295]")),
-    ("calibration.n_bins=0", ("calibration.n_bins", ">= 1")),
-    ("eval.n_boot=-1", ("eval.n_boot", ">= 0")),
+    ("calibration.n_bins=0", ("calibration.n_bins", "[1, 10000]")),
+    ("eval.n_boot=-1", ("eval.n_boot", "[0, 100000]")),
     ("topk.shard_size=0", ("topk.shard_size", ">= 1")),
     ("student_train.warmup_ratio=1.5", ("student_train.warmup_ratio", "[0, 1)")),
     ("teacher_train.learning_rate=inf", ("teacher_train.learning_rate", "finite")),
@@ -459,3 +459,62 @@ def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path: Path) -> None:
     assert "first_core" + os.sep not in "".join(
         line for line in text.splitlines() if line.lstrip().startswith("File "))
     assert not (tmp_path / "d").exists() and junk.read_bytes() == b"junk" * 1000
+
+
+# ---------------------------------------------------------------- issue 23, item 7
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("distill.ce_weight=1e30", ("distill.ce_weight", "[0, 1]", "1e+30")),
+    ("eval.topk=100000", ("eval.topk", "100000")),
+    ("model.dtype='int8'", ("model.dtype", "'int8'", "float32")),
+    ("topk.coverage_k=1000000", ("topk.coverage_k", "1000000")),
+    ("calibration.n_bins=1000000000", ("calibration.n_bins", "1000000000")),
+    ("eval.n_boot=1000000000", ("eval.n_boot", "1000000000")),
+    ("data.fmt='csv'", ("data.fmt", "'csv'")),
+    ("teacher_train.weight_decay=1e4", ("teacher_train.weight_decay", "learning_rate")),
+    ("student_train.bf16=true", ("student_train", "fp16")),
+], ids=["ce_weight", "eval.topk", "model.dtype", "coverage_k", "n_bins", "n_boot", "fmt",
+        "weight_decay", "bf16+fp16"])
+def test_values_that_failed_after_training_are_refused_at_load(tmp_path: Path, setting: str,
+                                                               words: tuple[str, ...]) -> None:
+    """Each used to pass the load and fail at the stage that used it, after the teacher (and
+    for ce_weight the students) had trained; now the load refuses it, naming file and key."""
+    extra = ("student_train.fp16=true",) if "bf16" in setting else ()
+    proc = run_here(tmp_path, *SMALL, setting, *extra)
+    assert_user_error(proc, f"{TINY}: ", *words)
+    assert no_stage_started(proc)
+
+
+@pytest.mark.parametrize("setting, key", [("eval.topk=500", "eval.topk"),
+                                          ("topk.k=60", "topk.k"),
+                                          ("topk.coverage_k=300", "topk.coverage_k")])
+def test_k_over_the_vocabulary_is_refused_at_the_models_stage(tmp_path: Path, setting: str,
+                                                              key: str) -> None:
+    """The vocabulary is known once the models stage has built or found the models: the run
+    stops there, before any training, naming the key and the config file (tiny: 47 tokens)."""
+    proc = run_here(tmp_path, *SMALL, setting, *(("topk.coverage_k=60",) if key == "topk.k"
+                                                  else ()))
+    assert_user_error(proc, f"{TINY}: {key}: ", "larger than the", "vocabulary (47 tokens)")
+    assert "[2/" in proc.stdout and "[3/" not in proc.stdout
+    assert records(tmp_path) == {"data"}
+
+
+def test_fp16_without_a_gpu_is_refused_before_the_first_stage(tmp_path: Path) -> None:
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: fp16 is allowed")
+    proc = run_here(tmp_path, *SMALL, "teacher_train.fp16=true")
+    assert_user_error(proc, f"{TINY}: teacher_train.fp16: needs a CUDA GPU")
+    assert no_stage_started(proc)
+
+
+def test_a_k_raised_over_the_vocabulary_on_resume_is_refused_before_any_stage(
+        copy: Path) -> None:
+    """The models were built by an earlier run, the evaluation is redone with a larger k:
+    the preflight checks it at once, before the first stage."""
+    before = tree(copy)
+    proc = run_here(copy, PLAIN, made_with(copy), "eval.topk=500",
+                    extra=("--force", "eval_teacher_ft"))
+    assert_user_error(proc, f"{TINY}: eval.topk: 500 is larger than the teacher's vocabulary")
+    assert no_stage_started(proc) and tree(copy) == before

@@ -123,3 +123,46 @@ def test_title_and_legend_get_separate_bands_above_the_plot(build):
     untitled = plots.search_curve_figure(pd.DataFrame({"value": [1], "ece": [0.1],
                                                        "series": ["v"]}))
     assert untitled.layout.margin.t < layout.margin.t  # no empty title band
+
+
+# ---------------------------------------------------------------- issue 23 item 6: no markup
+
+LINK = '<a href="https://x.example/">A</a>'
+STYLED = "<span style='font-size:80px'>big</span> <b>b</b> & co"
+
+
+def _no_markup(fig) -> list[str]:
+    from helpers.text_walk import strings
+
+    found = list(strings(fig.to_plotly_json()))
+    raw = [s for s in found if "<a" in s or "<span" in s or "<b>" in s or " & " in s]
+    assert not raw, raw
+    return found
+
+
+@pytest.mark.parametrize("build", [
+    lambda: plots.probability_bars([LINK, STYLED], {LINK: [0.6, 0.3]}, highlight=LINK,
+                                   title=f"Teacher's top-k ({STYLED})"),
+    lambda: plots.grouped_bars(pd.DataFrame({"group": [LINK, STYLED], "mean": [0.5, 0.6],
+                                             "split": [STYLED, LINK]}), "group", "mean", "split",
+                               title=LINK),
+    lambda: plots.search_curve_figure(pd.DataFrame({"value": [0.1, 0.2], "ece": [0.1, 0.05],
+                                                    "series": [LINK, LINK]}),
+                                      x_title=STYLED, title=LINK),
+    lambda: plots.reliability_figure(pd.DataFrame({"lo": [0.0], "hi": [1.0], "count": [3],
+                                                   "confidence": [0.5], "accuracy": [0.5]}),
+                                     title=LINK),
+    lambda: plots.position_coverage_figure(pd.DataFrame({"position": [0], "mean_top1": [0.5],
+                                                         "mean_topk": [0.9]}), title=STYLED),
+], ids=["probability_bars", "grouped_bars", "search_curve", "reliability", "positions"])
+def test_store_text_reaches_plotly_as_text_not_markup(build):
+    """Plotly renders <a href>, <b> and <span style> in labels, legends, hover and titles:
+    every string from a store must arrive with <, > and & as entities (shown as typed)."""
+    found = _no_markup(build())
+    assert any("&lt;" in s for s in found)
+
+
+def test_probability_bars_still_outline_the_gold_label_after_escaping():
+    fig = plots.probability_bars([LINK, "B"], {"p": [0.6, 0.3]}, highlight=LINK)
+    assert list(fig.data[0].x) == ["&lt;a href=\"https://x.example/\"&gt;A&lt;/a&gt;", "B"]
+    assert list(fig.data[0].marker.line.width) == [3, 0]

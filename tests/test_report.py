@@ -97,3 +97,57 @@ def test_cli_report_on_a_missing_store(tmp_path):
                            str(tmp_path / "none.duckdb")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no such store" in proc.stderr
     assert not (tmp_path / "none.duckdb").exists()
+
+
+# ---------------------------------------------------------------- issue 23 item 2
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    from helpers.mixed_configs import write_mixed_store
+
+    return write_mixed_store(tmp_path_factory.mktemp("mixed") / "mixed.duckdb")
+
+
+def test_report_never_averages_runs_of_different_configs_as_seeds(mixed):
+    """Two `run`s with one `name` and other settings: each config is its own row, with a
+    note naming the keys that differ; runs differing only in seed-like keys stay seeds."""
+    from helpers.mixed_configs import DIFFERING
+
+    proc = subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
+                           str(mixed)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "**demo [config A]**, paper" in text and "**demo [config B]**, paper" in text
+    assert "**demo**," not in text
+    note = next(line for line in text.splitlines() if "different configs" in line)
+    for key in DIFFERING:
+        assert key in note
+    assert "teacher_train.epochs (A: 3.0, B: 2.0)" in note  # each config's value
+    assert "student_train.epochs" not in note  # only keys that differ
+    for key in ("seed", "runs_dir", "store", "name"):
+        assert f"; {key} (" not in note and f": {key} (" not in note
+    tidy = report.table1(report.load_rows(mixed))
+    seeds = tidy.groupby("pipeline")["seeds"].max().to_dict()
+    assert seeds == {"demo [config A]": 2, "demo [config B]": 1}
+    # config A's mean is seeds 0 and 2 alone, straight from SQL
+    with store.open_readonly(mixed) as con:
+        want = con.execute(
+            "SELECT 100 * avg(m.value) FROM metrics m JOIN runs r USING (run_id) WHERE "
+            "r.seed IN (0, 2) AND r.method = 'first_ts' AND m.split = 'test' AND "
+            "m.metric = 'ece' AND m.convention = 'paper'").fetchone()[0]
+    got = tidy[(tidy.pipeline == "demo [config A]") & (tidy.method == "first_ts")
+               & (tidy.split == "test") & (tidy.metric == "ece") & (tidy.convention == "paper")]
+    assert float(got["mean"].iloc[0]) == pytest.approx(want, abs=1e-9)
+
+
+def test_report_of_a_split_pipeline_by_name_and_as_csv(mixed):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
+                               str(mixed), *args], capture_output=True, text=True, check=False)
+    md = cli("--pipeline", "demo")
+    assert md.returncode == 0, md.stderr
+    assert "[config A]" in md.stdout and "[config B]" in md.stdout
+    csv = cli("--format", "csv")
+    assert csv.returncode == 0 and "different configs" in csv.stderr  # the CSV stays data
+    frame = pd.read_csv(io.StringIO(csv.stdout))
+    assert set(frame["pipeline"]) == {"demo [config A]", "demo [config B]"}

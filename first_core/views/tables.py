@@ -1,6 +1,10 @@
 """Tables over many runs: Table 1 per (pipeline, method), the Compare page's mean and std
 over seeds, the teacher that goes with a run, the temperature-search curves and the
-pipeline's progress lines."""
+pipeline's progress lines.
+
+"Pipeline" here is the label `config_diff.label_runs` gives a run: its pipeline's name, or
+`NAME [config X]` when runs of one name were made with different configs, so that seeds are
+only ever averaged over runs of one config."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ..config import METHODS
+from ..config_diff import NO_PIPELINE, label_runs
 from ..store import IMPORTED_METHOD
 
 
@@ -18,22 +23,20 @@ def _method_order(methods: pd.Series) -> pd.Series:
     return methods.map(lambda m: rank.get(m, len(rank)))
 
 
-NO_PIPELINE = "(no pipeline)"
+def labelled(runs: pd.DataFrame) -> pd.DataFrame:
+    """`store.list_runs` rows with `pipeline` replaced by each run's label (see above)."""
+    return runs.assign(pipeline=runs["run_id"].map(label_runs(runs)).astype(object))
 
 
 def pipelines(runs: pd.DataFrame) -> list[str]:
-    """The store's pipelines (runs' `pipeline`, oldest first; unnamed ones as NO_PIPELINE)."""
-    if "pipeline" not in runs:
-        return [NO_PIPELINE] if len(runs) else []
-    return list(dict.fromkeys(runs["pipeline"].fillna(NO_PIPELINE).astype(str)))
+    """The store's pipeline labels (oldest first; unnamed ones as NO_PIPELINE)."""
+    return list(dict.fromkeys(label_runs(runs).astype(str))) if len(runs) else []
 
 
 def with_pipeline(metric_rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """`store.load_metrics` rows plus their run's pipeline (NO_PIPELINE where unnamed)."""
-    names = (runs.set_index("run_id")["pipeline"] if "pipeline" in runs
-             else pd.Series(dtype=object))
+    """`store.load_metrics` rows plus their run's pipeline label."""
     return metric_rows.assign(
-        pipeline=metric_rows["run_id"].map(names).fillna(NO_PIPELINE).astype(str))
+        pipeline=metric_rows["run_id"].map(label_runs(runs)).fillna(NO_PIPELINE).astype(str))
 
 
 def _pipeline_rows(metric_rows: pd.DataFrame, pipeline: str | None) -> pd.DataFrame:
@@ -91,8 +94,10 @@ def compare_table(metric_rows: pd.DataFrame, convention: str = "paper",
 
 
 def teacher_for(runs: pd.DataFrame, run_id: str) -> str | None:
-    """The teacher run that goes with `run_id`: same pipeline if there is one, else any;
-    None for imported predictions (another model: no teacher of this project's goes with it)."""
+    """The teacher run that goes with `run_id`: same pipeline (and config) if there is one,
+    else any; None for imported predictions (another model: no teacher of this project's
+    goes with it)."""
+    runs = labelled(runs)
     teachers = runs[runs["method"] == "teacher_ft"]
     mine = runs[runs["run_id"] == run_id]
     if teachers.empty or (len(mine) and mine["method"].iloc[0] == IMPORTED_METHOD):
