@@ -38,7 +38,7 @@ WRITE_TIMEOUT_S = 60.0  # readers hold the file for milliseconds; a writer can a
 
 SPLITS = ("val", "test", "test_ood")
 CONVENTIONS = ("paper", "option")
-METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust")
+METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust", "auroc", "aurc")
 SEARCH_KINDS = ("TS", "LS")
 
 
