@@ -69,6 +69,8 @@ class RiskCoverage:
     answered: np.ndarray
     wrong: np.ndarray
     n: int
+    area: float  # sum over tie groups of size x risk: n x AURC
+    pairs: int   # right-above-wrong pairs, ties counting half, times two: the AUROC's numerator
 
     @property
     def coverage(self) -> np.ndarray:
@@ -81,21 +83,16 @@ class RiskCoverage:
 
     def aurc(self) -> float:
         """sum over tie groups of (group size) x (its risk), over n."""
-        sizes = np.diff(self.answered, prepend=0)
-        return float(np.dot(sizes, self.risk) / self.n)
+        return self.area / self.n
 
     def auroc(self) -> float:
-        """P(conf of a right answer > conf of a wrong one) + P(equal) / 2, in integers."""
+        """P(conf of a right answer > conf of a wrong one) + P(equal) / 2, from integers."""
         n_wrong = int(self.wrong[-1])
         n_right = self.n - n_wrong
         if n_wrong == 0 or n_right == 0:
             raise ValueError("correct: AUROC needs both right and wrong answers, got "
                              + ("every answer right" if n_wrong == 0 else "every answer wrong"))
-        wrong = np.diff(self.wrong, prepend=0)
-        right = np.diff(self.answered, prepend=0) - wrong
-        # a right answer beats the wrong ones below its group and ties half of its own group
-        twice = np.dot(right, 2 * (n_wrong - self.wrong) + wrong)
-        return float(twice / (2 * n_right * n_wrong))
+        return self.pairs / (2 * n_right * n_wrong)
 
     def at(self, t: float) -> Threshold:
         """The deferral threshold: answer only when the confidence is at least `t`."""
@@ -143,30 +140,22 @@ class RiskCoverage:
                 "threshold": np.r_[self.threshold[0], self.threshold[rows]]}
 
 
-def _sorted_keys(conf: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """conf and correct packed into one int64 per item, sorted descending by confidence.
+def risk_coverage(confidence, correct, *, check: bool = True) -> RiskCoverage:
+    """The risk-coverage curve (see `RiskCoverage`): one sort, no Python loop over items.
 
     A float64 in [0, 1] has a bit pattern below 2^62 whose integer order is its value's
-    order, so (bits << 1) | correct fits in a non-negative int64 and one integer sort (a
+    order, so (bits << 1) | correct fits in a non-negative int64: one integer sort (a
     compiled radix sort, `sort_kernel`) orders the items and carries their correctness
-    along, with no argsort and no gather; -0.0 shifts to the key of 0.0.
+    along, with no argsort and no gather, and one pass reads the tie groups off the sorted
+    keys. -0.0 shifts to the key of 0.0.
     """
-    from .sort_kernel import sort_nonnegative  # lazily: it imports numba
+    from .sort_kernel import sort_nonnegative, tie_groups  # lazily: it imports numba
 
-    keys = conf.view(np.int64) << 1
-    keys |= ok
-    return sort_nonnegative(keys)[::-1]
-
-
-def risk_coverage(confidence, correct, *, check: bool = True) -> RiskCoverage:
-    """The risk-coverage curve (see `RiskCoverage`): one sort, no loop over items."""
     conf, ok = _conf_correct(confidence, correct, check)
-    keys = _sorted_keys(np.ascontiguousarray(conf), ok)
-    value = keys >> 1
-    last = np.flatnonzero(value[1:] != value[:-1])  # last item of each tie group but the final
-    last = np.append(last, len(keys) - 1)
-    wrong = np.cumsum((keys & 1) ^ 1)[last]
-    return RiskCoverage(value[last].view(np.float64), last + 1, wrong, len(keys))
+    keys = np.ascontiguousarray(conf).view(np.int64) << 1
+    keys |= ok
+    value, answered, wrong, area, pairs = tie_groups(sort_nonnegative(keys))
+    return RiskCoverage(value.view(np.float64), answered, wrong, len(keys), area, pairs)
 
 
 def auroc(confidence, correct, *, check: bool = True) -> float:
@@ -199,20 +188,24 @@ def coverage_at_accuracy(confidence, correct, target: float, *, check: bool = Tr
 
 
 def _finish(sums: np.ndarray, n: int) -> np.ndarray:
-    """(B, 2): AUROC and AURC of resamples from their per-tie-group (right, wrong) counts.
+    """(B, 2): AUROC and AURC of resamples from their counts per (tie group, right/wrong).
 
-    Groups come in ascending confidence; a group a resample missed has zero counts and
-    changes nothing. AUROC is NaN for a resample without both right and wrong answers.
+    `sums` is (B, 2G, 1): right answers of the G tie groups, most confident first, then the
+    wrong ones; a group a resample missed has zero counts and changes nothing. AUROC is NaN
+    for a resample without both right and wrong answers.
     """
-    right, wrong = sums[:, ::-1, 0], sums[:, ::-1, 1]  # most confident group first
-    answered, wrong_cum = np.cumsum(right + wrong, axis=1), np.cumsum(wrong, axis=1)
-    risk = np.divide(wrong_cum, answered, out=np.zeros_like(wrong_cum), where=answered > 0)
-    aurc_ = np.einsum("bg,bg->b", right + wrong, risk) / n
-    n_wrong = wrong_cum[:, -1:]
+    groups = sums.shape[1] // 2
+    right, wrong = sums[:, :groups, 0], sums[:, groups:, 0]
+    size = right + wrong
+    answered, wrong_cum = np.cumsum(size, axis=1), np.cumsum(wrong, axis=1)
+    aurc_ = np.einsum("bg,bg->b", size, wrong_cum / np.maximum(answered, 1)) / n
+    n_wrong = wrong_cum[:, -1]
     n_right = n - n_wrong
+    # twice the AUC numerator: sum_g right_g (2 (wrong below g) + wrong_g)
+    twice = 2 * (n_right * n_wrong - np.einsum("bg,bg->b", right, wrong_cum)) \
+        + np.einsum("bg,bg->b", right, wrong)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = np.einsum("bg,bg->b", right, 2 * (n_wrong - wrong_cum) + wrong) / (
-            2 * n_right * n_wrong)[:, 0]
+        auc = twice / (2 * n_right * n_wrong)
     return np.stack([auc, aurc_], axis=1)
 
 
@@ -222,15 +215,18 @@ def bootstrap_intervals(confidence, correct, n_boot: int = 1000, seed: int = 0,
 
     The resamples are `metrics.bootstrap_interval`'s (same seed and n: the same indices as
     the stored ECE interval). A resample keeps the full sample's tie groups, so each costs one
-    gather and one `bincount` per value. Resamples with only right or only wrong answers
-    have no AUROC and are left out of its interval; a sample like that has none at all:
-    (NaN, NaN, NaN), where `auroc` raises, so a pipeline can store it as missing.
+    gather, one `bincount` and two running sums over the groups. Resamples with only right or
+    only wrong answers have no AUROC and are left out of its interval; a sample like that
+    has none at all: (NaN, NaN, NaN), where `auroc` raises, so a pipeline can store it as
+    missing.
     """
     conf, ok = _conf_correct(confidence, correct)
     quantiles = check_bootstrap(n_boot, level)
     curve = risk_coverage(conf, ok, check=False)
     values, groups = np.unique(conf, return_inverse=True)
-    d = Decomposed(groups.ravel(), len(values), np.stack([ok, ~ok]).astype(np.float64), _finish)
+    # one count per (tie group, most confident first; right answers, then wrong ones)
+    keys = (len(values) - 1 - groups.ravel()) + len(values) * ~ok
+    d = Decomposed(keys, 2 * len(values), np.ones((1, len(conf))), _finish)
     stats = resample_stats(d, n_boot, seed)
     out = {}
     for j, name in enumerate(NAMES):

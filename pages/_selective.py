@@ -7,6 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots
+from first_core.views import selective
 from first_core.views.selective import SelectiveView, format_range, format_score
 
 THRESHOLD_LABEL = "Answer only when confidence ≥ t"
@@ -24,11 +25,15 @@ AURC_HELP = ("Area under the risk-coverage curve: the error rate among the answe
              "rate.")
 
 
+INTERVAL_HELP = (" Below it the 95% bootstrap interval (omitted above "
+                 f"{selective.BOOT_MAX_N:,} predictions to keep the slider live).")
+
+
 def discrimination_cards(view: SelectiveView) -> None:
     """AUROC and AURC with their bootstrap intervals (when computed)."""
     grid = st.columns(2)
-    for column, name, label, text in ((grid[0], "auroc", "AUROC", AUROC_HELP),
-                                      (grid[1], "aurc", "AURC", AURC_HELP)):
+    for column, name, label, text in ((grid[0], "auroc", "AUROC", AUROC_HELP + INTERVAL_HELP),
+                                      (grid[1], "aurc", "AURC", AURC_HELP + INTERVAL_HELP)):
         column.metric(label, format_score(getattr(view, name)),
                       delta=format_range(*view.intervals[name]), delta_color="off",
                       delta_arrow="off", help=text)

@@ -38,6 +38,8 @@ EXPECTED = {
     "bench_calibration.py": ["torchmetrics_loop/grid_search[200T]",
                              "grid_search_seconds[200T x 100000]", "torchmetrics_ece/ece[1000000]"],
     "bench_scaling.py": [f"loglog_slope[{s}]" for s in ("ece", "grid_search", "slider", "extract")],
+    "bench_dashboard.py": ["risk_coverage_ms[100k]", "naive_loop/risk_coverage[100k]",
+                           "np_sort/radix_sort[100k]"],
 }
 
 

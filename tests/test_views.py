@@ -556,7 +556,7 @@ def test_selective_view_reorders_with_the_temperature_and_matches_references(arr
     assert not np.array_equal(*orders)  # the case the page has to handle
     big = np.random.default_rng(0).random(50_000)
     many = selective.selective_view(big, big > 0.5, 0.5, max_points=200)
-    assert len(many.curve) <= 201 and np.isnan(many.intervals["aurc"]).all()  # above 20,000
+    assert len(many.curve) <= 201 and np.isnan(many.intervals["aurc"]).all()  # above 5,000
     i, right = np.arange(1, 50_001), (big > 0.5).sum()  # a perfect ranker: wrong only at the end
     assert many.auroc == 1.0 and many.aurc == pytest.approx(np.mean(np.maximum(0, i - right) / i))
 

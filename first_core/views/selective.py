@@ -17,9 +17,17 @@ import pandas as pd
 
 from .. import selective_metrics
 from ..selective_metrics import Threshold
-from .rescaling import interval_resamples
+from .rescaling import BOOT_RESAMPLES
 
 PLOT_POINTS = 300
+BOOT_MAX_N = 5_000  # AUROC / AURC intervals on the slider path up to this many predictions
+
+
+def interval_resamples(n: int) -> int:
+    """Bootstrap resamples for the AUROC and AURC cards: the ECE card's `BOOT_RESAMPLES`
+    up to `BOOT_MAX_N` predictions, else 0. Each resample keeps every tie group (about one
+    per prediction), so these cost about n / 10 times the ECE's binned resamples."""
+    return BOOT_RESAMPLES if n <= BOOT_MAX_N else 0
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,8 @@ def selective_view(confidence: np.ndarray, correct: np.ndarray, t: float,
                    max_points: int = PLOT_POINTS) -> SelectiveView:
     """Cards, curve and threshold for validated arrays (`rescaling.rescale`'s output).
 
-    `n_boot = None` bootstraps the AUROC and AURC intervals with the ECE card's rule
-    (`rescaling.interval_resamples`: none above 20,000 predictions, to keep the slider live);
-    0 skips them.
+    `n_boot = None` bootstraps the AUROC and AURC intervals as `interval_resamples` says
+    (none above `BOOT_MAX_N` predictions, to keep the slider live); 0 skips them.
     """
     if not len(confidence):
         raise ValueError("confidence: no predictions")
