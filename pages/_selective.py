@@ -45,11 +45,11 @@ def threshold_cards(view: SelectiveView) -> None:
     grid = st.columns(4)
     grid[0].metric("Answered", f"{at.coverage:.1%}", help=f"{at.answered:,} of {at.n:,} "
                    f"questions have confidence ≥ {at.t:g}.")
-    grid[1].metric("Accuracy when answering",
+    grid[1].metric("Their accuracy",
                    "n/a" if at.answered == 0 else f"{at.accuracy:.1%}",
                    help="Accuracy on the answered questions only (selective accuracy).")
-    grid[2].metric("Wrong, let through", f"{at.wrong:,}",
-                   help="Wrong answers that clear the threshold: the mistakes acted on.")
+    grid[2].metric("Wrong ones", f"{at.wrong:,}",
+                   help="Wrong answers let through: they clear the threshold and are acted on.")
     grid[3].metric("Deferred", f"{at.deferred:,}",
                    help="Questions below the threshold, left to a person.")
 

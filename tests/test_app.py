@@ -349,8 +349,8 @@ def test_reliability_shows_discrimination_the_threshold_and_the_curve(monkeypatc
     assert [m.delta for m in at.metric if m.label == "AUROC"][0].startswith("[")
     answered = conf >= 0.6
     assert cards(at, "Answered") == [f"{answered.mean():.1%}"]
-    assert cards(at, "Accuracy when answering") == [f"{ok[answered].mean():.1%}"]
-    assert cards(at, "Wrong, let through") == [f"{(answered & ~ok).sum():,}"]
+    assert cards(at, "Their accuracy") == [f"{ok[answered].mean():.1%}"]
+    assert cards(at, "Wrong ones") == [f"{(answered & ~ok).sum():,}"]
     assert cards(at, "Deferred") == [f"{(~answered).sum():,}"]
     # the curve, its threshold mark, and t on the reliability diagram
     (spec,) = risk_traces(at)
