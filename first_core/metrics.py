@@ -22,11 +22,11 @@ import numpy as np
 
 from .bin_edges import floor_lower_edges
 from .errors import ConfigError
+from .resampling import Decomposed, check_bootstrap, resample_stats
 
 STRATEGIES = ("uniform", "quantile")
 ROW_SUM_TOL = 1e-6  # rows of top-k probabilities may sum to < 1 (dropped tail), never > 1 + tol
 _NLL_FLOOR = np.finfo(np.float64).eps  # as scikit-learn's log_loss: log(0) would be -inf
-_BOOT_CELLS = 1 << 22  # resampled indices held at once (n_resamples_in_chunk * n)
 
 
 # ---------------------------------------------------------------- row reductions
@@ -391,17 +391,6 @@ def topk_labels(topk_ids, gold_ids) -> np.ndarray:
 # ---------------------------------------------------------------- bootstrap
 
 
-@dataclass(frozen=True)
-class Decomposed:
-    """A metric written as per-group sums of per-example values, so that every bootstrap
-    resample costs one gather and one `bincount` per value column."""
-
-    groups: np.ndarray  # group (bin) of each example
-    n_groups: int
-    values: np.ndarray  # m x n per-example values
-    finish: Callable[[np.ndarray, int], np.ndarray]  # (B, n_groups, m) sums, n -> (B,)
-
-
 def _binned(confidence, correct, n_bins=10, strategy="uniform", *, extra: str) -> Decomposed:
     conf, ok = _conf_correct(confidence, correct)
     n_bins = check_n_bins(n_bins)
@@ -466,33 +455,3 @@ def bootstrap_interval(metric: str | Callable[..., float], *arrays, n_boot: int 
     point = point_fn(*arrays, **kwargs)
     low, high = np.quantile(resample_stats(decompose(*arrays, **kwargs), n_boot, seed), quantiles)
     return float(point), float(low), float(high)
-
-
-def check_bootstrap(n_boot, level) -> tuple[float, float]:
-    """Validate the bootstrap settings; the interval's two quantiles."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ConfigError(f"n_boot: expected an integer >= 1, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ConfigError(f"level: expected a value in (0, 1), got {level!r}")
-    return (1 - level) / 2, (1 + level) / 2
-
-
-def resample_stats(d: Decomposed, n_boot: int, seed: int) -> np.ndarray:
-    """`d.finish` of n_boot resamples of the examples, stacked on the first axis.
-
-    Resamples are drawn as an (n_boot, n) index array in chunks of bounded size, each scored
-    with one gather and one `bincount` per value, never a loop over examples. The same seed
-    and n draw the same resamples for every metric (ECE, AUROC, ... side by side).
-    """
-    n = d.values.shape[1]
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOT_CELLS // n)  # depends on n only, so the stream is seed-determined
-    stats = []
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        keys = (d.groups[idx] + (np.arange(b) * d.n_groups)[:, None]).ravel()
-        sums = np.stack([np.bincount(keys, weights=v[idx].ravel(), minlength=b * d.n_groups)
-                         for v in d.values], axis=-1).reshape(b, d.n_groups, -1)
-        stats.append(d.finish(sums, n))
-    return np.concatenate(stats)

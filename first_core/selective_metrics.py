@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import Decomposed, _conf_correct, check_bootstrap, resample_stats
+from .metrics import _conf_correct
+from .resampling import Decomposed, check_bootstrap, resample_stats
 
 NAMES = ("auroc", "aurc")  # the store's metric names
 
