@@ -3,6 +3,8 @@
 The controls, cards and diagrams are one `st.fragment` (`live`): a slider move reruns only
 that, on dense arrays cached per store version, with no store query. Clicking a bar lists
 that bin's examples under the chart; the selected bin lives in the URL like every control.
+Under each diagram: AUROC, AURC, the deferral threshold t and the risk-coverage curve, from
+the re-scaled confidences (`views.selective`).
 """
 
 from __future__ import annotations
