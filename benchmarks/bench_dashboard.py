@@ -6,7 +6,14 @@ reliability bins) and compares it with a naive baseline measured in the same run
 numbers computed row by row in Python (the way a first dashboard prototype would loop),
 timed on a subsample and scaled linearly to the full size. Target: <= 100 ms per move.
 
-    python benchmarks/bench_dashboard.py [--n 1000000] [--naive-n 20000]
+Then the panel's "acting on the confidence" part (`views.selective.selective_view` on the
+re-scaled confidences: one sort, AUROC, AURC, the deferral threshold and the plotted curve),
+against a per-item Python loop in the same run (scaled linearly from a subsample, which
+flatters the n log n baseline), and the radix sort it uses against `np.sort`:
+
+    RATIO risk_coverage_ms[1M] = ...  (target <= 100 ms)  PASS|MISS
+
+    python benchmarks/bench_dashboard.py [--quick] [--n 1000000] [--naive-n 20000]
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from first_core import plots
-from first_core.views import rescaling, run_arrays# noqa: E402
+from benchmarks._common import print_machine, report  # noqa: E402
+from first_core import plots  # noqa: E402
+from first_core.sort_kernel import sort_nonnegative  # noqa: E402
+from first_core.views import rescaling, run_arrays, selective  # noqa: E402
 
 TARGET_MS = 100.0
 
@@ -62,6 +71,57 @@ def naive_view(a: run_arrays.PredictionArrays, c: float, n_bins: int) -> dict[st
     return {"ece": ece, "accuracy": sum(ok) / n, "brier": brier / n, "nll": nll / n}
 
 
+def naive_selective(conf: np.ndarray, ok: np.ndarray, t: float) -> dict[str, float]:
+    """AUROC, AURC and the threshold's counts, one item at a time (sorted pairs, tie groups
+    found by comparing neighbours)."""
+    pairs = sorted(zip(conf.tolist(), ok.tolist()), reverse=True)
+    n, n_right = len(pairs), int(sum(ok.tolist()))
+    n_wrong = n - n_right
+    answered = wrong = 0
+    aurc = twice_auc = 0.0
+    answered_t = wrong_t = 0
+    i = 0
+    while i < n:
+        j, group_wrong = i, 0
+        while j < n and pairs[j][0] == pairs[i][0]:
+            group_wrong += not pairs[j][1]
+            j += 1
+        group_right = (j - i) - group_wrong
+        answered, wrong = j, wrong + group_wrong
+        aurc += (j - i) * wrong / answered
+        twice_auc += group_right * (2 * (n_wrong - wrong) + group_wrong)
+        if pairs[i][0] >= t:
+            answered_t, wrong_t = answered, wrong
+        i = j
+    return {"auroc": twice_auc / (2 * n_right * n_wrong), "aurc": aurc / n,
+            "answered": answered_t, "wrong": wrong_t}
+
+
+def selective_section(arrays: run_arrays.PredictionArrays, n: int, naive_n: int,
+                      repeats: int) -> None:
+    """The risk-coverage curve and threshold at n predictions: RATIO lines."""
+    label = "1M" if n == 1_000_000 else f"{n // 1000}k"
+    scaled = {c: rescaling.rescale(arrays, c, "logit", "paper") for c in (0.5, 2.0)}
+    selective.selective_view(scaled[0.5].confidence[:100], scaled[0.5].correct[:100], 0.5)
+    ms = max(best_ms(lambda: selective.selective_view(s.confidence, s.correct, 0.5), repeats)
+             for s in scaled.values())
+    conf, ok = scaled[0.5].confidence, scaled[0.5].correct
+    view = selective.selective_view(conf[:naive_n], ok[:naive_n], 0.5)
+    slow = naive_selective(conf[:naive_n], ok[:naive_n], 0.5)
+    assert abs(view.auroc - slow["auroc"]) < 1e-12 and abs(view.aurc - slow["aurc"]) < 1e-12
+    assert (view.at.answered, view.at.wrong) == (slow["answered"], slow["wrong"])
+    naive_ms = best_ms(lambda: naive_selective(conf[:naive_n], ok[:naive_n], 0.5), 1) \
+        * n / naive_n
+    print(f"acting on the confidence at n = {n:,} (sort, AUROC, AURC, threshold, "
+          f"{selective.PLOT_POINTS}-point curve), slowest of two temperatures: {ms:.1f} ms; "
+          f"naive per-item Python {naive_ms:,.0f} ms (measured on {naive_n:,}, scaled)")
+    report(f"risk_coverage_ms[{label}]", ms, "<= 100 ms", ms <= 100.0, unit="")
+    report(f"naive_loop/risk_coverage[{label}]", naive_ms / ms)
+    keys = (conf.view(np.int64) << 1) | ok
+    numpy_ms, radix_ms = (best_ms(lambda: fn(keys), repeats) for fn in (np.sort, sort_nonnegative))
+    report(f"np_sort/radix_sort[{label}]", numpy_ms / radix_ms)
+
+
 def best_ms(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -75,7 +135,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--naive-n", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="100k predictions, 2k naive rows: checks that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.naive_n = 100_000, 2_000
+    print_machine("bench_dashboard: the Reliability page's slider path")
     arrays = synthetic_arrays(args.n)
     cs = [0.3, 0.5, 1.0, 2.0]
     print(f"slider recompute at n = {args.n:,} predictions (k = 5 top-k, 4 options), "
@@ -127,6 +192,12 @@ def main() -> int:
     ms = best_ms(lambda: rescaling.calibration_view(boot, 0.5, "logit", "option"), 3)
     print(f"with the ECE bootstrap interval ({rescaling.BOOT_RESAMPLES} resamples) at its largest "
           f"n = {boot_n:,}: {ms:.1f} ms")
+    scaled = rescaling.rescale(arrays, 0.5, "logit", "option")
+    conf, ok = (a[:selective.BOOT_MAX_N] for a in (scaled.confidence, scaled.correct))
+    ms = best_ms(lambda: selective.selective_view(conf, ok, 0.5), 3)
+    print(f"AUROC and AURC cards with their bootstrap intervals at their largest "
+          f"n = {selective.BOOT_MAX_N:,}: {ms:.1f} ms")
+    selective_section(arrays, args.n, args.naive_n, 3)
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, store
+from . import metrics, selective_metrics, store
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
 from .inference import PromptIds, answer_reduced, on_device_default, to_device, vocab_size
 from .logit_reduce import top_logits
@@ -146,8 +146,10 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
     """The store's `metrics` rows (without `run_id` / `split`) for both conventions.
 
-    Per convention: accuracy, mean confidence, ECE (with a bootstrap interval), MCE and trust; for `option`
-    also Brier and NLL over the renormalised option distribution.
+    Per convention: accuracy, mean confidence, ECE, MCE, trust, AUROC and AURC (ECE, AUROC and
+    AURC with bootstrap intervals on the same resamples; AUROC NaN, stored as NULL, where
+    every answer is right or every one is wrong); for `option` also Brier and NLL over the
+    renormalised option distribution.
     """
     out = []
     for convention, conf_col, correct_col in (("paper", "confidence", "correct"),
@@ -161,7 +163,9 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
                   "ece": (ece, low, high),
                   "mce": (metrics.maximum_calibration_error(conf, correct, n_bins=n_bins),
                           None, None),
-                  "trust": (metrics.trust_score(acc, ece), None, None)}
+                  "trust": (metrics.trust_score(acc, ece), None, None),
+                  **selective_metrics.bootstrap_intervals(conf, correct, n_boot=n_boot,
+                                                          seed=seed)}
         if convention == "option":
             probs, gold = option_distribution(pred)
             values["brier"] = (metrics.brier_score(probs, gold), None, None)

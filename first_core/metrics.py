@@ -22,11 +22,11 @@ import numpy as np
 
 from .bin_edges import floor_lower_edges
 from .errors import ConfigError
+from .resampling import Decomposed, check_bootstrap, resample_stats
 
 STRATEGIES = ("uniform", "quantile")
 ROW_SUM_TOL = 1e-6  # rows of top-k probabilities may sum to < 1 (dropped tail), never > 1 + tol
 _NLL_FLOOR = np.finfo(np.float64).eps  # as scikit-learn's log_loss: log(0) would be -inf
-_BOOT_CELLS = 1 << 22  # resampled indices held at once (n_resamples_in_chunk * n)
 
 
 # ---------------------------------------------------------------- row reductions
@@ -391,18 +391,7 @@ def topk_labels(topk_ids, gold_ids) -> np.ndarray:
 # ---------------------------------------------------------------- bootstrap
 
 
-@dataclass(frozen=True)
-class _Decomposed:
-    """A metric written as per-group sums of per-example values, so that every bootstrap
-    resample costs one gather and one `bincount` per value column."""
-
-    groups: np.ndarray  # group (bin) of each example
-    n_groups: int
-    values: np.ndarray  # m x n per-example values
-    finish: Callable[[np.ndarray, int], np.ndarray]  # (B, n_groups, m) sums, n -> (B,)
-
-
-def _binned(confidence, correct, n_bins=10, strategy="uniform", *, extra: str) -> _Decomposed:
+def _binned(confidence, correct, n_bins=10, strategy="uniform", *, extra: str) -> Decomposed:
     conf, ok = _conf_correct(confidence, correct)
     n_bins = check_n_bins(n_bins)
     ids = bin_ids(conf, n_bins, strategy)
@@ -419,12 +408,12 @@ def _binned(confidence, correct, n_bins=10, strategy="uniform", *, extra: str) -
     def trust(s, n):  # accuracy - ECE
         return s[..., 1].sum(axis=1) / n - ece(s, n)
 
-    return _Decomposed(ids, n_bins, np.stack([ok - conf, *second]),
+    return Decomposed(ids, n_bins, np.stack([ok - conf, *second]),
                        {"ece": ece, "mce": mce, "trust": trust}[extra])
 
 
-def _mean_of(rows: np.ndarray) -> _Decomposed:
-    return _Decomposed(np.zeros(len(rows), np.intp), 1, rows[None, :],
+def _mean_of(rows: np.ndarray) -> Decomposed:
+    return Decomposed(np.zeros(len(rows), np.intp), 1, rows[None, :],
                        lambda s, n: s[:, 0, 0] / n)
 
 
@@ -434,7 +423,7 @@ def _trust_point(confidence, correct, n_bins=10, strategy="uniform") -> float:
 
 
 # metric -> (point estimate, decomposition); names match the store's `metric` column
-_BOOTSTRAPPABLE: dict[str, tuple[Callable[..., float], Callable[..., _Decomposed]]] = {
+_BOOTSTRAPPABLE: dict[str, tuple[Callable[..., float], Callable[..., Decomposed]]] = {
     "ece": (expected_calibration_error, lambda *a, **k: _binned(*a, **k, extra="ece")),
     "mce": (maximum_calibration_error, lambda *a, **k: _binned(*a, **k, extra="mce")),
     "trust": (_trust_point, lambda *a, **k: _binned(*a, **k, extra="trust")),
@@ -453,33 +442,16 @@ def bootstrap_interval(metric: str | Callable[..., float], *arrays, n_boot: int 
 
     `metric` is a function of this module or its store name (`accuracy`, `ece`, `mce`,
     `brier`, `nll`, `trust`); `arrays`/`kwargs` are that metric's arguments (`trust` takes
-    `confidence, correct` like ECE). Resamples of examples are drawn as an (n_boot, n) index
-    array in chunks of bounded size; each chunk is scored with one gather and one `bincount`
-    per value, never a loop over examples. Binned metrics keep the bins of the full sample
-    (exact for uniform bins; the usual conditional approximation for quantile bins). The same
-    seed gives the same interval.
+    `confidence, correct` like ECE). Binned metrics keep the bins of the full sample (exact
+    for uniform bins; the usual conditional approximation for quantile bins). AUROC and AURC:
+    `selective_metrics.bootstrap_intervals`, on the same resamples.
     """
     name = metric if isinstance(metric, str) else _BY_FUNCTION.get(metric)
     if name not in _BOOTSTRAPPABLE:
         raise ConfigError(f"metric: expected one of {sorted(_BOOTSTRAPPABLE)} or their "
                           f"functions, got {metric!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ConfigError(f"n_boot: expected an integer >= 1, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ConfigError(f"level: expected a value in (0, 1), got {level!r}")
+    quantiles = check_bootstrap(n_boot, level)
     point_fn, decompose = _BOOTSTRAPPABLE[name]
     point = point_fn(*arrays, **kwargs)
-    d = decompose(*arrays, **kwargs)
-    n = d.values.shape[1]
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOT_CELLS // n)  # depends on n only, so the stream is seed-determined
-    stats = []
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        keys = (d.groups[idx] + (np.arange(b) * d.n_groups)[:, None]).ravel()
-        sums = np.stack([np.bincount(keys, weights=v[idx].ravel(), minlength=b * d.n_groups)
-                         for v in d.values], axis=-1).reshape(b, d.n_groups, -1)
-        stats.append(d.finish(sums, n))
-    low, high = np.quantile(np.concatenate(stats), [(1 - level) / 2, (1 + level) / 2])
+    low, high = np.quantile(resample_stats(decompose(*arrays, **kwargs), n_boot, seed), quantiles)
     return float(point), float(low), float(high)

@@ -11,7 +11,7 @@ string a builder is given (titles, legend names, category labels) goes through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,8 @@ def _title_and_legend(fig: go.Figure, title: str, height: int, **kwargs: int) ->
 
 
 def reliability_figure(bins: pd.DataFrame, title: str = "",
-                       smooth: pd.DataFrame | None = None) -> go.Figure:
+                       smooth: pd.DataFrame | None = None,
+                       threshold: float | None = None) -> go.Figure:
     """Reliability diagram (top) over a confidence histogram (bottom), as in the paper's fig. 5.
 
     `bins` has one row per bin with columns lo, hi, count, confidence, accuracy (NaN where
@@ -64,6 +65,8 @@ def reliability_figure(bins: pd.DataFrame, title: str = "",
     accuracy bar: red where the model is over-confident, blue where it is under-confident.
     `smooth` (columns x, y: `rescaling.smooth_calibration(...).curve`) is drawn as a line over
     the bars: relplot's kernel-smoothed reliability curve, the one SmoothECE integrates.
+    `threshold` draws the deferral threshold t as a vertical line through both rows: the
+    answers right of it are the ones acted on.
     """
     _check_columns(bins, BIN_COLUMNS, "bins")
     # Built as one dict and validated once: the slider redraws this on every move, and
@@ -105,6 +108,56 @@ def reliability_figure(bins: pd.DataFrame, title: str = "",
         yaxis2=dict(title=dict(text="Count"), domain=[0.0, 0.26]),
         # five legend entries wrap to two rows in a half-width panel
         **_title_legend_layout(title, 540, legend_rows=2))
+    if threshold is not None:
+        layout.update(_threshold_line(threshold, "x", f"t = {threshold:g}"))
+    return go.Figure(dict(data=data, layout=layout))
+
+
+THRESHOLD_COLOR = "rgb(44, 160, 44)"
+
+
+def _threshold_line(x: float, xref: str, label: str) -> dict:
+    """Layout entries for a dashed vertical line at x over the whole plot, labelled on top."""
+    return dict(shapes=[dict(type="line", x0=x, x1=x, xref=xref, y0=0, y1=1, yref="paper",
+                             line=dict(color=THRESHOLD_COLOR, width=2, dash="dash"))],
+                annotations=[dict(x=x, xref=xref, y=1, yref="paper", text=label,
+                                  showarrow=False, xanchor="left", yanchor="top", xshift=4,
+                                  font=dict(color=THRESHOLD_COLOR))])
+
+
+def risk_coverage_figure(curves: Mapping[str, pd.DataFrame],
+                         mark: tuple[float, float, str] | None = None,
+                         base_risk: float | None = None, title: str = "") -> go.Figure:
+    """Selective risk (error rate among the answered) against coverage, one line per curve.
+
+    Each curve has columns coverage, risk, threshold (`selective.SelectiveView.curve`).
+    `mark` = (coverage, risk, label) marks the deferral threshold: a point and a vertical
+    line. `base_risk` draws the flat line of a confidence that says nothing (the error rate of
+    answering everything): the further a curve lies below it, the more the confidence helps.
+    """
+    data = []
+    for name, curve in curves.items():
+        _check_columns(curve, ("coverage", "risk", "threshold"), f"curves[{name!r}]")
+        data.append(dict(type="scatter", x=curve["coverage"].to_numpy(),
+                         y=curve["risk"].to_numpy(), mode="lines", name=str(name),
+                         customdata=curve["threshold"].to_numpy(), line=dict(width=2.5),
+                         hovertemplate="coverage %{x:.1%}<br>risk %{y:.1%}<br>"
+                                       "confidence >= %{customdata:.3f}<extra></extra>"))
+    if base_risk is not None:
+        data.append(dict(type="scatter", x=[0, 1], y=[base_risk, base_risk], mode="lines",
+                         name="Confidence says nothing", hoverinfo="skip",
+                         line=dict(color="black", width=1, dash="dot")))
+    layout = dict(xaxis=dict(title=dict(text="Coverage (share of questions answered)"),
+                             range=[0, 1.02], tickformat=".0%"),
+                  yaxis=dict(title=dict(text="Risk (wrong among answered)"), rangemode="tozero",
+                             tickformat=".0%"),
+                  **_title_legend_layout(title, 380))
+    if mark is not None:
+        coverage, risk, label = mark
+        if np.isfinite(risk):
+            data.append(dict(type="scatter", x=[coverage], y=[risk], mode="markers",
+                             name=label, marker=dict(size=11, color=THRESHOLD_COLOR)))
+        layout.update(_threshold_line(coverage, "x", label))
     return go.Figure(dict(data=data, layout=layout))
 
 

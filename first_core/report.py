@@ -22,7 +22,8 @@ from .config_diff import label_runs
 from .errors import FirstError
 
 SPLIT_NAMES = {"test": "ID", "test_ood": "OOD"}
-COLUMNS = {"accuracy": "Acc", "confidence": "Conf", "ece": "ECE", "trust": "Trust"}
+COLUMNS = {"accuracy": "Acc", "confidence": "Conf", "ece": "ECE", "auroc": "AUROC",
+           "aurc": "AURC", "trust": "Trust"}
 CONVENTION_TITLES = {"paper": "paper convention (top-1 over the whole vocabulary)",
                      "option": "option convention (renormalised over the answer letters)"}
 
@@ -71,13 +72,15 @@ def table1(rows: pd.DataFrame, splits: Sequence[str] = ("test", "test_ood")) -> 
     out = out[["pipeline", "method", "convention", "split", "metric", "mean", "std", "seeds"]]
     rank = {m: i for i, m in enumerate(COLUMNS)}
     return (out.assign(_m=out["metric"].map(rank))
-            .sort_values(["_m"], kind="stable")  # Acc, Conf, ECE, Trust within each group
+            .sort_values(["_m"], kind="stable")  # COLUMNS order within each group
             .sort_values(["pipeline", "convention"], kind="stable",
                          key=lambda s: s.map({v: i for i, v in enumerate(dict.fromkeys(s))}))
             .drop(columns="_m").reset_index(drop=True))
 
 
 def _cell(mean: float, std: float, seeds: int) -> str:
+    if not np.isfinite(mean):  # e.g. AUROC where every answer was right
+        return "n/a"
     return f"{mean:.1f}" if seeds < 2 else f"{mean:.1f} ± {std:.1f}"
 
 
@@ -91,7 +94,7 @@ def wide(tidy: pd.DataFrame, pipeline: str, convention: str) -> pd.DataFrame:
                        column=[f"{SPLIT_NAMES.get(s, s)} {COLUMNS[m]}"
                                for s, m in zip(part["split"], part["metric"])])
     table = part.pivot(index="method", columns="column", values="cell")
-    present = set(part["column"])  # ID before OOD, then Acc, Conf, ECE, Trust
+    present = set(part["column"])  # ID before OOD, then COLUMNS' order
     columns = [c for s in dict.fromkeys(part["split"]) for m in COLUMNS
                if (c := f"{SPLIT_NAMES.get(s, s)} {COLUMNS[m]}") in present]
     table = table.reindex(index=list(dict.fromkeys(part["method"])), columns=columns)
@@ -110,7 +113,9 @@ def format_markdown(tidy: pd.DataFrame, conventions: Sequence[str] = ("paper", "
                 continue
             parts.append(f"**{pipeline}**, {CONVENTION_TITLES[convention]}, % "
                          "(mean ± std over seeds; ID = in-domain test, OOD = out-of-domain "
-                         "test; Trust = Acc - ECE)\n")
+                         "test; Trust = Acc - ECE; AUROC: how well the confidence ranks "
+                         "right answers above wrong ones, 50 = chance; AURC: area under the "
+                         "risk-coverage curve, lower is better)\n")
             parts.append(_markdown(table))
     return "\n".join(parts)
 

@@ -39,7 +39,7 @@ WRITE_TIMEOUT_S = 60.0  # readers hold the file for milliseconds; a writer can a
 
 SPLITS = ("val", "test", "test_ood")
 CONVENTIONS = ("paper", "option")
-METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust")
+METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust", "auroc", "aurc")
 SEARCH_KINDS = ("TS", "LS")
 IMPORTED_METHOD = "imported"  # `runs.method` of predictions imported from another model
 IMPORT_PREFIX = "import:"     # `runs.dataset` / `examples.dataset` of an import: prefix + name

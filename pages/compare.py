@@ -12,7 +12,7 @@ from pages._common import (csv_download, pick_pipeline, query, require_runs, sto
                            through_app)
 
 METRIC_NAMES = {"accuracy": "Accuracy", "ece": "ECE", "trust": "Trust", "mce": "MCE",
-                "brier": "Brier", "nll": "NLL"}
+                "brier": "Brier", "nll": "NLL", "auroc": "AUROC", "aurc": "AURC"}
 FRACTIONS = ("accuracy", "ece", "trust", "mce")
 
 through_app()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots
-from first_core.views import teaching, view_state
+from first_core.views import selective, teaching, view_state
 
+from pages import _selective
 from pages._common import through_app
 
 through_app()
@@ -47,6 +48,37 @@ st.caption(f"Here the classifier's probabilities are the true ones raised to the
            f"renormalised, so classic temperature scaling with c = s = {sharpness:g} undoes "
            "the distortion exactly. Accuracy never changes: re-scaling keeps the top answer.")
 
+st.header("Calibrated is not enough")
+st.markdown(
+    "Both simulated models below are calibrated (s = 1) and right as often as the accuracy "
+    "slider above says. Model B's confidence is high where it is right and low where it is "
+    "wrong; model A's says less about that, down to stating its base rate for every question "
+    "at discrimination 0. Its ECE is then near 0 and its AUROC 0.5: you cannot use its "
+    "confidence to decide which answers to trust.")
+discrimination = st.slider("Discrimination of model A (0 = always states its base rate, "
+                           "1 = as model B)", 0.0, 1.0, 0.0, 0.05, key="learn_d")
+models = {"Model A": teaching.simulate_classifier(accuracy, 1.0, discrimination=discrimination),
+          "Model B": teaching.simulate_classifier(accuracy, 1.0)}
+curves = {}
+for column, (name, (probs, labels)) in zip(st.columns(2), models.items()):
+    calibration = teaching.classifier_view(probs, labels, 1.0, "logit", n_bins)
+    acting = teaching.classifier_selective(probs, labels)
+    curves[name] = acting.curve
+    with column:
+        st.markdown(f"**{name}**")
+        cards = st.columns(4)
+        cards[0].metric("Accuracy", f"{calibration.cards['accuracy']:.1%}")
+        cards[1].metric("ECE", f"{calibration.cards['ece']:.1%}")
+        cards[2].metric("AUROC", selective.format_score(acting.auroc), help=_selective.AUROC_HELP)
+        cards[3].metric("AURC", f"{acting.aurc:.3f}", help=_selective.AURC_HELP)
+st.plotly_chart(plots.risk_coverage_figure(curves, title="Risk-coverage: answer the most "
+                                                         "confident first"), key="learn-risk")
+st.caption("Read the curve from the right: at coverage 100% every question is answered and the "
+           "risk is the plain error rate. Moving left, the least confident answers are deferred "
+           "to a person. A confidence that ranks right answers above wrong ones makes the risk "
+           "fall as you defer (model B); a confidence that says nothing leaves it flat (model A "
+           "at discrimination 0), however well calibrated. AURC is the area under the curve.")
+
 st.header("The formulas, in plain words")
 st.markdown("**Reliability diagram.** Sort the answers into bins by confidence. In each bin "
             "compare the average confidence with the fraction that was right. Bars below the "
@@ -68,3 +100,8 @@ st.latex(r"P'(i) = \frac{\exp(P(i) / c)}{\sum_{j=1}^{k} \exp(P(j) / c)}")
 st.markdown("**Trust score.** We report accuracy minus ECE, both as fractions; the paper's "
             "exact formula could not be verified, so this is *our* definition.")
 st.latex(r"\mathrm{Trust} = \mathrm{Acc} - \mathrm{ECE}")
+st.markdown("**AUROC**: the chance that a random right answer has a higher confidence than a "
+            "random wrong one (ties count half). **AURC**: the error rate among the answered, "
+            "averaged over the n ways to answer the i most confident questions, i = 1..n.")
+st.latex(r"\mathrm{AURC} = \frac{1}{n} \sum_{i=1}^{n} \frac{\#\,\text{wrong among the } i "
+         r"\text{ most confident}}{i}")

@@ -3,6 +3,8 @@
 The controls, cards and diagrams are one `st.fragment` (`live`): a slider move reruns only
 that, on dense arrays cached per store version, with no store query. Clicking a bar lists
 that bin's examples under the chart; the selected bin lives in the URL like every control.
+Under each diagram: AUROC, AURC, the deferral threshold t and the risk-coverage curve, from
+the re-scaled confidences (`views.selective`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import streamlit as st
 
 from first_core import plots
 from first_core.safe_text import for_markdown
-from first_core.views import example_rows, rescaling, run_arrays, tables, view_state
+from first_core.views import example_rows, rescaling, run_arrays, selective, tables, view_state
+from pages import _selective
 from pages._common import (arrays, csv_download, live, query, require_runs, run_label,
                            store_errors, through_app)
 
@@ -33,7 +36,8 @@ state = view_state.parse_view_state(st.query_params.to_dict(), run_ids, splits,
                                default=view_state.figure5_default(runs, splits))
 defaults = {"rel_runs": list(state.runs), "rel_split": state.split, "rel_conv": state.convention,
             "rel_mode": state.mode, "rel_c": state.c, "rel_bins": state.n_bins,
-            "rel_strategy": state.strategy, "rel_bin": state.bin, "rel_panel": state.panel}
+            "rel_strategy": state.strategy, "rel_bin": state.bin, "rel_panel": state.panel,
+            "rel_t": state.t}
 for key, value in defaults.items():
     st.session_state.setdefault(key, value)
 st.session_state.rel_runs = [r for r in st.session_state.rel_runs if r in run_ids]
@@ -127,12 +131,14 @@ def panels() -> None:
         "classic mode) for the paper convention. Classic scaling at c = 1 shows the stored "
         "model as is; the FIRST transform is the paper's and is not the identity at c = 1. "
         "Brier and NLL are over the answer options. Click a bar to list its examples.")
+    t = st.slider(_selective.THRESHOLD_LABEL, 0.0, 1.0, step=view_state.THRESHOLD_STEP,
+                  key="rel_t", help=_selective.THRESHOLD_HELP)
     if st.session_state.rel_bin is not None and not (
             0 <= st.session_state.rel_bin < n_bins and st.session_state.rel_panel < len(picked)):
         st.session_state.rel_bin = None  # fewer bins or runs than the selection needs
     st.query_params.from_dict(view_state.ViewState(
         tuple(picked), split, c, mode, convention, n_bins, strategy,
-        st.session_state.rel_bin, st.session_state.rel_panel).to_params())
+        st.session_state.rel_bin, st.session_state.rel_panel, t=t).to_params())
     if not picked:
         st.info("Pick a run to see its reliability diagram.")
         return
@@ -177,11 +183,21 @@ def panels() -> None:
                      f"fixed random sample of that size (here {smooth.n_used:,}).")
             st.session_state[f"rel-bins-{i}"] = view.bins
             key = f"rel-fig-{i}"
-            st.plotly_chart(plots.reliability_figure(view.bins, smooth=smooth.curve), key=key,
+            st.plotly_chart(plots.reliability_figure(view.bins, smooth=smooth.curve,
+                                                     threshold=t), key=key,
                             on_select=lambda i=i, key=key: select_bin(i, key),
                             selection_mode="points")
             csv_download(view.bins, f"bins-{run_id.replace('/', '_')}-{split}.csv",
                          "Download bins (CSV)")
+            # acting on the confidence: recomputed from the re-scaled confidences, which the
+            # temperature can reorder across examples
+            acting = selective.selective_view(scaled.confidence, scaled.correct, t)
+            st.markdown(f"**Acting on the confidence**: answer when it is ≥ {t:g}, defer the "
+                        "rest")
+            _selective.discrimination_cards(acting)
+            _selective.threshold_cards(acting)
+            _selective.risk_coverage_chart(acting, run_label(runs)(run_id).split(":")[0],
+                                           key=f"rel-risk-{i}")
             if st.session_state.rel_bin is not None and st.session_state.rel_panel == i:
                 selected = (run_id, data, scaled, view.bins)
     if selected is not None:

@@ -15,7 +15,7 @@ import pytest
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
-from first_core import store
+from first_core import selective_metrics, store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
 from first_core.fixtures import write_fixture_store
 from first_core.safe_text import for_markdown
@@ -25,14 +25,17 @@ APP = ROOT / "app.py"
 PAGES = {  # page -> labels of widgets that must be there
     "pages/home.py": {"radio": ["Confidence convention"]},
     "pages/reliability.py": {"select_slider": ["Temperature c (log scale)"],
-                             "button": ["Best c on validation"], "slider": ["Bins"],
+                             "button": ["Best c on validation"],
+                             "slider": ["Bins", "Answer only when confidence ≥ t"],
                              "multiselect": ["Runs (up to two, side by side)"]},
     "pages/coverage.py": {"number_input": ["Token positions in the data set", "Vocabulary size"],
                           "selectbox": ["Teacher run", "Probability dtype"]},
     "pages/temperature.py": {"selectbox": ["Teacher run", "Example"], "select_slider": ["c"]},
     "pages/compare.py": {"radio": ["Confidence"], "multiselect": ["Splits"]},
     "pages/examples.py": {"selectbox": ["Run", "Split", "Show", "Look at"]},
-    "pages/learn.py": {"slider": ["Accuracy of the simulated classifier"],
+    "pages/learn.py": {"slider": ["Accuracy of the simulated classifier",
+                                  "Discrimination of model A (0 = always states its base "
+                                  "rate, 1 = as model B)"],
                        "select_slider": ["Temperature c"]},
 }
 
@@ -313,6 +316,94 @@ def test_smooth_ece_card_is_relplots_number(monkeypatch, fixture_store):
     assert [m.value for m in at.metric if m.label == "SmoothECE"] == [f"{expected:.1%}"]
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert "Smoothed (SmoothECE)" in [t.get("name") for t in spec["data"]]
+
+
+# ---------------------------------------------------------------- acting on the confidence (issue 21)
+
+def cards(at: AppTest, label: str) -> list[str]:
+    return [m.value for m in at.metric if m.label == label]
+
+
+def risk_traces(at: AppTest) -> list[dict]:
+    """The traces of every risk-coverage chart (the ones with a 'Coverage' x axis title)."""
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return [s for s in specs if "Coverage (share" in json.dumps(s["layout"].get("xaxis", {}))]
+
+
+def test_reliability_shows_discrimination_the_threshold_and_the_curve(monkeypatch,
+                                                                       fixture_store):
+    runs = store.list_runs(fixture_store)
+    run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
+    query = {"runs": run, "split": "test", "c": "2", "mode": "logit", "conv": "paper",
+             "t": "0.6"}
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
+    assert at.slider(key="rel_t").value == 0.6 and at.query_params["t"] == "0.6"
+    # every number from the re-scaled confidences (c = 2 reorders nothing it must not)
+    frame = store.load_predictions(fixture_store, run, "test",
+                                   columns=run_arrays.PREDICTION_COLUMNS)
+    scaled = rescaling.rescale(run_arrays.prediction_arrays(frame), 2.0, "logit", "paper")
+    conf, ok = scaled.confidence, scaled.correct
+    from sklearn.metrics import roc_auc_score
+
+    assert cards(at, "AUROC") == [f"{roc_auc_score(ok, conf):.3f}"]
+    assert cards(at, "AURC") == [f"{selective_metrics.aurc(conf, ok):.3f}"]
+    assert [m.delta for m in at.metric if m.label == "AUROC"][0].startswith("[")
+    answered = conf >= 0.6
+    assert cards(at, "Answered") == [f"{answered.mean():.1%}"]
+    assert cards(at, "Their accuracy") == [f"{ok[answered].mean():.1%}"]
+    assert cards(at, "Wrong ones") == [f"{(answered & ~ok).sum():,}"]
+    assert cards(at, "Deferred") == [f"{(~answered).sum():,}"]
+    # the curve, its threshold mark, and t on the reliability diagram
+    (spec,) = risk_traces(at)
+    names = [t.get("name") for t in spec["data"]]
+    assert "t = 0.6" in names and "Confidence says nothing" in names
+    line = next(t for t in spec["data"] if t.get("name") not in ("t = 0.6",
+                                                                 "Confidence says nothing"))
+    assert plotly_array(line["x"])[-1] == 1.0
+    assert plotly_array(line["y"])[-1] == pytest.approx(1 - ok.mean())
+    diagram = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [s["x0"] for s in diagram["layout"]["shapes"]] == [0.6]
+    # moving the threshold moves the cards and the URL
+    at.slider(key="rel_t").set_value(0.9).run()
+    assert cards(at, "Answered") == [f"{(conf >= 0.9).mean():.1%}"]
+    assert at.query_params["t"] == "0.9"
+
+
+@pytest.mark.parametrize("raw, shown", [("abc", 0.5), ("nan", 0.5), ("-1", 0.0), ("2", 1.0),
+                                        ("inf", 1.0), ("0.123", 0.12), ("", 0.5)])
+def test_garbage_threshold_in_the_url_falls_back_or_clamps(monkeypatch, fixture_store, raw,
+                                                           shown):
+    at = open_app(monkeypatch, fixture_store, "pages/reliability.py", {"t": raw})
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.slider(key="rel_t").value == shown
+    assert len(cards(at, "AUROC")) == 2 and len(risk_traces(at)) == 2
+
+
+def test_learn_page_shows_a_calibrated_model_that_cannot_discriminate(monkeypatch, tmp_path):
+    at = open_app(monkeypatch, tmp_path / "none.duckdb", "pages/learn.py")
+    auroc, aurc = cards(at, "AUROC"), cards(at, "AURC")
+    assert auroc[0] == "0.500" and float(auroc[1]) > 0.65  # model A (d = 0) beside model B
+    assert float(aurc[0]) > float(aurc[1])
+    eces = [float(v.rstrip("%")) for v in cards(at, "ECE")[-2:]]
+    assert max(eces) < 3.0  # both calibrated
+    (spec,) = risk_traces(at)
+    flat = next(t for t in spec["data"] if t["name"] == "Model A")
+    assert np.ptp(plotly_array(flat["y"])) == 0  # the base rate's flat curve
+    at.slider(key="learn_d").set_value(1.0).run()
+    assert cards(at, "AUROC")[0] == cards(at, "AUROC")[1]
+
+
+def test_compare_page_bars_auroc_and_aurc(monkeypatch, two_pipelines):
+    at = open_app(monkeypatch, two_pipelines, "pages/compare.py")
+    for metric in ("auroc", "aurc"):
+        at.selectbox(key="cmp_metric").set_value(metric).run()
+        assert not at.exception
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert spec["layout"]["title"]["text"].startswith(metric.upper())
+        shown = np.concatenate([plotly_array(t["y"]) for t in spec["data"]])
+        rows = store.load_metrics(two_pipelines, metric=metric, convention="option",
+                                  split=["test", "test_ood"])
+        assert np.isin(np.round(shown, 12), np.round(rows["value"].to_numpy(), 12)).all()
 
 
 # ---------------------------------------------------------------- data text is plain text

@@ -4,8 +4,9 @@ On a fixture store: the temperature slider changes the ECE (screenshot in tests/
 the sidebar lists exactly the seven pages, also on the first request of a fresh server;
 clicking a reliability bar lists that bin's examples (and the URL keeps the selection);
 the Home upload box imports a file as its own pipeline; data text with Markdown images
-makes the browser fetch nothing; titles and legends of the figures do not overlap; no page
-requests anything from a host other than localhost.
+makes the browser fetch nothing; titles and legends of the figures do not overlap; the
+deferral threshold, the AUROC / AURC cards and the risk-coverage curve show and move, and a
+garbage `?t=` falls back; no page requests anything from a host other than localhost.
 """
 
 from __future__ import annotations
@@ -233,3 +234,40 @@ def test_no_page_fetches_anything_from_another_host(server, browser):
         assert sidebar_pages(page) == PAGE_TITLES
         page.wait_for_timeout(800)  # the favicon is set after the page's script has run
         assert outside == [], (path, outside)
+
+
+def test_threshold_cards_and_risk_coverage_curve_in_chromium(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    runs = f"{run_id('student_ft', 0)},{run_id('first_ts', 0)}"
+    page.goto(f"{server}/reliability?runs={runs}&split=test&conv=option&mode=logit&c=1&t=0.7",
+              timeout=60_000)
+    thumb = page.get_by_role("slider", name="Answer only when confidence ≥ t")
+    thumb.wait_for(timeout=30_000)
+    assert float(thumb.input_value()) == 0.7
+    for label in ("AUROC", "AURC", "Answered", "Their accuracy",
+                  "Wrong ones", "Deferred"):  # one card per panel
+        sync_api.expect(page.locator('[data-testid="stMetric"]').filter(has_text=label)
+                        ).to_have_count(2, timeout=30_000)
+    auroc = page.locator('[data-testid="stMetric"]').filter(has_text="AUROC").first
+    value = float(auroc.locator('[data-testid="stMetricValue"]').inner_text())
+    assert 0.5 < value <= 1.0
+    curves = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Coverage (share")
+    sync_api.expect(curves).to_have_count(2, timeout=30_000)
+    sync_api.expect(curves.first.get_by_text("t = 0.7").first).to_be_visible(timeout=30_000)
+    answered = page.locator('[data-testid="stMetric"]').filter(has_text="Answered").first \
+        .locator('[data-testid="stMetricValue"]')
+    before = answered.inner_text()
+    thumb.focus()
+    for _ in range(20):  # 0.7 -> 0.9
+        thumb.press("ArrowRight")
+    sync_api.expect(answered).not_to_have_text(before, timeout=20_000)
+    page.wait_for_function("() => new URL(location.href).searchParams.get('t') === '0.9'",
+                           timeout=10_000)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / "reliability-threshold.png"), full_page=True)
+    garbage = browser.new_page(viewport={"width": 1400, "height": 1000})
+    garbage.goto(f"{server}/reliability?runs={runs}&t=abc", timeout=60_000)
+    thumb = garbage.get_by_role("slider", name="Answer only when confidence ≥ t")
+    thumb.wait_for(timeout=30_000)
+    sync_api.expect(thumb).to_have_attribute("aria-valuetext", "0.50", timeout=30_000)
+    assert garbage.locator('[data-testid="stException"]').count() == 0

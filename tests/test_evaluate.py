@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from first_core import metrics, store
+from sklearn.metrics import roc_auc_score
+
+from first_core import metrics, selective_metrics, store
 from first_core.errors import ConfigError
 from first_core.evaluate import compute_metrics, predict
 from first_core.models import answer_token_ids, encode_examples
@@ -120,8 +122,8 @@ def test_compute_metrics_equals_first_core_metrics(pred):
                                if c not in ("run_id", "split")]
     got = {(r.convention, r.metric): r for r in m.itertuples()}
     assert set(got) == {(c, x) for c in ("paper", "option") for x in
-                        ("accuracy", "confidence", "ece", "mce", "trust")} | {("option", "brier"),
-                                                               ("option", "nll")}
+                        ("accuracy", "confidence", "ece", "mce", "trust", "auroc", "aurc")} | {
+                            ("option", "brier"), ("option", "nll")}
     for conv, conf, ok in (("paper", pred.confidence, pred.correct),
                            ("option", pred.confidence_option, pred.correct_option)):
         conf, ok = conf.to_numpy(), ok.to_numpy()
@@ -136,6 +138,15 @@ def test_compute_metrics_equals_first_core_metrics(pred):
         _, low, high = metrics.bootstrap_interval("ece", conf, ok, n_bins=5, n_boot=200, seed=3)
         assert (got[conv, "ece"].ci_low, got[conv, "ece"].ci_high) == pytest.approx((low, high))
         assert np.isnan(got[conv, "accuracy"].ci_low)
+        # discrimination: scikit-learn's AUROC, and the intervals of the same resamples
+        sel = selective_metrics.bootstrap_intervals(conf, ok, n_boot=200, seed=3)
+        for name in ("auroc", "aurc"):
+            row = got[conv, name]
+            assert (row.value, row.ci_low, row.ci_high) == pytest.approx(sel[name], nan_ok=True)
+        if 0 < ok.sum() < len(ok):
+            assert got[conv, "auroc"].value == pytest.approx(roc_auc_score(ok, conf))
+        else:
+            assert np.isnan(got[conv, "auroc"].value)
     # Brier and NLL over the renormalised options, computed row by row here.
     brier, nll = [], []
     for row in pred.itertuples():
@@ -160,7 +171,24 @@ def test_predictions_and_metrics_round_trip_through_the_store(pred, tmp_path):
     assert back.correct_option.tolist() == pred.correct_option.tolist()
     assert [list(v) for v in back.topk_ids] == pred.topk_ids.tolist()
     assert [list(v) for v in back.option_labels] == pred.option_labels.tolist()
-    assert len(store.load_metrics(path, run.run_id)) == 12  # 5 per convention + Brier, NLL
+    assert len(store.load_metrics(path, run.run_id)) == 16  # 7 per convention + Brier, NLL
+
+
+def test_auroc_is_stored_as_null_when_every_answer_is_right_or_wrong(pred, tmp_path):
+    """AUROC needs right and wrong answers: without both it is missing, not a crash; AURC
+    stays defined (0 or 1)."""
+    frame = pred.assign(correct=True, correct_option=False)
+    path = tmp_path / "s.duckdb"
+    run = store.RunRecord(run_id="r/student_ft/seed0", method="student_ft", model="tiny",
+                          dataset="d", seed=0)
+    store.Store(path).write_run(run, frame.assign(split="test"),
+                                compute_metrics(frame, n_boot=20).assign(split="test"))
+    with store.open_readonly(path) as con:
+        rows = dict(((c, m), v) for c, m, v in con.execute(
+            "SELECT convention, metric, value FROM metrics WHERE metric IN ('auroc', 'aurc')"
+        ).fetchall())
+    assert rows == {("paper", "auroc"): None, ("option", "auroc"): None,
+                    ("paper", "aurc"): 0.0, ("option", "aurc"): 1.0}
 
 
 def test_empty_examples(setup):

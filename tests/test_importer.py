@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_auc_score
 
 from first_core import importer, store
 from first_core.errors import DataError, StoreError
@@ -73,6 +74,13 @@ def test_per_option_file_becomes_a_pipeline_with_both_conventions(tmp_path, suff
     conf = probs.max(1) / probs.sum(1)
     ok = np.asarray(list("ABCD"))[probs.argmax(1)] == src["gold"].to_numpy()
     assert rows["value"].iloc[0] == pytest.approx(ref_ece(conf, ok))
+    sel = store.load_metrics(target, run_id, split="test", convention="option",
+                             metric=["auroc", "aurc"]).set_index("metric")
+    assert sel.loc["auroc", "value"] == pytest.approx(roc_auc_score(ok, conf))
+    assert sel.loc["auroc", "ci_low"] < sel.loc["auroc", "value"] < sel.loc["auroc", "ci_high"]
+    answered = conf[None, :] >= conf[:, None]  # row i: the items at least as confident as i
+    aurc = np.mean((answered & ~ok[None, :]).sum(1) / answered.sum(1))
+    assert sel.loc["aurc", "value"] == pytest.approx(aurc)
     text = store.load_examples(target, dataset="import:my-llm", split="test")
     assert set(text["question"]) == set(src["question"])
 

@@ -19,6 +19,7 @@ from torchmetrics.functional.classification import (binary_calibration_error,
                                                     multiclass_calibration_error)
 
 from first_core import metrics as M
+from first_core import resampling
 from first_core.errors import ConfigError
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -253,7 +254,7 @@ def test_bootstrap_is_deterministic_chunked_and_accepts_functions(monkeypatch):
     assert a == M.bootstrap_interval("ece", conf, ok, n_boot=300, seed=1)
     assert a != M.bootstrap_interval("ece", conf, ok, n_boot=300, seed=2)
     assert a[1] <= a[2]
-    monkeypatch.setattr(M, "_BOOT_CELLS", 2000 * 7)  # 7 resamples per chunk
+    monkeypatch.setattr(resampling, "_BOOT_CELLS", 2000 * 7)  # 7 resamples per chunk
     chunked = M.bootstrap_interval("ece", conf, ok, n_boot=300, seed=1)
     assert chunked[0] == a[0] and chunked[1] <= chunked[2]
 

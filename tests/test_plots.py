@@ -105,7 +105,36 @@ def test_smoothed_curve_is_drawn_over_the_bars(bins):
         plots.reliability_figure(bins, smooth=smooth.rename(columns={"y": "acc"}))
 
 
+def test_threshold_is_a_vertical_line_through_the_reliability_diagram(bins):
+    fig = plots.reliability_figure(bins, threshold=0.65)
+    (line,) = fig.layout.shapes
+    assert (line.x0, line.x1, line.yref, line.y0, line.y1) == (0.65, 0.65, "paper", 0, 1)
+    assert [a.text for a in fig.layout.annotations] == ["t = 0.65"]
+    assert not plots.reliability_figure(bins).layout.shapes
+
+
+def test_risk_coverage_curves_mark_and_flat_line():
+    curve = pd.DataFrame({"coverage": [0.0, 0.5, 1.0], "risk": [0.1, 0.1, 0.3],
+                          "threshold": [0.9, 0.9, 0.2]})
+    fig = plots.risk_coverage_figure({"run a": curve, "run b": curve.assign(risk=0.3)},
+                                     mark=(0.5, 0.1, "t = 0.6"), base_risk=0.3)
+    a = _trace(fig, "run a")
+    np.testing.assert_allclose(a.x, curve["coverage"])
+    np.testing.assert_allclose(a.y, curve["risk"])
+    np.testing.assert_allclose(a.customdata, curve["threshold"])  # hover: the confidence
+    assert list(_trace(fig, "t = 0.6").x) == [0.5] and list(_trace(fig, "t = 0.6").y) == [0.1]
+    assert list(_trace(fig, "Confidence says nothing").y) == [0.3, 0.3]
+    assert fig.layout.shapes[0].x0 == 0.5
+    nothing = plots.risk_coverage_figure({"a": curve}, mark=(0.0, float("nan"), "t = 1"))
+    assert [t.name for t in nothing.data] == ["a"]  # nothing answered: only the line at 0
+    with pytest.raises(ValueError, match="threshold"):
+        plots.risk_coverage_figure({"a": curve.drop(columns="threshold")})
+
+
 @pytest.mark.parametrize("build", [
+    lambda: plots.risk_coverage_figure(
+        {"a": pd.DataFrame({"coverage": [1.0], "risk": [0.2], "threshold": [0.5]})},
+        base_risk=0.2, title="Risk-coverage"),
     lambda: plots.search_curve_figure(
         pd.DataFrame({"value": [0.1, 0.2], "ece": [0.2, 0.1], "series": ["validation"] * 2}),
         None, "c", "Temperature scaling: chosen 0.2"),

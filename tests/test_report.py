@@ -66,11 +66,14 @@ def test_markdown_cells_are_the_tidy_means(two_pipelines):
     table = report.wide(tidy, "alpha", "paper")
     assert list(table["method"]) == ["teacher_ft", "student_ft", "student_distill", "first_ls",
                                      "first_ts"]
-    assert list(table.columns) == ["method", "seeds", "ID Acc", "ID Conf", "ID ECE",
-                                   "ID Trust", "OOD Acc", "OOD Conf", "OOD ECE", "OOD Trust"]
+    assert list(table.columns) == ["method", "seeds", *(
+        f"{s} {m}" for s in ("ID", "OOD") for m in ("Acc", "Conf", "ECE", "AUROC", "AURC",
+                                                    "Trust"))]
     mean, std, _ = expected_cell(two_pipelines, "alpha", "first_ts", "test_ood", "ece")
     cell = table.set_index("method").loc["first_ts", "OOD ECE"]
     assert cell == f"{mean:.1f} ± {std:.1f}"
+    mean, std, _ = expected_cell(two_pipelines, "alpha", "student_ft", "test", "auroc")
+    assert table.set_index("method").loc["student_ft", "ID AUROC"] == f"{mean:.1f} ± {std:.1f}"
     text = report.format_markdown(tidy)
     assert text.count("| method | seeds |") == 4  # 2 pipelines x 2 conventions
     assert "**beta**, paper convention" in text
@@ -90,6 +93,31 @@ def test_cli_report_markdown_and_csv(two_pipelines):
     np.testing.assert_allclose(frame["mean"], tidy["mean"], atol=1e-4)
     bad = cli("--pipeline", "nope")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "'nope'" in bad.stderr
+
+
+def test_report_of_a_real_pipeline_store_prints_auroc_and_aurc(tmp_path):
+    """The columns come from the rows `evaluate.compute_metrics` stored for a run: AUROC is
+    scikit-learn's on the stored predictions, AURC a plain loop's; both in percent."""
+    from sklearn.metrics import roc_auc_score
+
+    path = write_fixture_store(tmp_path / "one.duckdb", n_examples=30, seed=0)
+    proc = subprocess.run([sys.executable, "-m", "first_core", "report", "--store", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| method"))
+    assert "| ID ECE | ID AUROC | ID AURC | ID Trust |" in header
+    assert "| OOD ECE | OOD AUROC | OOD AURC | OOD Trust |" in header
+    preds = store.load_predictions(path, "fixture/first_ts/seed0", "test_ood")
+    conf, ok = preds["confidence"].to_numpy(), preds["correct"].to_numpy(dtype=bool)
+    answered = conf[None, :] >= conf[:, None]
+    aurc = np.mean((answered & ~ok[None, :]).sum(1) / answered.sum(1))
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| first_ts"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    got = dict(zip(columns, cells))
+    assert got["OOD AUROC"] == f"{100 * roc_auc_score(ok, conf):.1f}"
+    assert got["OOD AURC"] == f"{100 * aurc:.1f}"
+    assert report._cell(float("nan"), 0.0, 0) == "n/a"  # AUROC of one-class splits
 
 
 def test_cli_report_on_a_missing_store(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from scipy.special import softmax
 
 from first_core import metrics, store
-from first_core.views import example_rows, rescaling, run_arrays, storage_math, tables, teaching, token_views, view_state
+from first_core.views import example_rows, rescaling, run_arrays, selective, storage_math, tables, teaching, token_views, view_state
 from first_core.fixtures import write_fixture_store
 
 
@@ -64,9 +64,20 @@ def test_snap_temperature_picks_nearest_in_log_space():
 
 def test_view_state_round_trips_through_query_params():
     state = view_state.ViewState(("r2", "r1"), "test_ood", view_state.snap_temperature(0.3), "first",
-                            "paper", 15, "quantile")
+                            "paper", 15, "quantile", t=0.73)
     assert view_state.parse_view_state(state.to_params(), ["r1", "r2", "r3"],
                                   ["val", "test", "test_ood"]) == state
+
+
+@pytest.mark.parametrize("raw, t", [("abc", 0.5), ("nan", 0.5), ("-1", 0.0), ("2", 1.0),
+                                    ("inf", 1.0), ("-inf", 0.0), ("1e400", 1.0), ("", 0.5),
+                                    ("0.126", 0.13), (["0.3", "0.9"], 0.3), ("0x1p-1", 0.5)])
+def test_threshold_in_the_url_is_clamped_snapped_or_dropped(raw, t):
+    state = view_state.parse_view_state({"t": raw}, ["r1"], ["test"])
+    assert state.t == t and 0 <= state.t <= 1
+    assert view_state.ViewState(t=state.t).to_params()["t"] == f"{t:g}"
+    with pytest.raises(ValueError, match="t"):
+        view_state.snap_threshold(float("nan"))
 
 
 def test_view_state_drops_invalid_url_values():
@@ -493,6 +504,69 @@ def test_simulated_classifier_rejects_bad_arguments(kwargs, name):
     args = {"accuracy": 0.7, "overconfidence": 1.0} | kwargs
     with pytest.raises(ValueError, match=name):
         teaching.simulate_classifier(**args)
+
+
+def test_discrimination_keeps_accuracy_and_calibration_and_orders_auroc():
+    from sklearn.metrics import roc_auc_score
+
+    aurocs = []
+    for d in (0.0, 0.4, 1.0):
+        probs, labels = teaching.simulate_classifier(0.7, 1.0, n=20000, seed=3,
+                                                     discrimination=d)
+        view = teaching.classifier_view(probs, labels)
+        assert view.cards["accuracy"] == pytest.approx(0.7, abs=0.02)
+        assert view.cards["ece"] < 0.02
+        conf, ok = probs.max(axis=1), probs.argmax(axis=1) == labels
+        acting = teaching.classifier_selective(probs, labels)
+        assert acting.auroc == pytest.approx(roc_auc_score(ok, conf))
+        aurocs.append(acting.auroc)
+        if d == 0:  # the base rate for every question: one tie group, AUROC 0.5, flat curve
+            assert np.unique(conf).size == 1 and acting.auroc == 0.5
+            assert np.ptp(acting.curve["risk"]) == 0
+    assert aurocs[0] < aurocs[1] - 0.05 < aurocs[2] - 0.1
+
+
+def test_discrimination_one_is_the_unchanged_classifier():
+    a = teaching.simulate_classifier(0.6, 2.0, n=500, seed=1)
+    b = teaching.simulate_classifier(0.6, 2.0, n=500, seed=1, discrimination=1.0)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="discrimination"):
+        teaching.simulate_classifier(0.6, 1.0, discrimination=1.5)
+
+
+# ---------------------------------------------------------------- acting on the confidence
+
+def test_selective_view_reorders_with_the_temperature_and_matches_references(arrays):
+    """Re-scaling moves each row's confidence by its own amount: the curve is recomputed
+    from the slider's confidences, and its numbers are sklearn's / a mask's."""
+    from sklearn.metrics import roc_auc_score
+
+    orders = []
+    for c in (0.3, 3.0):
+        scaled = rescaling.rescale(arrays, c, "first", "paper")
+        conf, ok = scaled.confidence, scaled.correct
+        view = selective.selective_view(conf, ok, 0.4)
+        assert view.auroc == pytest.approx(roc_auc_score(ok, conf))
+        answered = conf >= 0.4
+        assert (view.at.answered, view.at.wrong) == (answered.sum(), (answered & ~ok).sum())
+        assert view.base_risk == pytest.approx(1 - ok.mean())
+        assert np.isfinite(view.intervals["auroc"]).all()  # small split: intervals shown
+        orders.append(np.argsort(-conf, kind="stable"))
+    assert not np.array_equal(*orders)  # the case the page has to handle
+    big = np.random.default_rng(0).random(50_000)
+    many = selective.selective_view(big, big > 0.5, 0.5, max_points=200)
+    assert len(many.curve) <= 201 and np.isnan(many.intervals["aurc"]).all()  # above 5,000
+    i, right = np.arange(1, 50_001), (big > 0.5).sum()  # a perfect ranker: wrong only at the end
+    assert many.auroc == 1.0 and many.aurc == pytest.approx(np.mean(np.maximum(0, i - right) / i))
+
+
+def test_selective_view_of_a_one_class_split_has_no_auroc():
+    view = selective.selective_view(np.array([0.6, 0.8]), np.array([True, True]), 0.7)
+    assert np.isnan(view.auroc) and view.aurc == 0.0
+    assert selective.format_score(view.auroc) == "n/a"
+    assert selective.format_range(float("nan"), 0.5) is None
+    assert selective.format_range(0.61234, 0.7) == "[0.612, 0.700]"
 
 
 # ---------------------------------------------------------------- instruction runs (issue 13)

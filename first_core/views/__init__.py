@@ -10,6 +10,7 @@ the result with `first_core.plots`:
 | `rescaling` | the slider's path: re-scale at c, metric cards, bins, ECE-vs-c, SmoothECE |
 | `example_rows` | a bin's examples as plain text; the Examples filters |
 | `tables` | Table 1 and Compare over seeds of one pipeline; temperature-search curves |
+| `selective` | acting on the confidence: AUROC, AURC, the deferral threshold, the risk-coverage curve |
 | `storage_math` | top-K storage arithmetic |
 | `teaching` | the Learn page's simulated classifier |
 | `token_views` | per-token stores of the instruction setting |

@@ -23,6 +23,8 @@ STRATEGIES: dict[str, str] = {"uniform": "equal-width", "quantile": "equal-mass"
 SPLIT_NAMES: dict[str, str] = {"val": "validation", "test": "in-domain test",
                                "test_ood": "out-of-domain test"}
 BIN_RANGE = (5, 30)
+THRESHOLD_DEFAULT = 0.5  # the deferral threshold t: answer only when confidence >= t
+THRESHOLD_STEP = 0.01    # the threshold slider's step; a URL's t snaps to it
 
 
 def snap_temperature(c: float) -> float:
@@ -45,12 +47,13 @@ class ViewState:
     strategy: str = "uniform"
     bin: int | None = None  # drill-down: the selected reliability bin (0 = lowest confidence)
     panel: int = 0          # ... in which of the side-by-side runs
+    t: float = THRESHOLD_DEFAULT  # deferral threshold
 
     def to_params(self) -> dict[str, str]:
         """Query-string values (all strings, as `st.query_params` stores them)."""
         params = {"runs": ",".join(self.runs), "split": self.split, "c": f"{self.c:g}",
                   "mode": self.mode, "conv": self.convention, "bins": str(self.n_bins),
-                  "strategy": self.strategy}
+                  "strategy": self.strategy, "t": f"{self.t:g}"}
         if self.bin is not None:
             params.update(bin=str(self.bin), panel=str(self.panel))
         return params
@@ -67,6 +70,14 @@ def _int(value: str | None) -> int | None:
         return int(value or "")
     except ValueError:
         return None
+
+
+def snap_threshold(t: float) -> float:
+    """A deferral threshold clamped to [0, 1] and snapped to the slider's step; ValueError
+    for NaN (a URL's `t=nan` falls back to the default)."""
+    if np.isnan(t):
+        raise ValueError(f"t: must be a number, got {t!r}")
+    return round(float(np.clip(t, 0.0, 1.0)), 2)  # 2 decimals: THRESHOLD_STEP
 
 
 def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequence[str],
@@ -98,6 +109,10 @@ def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequenc
             state = replace(state, **{fields[key]: value})
     try:
         state = replace(state, c=snap_temperature(float(_first(params.get("c")) or "nan")))
+    except ValueError:
+        pass
+    try:
+        state = replace(state, t=snap_threshold(float(_first(params.get("t")) or "nan")))
     except ValueError:
         pass
     bins = _int(_first(params.get("bins")))
