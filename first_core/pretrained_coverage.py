@@ -107,7 +107,7 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
     record = json.loads((first.run_dir / "stages" / "data.json").read_text(encoding="utf-8"))
     val_file = record["files"][SPLIT]
     examples = data.load_examples(val_file, demo.data.fmt)
-    cfg = coverage_config(demo, spec, n_prompts, val_file, len(examples),
+    cfg = coverage_config(demo, spec, min(n_prompts, len(examples)), val_file, len(examples),
                           record["dataset_hash"])
     examples = examples[:n_prompts]
     run_dir = Path(demo.runs_dir) / cfg["name"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from first_core import plots
-from first_core.views import storage_math, token_views, view_state
+from first_core.views import coverage_runs, storage_math, token_views, view_state
 from pages._common import (csv_download, require_rows, require_runs, run_label, store_errors,
                            store_version, through_app)
 
@@ -36,9 +36,25 @@ runs = require_runs()
 coverage = require_rows(
     "coverage", "No top-k coverage in this store yet (the pipeline's `topk` stage records it).")
 teachers = list(dict.fromkeys(coverage["run_id"]))
-run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="cov_run")
+
+
+def _new_run() -> None:
+    """Another run: its own counts replace the previous run's as the assumptions' defaults."""
+    for key in ("cov_positions", "cov_vocab", "cov_k"):
+        st.session_state.pop(key, None)
+
+
+run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="cov_run",
+                      index=teachers.index(coverage_runs.default_run(coverage)),
+                      on_change=_new_run, help="Opens on the largest vocabulary in the store.")
 rows = coverage[coverage["run_id"] == run_id].sort_values("k")
 stored = rows.iloc[0]
+info = runs.set_index("run_id")
+known = run_id in info.index
+# a fixed sentence with numbers; the store's own texts go through st.text (plain, never Markdown)
+st.info(coverage_runs.describe_run(info.at[run_id, "method"] if known else None, stored))
+if known:
+    st.text(f"model: {info.at[run_id, 'model']}    pipeline: {info.at[run_id, 'pipeline']}")
 
 st.markdown("Assumptions for the disk arithmetic (defaults are this store's own counts):")
 cols = st.columns(4)
@@ -74,7 +90,7 @@ st.dataframe(table, hide_index=True)
 st.caption("`bytes_per_position` is what the pipeline measured on disk for its own top-k store.")
 csv_download(table, "topk-coverage.csv")
 
-run_dir = token_views.instruct_run_dir(runs.set_index("run_id")["config"].get(run_id))
+run_dir = token_views.instruct_run_dir(info["config"].get(run_id) if known else None)
 if run_dir is not None:  # the instruction setting: top-k at every response token
     st.subheader("Along the response (instruction setting)")
     train_dir, val_dir = run_dir / "topk" / "train", run_dir / "topk" / "val"

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from first_core import store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
-from first_core.fixtures import write_fixture_store
+from first_core.fixtures import PRETRAINED_MODEL, write_fixture_store, write_pretrained_coverage
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -438,3 +438,37 @@ def test_coverage_page_says_when_the_run_folder_is_elsewhere(monkeypatch, tiny_i
     assert not at.error and not at.exception
     assert [i.value for i in at.info if "is not on this machine" in i.value]
     assert at.get("plotly_chart")  # the store's own coverage curve still shows
+
+
+# ---------------------------------------------------------------- a real vocabulary (issue 22)
+
+@pytest.fixture(scope="module")
+def pretrained_store(tmp_path_factory) -> tuple[Path, str]:
+    """The fixture store (a 32k teacher) plus, stored after it, a pretrained model's zero-shot
+    coverage over 49,152 tokens, as the demo's last step writes one."""
+    path = write_fixture_store(tmp_path_factory.mktemp("pretrained") / "p.duckdb", 40, seed=2)
+    return path, write_pretrained_coverage(path)
+
+
+def test_coverage_page_opens_on_the_largest_vocabulary_and_says_what_it_is(monkeypatch,
+                                                                           pretrained_store):
+    path, run = pretrained_store
+    at = open_app(monkeypatch, path, "pages/coverage.py")
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="cov_run").value == run
+    assert at.number_input(key="cov_vocab").value == 49_152
+    said = " ".join(i.value for i in at.info)
+    assert "pretrained model read zero-shot" in said and "not the fine-tuned teacher" in said
+    assert [t.value for t in at.text if PRETRAINED_MODEL in t.value]
+    teacher = next(r for r in at.selectbox(key="cov_run").options if "teacher_ft" in r)
+    at.selectbox(key="cov_run").set_value(teacher.rsplit(": ", 1)[1]).run()
+    said = " ".join(i.value for i in at.info)
+    assert "fine-tuned teacher" in said and "zero-shot" not in said
+    assert at.number_input(key="cov_vocab").value == 32_000  # the picked run's own count
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_renders_beside_a_run_without_predictions(monkeypatch, pretrained_store,
+                                                             page):
+    at = open_app(monkeypatch, pretrained_store[0], page)
+    assert not at.error, [e.value for e in at.error]

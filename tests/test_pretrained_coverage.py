@@ -14,6 +14,7 @@ import pytest
 
 from first_core import pretrained_coverage, store
 from first_core.config import RunConfig
+from first_core.views import coverage_runs
 
 RUN = "demo-smollm2-coverage/pretrained_zero_shot/seed0"
 
@@ -66,3 +67,28 @@ def test_instruction_demo_skips_with_a_note(tmp_path, monkeypatch):
     said: list[str] = []
     assert pretrained_coverage.run_pretrained_coverage(demo, echo=said.append) is None
     assert "multiple-choice" in said[0] and list(tmp_path.iterdir()) == []
+
+
+def test_the_page_opens_on_the_largest_vocabulary():
+    frames = [coverage_rows(47).assign(run_id="demo/teacher_ft/seed0"),
+              coverage_rows(49_152).assign(run_id=RUN),
+              coverage_rows(49_152).assign(run_id="other/pretrained_zero_shot/seed0"),
+              coverage_rows(32_000).assign(run_id="x/teacher_ft/seed0")]
+    assert coverage_runs.default_run(pd.concat(frames)) == RUN  # the first of equals
+    no_vocab = frames[0].assign(vocab_size=np.nan, run_id="nan")
+    assert coverage_runs.default_run(pd.concat([no_vocab, frames[0]])) == "demo/teacher_ft/seed0"
+    with pytest.raises(ValueError):
+        coverage_runs.default_run(frames[0].iloc[:0])
+
+
+def test_the_page_says_what_a_run_is():
+    row = {"n_positions": 100, "vocab_size": 49_152}
+    said = coverage_runs.describe_run(store.PRETRAINED_METHOD, row)
+    assert "pretrained model read zero-shot" in said and "not the fine-tuned teacher" in said
+    assert "100 validation prompts" in said and "49,152-token vocabulary" in said
+    small = coverage_runs.describe_run("teacher_ft", {"n_positions": 600, "vocab_size": 47})
+    assert "fine-tuned teacher" in small and "pick a pretrained run" in small
+    big = coverage_runs.describe_run("teacher_ft", {"n_positions": 600, "vocab_size": 49_152})
+    assert "pick a pretrained run" not in big
+    missing = coverage_runs.describe_run("imported", {"n_positions": np.nan, "vocab_size": None})
+    assert "nan" not in missing.lower() and "None" not in missing

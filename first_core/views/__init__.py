@@ -11,6 +11,7 @@ the result with `first_core.plots`:
 | `example_rows` | a bin's examples as plain text; the Examples filters |
 | `tables` | Table 1 and Compare over seeds of one pipeline; temperature-search curves |
 | `storage_math` | top-K storage arithmetic |
+| `coverage_runs` | the Coverage page's opening run (the largest vocabulary) and what it says a run is |
 | `teaching` | the Learn page's simulated classifier |
 | `token_views` | per-token stores of the instruction setting |
 """
