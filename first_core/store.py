@@ -637,3 +637,34 @@ def list_pipelines(source: Source | None = None) -> pd.DataFrame:
            "min(created_at) AS created_at FROM runs GROUP BY pipeline ORDER BY 4, 1")
     with _reading(source) as con:
         return con.execute(sql).df()
+
+
+# ---------------------------------------------------------------------------- pretrained models
+
+PRETRAINED_METHOD = "pretrained_zero_shot"  # `runs.method` of a pretrained model read zero-shot
+
+
+def write_pretrained_coverage(path: str | os.PathLike[str] | None, pipeline: str, run_id: str,
+                              model: str, dataset: str, coverage: pd.DataFrame,
+                              config: Mapping[str, Any] | None = None,
+                              timeout: float = WRITE_TIMEOUT_S) -> Path:
+    """Store a pretrained model's top-k coverage, read as it was pretrained (no fine-tuning),
+    as run `run_id` of pipeline `pipeline`: its runs row (method `pretrained_zero_shot`, no
+    predictions or metrics) and its `topk_coverage` rows, in one transaction that replaces
+    what this run id held before (`first_core/pretrained_coverage.py` writes it)."""
+    if not pipeline or not run_id:
+        raise ValueError("pipeline, run_id: must be non-empty")
+    fixed = {"run_id": run_id}
+    _validate(TABLES["topk_coverage"], coverage, fixed)
+    store = default_store_path(path)
+    row = RunRecord(run_id=run_id, method=METHODS[0], model=model, dataset=dataset, seed=0,
+                    config=dict(config or {}), pipeline=pipeline).row()
+    row[1] = PRETRAINED_METHOD  # RunRecord checks the project's trained methods; not one
+    cols = ", ".join(f'"{c}"' for c in TABLES["runs"].columns)
+    marks = ", ".join("?" for _ in TABLES["runs"].columns)
+    with connect(store, read_only=False, timeout=timeout) as con, transaction(con):
+        for name in ("predictions", "metrics", "topk_coverage", "runs"):
+            con.execute(f'DELETE FROM "{name}" WHERE run_id = ?', [run_id])
+        con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
+        _insert(con, TABLES["topk_coverage"], coverage, fixed)
+    return store

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
 
 from first_core import plots
-from first_core.views import storage_math, token_views, view_state
-from pages._common import (csv_download, require_rows, require_runs, run_label, store_errors,
-                           store_version, through_app)
+from first_core.errors import FirstError
+from first_core.views import coverage_runs, storage_math, token_views, view_state
+from pages._common import (csv_download, require_rows, require_runs, run_label,
+                           store_path, store_version, through_app)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -30,15 +33,43 @@ def teacher_tokenizer(folder: str):
     return token_views.load_tokenizer(folder) if Path(folder).is_dir() else None
 
 
+@contextmanager
+def run_folder_errors() -> Iterator[None]:
+    """A run folder's unreadable top-k as a message whose text (it holds paths the store's
+    config names) is plain text, never Markdown; then stop."""
+    try:
+        yield
+    except (FirstError, OSError, ValueError) as exc:
+        st.error("This run's per-token top-k could not be read:")
+        st.text(str(exc))
+        st.stop()
+
+
 through_app()
 st.title("Top-k coverage")
 runs = require_runs()
 coverage = require_rows(
     "coverage", "No top-k coverage in this store yet (the pipeline's `topk` stage records it).")
 teachers = list(dict.fromkeys(coverage["run_id"]))
-run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="cov_run")
+
+
+def _new_run() -> None:
+    """Another run: its own counts replace the previous run's as the assumptions' defaults."""
+    for key in ("cov_positions", "cov_vocab", "cov_k"):
+        st.session_state.pop(key, None)
+
+
+run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="cov_run",
+                      index=teachers.index(coverage_runs.default_run(coverage)),
+                      on_change=_new_run, help="Opens on the largest vocabulary in the store.")
 rows = coverage[coverage["run_id"] == run_id].sort_values("k")
 stored = rows.iloc[0]
+info = runs.set_index("run_id")
+known = run_id in info.index
+# a fixed sentence with numbers; the store's own texts go through st.text (plain, never Markdown)
+st.info(coverage_runs.describe_run(info.at[run_id, "method"] if known else None, stored))
+if known:
+    st.text(f"model: {info.at[run_id, 'model']}    pipeline: {info.at[run_id, 'pipeline']}")
 
 st.markdown("Assumptions for the disk arithmetic (defaults are this store's own counts):")
 cols = st.columns(4)
@@ -74,27 +105,35 @@ st.dataframe(table, hide_index=True)
 st.caption("`bytes_per_position` is what the pipeline measured on disk for its own top-k store.")
 csv_download(table, "topk-coverage.csv")
 
-run_dir = token_views.instruct_run_dir(runs.set_index("run_id")["config"].get(run_id))
-if run_dir is not None:  # the instruction setting: top-k at every response token
+config = info["config"].get(run_id) if known else None
+if token_views.instruct_run_dir(config) is not None:  # top-k at every response token
     st.subheader("Along the response (instruction setting)")
-    train_dir, val_dir = run_dir / "topk" / "train", run_dir / "topk" / "val"
-    if not (train_dir.is_dir() and val_dir.is_dir()):
-        st.info(f"The run folder `{run_dir}` (per-token top-k) is not on this machine.")
+    try:  # only a folder this store's own run wrote (token_views.own_run_folder says which)
+        folder = token_views.own_run_folder(config, token_views.run_roots(store_path()))
+    except FileNotFoundError as exc:
+        st.info("This run's folder (its per-token top-k) is not on this machine:")
+        st.text(str(exc.filename))
         st.stop()
-    with store_errors():
-        by_position = token_positions(str(train_dir), store_version(train_dir / "manifest.json"))
+    except (token_views.RunFolderError, FirstError) as exc:
+        st.warning("Not read: the folder this run's stored config names is not one of this "
+                   "store's own run folders.")
+        st.text(str(exc))
+        st.stop()
+    with run_folder_errors():
+        by_position = token_positions(str(folder.train),
+                                      store_version(folder.train / "manifest.json"))
     st.plotly_chart(plots.position_coverage_figure(by_position), key="cov-positions")
     st.caption(f"Training split, {int(by_position['n_tokens'].sum()):,} response tokens: the "
                "teacher's mean top-1 and top-k mass at each position of the response.")
     cols = st.columns([2, 3])
-    with store_errors():
-        example_ids = token_examples(str(val_dir), store_version(val_dir / "manifest.json"))
+    with run_folder_errors():
+        example_ids = token_examples(str(folder.val), store_version(folder.val / "manifest.json"))
     example = cols[0].selectbox("Validation example", example_ids, key="cov_example")
     c = cols[1].select_slider("c (FIRST transform)", options=list(view_state.TEMPERATURE_GRID),
                               value=1.0, key="cov_c", format_func=lambda v: f"{v:g}")
-    tokenizer = teacher_tokenizer(str(run_dir / "models" / "teacher_ft" / "final"))
-    with store_errors():
-        view = token_views.token_topk_view(val_dir, example, c, tokenizer)
+    with run_folder_errors():
+        tokenizer = teacher_tokenizer(str(folder.tokenizer)) if folder.tokenizer else None
+        view = token_views.token_topk_view(folder.val, example, c, tokenizer)
     st.dataframe(token_views.token_view_table(view, c), hide_index=True, key="cov_tokens")
     st.caption("Each response token with the teacher's stored top-k at it (raw full-vocabulary "
                "probabilities) and after the FIRST transform softmax(p / c): the student's "

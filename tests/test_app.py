@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from first_core import selective_metrics, store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
-from first_core.fixtures import write_fixture_store
+from first_core.fixtures import PRETRAINED_MODEL, write_fixture_store, write_pretrained_coverage
 from first_core.safe_text import for_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -771,3 +771,135 @@ def test_a_reliability_bin_reads_only_its_listed_rows(monkeypatch, large_import,
     rest = [rows for sql, rows in predictions_read
             if "list_position" not in sql and "DISTINCT" not in sql]
     assert whole == [1500] and rest and max(rest) <= 500, predictions_read
+
+
+# ---------------------------------------------------------------- a real vocabulary (issue 22)
+
+@pytest.fixture(scope="module")
+def pretrained_store(tmp_path_factory) -> tuple[Path, str]:
+    """The fixture store (a 32k teacher) plus, stored after it, a pretrained model's zero-shot
+    coverage over 49,152 tokens, as the demo's last step writes one."""
+    path = write_fixture_store(tmp_path_factory.mktemp("pretrained") / "p.duckdb", 40, seed=2)
+    return path, write_pretrained_coverage(path)
+
+
+def test_coverage_page_opens_on_the_largest_vocabulary_and_says_what_it_is(monkeypatch,
+                                                                           pretrained_store):
+    path, run = pretrained_store
+    at = open_app(monkeypatch, path, "pages/coverage.py")
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="cov_run").value == run
+    assert at.number_input(key="cov_vocab").value == 49_152
+    said = " ".join(i.value for i in at.info)
+    assert "pretrained model read zero-shot" in said and "not the fine-tuned teacher" in said
+    assert [t.value for t in at.text if PRETRAINED_MODEL in t.value]
+    teacher = next(r for r in at.selectbox(key="cov_run").options if "teacher_ft" in r)
+    at.selectbox(key="cov_run").set_value(teacher.rsplit(": ", 1)[1]).run()
+    said = " ".join(i.value for i in at.info)
+    assert "fine-tuned teacher" in said and "zero-shot" not in said
+    assert at.number_input(key="cov_vocab").value == 32_000  # the picked run's own count
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_renders_beside_a_run_without_predictions(monkeypatch, pretrained_store,
+                                                             page):
+    at = open_app(monkeypatch, pretrained_store[0], page)
+    assert not at.error, [e.value for e in at.error]
+
+
+# ---------------------------------------------------------------- crafted run folders (issue 23)
+
+def store_with_config(source: Path, to: Path, **patch) -> Path:
+    """A copy of the `source` store whose runs' stored configs are changed by `patch`."""
+    import duckdb
+
+    to.parent.mkdir(parents=True, exist_ok=True)
+    to.write_bytes(source.read_bytes())
+    with duckdb.connect(str(to)) as con:
+        con.execute("UPDATE runs SET config = json_merge_patch(config, ?)", [json.dumps(patch)])
+    return to
+
+
+def copied_run(work: Path, to: Path, **patch) -> Path:
+    """A copy of the tiny instruction run's folder, its config.json changed by `patch` (so it
+    is, by its content, the folder of a run stored with that config)."""
+    import shutil
+
+    shutil.copytree(work / "runs" / "instruct-tiny", to)
+    config = json.loads((to / "config.json").read_text())
+    (to / "config.json").write_text(json.dumps({**config, **patch}))
+    return to
+
+
+def rendered_as_markdown(at: AppTest) -> list[str]:
+    return [m.value for m in [*at.markdown, *at.caption, *at.info, *at.warning, *at.error,
+                              *at.success, *at.subheader]]
+
+
+def test_coverage_page_shows_a_crafted_run_name_as_plain_text(monkeypatch, tiny_instruct_run,
+                                                              tmp_path):
+    work, _ = tiny_instruct_run
+    name = "x` ![](http://tracker.invalid/y.png) **bold** `"
+    at = open_app(monkeypatch, store_with_config(work / "first.duckdb", tmp_path / "s.duckdb",
+                                             name=name), "pages/coverage.py")
+    assert not [m for m in rendered_as_markdown(at) if "tracker.invalid" in m]
+    assert [t.value for t in at.text if "tracker.invalid" in t.value]  # said, as plain text
+
+
+@pytest.mark.parametrize("layout", ["absolute path elsewhere", "dot-dot name",
+                                    "symlink out of runs_dir", "another run's folder"])
+def test_coverage_page_reads_only_the_stores_own_run_folders(monkeypatch, tiny_instruct_run,
+                                                             tmp_path, layout):
+    """The stored config names a folder holding a real run (top-k stores and a tokenizer);
+    the page reads it only where the store's own run wrote it."""
+    work, _ = tiny_instruct_run
+    here, runs = tmp_path / "s", tmp_path / "s" / "runs"
+    if layout == "absolute path elsewhere":
+        runs = tmp_path / "elsewhere" / "runs"
+        copied_run(work, runs / "instruct-tiny", runs_dir=str(runs))
+        patch = {"runs_dir": str(runs)}
+    elif layout == "dot-dot name":
+        copied_run(work, here / "other", runs_dir=str(runs), name="../other")
+        patch = {"runs_dir": str(runs), "name": "../other"}
+    elif layout == "symlink out of runs_dir":
+        outside = copied_run(work, tmp_path / "outside", runs_dir=str(runs))
+        runs.mkdir(parents=True)
+        (runs / "instruct-tiny").symlink_to(outside)
+        patch = {"runs_dir": str(runs)}
+    else:  # inside the store's folder, but written for another config
+        copied_run(work, runs / "instruct-tiny")
+        patch = {"runs_dir": str(runs)}
+    at = open_app(monkeypatch, store_with_config(work / "first.duckdb", here / "s.duckdb", **patch),
+                  "pages/coverage.py")
+    assert [w.value for w in at.warning if w.value.startswith("Not read")]
+    assert len(at.get("plotly_chart")) == 1  # the store's own curve, no per-token chart
+    assert not at.dataframe or "token" not in at.dataframe[-1].value
+
+
+def test_coverage_page_reads_a_run_folder_kept_beside_its_store(monkeypatch, tiny_instruct_run,
+                                                                tmp_path):
+    """The same copies, laid out as a moved experiment (store and runs/ side by side): read."""
+    work, _ = tiny_instruct_run
+    runs = tmp_path / "s" / "runs"
+    copied_run(work, runs / "instruct-tiny", runs_dir=str(runs))
+    at = open_app(monkeypatch, store_with_config(work / "first.duckdb", tmp_path / "s" / "s.duckdb",
+                                             runs_dir=str(runs)), "pages/coverage.py")
+    assert not at.warning and not at.error
+    assert len(at.get("plotly_chart")) == 2 and "token" in at.dataframe[-1].value
+
+
+def test_coverage_page_says_an_unreadable_run_folder_in_plain_text(monkeypatch,
+                                                                   tiny_instruct_run, tmp_path):
+    """The store's own run folder, under a path that reads as Markdown, with a shard cut short:
+    the error names the path as plain text."""
+    work, _ = tiny_instruct_run
+    here = tmp_path / "x`**bold**`![img](http:tracker.invalid)"
+    runs = here / "runs"
+    folder = copied_run(work, runs / "instruct-tiny", runs_dir=str(runs))
+    shard = sorted((folder / "topk" / "train").glob("part-*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    at = open_app(monkeypatch, store_with_config(work / "first.duckdb", here / "s.duckdb",
+                                             runs_dir=str(runs)), "pages/coverage.py")
+    assert [e.value for e in at.error if "could not be read" in e.value]
+    assert not [m for m in rendered_as_markdown(at) if "tracker.invalid" in m]
+    assert [t.value for t in at.text if "tracker.invalid" in t.value]

@@ -282,3 +282,52 @@ def test_float16_rows_far_above_one_are_refused(tmp_path):
     f32 = types.SimpleNamespace(dtype="float32")
     assert topk._fit_rounding(np.array([[0.9, 0.11]]), f32, tmp_path)[0].sum() == \
         pytest.approx(1.01)  # float32 stores are left to the callers' checks
+
+
+# ------------------------------------------------------------------ the demo's real vocabulary
+
+def test_demo_stores_a_pretrained_vocabularys_coverage(built, teacher, tmp_path, monkeypatch,
+                                                       capsys):
+    """`python -m first_core demo` (here on a tiny config, 6 prompts) ends by storing SmolLM2's
+    zero-shot top-100 coverage as its own pipeline; a second demo reuses the extraction."""
+    from pathlib import Path
+
+    from first_core import pretrained_coverage, store
+    from first_core.__main__ import main
+    from first_core.models import build_dir_name
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pretrained_coverage, "N_PROMPTS", 6)
+    cache = tmp_path / "runs" / "tiny-smollm2-coverage" / "models" / "built"
+    cache.mkdir(parents=True)
+    (cache / build_dir_name(GGUF)).symlink_to(built[1])  # the session's conversion, reused
+    args = ["demo", "--config", str(root / "configs" / "tiny.toml"), "--no-dashboard",
+            "--store", "s.duckdb", "--set", "methods=['teacher_ft']", "--set",
+            "topk.coverage_k=100", *[x for k, v in (("n_train", 40), ("n_val", 8),
+                                                    ("n_test", 8), ("n_ood", 8))
+                                     for x in ("--set", f"data.{k}={v}")]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "49,152-token vocabulary" in out and "zero-shot" in out
+
+    runs = store.list_runs("s.duckdb").set_index("method")
+    run = runs.loc[store.PRETRAINED_METHOD]
+    assert (run["model"], run["pipeline"]) == (GGUF, "tiny-smollm2-coverage")
+    config = json.loads(run["config"])
+    assert config["model"] == {"spec": GGUF, "pretrained": True, "fine_tuned": False,
+                               "dtype": "float32"}
+    assert (config["prompts"]["first_n"], config["prompts"]["of"]) == (6, 8)
+    cover = store.load_topk_coverage("s.duckdb", run["run_id"])
+    assert cover["k"].tolist() == list(range(1, 101))
+    assert set(cover["vocab_size"]) == {VOCAB} and set(cover["n_positions"]) == {6}
+    assert set(cover["full_bytes_per_position"]) == {2 * VOCAB}
+    # against the model's own full softmax on those six prompts, one at a time
+    examples = load_examples(tmp_path / "data" / "embedded-tiny" / "val.jsonl")[:6]
+    ref = full_softmax(*teacher, examples).topk(100, dim=-1).values
+    np.testing.assert_allclose(cover["mean"], ref.cumsum(-1).mean(0).numpy(), rtol=1e-3,
+                               atol=1e-4)
+
+    assert main(args) == 0  # the second demo reuses the stored top-k
+    assert "done earlier, reused" in capsys.readouterr().out
+    assert len(store.load_topk_coverage("s.duckdb", run["run_id"])) == 100

@@ -618,3 +618,61 @@ def test_token_view_table_shows_each_token_before_and_after(token_store):
     assert ranks == [str(r + 1) if r >= 0 else "-" for r in view["gold_rank"]]
     no_tok = token_views.token_view_table(token_views.token_topk_view(path, examples[2].id, 0.5), 0.5)
     assert no_tok["token"].tolist() == [str(i) for i in view["token_id"]]
+
+
+# ---------------------------------------------------------------- the store's own run folders
+
+def _instruct_config(runs_dir, name: str = "x") -> dict:
+    from first_core.config import load_config
+    return load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
+                                  "student_train.loss_on='response'", f"name='{name}'",
+                                  f"runs_dir='{runs_dir}'"]).to_dict()
+
+
+def _run_folder(folder, config: dict, shard: str = "part-r000-00000.parquet"):
+    """A run folder as the pipeline leaves it, as far as `own_run_folder` looks."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    for split in ("train", "val"):
+        store_dir = folder / "topk" / split
+        store_dir.mkdir(parents=True)
+        (store_dir / "part-r000-00000.parquet").write_bytes(b"")
+        (store_dir / "manifest.json").write_text(json.dumps({"shards": [{"file": shard,
+                                                                          "rows": 1}]}))
+    return folder
+
+
+def test_own_run_folder_reads_the_runs_own_folder_only(tmp_path):
+    cfg = _instruct_config(tmp_path / "runs")
+    folder = _run_folder(tmp_path / "runs" / "x", cfg)
+    got = token_views.own_run_folder(json.dumps(cfg), [tmp_path])
+    assert got.root == folder.resolve() and got.val == (folder / "topk" / "val").resolve()
+    assert got.tokenizer is None  # no teacher folder: token ids instead of text
+    (folder / "models" / "teacher_ft" / "final").mkdir(parents=True)
+    assert token_views.own_run_folder(cfg, [tmp_path]).tokenizer is not None
+    assert token_views.own_run_folder(dict(cfg, store="other.duckdb"), [tmp_path]).root  # store
+    with pytest.raises(token_views.RunFolderError, match="outside the folders"):
+        token_views.own_run_folder(cfg, [tmp_path / "runs" / "y"])
+    with pytest.raises(token_views.RunFolderError, match="not this run's config"):
+        token_views.own_run_folder(dict(cfg, seed=9), [tmp_path])
+    with pytest.raises(FileNotFoundError):
+        token_views.own_run_folder(_instruct_config(tmp_path / "runs", "gone"), [tmp_path])
+    assert token_views.own_run_folder(json.dumps({"name": "x"}), [tmp_path]) is None  # mc
+
+
+@pytest.mark.parametrize("shard", ["../../../etc/passwd", "/etc/passwd", "..", "", "a/b"])
+def test_own_run_folder_refuses_shards_listed_outside_the_store(tmp_path, shard):
+    cfg = _instruct_config(tmp_path / "runs")
+    _run_folder(tmp_path / "runs" / "x", cfg, shard=shard)
+    with pytest.raises(token_views.RunFolderError, match="not a plain file name"):
+        token_views.own_run_folder(cfg, [tmp_path])
+
+
+def test_own_run_folder_refuses_a_shard_symlinked_out(tmp_path):
+    cfg = _instruct_config(tmp_path / "runs")
+    folder = _run_folder(tmp_path / "runs" / "x", cfg)
+    shard = folder / "topk" / "val" / "part-r000-00000.parquet"
+    shard.unlink()
+    shard.symlink_to(tmp_path / "secret.parquet")
+    with pytest.raises(token_views.RunFolderError, match="outside"):
+        token_views.own_run_folder(cfg, [tmp_path])

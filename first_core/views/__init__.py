@@ -12,6 +12,7 @@ the result with `first_core.plots`:
 | `tables` | Table 1 and Compare over seeds of one pipeline; temperature-search curves |
 | `selective` | acting on the confidence: AUROC, AURC, the deferral threshold, the risk-coverage curve |
 | `storage_math` | top-K storage arithmetic |
+| `coverage_runs` | the Coverage page's opening run (the largest vocabulary) and what it says a run is |
 | `teaching` | the Learn page's simulated classifier |
 | `token_views` | per-token stores of the instruction setting |
 """

@@ -1,12 +1,13 @@
 """Per-token stores of the instruction setting: coverage along the response, one example's
 top-k at every response token before and after the FIRST transform, and where a run's
-store lives."""
+store lives (`own_run_folder`: only a folder the store's own run wrote is ever read)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,101 @@ def instruct_run_dir(config_json: str | Mapping[str, object] | None) -> Path | N
                          seed=int(raw.get("seed", 0)), seeds=raw.get("seeds")).run_dir
     except (KeyError, TypeError, ValueError):
         return None
+
+
+class RunFolderError(ValueError):
+    """A stored config names a folder that is not one of the store's own runs: not read."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The checked paths of a run folder the Coverage page reads (all resolved)."""
+
+    root: Path
+    train: Path  # topk/train, per-token store
+    val: Path    # topk/val
+    tokenizer: Path | None  # models/teacher_ft/final, None when not there
+
+
+def run_roots(store_path: str | os.PathLike[str]) -> list[Path]:
+    """Where the dashboard reads run folders from: the folder holding the store file (a
+    store beside its runs, as the tests and a copied experiment keep them) and `runs/` of
+    the working directory (the default `runs_dir`, beside the default `data/first.duckdb`)."""
+    return [Path(store_path).resolve().parent, Path("runs").resolve()]
+
+
+# config keys that pick the store and its rows, not what the run folder holds: a rerun that
+# only changes them rewrites the folder's config.json but leaves other stores' rows as they were
+_NOT_IN_FOLDER = ("store", "methods")
+
+
+def _inside(path: Path, folder: Path, what: str) -> Path:
+    """`path` resolved (symlinks followed), refused unless it stays inside `folder`."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder):
+        raise RunFolderError(f"{what} {path} resolves to {resolved}, outside {folder}")
+    return resolved
+
+
+def _checked_store(folder: Path, root: Path) -> Path:
+    """A per-token store inside the run folder whose manifest lists only files inside it."""
+    from ..topk import manifest_json
+
+    if not folder.is_dir():
+        raise FileNotFoundError(2, "no per-token top-k store", str(folder))
+    store_dir = _inside(folder, root, "top-k store")
+    where, manifest = manifest_json(store_dir)
+    shards = manifest.get("shards")
+    files = [s.get("file") if isinstance(s, Mapping) else None
+             for s in (shards if isinstance(shards, list) else [None])]
+    for name in files:
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise RunFolderError(f"{where}: lists a shard {name!r} that is not a plain file "
+                                 "name in its folder")
+        _inside(store_dir / name, store_dir, "shard")
+    return store_dir
+
+
+def own_run_folder(config_json: str | Mapping[str, object] | None,
+                   roots: Sequence[str | os.PathLike[str]]) -> RunFolder | None:
+    """The run folder of an instruction-setting run (`instruct_run_dir`), read only if it is
+    one of the store's own runs, else None for a run of another setting.
+
+    Own means: the folder, resolved with its symlinks, lies inside the stored config's
+    `runs_dir` (so no `..` in a name) and inside one of `roots` (`run_roots`: the store's
+    folder, ./runs), and holds the `config.json` the pipeline wrote for that very run (equal
+    to the stored config, up to `_NOT_IN_FOLDER`); each top-k store read from it lists only
+    shard files inside it. A folder that is simply absent raises `FileNotFoundError` (the
+    run's files are on another machine); any other failure a `RunFolderError`."""
+    run_dir = instruct_run_dir(config_json)
+    if run_dir is None:
+        return None
+    raw = json.loads(config_json) if isinstance(config_json, str) else dict(config_json or {})
+    base = Path(str(raw["runs_dir"])).resolve()
+    folder = _inside(run_dir, base, "run folder")
+    allowed = [Path(r).resolve() for r in roots]
+    if not any(folder.is_relative_to(r) for r in allowed):
+        raise RunFolderError(f"run folder {folder}: outside the folders the dashboard reads "
+                             f"runs from ({', '.join(map(str, allowed))})")
+    if not folder.is_dir():
+        raise FileNotFoundError(2, "no such run folder", str(run_dir))
+    try:
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RunFolderError(f"run folder {folder}: no readable config.json, so not a run "
+                             "folder of first-lab") from None
+    mine = {k: v for k, v in raw.items() if k not in _NOT_IN_FOLDER}
+    if not isinstance(written, dict) or {k: v for k, v in written.items()
+                                         if k not in _NOT_IN_FOLDER} != mine:
+        raise RunFolderError(f"run folder {folder}: its config.json is not this run's config "
+                             "(another run's folder)")
+    tokenizer = folder / "models" / "teacher_ft" / "final"
+    try:
+        tokenizer = _inside(tokenizer, folder, "teacher folder") if tokenizer.is_dir() else None
+    except RunFolderError:
+        tokenizer = None  # token ids instead of their text
+    return RunFolder(folder, _checked_store(folder / "topk" / "train", folder),
+                     _checked_store(folder / "topk" / "val", folder), tokenizer)
 
 
 def token_example_ids(store_dir: str | os.PathLike[str]) -> list[str]:
