@@ -1,7 +1,7 @@
 """Store reads of the Examples and Reliability pages on a large import (issue 23 item 9).
 
 Writes one imported run of N predictions (default 2,000,000, four options; straight through
-`store.write_imported_run`, the importer's own write) and times, interleaved, each page's
+`store_imports.write_imported_run`, the importer's own write) and times, interleaved, each page's
 read before and after the change:
 
 - Examples: every row through `store.load_predictions` then the pandas filter
@@ -27,7 +27,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import interleaved_medians, parse_args, print_machine, report
-from first_core import prediction_reads, store
+from first_core import prediction_reads, store, store_imports
 from first_core.views import example_rows, run_arrays
 
 RUN = "bench/imported/seed0"
@@ -52,7 +52,7 @@ def write_import(path: Path, n: int, seed: int = 0) -> None:
         "topk_tokens": list(labels[order])})
     metrics = pd.DataFrame({"split": ["test"], "convention": ["option"],
                             "metric": ["accuracy"], "value": [float(preds["correct"].mean())]})
-    store.write_imported_run(path, "bench", RUN, "bench", "bench", preds, metrics)
+    store_imports.write_imported_run(path, "bench", RUN, "bench", preds, metrics)
 
 
 def main() -> None:
