@@ -487,8 +487,7 @@ def test_values_that_failed_after_training_are_refused_at_load(tmp_path: Path, s
 
 
 @pytest.mark.parametrize("setting, key", [("eval.topk=500", "eval.topk"),
-                                          ("topk.k=60", "topk.k"),
-                                          ("topk.coverage_k=300", "topk.coverage_k")])
+                                          ("topk.k=60", "topk.k")])
 def test_k_over_the_vocabulary_is_refused_at_the_models_stage(tmp_path: Path, setting: str,
                                                               key: str) -> None:
     """The vocabulary is known once the models stage has built or found the models: the run
@@ -518,3 +517,15 @@ def test_a_k_raised_over_the_vocabulary_on_resume_is_refused_before_any_stage(
                     extra=("--force", "eval_teacher_ft"))
     assert_user_error(proc, f"{TINY}: eval.topk: 500 is larger than the teacher's vocabulary")
     assert no_stage_started(proc) and tree(copy) == before
+
+
+def test_coverage_k_over_the_vocabulary_is_allowed(monkeypatch) -> None:
+    """demo.toml asks a 47-token teacher for top-100 coverage statistics, which clip at the
+    vocabulary: the models-stage check must not refuse it (it did, and broke the demo)."""
+    from first_core import model_checks
+    from first_core.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "demo.toml")
+    assert cfg.topk.coverage_k > 47
+    monkeypatch.setattr(model_checks, "vocab_size", lambda *a, **k: 47)
+    model_checks.check_vocabulary(cfg, {"teacher": "t", "student": "s"}, "demo.toml")
