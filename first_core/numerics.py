@@ -1,19 +1,26 @@
 """Which CPU kernels torch uses, so that a run's numbers can be the same on every x86 CPU.
 
 Training the tiny models is deterministic on one machine, but not across machines: torch
-(ATen), MKL and oneDNN each pick their kernels by the CPU's vector unit, and AVX-512 and
-AVX2 kernels (or Intel's and AMD's code paths in MKL) add in different orders, so the last
-bits of a gradient differ and, after a few thousand steps, the second digit of a metric.
-Measured here: the demo's seed 0 gave the same numbers on an Intel Xeon pinned to AVX2 as on
-an AMD Zen 3 (an AVX2 machine), and different ones on an Intel and an AMD AVX-512 machine.
+(ATen), MKL and oneDNN each pick their kernels by the CPU, and different kernels add in
+different orders, so the last bits of a gradient differ and, after a few thousand steps, the
+second digit of a metric.
 
-`cpu_kernels = "avx2"` (the embedded configs, whose figures the README quotes) pins all three
-libraries to their AVX2 kernels, which every x86-64 machine of the last decade has; the
-default, "native", lets them use the best the CPU offers (the faster choice for your own
-models). Pinning works through the libraries' own environment variables, which they read
-once, when their first kernel runs: the command line pins before torch is imported; a
-process that has already run torch code keeps what it has (with a warning). Same thread
-count assumed: a parallel reduction's order depends on it too.
+`cpu_kernels = "avx2"` (the embedded configs, whose figures the README quotes) pins each
+library through its own documented switch: ATen's and oneDNN's AVX2 kernels, which every
+x86-64 machine of the last decade has, and MKL's *compatible* path (MKL_CBWR=COMPATIBLE,
+SSE2 code, slower for large matrices), because MKL honours its AVX2 branch on Intel CPUs
+only: on AMD it reports `CNR:AUTO` (MKL_VERBOSE=1) for MKL_CBWR=AVX2 and picks its own
+kernels by CPU generation. Measured: with MKL_CBWR=AVX2 the demo printed the same rows on an
+Intel Xeon and an AMD Zen 3 (AVX2), but other distillation rows on AMD Zen 4 and Zen 5
+(AVX-512); the matrix shapes of the distillation step (logits at the answer position only)
+took a different MKL kernel there. COMPATIBLE is the branch MKL documents as giving the same
+results on Intel and compatible processors, and it reports `CNR:COMPATIBLE` on AMD.
+
+The default, "native", lets every library use the best the CPU offers (the faster choice
+for your own models). Pinning works through environment variables the libraries read once,
+when their first kernel runs: the command line pins before torch is imported; a process that
+has already run torch code keeps what it has (with a warning). Same thread count assumed: a
+parallel reduction's order depends on it too.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import sys
 log = logging.getLogger(__name__)
 
 # the libraries' documented switches: ATen's dispatch, MKL's Conditional Numerical
-# Reproducibility (STRICT: bitwise, also for the functions CNR alone leaves free), oneDNN's ISA
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT",
+# Reproducibility (COMPATIBLE: the one branch MKL honours on every vendor's CPU; STRICT:
+# bitwise, also for the functions CNR alone leaves free), oneDNN's ISA
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT",
             "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 

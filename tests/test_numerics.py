@@ -42,8 +42,27 @@ def test_the_embedded_configs_pin_avx2_before_torch_runs():
     got = probe("demo.toml")
     assert got["pinned"] is True
     assert got["env"] == numerics.AVX2_ENV
-    assert got["in_use"] == "AVX2 (MKL_CBWR=AVX2,STRICT)"
+    assert got["in_use"] == "AVX2 (MKL_CBWR=COMPATIBLE,STRICT)"
 
+
+
+@pytest.mark.skipif(not numerics._has_avx2(), reason="pinning needs an x86 CPU with AVX2")
+def test_mkl_honours_the_pinned_branch_on_this_cpu():
+    """MKL says which Conditional Numerical Reproducibility branch it runs (MKL_VERBOSE=1). Its
+    AVX2 branch is honoured on Intel CPUs only (on AMD it reported CNR:AUTO and chose its own
+    kernels by CPU generation, which changed the demo's distillation rows); the pin must name
+    the branch MKL keeps on every vendor's CPU."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch build has no MKL")
+    code = ("from first_core.numerics import pin_cpu_kernels; pin_cpu_kernels('avx2'); "
+            "import torch; torch.ones(8, 8) @ torch.ones(8, 8)")
+    clean = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_ENV}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env={**clean, "MKL_VERBOSE": "1"}).stdout
+    branches = {w for w in out.split() if w.startswith("CNR:")}
+    assert branches == {"CNR:COMPATIBLE,STRICT"}, out[-2000:]
 
 def test_native_leaves_the_libraries_alone():
     got = probe("tiny.toml")
