@@ -7,9 +7,12 @@ process, so each contender runs in its own fresh interpreter (this script with `
 the two alternating, each timing the median of its repeats after a warm-up:
 
 - `tiny`: a forward + backward + AdamW step of the demo's tiny teacher preset on a batch of
-  32 prompts of 64 tokens (what `configs/demo.toml` trains);
-- `llama-h576-L2-V49k`: the same step of a random Llama with SmolLM2-135M's width and
-  vocabulary (2 of its 30 layers), batch 4 x 64 tokens: what `configs/smollm2.toml` pays.
+  32 sequences of 64 tokens (what `configs/demo.toml` trains);
+- `llama-h576-L6-V49k`: the same step of a random Llama with SmolLM2-135M's width and
+  vocabulary (6 of its 30 layers), batch 8 x 64 tokens: what `configs/smollm2.toml` would
+  pay pinned.
+
+Both take the loss at the last position only, as the pipeline's SFT and distillation do.
 
 Lines: `RATIO pinned_over_native[...]` (INFO: the price of the same numbers on every CPU,
 no target).
@@ -45,8 +48,8 @@ def child(repeats: int, threads: int) -> dict[str, float]:
     tiny = LlamaForCausalLM(LlamaConfig(vocab_size=120, tie_word_embeddings=False,
                                         **PRESETS["tiny-teacher"]))
     models = {"tiny": (tiny.train(), 32),
-              "llama-h576-L2-V49k": (random_llama(_Tok(), 49_152, hidden=576, layers=2).train(),
-                                     4)}
+              "llama-h576-L6-V49k": (random_llama(_Tok(), 49_152, hidden=576, layers=6).train(),
+                                     8)}
     out = {}
     for name, (model, batch) in models.items():
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -54,7 +57,9 @@ def child(repeats: int, threads: int) -> dict[str, float]:
         times = []
         for i in range(repeats + 1):  # the first step warms up
             t0 = time.perf_counter()
-            model(input_ids=ids, labels=ids).loss.backward()
+            # the loss at the last position only, as the pipeline's SFT and distillation do
+            hidden = model.model(input_ids=ids).last_hidden_state[:, -1]
+            torch.nn.functional.cross_entropy(model.lm_head(hidden), ids[:, 0]).backward()
             opt.step()
             opt.zero_grad()
             if i:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics
+from . import metrics, selective_metrics
 from .evaluate import METRIC_COLUMNS
 from .inference import on_device_default
 from .instruct_data import InstructExample
@@ -48,7 +48,8 @@ def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[Inst
 def token_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Metric rows (without run_id / split): accuracy, mean confidence, ECE with interval,
-    MCE, trust (as `evaluate.compute_metrics` gives for the `paper` convention)."""
+    MCE, trust, AUROC and AURC with intervals (as `evaluate.compute_metrics` gives for the
+    `paper` convention)."""
     acc = metrics.accuracy(correct)
     ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
                                                 n_boot=n_boot, seed=seed)
@@ -58,5 +59,7 @@ def token_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
             ("paper", "mce", metrics.maximum_calibration_error(confidence, correct,
                                                                n_bins=n_bins), np.nan, np.nan),
             ("paper", "trust", metrics.trust_score(acc, ece), np.nan, np.nan)]
+    rows += [("paper", name, *values) for name, values in selective_metrics.bootstrap_intervals(
+        confidence, correct, n_boot=n_boot, seed=seed).items()]
     return pd.DataFrame([(c, m, float(v), float(lo), float(hi)) for c, m, v, lo, hi in rows],
                         columns=list(METRIC_COLUMNS))

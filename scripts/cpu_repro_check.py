@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python scripts/cpu_repro_check.py` from anywhere
 COMPARED = ("topk", "calibration.json", "models", "eval")
 
 
@@ -48,24 +50,42 @@ def no_avx512_env() -> dict[str, str]:
 
 def run_seed(config: Path, seed: int, work: Path, extra_env: dict[str, str]) -> Path:
     """One seed of `config` with its runs and store under `work`; returns the seed folder."""
+    from first_core.config import load_config
+
     env = {**os.environ, **extra_env}
     cmd = [sys.executable, "-m", "first_core", "run", "--config", str(config),
            "--seeds", str(seed), "--store", str(work / "first.duckdb"),
            "--set", f'runs_dir="{work / "runs"}"']
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    if load_config(config).data.embedded:  # each run writes its own copy of the embedded task
+        cmd += ["--set", f'data.dir="{work / "data"}"']
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"the run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     (folder,) = (work / "runs").glob(f"*/seed{seed}")
     return folder
 
 
+def fingerprint(path: Path) -> str:
+    """sha256 of the file; of a JSON record without `config_hash`, which covers the run's
+    folders (each run has its own by construction)."""
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        record = json.loads(data)
+        record.pop("config_hash", None)
+        data = json.dumps(record, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
 def stored_files(folder: Path) -> dict[str, str]:
-    """sha256 of each compared file (weights only under models/: checkpoints hold timings)."""
+    """Fingerprint of each compared file (weights only under models/: checkpoints hold
+    timings)."""
     out = {}
     for name in COMPARED:
         top = folder / name
         for path in sorted(top.rglob("*") if top.is_dir() else [top]):
             if not path.is_file() or (name == "models" and path.suffix != ".safetensors"):
                 continue
-            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[str(path.relative_to(folder))] = fingerprint(path)
     return out
 
 

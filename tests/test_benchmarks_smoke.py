@@ -40,7 +40,7 @@ EXPECTED = {
     "bench_scaling.py": [f"loglog_slope[{s}]" for s in ("ece", "grid_search", "slider", "extract")],
     "bench_pages.py": ["examples_read_before/after", "examples_rows_read",
                        "reliability_arrays_before/after"],
-    "bench_cpu_kernels.py": ["pinned_over_native[tiny]", "pinned_over_native[llama-h576-L2-V49k]"],
+    "bench_cpu_kernels.py": ["pinned_over_native[tiny]", "pinned_over_native[llama-h576-L6-V49k]"],
     "bench_dashboard.py": ["risk_coverage_ms[100k]", "naive_loop/risk_coverage[100k]",
                            "np_sort/radix_sort[100k]"],
 }

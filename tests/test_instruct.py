@@ -251,6 +251,24 @@ def test_token_confidences_match_the_reference(tiny) -> None:
     np.testing.assert_array_equal(correct, (i == t).numpy())
 
 
+def test_token_metrics_rank_the_tokens_as_the_answer_position_does() -> None:
+    """Per-token evaluation (the instruction setting's in-domain split) stores AUROC and AURC
+    beside ECE, as every evaluation does (issue 21): AUROC equal to scikit-learn's."""
+    from sklearn.metrics import roc_auc_score
+
+    from first_core.instruct_eval import token_metrics
+    from first_core.selective_metrics import aurc
+
+    rng = np.random.default_rng(3)
+    conf = rng.choice([0.3, 0.5, 0.7, 0.9], size=400)  # ties, as real confidences have
+    correct = rng.random(400) < conf
+    rows = token_metrics(conf, correct, n_boot=50).set_index("metric")
+    assert rows.loc["auroc", "value"] == pytest.approx(roc_auc_score(correct, conf))
+    assert rows.loc["aurc", "value"] == pytest.approx(aurc(conf, correct))
+    for name in ("auroc", "aurc"):
+        assert rows.loc[name, "ci_low"] <= rows.loc[name, "value"] <= rows.loc[name, "ci_high"]
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -291,8 +309,8 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
     assert preds == [("test_ood", cfg.data.n_test)]
     mets = con.execute("SELECT split, metric FROM metrics WHERE run_id = "
                        "'instruct-tiny/first_ts/seed0' AND convention = 'paper'").fetchall()
-    assert {("val", "ece"), ("test", "accuracy"), ("test_ood", "ece"),
-            ("test_ood", "trust")} <= set(mets)
+    assert {("val", "ece"), ("test", "accuracy"), ("test", "auroc"), ("test", "aurc"),
+            ("test_ood", "ece"), ("test_ood", "trust")} <= set(mets)
     cov = con.execute("SELECT max(n_positions) FROM topk_coverage").fetchone()[0]
     assert cov == n_train
     assert "OOD Acc" in proc.stdout and "| first_ts |" in proc.stdout  # Table 1 printed
