@@ -158,8 +158,8 @@ class RunConfig:
     seeds: list[int] | None = None
     runs_dir: str = "runs"
     store: str | None = None  # None = $FIRST_STORE, else data/first.duckdb
-    # "avx2": torch's CPU kernels pinned to AVX2, the same numbers on every x86 CPU
-    # (first_core/numerics.py); "native": the CPU's fastest kernels
+    # "avx2": ATen and oneDNN pinned to AVX2 and MKL to its COMPATIBLE branch, the same
+    # numbers on every x86 CPU (first_core/numerics.py); "native": the CPU's fastest kernels
     cpu_kernels: Literal["native", "avx2"] = "native"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     data: DataConfig = field(default_factory=DataConfig)
