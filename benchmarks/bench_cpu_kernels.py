@@ -9,8 +9,8 @@ the two alternating, each timing the median of its repeats after a warm-up:
 - `tiny`: a forward + backward + AdamW step of the demo's tiny teacher preset on a batch of
   32 sequences of 64 tokens (what `configs/demo.toml` trains);
 - `llama-h576-L6-V49k`: the same step of a random Llama with SmolLM2-135M's width and
-  vocabulary (6 of its 30 layers), batch 8 x 64 tokens: what `configs/smollm2.toml` would
-  pay pinned.
+  vocabulary (6 of its 30 layers), batch 8 x 64 tokens: what `configs/smollm2.toml`
+  pays for its pin.
 
 Both take the loss at the last position only, as the pipeline's SFT and distillation do.
 
@@ -28,9 +28,6 @@ import sys
 import time
 
 from _common import parse_args, print_machine, random_llama, report
-
-PINNED_KEYS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
-
 
 def child(repeats: int, threads: int) -> dict[str, float]:
     """Median seconds per training step of each model, in this process's kernels."""
@@ -84,7 +81,7 @@ def main() -> None:
     if not _has_avx2():
         print("SKIP: no x86 CPU with AVX2, where cpu_kernels = \"avx2\" pins nothing")
         return
-    native = {k: v for k, v in os.environ.items() if k not in PINNED_KEYS}
+    native = {k: v for k, v in os.environ.items() if k not in AVX2_ENV}
     envs = {"native": native, "pinned": {**native, **AVX2_ENV}}
     got: dict[str, dict[str, list[float]]] = {c: {} for c in envs}
     for _ in range(rounds):

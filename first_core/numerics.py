@@ -12,8 +12,7 @@ SSE2 code, slower for large matrices), because MKL honours its AVX2 branch on In
 only: on AMD it reports `CNR:AUTO` (MKL_VERBOSE=1) for MKL_CBWR=AVX2 and picks its own
 kernels by CPU generation. Measured: with MKL_CBWR=AVX2 the demo printed the same rows on an
 Intel Xeon and an AMD Zen 3 (AVX2), but other distillation rows on AMD Zen 4 and Zen 5
-(AVX-512); the matrix shapes of the distillation step (logits at the answer position only)
-took a different MKL kernel there. COMPATIBLE is the branch MKL documents as giving the same
+(AVX-512). COMPATIBLE is the branch MKL documents as giving the same
 results on Intel and compatible processors, and it reports `CNR:COMPATIBLE` on AMD.
 
 The default, "native", lets every library use the best the CPU offers (the faster choice

@@ -48,15 +48,15 @@ def no_avx512_env() -> dict[str, str]:
     return env
 
 
-def run_seed(config: Path, seed: int, work: Path, extra_env: dict[str, str]) -> Path:
-    """One seed of `config` with its runs and store under `work`; returns the seed folder."""
-    from first_core.config import load_config
-
+def run_seed(config: Path, seed: int, work: Path, extra_env: dict[str, str],
+             embedded: bool) -> Path:
+    """One seed of `config` with its runs and store under `work` (and, for the `embedded`
+    task, its own copy of the data); returns the seed folder."""
     env = {**os.environ, **extra_env}
     cmd = [sys.executable, "-m", "first_core", "run", "--config", str(config),
            "--seeds", str(seed), "--store", str(work / "first.duckdb"),
            "--set", f'runs_dir="{work / "runs"}"']
-    if load_config(config).data.embedded:  # each run writes its own copy of the embedded task
+    if embedded:
         cmd += ["--set", f'data.dir="{work / "data"}"']
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -96,15 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", action="store_true",
                     help="unpin MKL in the second run: the check must then fail")
     args = ap.parse_args(argv)
+    from first_core.config import load_config
+
+    config = args.config.resolve()
+    embedded = load_config(config).data.embedded
     other_cpu = no_avx512_env()
     if args.control:
         other_cpu["MKL_CBWR"] = "AUTO,STRICT"
     with tempfile.TemporaryDirectory(prefix="cpu_repro_") as tmp:
-        print(f"run 1: {args.config.name}, seed {args.seed}, this CPU", flush=True)
-        a = stored_files(run_seed(args.config.resolve(), args.seed, Path(tmp, "a"), {}))
+        print(f"run 1: {config.name}, seed {args.seed}, this CPU", flush=True)
+        a = stored_files(run_seed(config, args.seed, Path(tmp, "a"), {}, embedded))
         print("run 2: the same on a simulated CPU: "
               + " ".join(f"{k}={v}" for k, v in other_cpu.items()), flush=True)
-        b = stored_files(run_seed(args.config.resolve(), args.seed, Path(tmp, "b"), other_cpu))
+        b = stored_files(run_seed(config, args.seed, Path(tmp, "b"), other_cpu, embedded))
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     for key in sorted(a.keys() | b.keys()):
         print(("DIFF " if key in differ else "SAME ") + key)

@@ -29,10 +29,14 @@ print(json.dumps({"pinned": pinned, "in_use": cpu_kernels_in_use(),
 """ % (sorted(numerics.AVX2_ENV),)
 
 
+def unpinned_env(**env: str) -> dict[str, str]:
+    """This process's environment without the pin's variables, plus `env`."""
+    return {**{k: v for k, v in os.environ.items() if k not in numerics.AVX2_ENV}, **env}
+
+
 def probe(config: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_ENV}
     out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "configs" / config)],
-                         cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
+                         cwd=ROOT, env=unpinned_env(**env), capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -43,7 +47,6 @@ def test_the_embedded_configs_pin_avx2_before_torch_runs():
     assert got["pinned"] is True
     assert got["env"] == numerics.AVX2_ENV
     assert got["in_use"] == "AVX2 (MKL_CBWR=COMPATIBLE,STRICT)"
-
 
 
 @pytest.mark.skipif(not numerics._has_avx2(), reason="pinning needs an x86 CPU with AVX2")
@@ -58,11 +61,11 @@ def test_mkl_honours_the_pinned_branch_on_this_cpu():
         pytest.skip("this torch build has no MKL")
     code = ("from first_core.numerics import pin_cpu_kernels; pin_cpu_kernels('avx2'); "
             "import torch; torch.ones(8, 8) @ torch.ones(8, 8)")
-    clean = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_ENV}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True, env={**clean, "MKL_VERBOSE": "1"}).stdout
+                         text=True, check=True, env=unpinned_env(MKL_VERBOSE="1")).stdout
     branches = {w for w in out.split() if w.startswith("CNR:")}
     assert branches == {"CNR:COMPATIBLE,STRICT"}, out[-2000:]
+
 
 def test_native_leaves_the_libraries_alone():
     got = probe("tiny.toml")
