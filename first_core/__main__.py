@@ -70,7 +70,8 @@ def _say_calibration(cfg: RunConfig) -> None:
 def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "option")) -> str:
     """Table 1 as text; a pipeline whose runs have different configs is one table per config,
     with a note naming the keys that differ (on stderr for CSV, which stays plain data)."""
-    from .report import config_notes, format_csv, format_markdown, load_rows, table1
+    from .report import (config_notes, format_csv, format_markdown, load_rows,
+                         posthoc_temperatures, table1)
     tidy = table1(load_rows(path, pipeline))
     notes = config_notes(path, pipeline)
     if fmt == "csv":
@@ -78,7 +79,7 @@ def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "op
             print(f"note: {note}", file=sys.stderr)
         return format_csv(tidy)
     return "\n" + "".join(f"> **Note**: {note}\n\n" for note in notes) + \
-        format_markdown(tidy, conventions)
+        format_markdown(tidy, conventions, posthoc_temperatures(path, pipeline))
 
 
 def _report(args: argparse.Namespace) -> int:

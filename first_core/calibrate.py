@@ -346,36 +346,22 @@ def evaluate_grid(result: SearchResult, probs, labels, n_bins: int | None = None
 # ---------------------------------------------------------------- NLL temperature
 
 
-def fit_temperature_nll(probs, labels, mode: str = "logit", init: float = 1.0,
-                        max_iter: int = 100) -> float:
+def fit_temperature_nll(probs, labels, mode: str = "logit") -> float:
     """The c minimising the NLL of the labels under `temperature_scale(probs, c, mode)`.
 
-    Guo et al. (2017): L-BFGS on log c (so c stays > 0), through the same transform on torch
-    tensors. Rows whose gold token is outside the top-k (label -1) have no likelihood here and
-    are left out. The result is clipped to [1e-3, 1e3] (separable data drives c to 0).
+    Guo et al. (2017), through `temperature_fit.fit_temperature` on the transform's scores
+    (p for `first`, log p for `logit`; softmax(score / c) is the transform). Rows whose gold
+    token is outside the top-k (label -1) have no likelihood here and are left out. The
+    result lies in [1e-3, 1e3] (separable data drives c to 0).
     """
-    import torch
+    from .temperature_fit import fit_temperature
 
     mode = _check_mode(mode, SEARCH_MODES)
-    init = check_temperature(init)
     p, y = _topk_inputs(probs, labels)
     keep = y >= 0
     if not keep.any():
         raise ValueError("labels: every label is -1 (gold outside the top-k); nothing to fit")
-    # floored so a zero probability cannot turn log 0 / c into a NaN gradient in logit mode
-    x = torch.from_numpy(np.maximum(p[keep], 1e-300))
-    target = torch.from_numpy(y[keep])[:, None]
-    log_c = torch.tensor(math.log(init), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_c], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def nll() -> torch.Tensor:
-        opt.zero_grad()
-        loss = -temperature_scale(x, log_c.exp(), mode, log=True).gather(1, target).mean()
-        loss.backward()
-        return loss
-
-    opt.step(nll)
-    return float(np.clip(math.exp(log_c.item()), 1e-3, 1e3))
+    return fit_temperature(_scores(p[keep], mode, _NUMPY), y[keep]).temperature
 
 
 def choose_temperature(probs, labels, grid=None, n_bins: int = 10, mode: str = "first",

@@ -23,6 +23,14 @@ from .errors import ConfigError
 from .reporting import check_report_to
 
 METHODS = ("teacher_ft", "student_ft", "student_distill", "first_ls", "first_ts")
+POSTHOC_SUFFIX = "+ts"  # a method's model after post-hoc temperature scaling (posthoc.py)
+# what `runs.method` holds for a pipeline's own runs: each method, then its post-hoc row
+RUN_METHODS = tuple(name for m in METHODS for name in (m, m + POSTHOC_SUFFIX))
+
+
+def posthoc_method(method: str) -> str:
+    """The store's method name of `method`'s model after post-hoc temperature scaling."""
+    return method + POSTHOC_SUFFIX
 
 
 @dataclass(frozen=True)

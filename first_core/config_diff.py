@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import METHODS, RunConfig
+from .config import RUN_METHODS, RunConfig
 
 # they choose the seed, where the run is written and which of its runs are stored, not what
 # a run of a given method computes
@@ -48,7 +48,7 @@ def _recorded(text: Any, method: str) -> dict[str, Any]:
     except ValueError:
         raw = {"<unreadable config>": text}
     flat = flatten(raw) if isinstance(raw, dict) else {"<config>": raw}
-    if method in METHODS and "model" in raw:
+    if method in RUN_METHODS and "model" in raw:
         flat = {**flat_config(RunConfig()), **flat}
     return {k: v for k, v in flat.items() if k.split(".", 1)[0] not in SEED_LIKE}
 

@@ -101,6 +101,9 @@ def _exp(x: float) -> float:
     return e
 
 
+fast_exp = _exp  # for other compiled loops (temperature_fit): the same 1-ulp exp
+
+
 @_jit
 def exp_array(x: np.ndarray) -> np.ndarray:
     """`_exp` over an array (what the tests compare with `np.exp`)."""

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from . import metrics, selective_metrics, store
+from .calibrate import check_temperature
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
 from .inference import PromptIds, answer_reduced, on_device_default, to_device, vocab_size
 from .logit_reduce import top_logits
@@ -73,12 +74,17 @@ def _token_texts(tokenizer, ids: np.ndarray) -> dict[int, str]:
 def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
             template: PromptTemplate = DEFAULT_TEMPLATE, k: int = 5, batch_size: int = 64,
             max_length: int = MAX_POSITIONS, progress: bool | None = None,
-            on_device: bool | None = None) -> pd.DataFrame:
+            on_device: bool | None = None, temperature: float | None = None) -> pd.DataFrame:
     """One row per example with the store's `predictions` columns (see the module doc).
 
     Examples may have different numbers of options (BoolQ's 2 next to CSQA's 5). `on_device`:
     where the top-k is taken (`inference.on_device_default`); the predictions are the same.
+    `temperature`: the logits are divided by it in float32 before anything is taken from
+    them (post-hoc temperature scaling, `first_core.posthoc`); 1.0 gives the same bits as
+    None.
     """
+    if temperature is not None:
+        temperature = check_temperature(temperature)
     check_k(k, vocab_size(model))
     if not examples:
         raise ValueError("examples: nothing to evaluate (empty list)")
@@ -97,6 +103,8 @@ def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
     def reduce(logits: torch.Tensor, index: np.ndarray):
         if not on_device:
             logits = logits.float().cpu()
+        if temperature is not None:
+            logits = logits.float() / temperature
         rows = to_device(torch.from_numpy(opt_ids[index]), logits.device)  # no GPU stall
         return (*top_logits(logits, k, on_device), logits.gather(1, rows).float())
 

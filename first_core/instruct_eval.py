@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from . import metrics, selective_metrics
+from .calibrate import check_temperature
 from .evaluate import METRIC_COLUMNS
 from .inference import on_device_default
 from .instruct_data import InstructExample
@@ -26,14 +27,19 @@ from .topk_tokens import iter_token_batches
 
 
 def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
-                      batch_size: int, max_length: int, on_device: bool | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      batch_size: int, max_length: int, on_device: bool | None = None,
+                      temperature: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(confidence `[N]`, correct `[N]`) at the N response tokens of `examples`: the top-1
     probability exp(logit - logsumexp), taken where the logits are (`on_device`, as in
-    extraction), and whether the top-1 token is the response token."""
+    extraction), and whether the top-1 token is the response token. `temperature`: the
+    logits are divided by it in float32 first (post-hoc scaling; 1.0 gives None's bits)."""
     on_device = on_device_default(model, on_device)
+    if temperature is not None:
+        temperature = check_temperature(temperature)
 
     def reduce(logits: torch.Tensor, targets: torch.Tensor):
+        if temperature is not None:
+            logits = logits.float() / temperature
         top, ids, lse = top_logits(logits, 1, on_device)
         return top, lse, ids[:, 0] == targets.to(ids.device)
 

@@ -38,13 +38,13 @@ from typing import Any
 import pandas as pd
 
 from . import data
-from .config import RunConfig
+from .config import RunConfig, posthoc_method
 from .errors import FirstError
 from .instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                             check_instruct_file, load_instruct)
 from .stage_base import (build_models, build_stages, dataset_hash, load_for, search_calibration,
-                         stage_mc_data, student_targets, teacher_vocab_size, write_json_atomic,
-                         write_store)
+                         stage_mc_data, student_targets, summary_of_fit, teacher_vocab_size,
+                         train_config, write_json_atomic, write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 
@@ -183,24 +183,46 @@ def stage_distill(ctx, method: str) -> dict[str, Any]:
 
 def stage_evaluate(ctx, method: str) -> dict[str, Any]:
     """Token metrics on the instruction val/test, MC predictions + metrics on the OOD split."""
+    return evaluate_splits(ctx, method, ctx.path("eval", method))
+
+
+def stage_posthoc(ctx, method: str) -> dict[str, Any]:
+    """Post-hoc temperature scaling of one trained model (`first_core.posthoc`): T fitted by
+    NLL at every response token of the instruction validation split (the distribution the
+    model was tuned on; the OOD task stays unseen, as for FIRST's c), then evaluated again
+    with the logits divided by T, stored as method `<method>+ts`."""
+    from .posthoc import fit_posthoc, token_logits
+    model, tok = load_for(ctx, ctx.model_path(method))
+    held = token_logits(model, tok, instruct_examples(ctx)["val"], ctx.cfg.eval.batch_size,
+                        train_config(ctx, method).max_length)
+    fit = fit_posthoc(held, n_bins=ctx.cfg.eval.n_bins)
+    out = ctx.path("eval", posthoc_method(method))
+    record = evaluate_splits(ctx, method, out, temperature=fit.temperature, model=(model, tok))
+    write_json_atomic(out / "fit.json", fit.to_dict())
+    return {**record, **summary_of_fit(fit)}
+
+
+def evaluate_splits(ctx, method: str, out: Path, temperature: float | None = None,
+                    model=None) -> dict[str, Any]:
+    """Token metrics on the instruction val/test and MC predictions + metrics on the OOD
+    split of one model (logits divided by `temperature` if given), written to `out`."""
     from .evaluate import compute_metrics, predict
     from .instruct_eval import token_confidences, token_metrics
-    model, tok = load_for(ctx, ctx.model_path(method))
+    model, tok = model or load_for(ctx, ctx.model_path(method))
     e = ctx.cfg.eval
-    train_cfg = ctx.cfg.teacher_train if method == "teacher_ft" else ctx.cfg.student_train
+    max_length = train_config(ctx, method).max_length
     mets, n_tokens = [], {}
     for split in ("val", "test"):
         conf, correct = token_confidences(model, tok, instruct_examples(ctx)[split],
-                                          e.batch_size, train_cfg.max_length)
+                                          e.batch_size, max_length, temperature=temperature)
         n_tokens[split] = int(len(conf))
         mets.append(token_metrics(conf, correct, e.n_bins, e.n_boot, ctx.cfg.seed)
                     .assign(split=split))
     mc = ctx.examples[ctx.cfg.instruct.mc_split]
     pred = predict(model, tok, mc, template=mc_template(ctx.cfg), k=e.topk,
-                   batch_size=e.batch_size, max_length=train_cfg.max_length)
+                   batch_size=e.batch_size, max_length=max_length, temperature=temperature)
     mets.append(compute_metrics(pred, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
                 .assign(split="test_ood"))
-    out = ctx.path("eval", method)
     out.mkdir(parents=True, exist_ok=True)
     pred.assign(split="test_ood").to_parquet(out / "predictions.parquet")
     pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")

@@ -24,15 +24,16 @@ import numpy as np
 import pandas as pd
 
 from . import calibrate, data, store
-from .config import RunConfig
+from .config import RunConfig, posthoc_method
 from .config_diff import flat_config, flatten
 from .errors import ConfigError, FirstError
 from .numerics import cpu_kernels_in_use, pin_cpu_kernels
 # the parts both settings share live one floor down (stage_base); the names stay importable
 # from here as before
 from .stage_base import (SPLITS, STUDENT_METHODS, Context, Stage, build_models,  # noqa: F401
-                         build_stages, dataset_hash, load_for, run_id, search_calibration,
-                         student_targets, teacher_vocab_size, write_json_atomic, write_store)
+                         build_stages, dataset_hash, load_for, run_id,
+                         search_calibration, student_targets, summary_of_fit,
+                         teacher_vocab_size, train_config, write_json_atomic, write_store)
 from .stage_base import stage_mc_data as stage_data  # noqa: F401  (the MC setting's data stage)
 
 log = logging.getLogger(__name__)
@@ -130,22 +131,43 @@ def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
 
 def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
     """Predictions of one model on val / test / test_ood, kept as Parquet until stored."""
-    from .evaluate import compute_metrics, predict
+    return {"dir": str(evaluate_splits(ctx, method, ctx.path("eval", method)))}
+
+
+def stage_posthoc(ctx: Context, method: str) -> dict[str, Any]:
+    """Post-hoc temperature scaling of one trained model (`first_core.posthoc`): T fitted on
+    the validation split's answer-position logits by NLL, then val / test / test_ood
+    evaluated again with the logits divided by T, stored as method `<method>+ts`."""
+    from .posthoc import answer_logits, fit_posthoc
     model, tok = load_for(ctx, ctx.model_path(method))
     e = ctx.cfg.eval
-    train_cfg = ctx.cfg.teacher_train if method == "teacher_ft" else ctx.cfg.student_train
+    held = answer_logits(model, tok, ctx.examples["val"], batch_size=e.batch_size,
+                         max_length=train_config(ctx, method).max_length)
+    fit = fit_posthoc(held, n_bins=e.n_bins)
+    out = ctx.path("eval", posthoc_method(method))
+    evaluate_splits(ctx, method, out, temperature=fit.temperature, model=(model, tok))
+    write_json_atomic(out / "fit.json", fit.to_dict())
+    return {"dir": str(out), **summary_of_fit(fit)}
+
+
+def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | None = None,
+                    model=None) -> Path:
+    """Predictions and metrics of one model (logits divided by `temperature` if given) on
+    val / test / test_ood, written to `out` as Parquet until the store stage."""
+    from .evaluate import compute_metrics, predict
+    model, tok = model or load_for(ctx, ctx.model_path(method))
+    e = ctx.cfg.eval
     preds, mets = [], []
     for split in SPLITS:
         p = predict(model, tok, ctx.examples[split], k=e.topk, batch_size=e.batch_size,
-                    max_length=train_cfg.max_length)
+                    max_length=train_config(ctx, method).max_length, temperature=temperature)
         m = compute_metrics(p, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
         preds.append(p.assign(split=split))
         mets.append(m.assign(split=split))
-    out = ctx.path("eval", method)
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(preds, ignore_index=True).to_parquet(out / "predictions.parquet")
     pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")
-    return {"dir": str(out)}
+    return out
 
 
 def stage_store(ctx: Context) -> dict[str, Any]:
@@ -352,6 +374,8 @@ def run(cfg: RunConfig, force: str | None = None,
         lock = _lock(ctx)
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
+        if todo - {"store"}:  # the store holds every stage's outputs: a stage that runs now
+            todo.add("store")  # (e.g. one a later version added to a finished run) reaches it
         stale = check_same_config(ctx, names, todo)
         preflight(ctx, todo)
         for name in todo:  # all first: a forced run that fails must not leave later stages done

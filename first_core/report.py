@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
+from .config import POSTHOC_SUFFIX
 from .config_diff import config_notes as _notes
 from .config_diff import label_runs
 from .errors import FirstError
@@ -44,6 +45,25 @@ def load_rows(path, pipeline: str | None = None) -> pd.DataFrame:
             raise FirstError(f"--pipeline {pipeline!r}: not in {path}; pipelines: {known}")
         rows = rows[(rows["run_id"].map(names) == pipeline) | (rows["pipeline"] == pipeline)]
     return rows
+
+
+def posthoc_temperatures(path, pipeline: str | None = None) -> pd.DataFrame:
+    """One row per post-hoc run (method `<method>+ts`): pipeline label, method, seed, the T
+    fitted on validation NLL (`runs.temperature`) and the T minimising validation ECE (the
+    arg-min of its `posthoc` curve in `temperature_search`)."""
+    with store.open_readonly(path) as con:
+        runs = store.list_runs(con)
+        curves = store.load_temperature_search(con, kind=store.POSTHOC_KIND)
+    labels = label_runs(runs)
+    runs = runs.assign(label=runs["run_id"].map(labels))
+    runs = runs[runs["method"].str.endswith(POSTHOC_SUFFIX)]
+    if pipeline is not None:
+        runs = runs[(runs["pipeline"] == pipeline) | (runs["label"] == pipeline)]
+    best = (curves.sort_values(["run_id", "ece_val", "value"]).groupby("run_id")["value"]
+            .first()) if len(curves) else pd.Series(dtype=float)
+    return pd.DataFrame({"pipeline": runs["label"].astype(str), "method": runs["method"],
+                         "seed": runs["seed"], "t_nll": runs["temperature"],
+                         "t_ece": runs["run_id"].map(best)}).reset_index(drop=True)
 
 
 def config_notes(path, pipeline: str | None = None) -> list[str]:
@@ -103,8 +123,10 @@ def wide(tidy: pd.DataFrame, pipeline: str, convention: str) -> pd.DataFrame:
     return table.rename_axis("method").reset_index()
 
 
-def format_markdown(tidy: pd.DataFrame, conventions: Sequence[str] = ("paper", "option")) -> str:
-    """A Markdown Table 1 per pipeline and convention."""
+def format_markdown(tidy: pd.DataFrame, conventions: Sequence[str] = ("paper", "option"),
+                    temperatures: pd.DataFrame | None = None) -> str:
+    """A Markdown Table 1 per pipeline and convention, then the pipeline's post-hoc
+    temperatures (`posthoc_temperatures`) when given."""
     parts = []
     for pipeline in dict.fromkeys(tidy["pipeline"]):
         for convention in conventions:
@@ -115,9 +137,35 @@ def format_markdown(tidy: pd.DataFrame, conventions: Sequence[str] = ("paper", "
                          "(mean ± std over seeds; ID = in-domain test, OOD = out-of-domain "
                          "test; Trust = Acc - ECE; AUROC: how well the confidence ranks "
                          "right answers above wrong ones, 50 = chance; AURC: area under the "
-                         "risk-coverage curve, lower is better)\n")
+                         "risk-coverage curve, lower is better"
+                         + ("; METHOD+ts = METHOD after post-hoc temperature scaling, T "
+                            "fitted on validation NLL" if table["method"].str.endswith(
+                                POSTHOC_SUFFIX).any() else "") + ")\n")
             parts.append(_markdown(table))
+        block = format_posthoc(temperatures, pipeline) if temperatures is not None else ""
+        if block:
+            parts.append(block)
     return "\n".join(parts)
+
+
+def format_posthoc(temps: pd.DataFrame, pipeline: str) -> str:
+    """The post-hoc block of one pipeline: each `+ts` row's temperatures, seed by seed."""
+    part = temps[temps["pipeline"] == pipeline]
+    if part.empty:
+        return ""
+    rows = []
+    for method, group in part.groupby("method", sort=False):
+        group = group.sort_values("seed")
+        rows.append({"method": method, "seeds": ", ".join(map(str, group["seed"])),
+                     "T (validation NLL)": ", ".join(f"{t:.3g}" for t in group["t_nll"]),
+                     "T minimising validation ECE": ", ".join(
+                         "n/a" if pd.isna(t) else f"{t:.3g}" for t in group["t_ece"])})
+    return (f"**{pipeline}**, post-hoc temperature scaling: `METHOD{POSTHOC_SUFFIX}` is METHOD's "
+            "own model after post-hoc TS (Guo et al. 2017): one T per model, fitted on the "
+            "validation split by the NLL of the gold token over the whole vocabulary, the "
+            "logits divided by it at evaluation; nothing retrained. The T minimising "
+            "validation ECE (a grid) is shown for comparison, not used.\n\n"
+            + _markdown(pd.DataFrame(rows)))
 
 
 def _markdown(table: pd.DataFrame) -> str:

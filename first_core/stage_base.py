@@ -10,6 +10,7 @@ module, so there is no import cycle between them (tests/test_import_cycles.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,13 +24,17 @@ import numpy as np
 import pandas as pd
 
 from . import calibrate, data, store
-from .config import CalibrationConfig, RunConfig
+from .config import CalibrationConfig, RunConfig, posthoc_method
 from .errors import FirstError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test", "test_ood")
 STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
+
+def summary_of_fit(fit) -> dict[str, Any]:
+    """The post-hoc stage record: the fitted T and what it did on validation (no curve)."""
+    return {k: v for k, v in fit.to_dict().items() if k not in ("grid", "ece_grid")}
 
 
 def teacher_as_given(cfg: RunConfig) -> bool:
@@ -118,6 +123,12 @@ def stage_teacher_as_given(ctx: Context) -> dict[str, Any]:
     vocab = getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
     return {"model": where, "as_given": True, "vocab_size": int(vocab),
             "note": "teacher_train.epochs = 0: the teacher is used as given (not fine-tuned)"}
+
+
+def train_config(ctx: Context, method: str):
+    """The training section a method's model was trained under (its max_length is the
+    longest prompt it saw)."""
+    return ctx.cfg.teacher_train if method == "teacher_ft" else ctx.cfg.student_train
 
 
 def teacher_vocab_size(ctx: Context) -> int:
@@ -251,6 +262,19 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
         ev = ctx.path("eval", method)
         runs.append((record, pd.read_parquet(ev / "predictions.parquet"),
                      pd.read_parquet(ev / "metrics.parquet")))
+    posthoc = []  # every trained model after post-hoc temperature scaling, beside its own row
+    for record, _, _ in list(runs):
+        method = posthoc_method(record.method)
+        ev = ctx.path("eval", method)
+        fit = json.loads((ev / "fit.json").read_text(encoding="utf-8"))
+        ts = dataclasses.replace(record, run_id=run_id(cfg, method), method=method,
+                                 temperature=fit["temperature"], smoothing=None)
+        runs.append((ts, pd.read_parquet(ev / "predictions.parquet"),
+                     pd.read_parquet(ev / "metrics.parquet")))
+        posthoc.append(pd.DataFrame({
+            "run_id": ts.run_id, "kind": store.POSTHOC_KIND, "value": fit["grid"],
+            "ece_val": fit["ece_grid"], "ece_test": np.nan,
+            "chosen": np.asarray(fit["grid"]) == fit["temperature"]}))
     search = covered = None
     if any(m in cfg.methods for m in STUDENT_METHODS):  # only they need top-k and calibration
         cal = json.loads(ctx.path("calibration.json").read_text(encoding="utf-8"))
@@ -262,6 +286,8 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
     with store.open_store(path) as st, st.batch():
         for record, predictions, metrics in runs:
             st.write_run(record, predictions, metrics)
+        if posthoc:
+            st.write_temperature_search(pd.concat(posthoc, ignore_index=True))
         if search is not None:
             st.write_temperature_search(search)
             st.write_topk_coverage(covered)
@@ -284,7 +310,8 @@ def build_stages(cfg: RunConfig, setting: Any) -> list[Stage]:
     """The ordered stages `cfg.methods` need, made of one setting's stage functions:
     `setting` is a module (`pipeline` or `instruct_pipeline`) with `stage_data`,
     `stage_models`, `stage_finetune(ctx, method)`, `stage_topk`, `stage_calibrate`,
-    `stage_distill(ctx, method)`, `stage_evaluate(ctx, method)` and `stage_store`."""
+    `stage_distill(ctx, method)`, `stage_evaluate(ctx, method)`,
+    `stage_posthoc(ctx, method)` and `stage_store`."""
     methods, s = cfg.methods, setting
     out = [Stage("data", s.stage_data),
            Stage("models", s.stage_models, ("models/teacher_init", "models/student_init"))]
@@ -303,5 +330,7 @@ def build_stages(cfg: RunConfig, setting: Any) -> list[Stage]:
             for m in STUDENT_METHODS if m in methods]
     out += [Stage(f"eval_{m}", lambda c, m=m: s.stage_evaluate(c, m), (f"eval/{m}",))
             for m in methods]
+    out += [Stage(f"posthoc_{m}", lambda c, m=m: s.stage_posthoc(c, m),
+                  (f"eval/{posthoc_method(m)}",)) for m in methods]
     out.append(Stage("store", s.stage_store))
     return out

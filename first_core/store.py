@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from .config import METHODS
+from .config import METHODS, RUN_METHODS
 from .errors import FirstError, StoreError
 
 SCHEMA_VERSION = 2  # 2: imported runs file their questions under `import:<pipeline>`
@@ -40,7 +40,8 @@ WRITE_TIMEOUT_S = 60.0  # readers hold the file for milliseconds; a writer can a
 SPLITS = ("val", "test", "test_ood")
 CONVENTIONS = ("paper", "option")
 METRICS = ("accuracy", "confidence", "ece", "mce", "brier", "nll", "trust", "auroc", "aurc")
-SEARCH_KINDS = ("TS", "LS")
+POSTHOC_KIND = "posthoc"  # a post-hoc run's validation ECE over T (its fitted T: chosen)
+SEARCH_KINDS = ("TS", "LS", POSTHOC_KIND)
 IMPORTED_METHOD = "imported"  # `runs.method` of predictions imported from another model
 IMPORT_PREFIX = "import:"     # `runs.dataset` / `examples.dataset` of an import: prefix + name
 
@@ -74,7 +75,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         "run_id": "VARCHAR PRIMARY KEY", "method": "VARCHAR", "model": "VARCHAR",
         "dataset": "VARCHAR", "seed": "INTEGER", "temperature": "DOUBLE", "smoothing": "DOUBLE",
         "config": "JSON", "created_at": "TIMESTAMP", "pipeline": "VARCHAR"},
-        allowed={"method": METHODS}),
+        allowed={"method": RUN_METHODS}),
     Table("predictions", {
         "run_id": "VARCHAR", "split": "VARCHAR", "example_id": "VARCHAR", "gold": "VARCHAR",
         "pred": "VARCHAR", "confidence": "DOUBLE", "correct": "BOOLEAN",
@@ -133,8 +134,8 @@ class RunRecord:
     def __post_init__(self) -> None:
         if not self.run_id:
             raise ValueError("RunRecord.run_id: must be a non-empty string")
-        if self.method not in METHODS:
-            raise ValueError(f"RunRecord.method: {self.method!r} is not one of {METHODS}")
+        if self.method not in RUN_METHODS:
+            raise ValueError(f"RunRecord.method: {self.method!r} is not one of {RUN_METHODS}")
         for name in ("temperature", "smoothing"):
             value = getattr(self, name)
             if value is not None and not value == value:  # NaN

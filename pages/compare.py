@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from first_core import plots
+from first_core.config import POSTHOC_SUFFIX
 from first_core.config_diff import config_notes
 from first_core.safe_text import for_markdown
 from first_core.views import tables, view_state
@@ -48,6 +49,10 @@ wide = part.pivot_table(index=["pipeline", "method"], columns="split", values="m
                         sort=False)
 st.dataframe(wide, column_config={c: st.column_config.NumberColumn(
     c, format="percent" if metric in FRACTIONS else "%.3f") for c in wide.columns})
+if part["method"].str.endswith(POSTHOC_SUFFIX).any():
+    st.caption(f"`METHOD{POSTHOC_SUFFIX}`: METHOD's own model after post-hoc temperature "
+               "scaling, one T fitted on the validation split by NLL over the whole "
+               "vocabulary (nothing retrained); its T is in the run's `temperature`.")
 st.caption("Every metric, pipeline, method and split (mean, std and number of seeds of that "
            "pipeline):")
 st.dataframe(table, hide_index=True)

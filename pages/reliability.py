@@ -54,6 +54,23 @@ def snap_to_best() -> None:
         st.session_state.rel_bins, st.session_state.rel_strategy)
 
 
+def snap_to_fit() -> None:
+    """Button callback: fit c on the first run's validation split by NLL (Guo et al.'s
+    post-hoc temperature scaling in classic mode) and set the slider to the nearest value."""
+    with store_errors():
+        val = arrays(st.session_state.rel_runs[0], "val")
+    try:
+        fitted = rescaling.fit_temperature(val, st.session_state.rel_mode)
+    except ValueError as exc:
+        st.session_state.rel_fit = ("No NLL fit on this run's validation split: "
+                                    + for_markdown(str(exc)))
+        return
+    st.session_state.rel_c = view_state.snap_temperature(fitted)
+    st.session_state.rel_fit = (
+        f"Fitted on validation by NLL: c = {fitted:.4g} (the slider's nearest value is "
+        f"{st.session_state.rel_c:g}).")
+
+
 def clear_selection() -> None:
     st.session_state.rel_bin = None
 
@@ -117,10 +134,18 @@ def panels() -> None:
                         format_func=view_state.MODES.get)
     c = row[2].select_slider("Temperature c (log scale)", options=list(view_state.TEMPERATURE_GRID),
                              key="rel_c", format_func=lambda v: f"{v:g}")
-    row[3].button("Best c on validation", on_click=snap_to_best, key="rel_best",
-                  disabled=not picked or "val" not in splits,
+    no_val = not picked or "val" not in splits
+    row[3].button("Best c on validation (ECE)", on_click=snap_to_best, key="rel_best",
+                  disabled=no_val,
                   help="Snap to the slider value with the lowest ECE on the validation split "
                        "of the first run, with the current re-scaling, convention and bins.")
+    row[3].button("Fit c on validation (NLL)", on_click=snap_to_fit, key="rel_fit_nll",
+                  disabled=no_val,
+                  help="Post-hoc temperature scaling (Guo et al. 2017): the c minimising the "
+                       "NLL of the gold option on the first run's validation split, with the "
+                       "current re-scaling; the slider moves to the nearest value.")
+    if st.session_state.get("rel_fit"):
+        row[3].caption(st.session_state.rel_fit)  # numbers, or escaped below
     row = st.columns([2, 1, 3])
     n_bins = row[0].slider("Bins", *view_state.BIN_RANGE, key="rel_bins")
     strategy = row[1].radio("Bins are", list(view_state.STRATEGIES), key="rel_strategy",

@@ -18,6 +18,11 @@ st.title("Temperature search")
 runs = require_runs()
 search = require_rows("search", "No temperature search in this store yet (the pipeline's "
                                 "`calibrate` stage records it).")
+search = tables.calibration_searches(search)  # not the post-hoc runs' own curves
+if search.empty:
+    st.info("No temperature search in this store yet (the pipeline's `calibrate` stage "
+            "records it).")
+    st.stop()
 teachers = list(dict.fromkeys(search["run_id"]))
 run_id = st.selectbox("Teacher run", teachers, format_func=run_label(runs), key="ts_run")
 curves, chosen = tables.search_curves(search[search["run_id"] == run_id])

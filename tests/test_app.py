@@ -132,6 +132,34 @@ def test_best_c_button_snaps_to_the_validation_optimum(monkeypatch, fixture_stor
     assert at.select_slider(key="rel_c").value == expected
 
 
+def test_fit_button_snaps_to_the_nll_fit_on_validation(monkeypatch, tmp_path):
+    """"Fit c on validation (NLL)": the slider moves to the grid value nearest the c that
+    minimises the page's NLL on the first run's validation split (issue 27), for a pipeline
+    run and for an imported run, and the caption gives the exact fit."""
+    from first_core import importer
+
+    path = write_fixture_store(tmp_path / "fit.duckdb", 60, seed=2)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(4, 0.4), 90)
+    upload = tmp_path / "mine.csv"
+    pd.DataFrame({"example_id": [f"e{i}" for i in range(90)],
+                  "split": ["val", "test", "test_ood"] * 30,
+                  **{f"p_{x}": p[:, i] for i, x in enumerate("ABCD")},
+                  "gold": rng.choice(list("ABCD"), 90)}).to_csv(upload, index=False)
+    importer.import_predictions(upload, "mine", path)
+    runs = store.list_runs(path)
+    for run_id in (runs["run_id"].iloc[1], runs.loc[runs["method"] == "imported",
+                                                   "run_id"].iloc[0]):
+        at = open_app(monkeypatch, path, "pages/reliability.py", {"runs": run_id})
+        at.button(key="rel_fit_nll").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        frame = store.load_predictions(path, run_id, "val",
+                                       columns=run_arrays.PREDICTION_COLUMNS)
+        fitted = rescaling.fit_temperature(run_arrays.prediction_arrays(frame), "logit")
+        assert at.select_slider(key="rel_c").value == view_state.snap_temperature(fitted)
+        assert any(f"{fitted:.4g}" in c.value for c in at.caption), run_id
+
+
 def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
     runs = store.list_runs(fixture_store)["run_id"].tolist()
     query = {"runs": f"{runs[1]},{runs[2]}", "split": "test_ood", "c": "0.3", "mode": "first",

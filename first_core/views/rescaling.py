@@ -192,6 +192,19 @@ def best_temperature(arrays: PredictionArrays, mode: str, convention: str, n_bin
     return float(curve["c"].iloc[int(curve["ece"].to_numpy().argmin())])
 
 
+def fit_temperature(arrays: PredictionArrays, mode: str) -> float:
+    """The c minimising the page's NLL card on `arrays` (the validation split on the page):
+    the gold option's NLL under the slider's re-scaling in `mode` (Guo et al.'s post-hoc
+    fit when `mode` is classic scaling), by `temperature_fit` on the cached centred scores,
+    so no copy of the rows is made. Exact, not a slider value: the page snaps it."""
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")
+    if not len(arrays):
+        raise ValueError("arrays: no predictions to fit a temperature on")
+    from ..temperature_fit import fit_temperature as fit
+    return fit(arrays.centered("option", mode), arrays.gold_option, axis=0).temperature
+
+
 def format_interval(low: float, high: float) -> str | None:
     """'[5.9, 8.4]': a bootstrap interval in percent, shown under the ECE card (None if NaN)."""
     if not (np.isfinite(low) and np.isfinite(high)):

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..config import METHODS
+from ..config import RUN_METHODS
 from ..config_diff import NO_PIPELINE, label_runs
 from ..store import IMPORTED_METHOD
 
 
 def _method_order(methods: pd.Series) -> pd.Series:
-    rank = {m: i for i, m in enumerate(METHODS)}
+    rank = {m: i for i, m in enumerate(RUN_METHODS)}  # a post-hoc row after its method
     return methods.map(lambda m: rank.get(m, len(rank)))
 
 
@@ -105,6 +105,12 @@ def teacher_for(runs: pd.DataFrame, run_id: str) -> str | None:
     same = teachers[teachers["pipeline"] == mine["pipeline"].iloc[0]] if len(mine) \
         else teachers.iloc[:0]
     return str((same if len(same) else teachers)["run_id"].iloc[0])
+
+
+def calibration_searches(search: pd.DataFrame) -> pd.DataFrame:
+    """The calibrate stage's searches (kinds TS and LS, one teacher run each), without the
+    post-hoc runs' validation ECE-over-T curves that share the table."""
+    return search[search["kind"].isin(["TS", "LS"])]
 
 
 def search_curves(search: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
