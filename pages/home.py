@@ -22,7 +22,8 @@ DEMO_CONFIG = Path("configs") / "demo.toml"
 
 
 def run_demo(path: Path) -> None:
-    """Run the embedded demo pipeline into `path`, with a progress bar from its stage lines."""
+    """Run the embedded demo pipeline into `path`, with a progress bar from its progress
+    lines (one per seed: the demo has three)."""
     cmd = [sys.executable, "-m", "first_core", "run", "--config", str(DEMO_CONFIG),
            "--store", str(path.resolve())]
     bar = st.progress(0.0, text="Starting the demo pipeline ...")
@@ -37,7 +38,8 @@ def run_demo(path: Path) -> None:
                 tail.code("\n".join(log[-12:]))
                 step = tables.parse_progress(line)
                 if step:
-                    bar.progress(step[0] / step[1], text=f"Stage {step[0]}/{step[1]}: {step[2]}")
+                    bar.progress(min(step[0] / step[1], 1.0),
+                                 text=f"{step[0]}/{step[1]}: {step[2]}")
         if proc.returncode:
             status.update(label=f"The demo stopped with exit code {proc.returncode}",
                           state="error")

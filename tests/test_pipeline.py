@@ -67,7 +67,7 @@ def test_rerun_skips_finished_stages_and_force_redoes(tiny_run) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done earlier, skipped") >= 10
     proc = cli(*args, "--force", "store", cwd=work)
-    assert proc.returncode == 0 and "[15/15] store: done" in proc.stdout
+    assert proc.returncode == 0 and "[15/15] store ... done in" in proc.stdout
 
 
 def test_cli_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:

@@ -464,6 +464,8 @@ def test_search_curves_long_format_and_chosen():
 
 def test_parse_progress():
     assert tables.parse_progress("[3/12] topk ...\n") == (3, 12, "topk ...")
+    assert tables.parse_progress("[seed 0, 1/3] 15 stages done in 41.2 s\n") == (
+        1, 3, "seed 0: 15 stages done in 41.2 s")
     assert tables.parse_progress("loading") is None and tables.parse_progress("[1/0] x") is None
 
 

@@ -122,11 +122,20 @@ def search_curves(search: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 _PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
+_SEED_DONE = re.compile(r"^\[seed (-?\d+), (\d+)/(\d+)\]\s*(.*)$")
 
 
 def parse_progress(line: str) -> tuple[int, int, str] | None:
-    """'[3/12] topk ...' (the pipeline's stage lines) -> (3, 12, 'topk ...'); else None."""
-    match = _PROGRESS.match(line.strip())
-    if not match or int(match[2]) < 1:
+    """The CLI's progress lines (console.py) -> (done, of, what); else None.
+
+    '[3/12] topk ...' (a stage line) -> (3, 12, 'topk ...'); '[seed 0, 1/3] 15 stages done
+    in 41.2 s' (the one line of each of several seeds) -> (1, 3, 'seed 0: 15 stages done in
+    41.2 s')."""
+    line = line.strip()
+    if match := _SEED_DONE.match(line):
+        done, of, what = int(match[2]), int(match[3]), f"seed {match[1]}: {match[4]}"
+    elif match := _PROGRESS.match(line):
+        done, of, what = int(match[1]), int(match[2]), match[3]
+    else:
         return None
-    return int(match[1]), int(match[2]), match[3]
+    return (done, of, what) if of >= 1 else None
