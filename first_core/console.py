@@ -5,44 +5,46 @@ bar on every load and save, and the Trainer's log dict on every logging step (35
 the three-seed demo). The CLI now shows one line per stage, one progress bar per training
 stage (steps, loss, time left) on a terminal only, and for several seeds one summary line
 per seed; `--verbose` gives everything back. Nothing here changes what is recorded: the
-Trainer's `log_history` still goes to each checkpoint's `trainer_state.json`.
+Trainer's `log_history` still goes to each checkpoint's `trainer_state.json` (and
+`finetune.train_and_save` keeps all of it beside the final model).
 
 The pipeline knows nothing of this: it says `StageLine`s, which are plain strings to any
 other `echo`. A library caller that never calls `configure` keeps the libraries' defaults.
-This module imports no first_core module and no torch (the CLI imports it after pinning the
-CPU kernels, numerics.py says why).
+Importing this module loads no first_core module and no torch; transformers is imported
+only inside its functions, which the CLI calls after pinning the CPU kernels (numerics.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-# read by datasets when it is imported (hf_data.py imports it only for hub data sets)
-DATASETS_ENV = {"DATASETS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 CLEAR = "\r\033[K"  # back to the start of the terminal line and erase it
 
 
 @dataclass
 class _State:
-    quiet: bool = False  # set by `configure`: the CLI's default
+    verbose: bool | None = None  # set by `configure`; None: the libraries' own defaults
     label: str | None = None  # the running stage, as its progress bar names it
-    env_set: tuple[str, ...] = ()  # the DATASETS_ENV keys `configure` set (not the user)
+
+    @property
+    def quiet(self) -> bool:
+        return self.verbose is False
 
 
 _STATE = _State()
 
 
-def configure(verbose: bool) -> None:
+def configure(verbose: bool | None) -> None:
     """Quiet the libraries (their logs below ERROR, their progress bars) unless `verbose`,
-    in which case their defaults come back. Imports transformers' logging module: call it
-    after `numerics.pin_cpu_kernels`."""
-    _STATE.quiet = not verbose
+    in which case their defaults come back (None: back to not configured, as a library
+    caller has it). Imports transformers' logging module: call it after
+    `numerics.pin_cpu_kernels`."""
+    _STATE.verbose = verbose
+    verbose = verbose is not False
     level = logging.WARNING if verbose else logging.ERROR
     from transformers.utils import logging as hf_logging  # its bars are huggingface_hub's too
     hf_logging.set_verbosity(level)
@@ -51,22 +53,21 @@ def configure(verbose: bool) -> None:
     hub_logging.set_verbosity(level)
     # accelerate logs through python's logging alone: back to inheriting the root's level
     logging.getLogger("accelerate").setLevel(logging.NOTSET if verbose else logging.ERROR)
-    if "datasets" in sys.modules:  # imported already: its own switches
-        datasets = importlib.import_module("datasets")
-        datasets.utils.logging.set_verbosity(level)
-        (datasets.enable_progress_bars if verbose else datasets.disable_progress_bars)()
-    elif verbose:
-        for key in _STATE.env_set:
-            os.environ.pop(key, None)
-        _STATE.env_set = ()
-    else:  # read when it is imported; a value the user set stays
-        _STATE.env_set += tuple(k for k in DATASETS_ENV if k not in os.environ)
-        for key in _STATE.env_set:
-            os.environ[key] = DATASETS_ENV[key]
+    if "datasets" in sys.modules:  # else when hf_data imports it (a second of import time)
+        _datasets_switches(quiet=not verbose)
 
 
-def is_quiet() -> bool:
-    return _STATE.quiet
+def configure_datasets() -> None:
+    """datasets' logging and bars as `configure` set the other libraries' (nothing when it
+    was never called). `hf_data` calls this once it has imported datasets."""
+    if _STATE.verbose is not None:
+        _datasets_switches(quiet=_STATE.quiet)
+
+
+def _datasets_switches(quiet: bool) -> None:
+    import datasets
+    datasets.utils.logging.set_verbosity(logging.ERROR if quiet else logging.WARNING)
+    (datasets.disable_progress_bars if quiet else datasets.enable_progress_bars)()
 
 
 class StageLine(str):

@@ -165,3 +165,29 @@ def test_a_stage_line_is_finished_in_place_or_rewritten_after_a_bar() -> None:
         assert stream.getvalue().startswith(done)
         assert stream.getvalue().endswith("teacher_ft ... failed\n")
     assert str(StageLine(2, 3, "models", "done", 1.23)) == "[2/3] models: done in 1.2 s"
+
+
+DATASETS_RUN = """
+import sys
+from first_core.console import configure
+configure(sys.argv[2] == "verbose")
+assert "datasets" not in sys.modules  # imported by hf_rows, after configure
+import datasets
+datasets.config.HF_HUB_OFFLINE = True
+datasets.config.HF_DATASETS_CACHE = sys.argv[1] + "/cache"
+from first_core.hf_data import hf_rows
+assert len(hf_rows(sys.argv[1], "train")[0]) == 2
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_datasets_bars_follow_the_console(tmp_path, mode) -> None:
+    """datasets is imported only for `[data] hf_dataset`, after `configure`: its bars are
+    quieted then (hf_data applies the console's choice), and --verbose keeps them."""
+    pytest.importorskip("datasets")
+    (tmp_path / "train.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    proc = subprocess.run([sys.executable, "-c", DATASETS_RUN, str(tmp_path), mode],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(TINY).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("Generating train split" in proc.stderr) == (mode == "verbose"), proc.stderr
