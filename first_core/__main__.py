@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
                       errno.ENAMETOOLONG, errno.EIO}
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
+VERBOSE_HELP = ("also show what the libraries print (their logs and progress bars, the "
+                "Trainer's loss on every logging step), and two lines per stage of every seed "
+                "(FIRST_LOG_LEVEL=INFO adds first_core's own log)")
 
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
@@ -35,17 +38,26 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
     cfg = load_config(args.config, [*args.set, *seeds])
     pin_cpu_kernels(cfg.cpu_kernels)  # before anything imports torch (numerics.py says why)
+    from .console import StageEcho, configure
+    configure(verbose=args.verbose)
     from .pipeline import process_state, run
     from .store import default_store_path
 
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
     main = process_state().is_main_process  # print once, not once per rank of a launch
+    # several seeds, not verbose: one line per seed (its stages show on a terminal only)
+    compact = not args.verbose and cfg.seeds is not None and len(cfg.seeds) > 1
     for one in cfg.per_seed():
-        if cfg.seeds is not None and main:
+        if cfg.seeds is not None and not compact and main:
             print(f"\n=== seed {one.seed} ({cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)})")
-        run(one, force=args.force, config_file=str(args.config))
+        echo = StageEcho(f"[seed {one.seed}, {cfg.seeds.index(one.seed) + 1}/{len(cfg.seeds)}]"
+                         if compact else None, plain=args.verbose)
+        with echo:
+            run(one, force=args.force, config_file=str(args.config), echo=echo)
         if main:
+            if compact:
+                echo.summary()
             _say_calibration(one)
     if main:
         print(f"\nTable 1 of pipeline {cfg.name!r} (all conventions: python -m first_core "
@@ -98,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = _run_pipeline(argparse.Namespace(config=args.config, set=args.set, force=None,
-                                           store=args.store, seeds=args.seeds))
+                                           store=args.store, seeds=args.seeds,
+                                           verbose=args.verbose))
     if not args.no_pretrained:  # a real 49,152-token vocabulary beside the tiny teacher's
         from .pretrained_coverage import run_pretrained_coverage
         print()
@@ -158,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
     r.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="run these training seeds (overrides the config's `seeds`)")
+    r.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     r.set_defaults(fn=_run)
 
     d = sub.add_parser("demo", help="run the embedded default, then open the dashboard")
@@ -170,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the top-k coverage of the pretrained SmolLM2-135M-Instruct "
                         "(a real 49,152-token vocabulary, read zero-shot on 100 validation "
                         "prompts; about a minute)")
+    d.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     d.set_defaults(fn=_demo)
 
     c = sub.add_parser("check-data", help="report every problem in a data file")

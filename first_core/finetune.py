@@ -13,6 +13,7 @@ after every real token, so it cannot change the logits at the answer position.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import TrainConfig
+from .console import quiet_trainer
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate
 from .errors import ConfigError, FirstError
 from .models import Encoded, encode_examples, load_model
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 IGNORE = -100  # label value the loss skips
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+TRAINING_LOG = "training_log.json"  # in `final`: the Trainer's log_history, every entry
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -207,7 +210,8 @@ def train_and_save(trainer: Trainer, out_dir: str | os.PathLike[str]) -> Path:
     """Train (resuming from the last complete checkpoint) and publish `out_dir/final`.
 
     The final model and tokenizer are written to a temporary directory and renamed, so a
-    reader never sees a half-written `final`. An existing `final` means the job finished:
+    reader never sees a half-written `final`, which also holds the Trainer's whole log
+    (`TRAINING_LOG`). An existing `final` means the job finished:
     it is returned without training (delete it to retrain). Every rank must call this.
     """
     out = Path(out_dir)
@@ -219,6 +223,7 @@ def train_and_save(trainer: Trainer, out_dir: str | os.PathLike[str]) -> Path:
     if resume is not None:
         log.info("resuming from %s", resume)
     trainer.add_callback(FiniteCheck(trainer.model))
+    quiet_trainer(trainer, out.name)  # the CLI's one bar instead of the Trainer's chatter
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     main = trainer.is_world_process_zero()
     if main:
@@ -227,6 +232,10 @@ def train_and_save(trainer: Trainer, out_dir: str | os.PathLike[str]) -> Path:
     trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed; rank 0 writes
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep final pickle-free
+        # the whole log, the end-of-training summary included (a checkpoint's
+        # trainer_state.json is saved before it): the console no longer prints it
+        (tmp / TRAINING_LOG).write_text(json.dumps(trainer.state.log_history, indent=1),
+                                        encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()

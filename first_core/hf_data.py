@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .console import configure_datasets
 from .errors import FirstError
 
 
@@ -23,6 +24,7 @@ def hf_rows(name: str, split: str, subset: str | None = None) -> tuple[list[Any]
     except ImportError:
         raise FirstError("loading a Hugging Face data set by name needs the `datasets` "
                          "package: pip install datasets") from None
+    configure_datasets()  # quiet, as the CLI made the other libraries
     try:
         rows = datasets.load_dataset(name, subset, split=split)
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"

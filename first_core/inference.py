@@ -209,7 +209,7 @@ def forward_batches(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_s
     (`batch_order`); without, one batch in prompt order. Every batch of a window comes
     before the next window's. `prompts` are strings (tokenised with the tokenizer's special
     tokens, as in training) or token id lists. `progress=None` shows a bar only when stderr
-    is a terminal.
+    is a terminal; the bar is erased when done (the CLI's stage line stays).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -223,7 +223,7 @@ def forward_batches(model: torch.nn.Module, tokenizer, prompts: Prompts, batch_s
     starts = range(0, len(prompts), window)
     encoded = prefetched(lambda s: _encode(tokenizer, prompts[s:s + window]), starts,
                          background=spare_cpu(model))
-    with tqdm(total=len(prompts), desc=desc, unit="ex", disable=not show) as bar:
+    with tqdm(total=len(prompts), desc=desc, unit="ex", disable=not show, leave=False) as bar:
         for start, seqs in zip(starts, encoded):
             lengths = [len(s) for s in seqs]
             if 0 in lengths:

@@ -26,6 +26,7 @@ import pandas as pd
 from . import calibrate, data, store
 from .config import RunConfig, posthoc_method
 from .config_diff import flat_config, flatten
+from .console import StageLine
 from .errors import ConfigError, FirstError
 from .numerics import cpu_kernels_in_use, pin_cpu_kernels
 # the parts both settings share live one floor down (stage_base); the names stay importable
@@ -394,9 +395,9 @@ def run(cfg: RunConfig, force: str | None = None,
         for i, st in enumerate(plan, 1):
             done = ctx.path("stages", f"{st.name}.json")
             if st.name not in todo:
-                say(f"[{i}/{len(plan)}] {st.name}: done earlier, skipped")
+                say(StageLine(i, len(plan), st.name, "skipped"))
                 continue
-            say(f"[{i}/{len(plan)}] {st.name} ...")
+            say(StageLine(i, len(plan), st.name, "start"))
 
             def work(st: Stage = st, done: Path = done) -> None:
                 nonlocal recorded
@@ -410,7 +411,7 @@ def run(cfg: RunConfig, force: str | None = None,
                         if not recorded:  # the outputs now on disk were made under this config
                             write_json_atomic(ctx.path("config.json"), cfg.to_dict())
                             recorded = True
-                        say(f"[{i}/{len(plan)}] {st.name}: done in {result['seconds']:.1f} s")
+                        say(StageLine(i, len(plan), st.name, "done", result["seconds"]))
 
             _together(state, work)
         if not main:

@@ -123,6 +123,26 @@ def wide(tidy: pd.DataFrame, pipeline: str, convention: str) -> pd.DataFrame:
     return table.rename_axis("method").reset_index()
 
 
+def headline(rows: pd.DataFrame, convention: str = "paper",
+             pipeline: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Home's Table 1: (every pipeline's `wide` table under a `pipeline` column, the tidy
+    numbers behind it). The cells are the report's own (`_cell`), so Home and the README
+    cannot format one number two ways. `rows` as `load_rows` gives them (metric rows with
+    each run's pipeline label); `pipeline` keeps one label."""
+    rows = rows[rows["convention"] == convention]
+    if pipeline is not None:
+        rows = rows[rows["pipeline"] == pipeline]
+    tidy = table1(rows)
+    parts = [wide(tidy, name, convention).assign(pipeline=name)
+             for name in dict.fromkeys(tidy["pipeline"])]
+    if not parts:
+        return pd.DataFrame(columns=["pipeline", "method"]), tidy
+    shown = pd.concat(parts, ignore_index=True).rename_axis(columns=None)
+    cells = [c for s in dict.fromkeys(tidy["split"]) for m in COLUMNS
+             if (c := f"{SPLIT_NAMES.get(s, s)} {COLUMNS[m]}") in shown]
+    return shown[["pipeline", "method", "seeds", *cells]].fillna(""), tidy
+
+
 def format_markdown(tidy: pd.DataFrame, conventions: Sequence[str] = ("paper", "option"),
                     temperatures: pd.DataFrame | None = None) -> str:
     """A Markdown Table 1 per pipeline and convention, then the pipeline's post-hoc

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import importer
+from first_core import importer, report
 from first_core.config_diff import config_notes
 from first_core.safe_text import for_markdown
 from first_core.views import tables, view_state
@@ -22,7 +22,8 @@ DEMO_CONFIG = Path("configs") / "demo.toml"
 
 
 def run_demo(path: Path) -> None:
-    """Run the embedded demo pipeline into `path`, with a progress bar from its stage lines."""
+    """Run the embedded demo pipeline into `path`, with a progress bar from its progress
+    lines (one per seed: the demo has three)."""
     cmd = [sys.executable, "-m", "first_core", "run", "--config", str(DEMO_CONFIG),
            "--store", str(path.resolve())]
     bar = st.progress(0.0, text="Starting the demo pipeline ...")
@@ -37,7 +38,8 @@ def run_demo(path: Path) -> None:
                 tail.code("\n".join(log[-12:]))
                 step = tables.parse_progress(line)
                 if step:
-                    bar.progress(step[0] / step[1], text=f"Stage {step[0]}/{step[1]}: {step[2]}")
+                    bar.progress(min(step[0] / step[1], 1.0),
+                                 text=f"{step[0]}/{step[1]}: {step[2]}")
         if proc.returncode:
             status.update(label=f"The demo stopped with exit code {proc.returncode}",
                           state="error")
@@ -112,17 +114,18 @@ convention = st.radio("Confidence convention", list(view_state.CONVENTIONS),
                       format_func=view_state.CONVENTIONS.get, horizontal=True, key="home_conv")
 pipeline = pick_pipeline(runs, "home_pipeline")
 with store_errors():
-    headline = tables.headline_table(tables.with_pipeline(query("metrics"), runs), convention,
-                                    pipeline)
-percent = {c: st.column_config.NumberColumn(c, format="percent")
-           for c in headline.columns if c != "method"}
-st.dataframe(headline, hide_index=True, column_config=percent)
-st.caption("ID = in-domain test, OOD = out-of-domain test; mean over the seeds of each "
-           "pipeline (never across pipelines, nor across configs of one pipeline). "
-           "Trust = Acc - ECE (our definition).")
+    headline, numbers = report.headline(tables.with_pipeline(query("metrics"), runs),
+                                        convention, pipeline)
+st.dataframe(headline, hide_index=True)
+st.caption("%, as `python -m first_core report` prints them: mean ± std over the seeds of "
+           "each pipeline (never across pipelines, nor across configs of one pipeline), n/a "
+           "where a metric is undefined (AUROC when every answer is right). ID = in-domain "
+           "test, OOD = out-of-domain test. Trust = Acc - ECE (our definition). AUROC: how "
+           "well the confidence ranks right answers above wrong ones, 50 = chance; AURC: "
+           "area under the risk-coverage curve, lower is better.")
 for note in config_notes(runs, pipeline):  # one name, several configs: split, and why
     st.warning(for_markdown(note))
-csv_download(headline, "headline.csv")
+csv_download(numbers, "headline.csv")  # the numbers behind the cells: mean, std, seeds
 
 shown = tables.labelled(runs).drop(columns=["config"], errors="ignore")
 if pipeline is not None:

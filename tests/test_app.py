@@ -106,8 +106,43 @@ def test_home_shows_the_store_and_the_headline(monkeypatch, fixture_store):
     assert any(for_markdown(fixture_store) in c.value for c in at.caption)
     headline = at.dataframe[0].value
     assert set(headline["method"]) == set(store.list_runs(fixture_store)["method"])
-    assert {"Acc ID", "ECE ID", "Trust ID", "Acc OOD", "ECE OOD", "Trust OOD"} <= set(headline)
+    assert {"ID Acc", "ID ECE", "ID Trust", "OOD Acc", "OOD ECE", "OOD Trust"} <= set(headline)
     assert labels(at.download_button)[:1] == ["Download CSV"]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory) -> Path:
+    """Pipeline "fixture" with seeds 2 and 3; first_ts's in-domain AUROC undefined in both
+    (as when every answer is right)."""
+    import duckdb
+
+    path = write_fixture_store(tmp_path_factory.mktemp("seeds") / "seeds.duckdb", 40, seed=2)
+    write_fixture_store(path, 40, seed=3)
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE metrics SET value = 'NaN' WHERE metric = 'auroc' AND split = "
+                    "'test' AND run_id IN (SELECT run_id FROM runs WHERE method = 'first_ts')")
+    return path
+
+
+def test_home_headline_has_auroc_aurc_in_the_reports_format(monkeypatch, two_seeds):
+    """Issue 30 item 19: trust is calibration and discrimination, so AUROC and AURC are
+    there; every cell is the report's (one decimal of a percentage, trailing zeros kept,
+    mean ± std over the seeds, n/a where undefined), never a float's own digits."""
+    at = open_app(monkeypatch, two_seeds)
+    headline = at.dataframe[0].value
+    cells = [f"{s} {m}" for s in ("ID", "OOD")
+             for m in ("Acc", "Conf", "ECE", "AUROC", "AURC", "Trust")]
+    assert list(headline.columns) == ["pipeline", "method", "seeds", *cells]
+    assert (headline["seeds"] == 2).all()
+    table = headline.set_index("method")[cells]
+    assert table.loc["first_ts", "ID AUROC"] == "n/a"
+    shown = table.drop(index="first_ts", columns="ID AUROC").stack()
+    assert shown.str.fullmatch(r"\d+\.\d ± \d+\.\d").all(), shown.tolist()
+    # the same text the CLI's report prints for this store
+    from first_core import report
+    printed = report.format_markdown(report.table1(report.load_rows(two_seeds)), ("paper",))
+    row = next(line for line in printed.splitlines() if line.startswith("| teacher_ft"))
+    assert row == "| " + " | ".join(["teacher_ft", "2", *table.loc["teacher_ft"]]) + " |"
 
 
 def test_moving_the_temperature_slider_changes_the_ece(monkeypatch, fixture_store):
@@ -246,13 +281,14 @@ def two_pipelines(tmp_path_factory) -> Path:
     return write_fixture_store(path, 40, seed=3, pipeline="other")
 
 
-def _expected_headline(path: Path, pipeline: str) -> pd.DataFrame:
-    """Independent: the pipeline's own metric rows, averaged per method with plain pandas."""
+def _expected_headline(path: Path, pipeline: str) -> pd.Series:
+    """Independent: the pipeline's own metric rows, averaged per method with plain pandas,
+    as one-decimal percentages (one seed each: no ± part)."""
     runs = store.list_runs(path)
     mine = runs.loc[runs["pipeline"] == pipeline, "run_id"].tolist()
     rows = store.load_metrics(path, run_ids=mine, convention="paper", split="test_ood",
                               metric="accuracy")
-    return rows.groupby("method")["value"].mean()
+    return rows.groupby("method")["value"].mean().map(lambda v: f"{100 * v:.1f}")
 
 
 def test_two_pipelines_stay_apart_on_home_and_compare(monkeypatch, two_pipelines):
@@ -260,7 +296,7 @@ def test_two_pipelines_stay_apart_on_home_and_compare(monkeypatch, two_pipelines
     headline = at.dataframe[0].value
     assert len(headline) == 10 and set(headline["pipeline"]) == {"fixture", "other"}
     for name in ("fixture", "other"):
-        shown = headline[headline["pipeline"] == name].set_index("method")["Acc OOD"]
+        shown = headline[headline["pipeline"] == name].set_index("method")["OOD Acc"]
         expected = _expected_headline(two_pipelines, name)
         pd.testing.assert_series_equal(shown.sort_index(), expected.sort_index(),
                                        check_names=False)

@@ -70,7 +70,7 @@ def test_rerun_skips_finished_stages_and_force_redoes(tiny_run) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done earlier, skipped") >= 10
     proc = cli(*args, "--force", "store", cwd=work)
-    assert proc.returncode == 0 and "[20/20] store: done" in proc.stdout
+    assert proc.returncode == 0 and "[20/20] store ... done in" in proc.stdout
 
 
 def test_cli_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_a_finished_run_resumes_adding_the_posthoc_rows_without_retraining(
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("teacher_ft", "topk", "student_ft", "first_ts", "eval_first_ts"):
         assert f"{stage}: done earlier, skipped" in proc.stdout
-    assert "posthoc_first_ts: done in" in proc.stdout and "store: done in" in proc.stdout
+    assert "posthoc_first_ts ... done in" in proc.stdout and "store ... done in" in proc.stdout
     with duckdb.connect(str(old / "first.duckdb"), read_only=True) as con:
         after = con.execute(query).df()
     pd.testing.assert_frame_equal(before, after)  # same bits, every row of every method

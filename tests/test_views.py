@@ -11,7 +11,7 @@ import pytest
 
 from scipy.special import softmax
 
-from first_core import metrics, store
+from first_core import metrics, report, store
 from first_core.views import example_rows, rescaling, run_arrays, selective, storage_math, tables, teaching, token_views, view_state
 from first_core.fixtures import write_fixture_store
 
@@ -376,14 +376,18 @@ def metric_rows() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_headline_table_is_table_one(metric_rows):
-    table = tables.headline_table(metric_rows, "paper")
-    assert table["method"].tolist() == ["teacher_ft", "first_ts"]  # pipeline order
-    assert list(table.columns) == ["pipeline", "method", "Acc ID", "ECE ID", "Trust ID",
-                                   "Acc OOD", "ECE OOD", "Trust OOD"]
-    assert table.loc[0, "Acc OOD"] == pytest.approx(0.805)  # mean over seeds 0.80, 0.81
-    assert tables.headline_table(metric_rows, "option").columns.tolist() == ["pipeline",
-                                                                             "method"]
+def test_headline_is_table_one_in_the_reports_cells(metric_rows):
+    """Home's headline is the report's Table 1: percent with one decimal (trailing zeros
+    kept), mean ± std over seeds, every column the report has (item 19)."""
+    table, numbers = report.headline(metric_rows, "paper")
+    assert table["method"].tolist() == ["teacher_ft", "first_ts"]  # METHODS order
+    assert list(table.columns) == ["pipeline", "method", "seeds", "ID Acc", "ID ECE",
+                                   "ID Trust", "OOD Acc", "OOD ECE", "OOD Trust"]
+    assert table.loc[0, "OOD Acc"] == "80.5 ± 0.7"  # seeds 0.80, 0.81: std with ddof 1
+    assert table.loc[0, "ID ECE"] == "10.0 ± 0.0"  # never "10"
+    assert numbers.loc[(numbers["method"] == "teacher_ft") & (numbers["split"] == "test_ood")
+                       & (numbers["metric"] == "accuracy"), "mean"].item() == pytest.approx(80.5)
+    assert report.headline(metric_rows, "option")[0].columns.tolist() == ["pipeline", "method"]
 
 
 def _two_pipelines(metric_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -399,13 +403,13 @@ def _two_pipelines(metric_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
 def test_seeds_are_averaged_within_one_pipeline_only(metric_rows):
     rows, runs = _two_pipelines(metric_rows)
     assert tables.pipelines(runs) == ["a", "b"]
-    table = tables.headline_table(rows, "paper")
+    table, _ = report.headline(rows, "paper")
     assert table[["pipeline", "method"]].values.tolist() == [
         ["a", "teacher_ft"], ["a", "first_ts"], ["b", "teacher_ft"], ["b", "first_ts"]]
-    acc = table.set_index(["pipeline", "method"])["Acc OOD"]
-    assert acc["a", "teacher_ft"] == pytest.approx(0.805)       # seeds of "a" only
-    assert acc["b", "teacher_ft"] == pytest.approx(0.605)       # not (0.805 + 0.605) / 2
-    only_b = tables.headline_table(rows, "paper", pipeline="b")
+    acc = table.set_index(["pipeline", "method"])["OOD Acc"]
+    assert acc["a", "teacher_ft"] == "80.5 ± 0.7"       # seeds of "a" only
+    assert acc["b", "teacher_ft"] == "60.5 ± 0.7"       # not (80.5 + 60.5) / 2
+    only_b, _ = report.headline(rows, "paper", pipeline="b")
     assert set(only_b["pipeline"]) == {"b"} and len(only_b) == 2
     cmp = tables.compare_table(rows, "paper", pipeline=None)
     seeds = cmp[(cmp["metric"] == "accuracy") & (cmp["split"] == "test")]
@@ -464,6 +468,8 @@ def test_search_curves_long_format_and_chosen():
 
 def test_parse_progress():
     assert tables.parse_progress("[3/12] topk ...\n") == (3, 12, "topk ...")
+    assert tables.parse_progress("[seed 0, 1/3] 15 stages done in 41.2 s\n") == (
+        1, 3, "seed 0: 15 stages done in 41.2 s")
     assert tables.parse_progress("loading") is None and tables.parse_progress("[1/0] x") is None
 
 

@@ -1,6 +1,6 @@
-"""Tables over many runs: Table 1 per (pipeline, method), the Compare page's mean and std
-over seeds, the teacher that goes with a run, the temperature-search curves and the
-pipeline's progress lines.
+"""Tables over many runs: the Compare page's mean and std over seeds (Table 1's numbers:
+`report.table1` lays them out, for the CLI, the README and Home), the teacher that goes with
+a run, the temperature-search curves and the pipeline's progress lines.
 
 "Pipeline" here is the label `config_diff.label_runs` gives a run: its pipeline's name, or
 `NAME [config X]` when runs of one name were made with different configs, so that seeds are
@@ -44,41 +44,14 @@ def _pipeline_rows(metric_rows: pd.DataFrame, pipeline: str | None) -> pd.DataFr
     return rows if pipeline is None else rows[rows["pipeline"] == pipeline]
 
 
-def headline_table(metric_rows: pd.DataFrame, convention: str = "paper",
-                   pipeline: str | None = None) -> pd.DataFrame:
-    """Table-1 layout: one row per (pipeline, method), Acc / ECE / Trust in-domain and OOD.
-
-    Values are means over the seeds of *one* pipeline (never across pipelines: two
-    pipelines are two experiments). `metric_rows` is `store.load_metrics(...)` through
-    `with_pipeline` (without a pipeline column every row counts as one unnamed pipeline);
-    `pipeline` keeps only that one. Values stay fractions (format for display).
-    """
-    rows = _pipeline_rows(metric_rows, pipeline)
-    wanted = rows[(rows["convention"] == convention)
-                  & rows["split"].isin(["test", "test_ood"])
-                  & rows["metric"].isin(["accuracy", "ece", "trust"])]
-    if wanted.empty:
-        return pd.DataFrame(columns=["pipeline", "method"])
-    table = wanted.pivot_table(index=["pipeline", "method"], columns=["split", "metric"],
-                               values="value", aggfunc="mean", sort=False)
-    names = {"test": "ID", "test_ood": "OOD"}
-    short = {"accuracy": "Acc", "ece": "ECE", "trust": "Trust"}
-    order = [(s, m) for s in names for m in short if (s, m) in table.columns]
-    table = table[order]
-    table.columns = [f"{short[m]} {names[s]}" for s, m in order]
-    table = table.reset_index()
-    return table.sort_values(["pipeline", "method"], kind="stable",
-                             key=lambda col: _method_order(col) if col.name == "method"
-                             else col.map({p: i for i, p in enumerate(
-                                 dict.fromkeys(wanted["pipeline"]))})
-                             ).reset_index(drop=True)
-
-
 def compare_table(metric_rows: pd.DataFrame, convention: str = "paper",
                   splits: Sequence[str] = ("test", "test_ood"),
                   pipeline: str | None = None) -> pd.DataFrame:
     """Per (pipeline, method) and split: mean, std and number of seeds of each metric (tidy,
-    for bars). Seeds are only ever averaged within one pipeline; see `headline_table`."""
+    for bars). Seeds are only ever averaged within one pipeline (never across pipelines: two
+    pipelines are two experiments). `metric_rows` is `store.load_metrics(...)` through
+    `with_pipeline` (without a pipeline column every row counts as one unnamed pipeline);
+    `pipeline` keeps only that one."""
     rows = _pipeline_rows(metric_rows, pipeline)
     wanted = rows[(rows["convention"] == convention) & rows["split"].isin(list(splits))]
     out = (wanted.groupby(["pipeline", "method", "split", "metric"], sort=False)["value"]
@@ -128,11 +101,20 @@ def search_curves(search: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 _PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
+_SEED_DONE = re.compile(r"^\[seed (-?\d+), (\d+)/(\d+)\]\s*(.*)$")
 
 
 def parse_progress(line: str) -> tuple[int, int, str] | None:
-    """'[3/12] topk ...' (the pipeline's stage lines) -> (3, 12, 'topk ...'); else None."""
-    match = _PROGRESS.match(line.strip())
-    if not match or int(match[2]) < 1:
+    """The CLI's progress lines (console.py) -> (done, of, what); else None.
+
+    '[3/12] topk ...' (a stage line) -> (3, 12, 'topk ...'); '[seed 0, 1/3] 15 stages done
+    in 41.2 s' (the one line of each of several seeds) -> (1, 3, 'seed 0: 15 stages done in
+    41.2 s')."""
+    line = line.strip()
+    if match := _SEED_DONE.match(line):
+        done, of, what = int(match[2]), int(match[3]), f"seed {match[1]}: {match[4]}"
+    elif match := _PROGRESS.match(line):
+        done, of, what = int(match[1]), int(match[2]), match[3]
+    else:
         return None
-    return int(match[1]), int(match[2]), match[3]
+    return (done, of, what) if of >= 1 else None
