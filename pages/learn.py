@@ -79,6 +79,36 @@ st.caption("Read the curve from the right: at coverage 100% every question is an
            "fall as you defer (model B); a confidence that says nothing leaves it flat (model A "
            "at discrimination 0), however well calibrated. AURC is the area under the curve.")
 
+st.header("Why not just rescale?")
+st.markdown(
+    "The fix most practitioners try first is post-hoc temperature scaling (Guo et al. 2017): "
+    "keep the model, fit one temperature T on a validation set by likelihood, divide the "
+    "logits by it. It needs no retraining and one number, and in domain it often calibrates "
+    "as well as anything (this project's report has a `+ts` row for every trained model). "
+    "Two things it cannot do: it only moves the confidence *level*, so the answers and "
+    "almost all of their ranking stay (accuracy is unchanged, AUROC nearly), and a T fitted "
+    "in domain is the right T only where the model errs the same way. Below, the model "
+    "above is fitted on an in-domain sample and then tested on a shifted one, where it is "
+    "less accurate and exaggerates more.")
+cols = st.columns(2)
+ood_accuracy = cols[0].slider("Out-of-domain accuracy", 0.3, 0.9, 0.45, 0.05,
+                              key="learn_ood_acc")
+ood_sharpness = cols[1].slider("Out-of-domain over-confidence s", 0.3, 6.0, 3.5, 0.1,
+                               key="learn_ood_s")
+t_fit, lesson = teaching.rescale_lesson(accuracy, sharpness, max(ood_accuracy, 0.3),
+                                        ood_sharpness, n_bins)
+st.dataframe(lesson, hide_index=True, column_config={
+    name: st.column_config.NumberColumn(name, format="percent")
+    for name in ("accuracy", "ECE")} | {
+    name: st.column_config.NumberColumn(name, format="%.3f") for name in ("AUROC", "AURC")})
+st.caption(f"T = {t_fit:.2f} was fitted on in-domain validation data only. In domain it undoes "
+           f"the model's exaggeration (s = {sharpness:g}); out of domain, where s = "
+           f"{ood_sharpness:g}, the same T leaves an error the validation set never showed. "
+           "Accuracy does not move at all, AUROC and AURC barely: with four options the top "
+           "probability after scaling depends on the other three too, so two answers can "
+           "swap places. To change which answers are right, or how well confidence ranks "
+           "them, the model itself has to change, which is what FIRST's distillation does.")
+
 st.header("The formulas, in plain words")
 st.markdown("**Reliability diagram.** Sort the answers into bins by confidence. In each bin "
             "compare the average confidence with the fraction that was right. Bars below the "

@@ -235,3 +235,33 @@ def test_instruct_pipeline_stores_posthoc_rows_per_token_and_ood(tiny_instruct_r
     for method in trained:
         assert (ood[ood.method == method].pred.tolist()
                 == ood[ood.method == f"{method}+ts"].pred.tolist())
+
+
+def test_learn_lesson_rescaling_keeps_accuracy_and_does_not_transfer_out_of_domain():
+    from first_core.views import teaching
+
+    t, table = teaching.rescale_lesson(0.7, 2.0, 0.45, 3.5)
+    assert t == pytest.approx(2.0, rel=0.1)  # the simulator's exaggeration is s = 2
+    rows = table.set_index(["sample", "confidence"])
+    for sample in ("in-domain test", "out-of-domain test"):
+        before, after = rows.loc[sample].iloc[0], rows.loc[sample].iloc[1]
+        assert after["accuracy"] == before["accuracy"]
+        assert after["ECE"] < before["ECE"]
+        assert after["AUROC"] == pytest.approx(before["AUROC"], abs=0.01)
+    ece_in = rows.loc["in-domain test"].iloc[1]["ECE"]
+    ece_out = rows.loc["out-of-domain test"].iloc[1]["ECE"]
+    assert ece_in < 0.03 < 0.1 < ece_out
+
+
+def test_learn_page_shows_the_rescaling_lesson(monkeypatch, tmp_path):
+    from test_app import open_app
+
+    from first_core.fixtures import write_fixture_store
+
+    at = open_app(monkeypatch, write_fixture_store(tmp_path / "f.duckdb", 30), "pages/learn.py")
+    assert any(h.value == "Why not just rescale?" for h in at.header)
+    lesson = [d.value for d in at.dataframe if "sample" in d.value.columns]
+    assert lesson and len(lesson[0]) == 4
+    at.slider(key="learn_ood_s").set_value(5.0).run()
+    assert not at.exception
+    assert any("s = 5" in c.value for c in at.caption)
