@@ -30,6 +30,7 @@ import torch
 
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate, answer_text, format_prompt
 from .errors import ConfigError, FirstError
+from .model_files import check_model_files, is_load_error
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,11 @@ def load_model(spec: str | os.PathLike[str], *, trust_remote_code: bool = False,
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype],
                                                      use_safetensors=True, **kwargs)
-    except OSError as exc:
-        raise FirstError(f"model {spec}: cannot load it ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged files only (is_load_error)
+        if not is_load_error(exc):
+            raise
+        raise FirstError(f"model {spec}: cannot load it ({type(exc).__name__}: "
+                         f"{str(exc)[:300]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -330,11 +334,17 @@ def build_model(spec: str | os.PathLike[str], build_dir: str | os.PathLike[str])
     """The safetensors folder for a GGUF or subset spec, built under `build_dir` once.
 
     A folder that is already there (complete: it is published by a rename) is reused, so a
-    GGUF file is converted once per `build_dir` however many roles or stages use it.
+    GGUF file is converted once per `build_dir` however many roles or stages use it; one
+    whose files were damaged since (`model_files.check_model_files`) is built again.
     """
     out = Path(build_dir) / build_dir_name(spec)
     if (out / "config.json").exists():
-        return out
+        try:  # whole when published; a later truncation or edit is found here and rebuilt
+            check_model_files(out, f"model {spec}")
+            return out
+        except FirstError as exc:
+            log.warning("%s; rebuilding it", exc)
+            shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_subset(spec):
         keep, base = parse_subset(str(spec))

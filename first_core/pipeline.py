@@ -262,14 +262,14 @@ def preflight(ctx: Context, todo: set[str]) -> None:
     local model paths that exist, fp16 only with a GPU, and, when the models were built
     earlier, every k against their vocabulary (`model_checks`). Without this a bad store or
     a model path typo surfaces only after all the training."""
-    from .model_checks import check_machine, check_vocabulary
+    from .model_checks import check_machine, check_models
     from .models import check_model_spec
     for role in ("teacher", "student"):
         check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
     check_machine(ctx.cfg, ctx.config_file)
     if "models" not in todo:  # built earlier: a k changed since is checked now, not at its stage
-        check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
-                         ctx.config_file)
+        check_models(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                     ctx.config_file)
     _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
     path = store.default_store_path(ctx.cfg.store)
     if "store" not in todo:  # nothing will be written to it; the summary reads it read-only

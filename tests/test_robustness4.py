@@ -1,0 +1,152 @@
+"""Issue 30 (reliability round 4) through the CLI as a user meets it: a student whose
+tokenizer is not the teacher's, damaged model folders, a max_length past the model's
+positions, a damaged cached conversion, a full disk, and the messages around them.
+
+Most cases stop at or before the `models` stage, so they cost a data stage and the tiny
+presets (seconds), run through the CLI's own `main` in this process (`run_here`).
+docs/ROBUSTNESS.md ("Issue 30") lists each case and what the user now sees.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_bad_inputs import SMALL, TINY, assert_user_error, records
+from test_fail_early import run_here
+
+from first_core import data
+from first_core.config import load_config
+from first_core.models import build_preset
+from first_core.tasks import write_task
+
+DISTIL = "methods=['teacher_ft','student_distill']"
+GIVEN = "teacher_train.epochs=0"  # the teacher as given: nothing trains before the student
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny-student` folder built from exactly the training text the run's `models`
+    stage trains its presets' tokenizer on, so its vocabulary is the teacher's."""
+    work = tmp_path_factory.mktemp("student")
+    d = load_config(TINY, list(SMALL)).data
+    files = write_task(work / "data", seed=d.seed, n_train=d.n_train, n_val=d.n_val,
+                       n_test=d.n_test, n_ood=d.n_ood)
+    train = data.load_examples(files["train"])
+    texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in train]
+    return build_preset("tiny-student", texts, work / "student", seed=1)
+
+
+def copy_of(student: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "my-student"
+    shutil.copytree(student, out)
+    return out
+
+
+def swap_tokens(folder: Path, a: str, b: str) -> tuple[int, int]:
+    """Swap the ids of tokens `a` and `b` in the folder's tokenizer.json (the vocabulary
+    keeps its size: a Llama-2 / Mistral pair in small)."""
+    path = folder / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    vocab = tok["model"]["vocab"]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(tok))
+    return vocab[b], vocab[a]
+
+
+# ---------------------------------------------------------------- item 1
+
+
+def test_a_student_with_swapped_answer_tokens_is_refused_at_the_models_stage(
+        student: Path, tmp_path: Path) -> None:
+    mine = copy_of(student, tmp_path)
+    c_id, d_id = swap_tokens(mine, "C", "D")
+    proc = run_here(tmp_path, DISTIL, GIVEN, f"model.student='{mine}'")
+    assert_user_error(proc, "do not share one tokenizer",
+                      f"id {min(c_id, d_id)} is", "'C'", "'D'", str(mine))
+    assert records(tmp_path) == {"data"}  # refused before anything of the teacher ran
+
+
+def test_the_same_tokenizer_passes_the_check(student: Path) -> None:
+    from first_core.model_checks import check_same_tokenizer
+    from first_core.model_files import load_tokenizer
+    cfg = load_config(TINY)
+    tok = load_tokenizer(student, "x")
+    check_same_tokenizer(cfg, tok, load_tokenizer(student, "y"), len(tok),
+                         ["Question: a b ? Answer: C"])
+
+
+def test_a_tokenizer_that_encodes_differently_is_refused(student: Path, tmp_path: Path) -> None:
+    """Same id -> token map, another pre-tokenizer: the sample of training text differs."""
+    from first_core.errors import FirstError
+    from first_core.model_checks import check_same_tokenizer
+    from first_core.model_files import load_tokenizer
+    mine = copy_of(student, tmp_path)
+    tok = json.loads((mine / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "WhitespaceSplit"}  # "Answer:" is one (unknown) word now
+    (mine / "tokenizer.json").write_text(json.dumps(tok))
+    a, b = load_tokenizer(student, "t"), load_tokenizer(mine, "s")
+    with pytest.raises(FirstError, match="encode the training text"):
+        check_same_tokenizer(load_config(TINY), a, b, len(a), ["Question: x ? Answer: C"])
+
+
+# ---------------------------------------------------------------- items 5 and 7
+
+
+@pytest.mark.parametrize("damage", ["weights", "tokenizer"])
+def test_a_damaged_student_folder_stops_the_models_stage(student: Path, tmp_path: Path,
+                                                         damage: str) -> None:
+    mine = copy_of(student, tmp_path)
+    name = "model.safetensors" if damage == "weights" else "tokenizer.json"
+    blob = (mine / name).read_bytes()
+    (mine / name).write_bytes(blob[: len(blob) // 2])
+    proc = run_here(tmp_path, DISTIL, f"model.student='{mine}'")
+    assert_user_error(proc, "model.student", str(mine))
+    assert ("cut short" if damage == "weights" else "tokenizer") in proc.stderr
+    assert records(tmp_path) == {"data"}  # before teacher_ft, topk and calibrate
+
+
+def test_a_damaged_student_after_the_models_stage_stops_the_rerun_before_any_stage(
+        student: Path, tmp_path: Path) -> None:
+    mine = copy_of(student, tmp_path)
+    sets = (f"model.student='{mine}'", "student_train.epochs=0.01", "methods=['student_ft']")
+    first = run_here(tmp_path, *sets)
+    blob = (mine / "model.safetensors").read_bytes()
+    (mine / "model.safetensors").write_bytes(blob[:100])
+    again = run_here(tmp_path, *sets)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert_user_error(again, "model.student", "model.safetensors")
+    assert "[1/" not in again.stdout
+
+
+def test_max_length_past_the_models_positions_is_refused_naming_the_key(
+        student: Path, tmp_path: Path) -> None:
+    mine = copy_of(student, tmp_path)
+    config = json.loads((mine / "config.json").read_text())
+    config["max_position_embeddings"] = 16
+    (mine / "config.json").write_text(json.dumps(config))
+    proc = run_here(tmp_path, DISTIL, GIVEN, f"model.student='{mine}'")
+    assert_user_error(proc, "student_train.max_length: 256", "max_position_embeddings = 16",
+                      str(TINY))
+    assert records(tmp_path) == {"data"}
+
+
+# ---------------------------------------------------------------- item 8
+
+
+def test_a_damaged_cached_build_is_rebuilt(student: Path, tmp_path: Path) -> None:
+    """A layer subset (built like a GGUF conversion, once, into models/built): damaged after
+    the run, the rerun names it and `--force models` builds it again."""
+    sets = (GIVEN, f"model.teacher='subset:layers=1:{student}'", "methods=['teacher_ft']")
+    first = run_here(tmp_path, *sets)
+    assert first.returncode == 0, first.stderr[-2000:]
+    built = next((tmp_path / "runs" / "tiny" / "models" / "built").iterdir())
+    blob = (built / "model.safetensors").read_bytes()
+    (built / "model.safetensors").write_bytes(blob[: len(blob) - 64])
+    named = run_here(tmp_path, *sets)
+    assert_user_error(named, "model.teacher", "cut short")
+    fixed = run_here(tmp_path, *sets, extra=("--force", "models"))
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert (built / "model.safetensors").stat().st_size == len(blob)
