@@ -86,8 +86,25 @@ def _report(args: argparse.Namespace) -> int:
     path = default_store_path(args.store)
     if not path.exists():
         raise FirstError(f"--store {path}: no such store; run the pipeline first")
-    print(_table(path, args.pipeline, args.format))
+    text = _table(path, args.pipeline, args.format)
+    if not text.strip() or (args.format == "csv" and len(text.strip().splitlines()) < 2):
+        raise FirstError(_no_metrics(path, args.pipeline))
+    print(text)
     return 0
+
+
+def _no_metrics(path: Path, pipeline: str | None) -> str:
+    """Why `report` has no table to print: the runs it would read store no metrics (a
+    pretrained model's top-k coverage is such a run)."""
+    from .store import list_runs
+    runs = list_runs(path)
+    if pipeline is not None:
+        runs = runs[runs["pipeline"] == pipeline]
+    methods = sorted(set(runs["method"]))
+    what = f"pipeline {pipeline!r}" if pipeline is not None else "the store"
+    return (f"--store {path}: {what} has no metric rows (its runs: {methods}); a "
+            "pretrained_zero_shot run stores only its top-k coverage, shown on the dashboard's "
+            "Top-k coverage page")
 
 
 def _run(args: argparse.Namespace) -> int:

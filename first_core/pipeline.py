@@ -276,6 +276,9 @@ def preflight(ctx: Context, todo: set[str]) -> None:
         return
     if path.exists():  # open for writing: checks the lock, the schema and every table
         store.Store(path)
+        from .pipeline_names import check_run_name
+        if (why := check_run_name(path, ctx.cfg.name)) is not None:
+            raise FirstError(why)
     else:  # made at the store stage; a run that fails before then leaves no empty store
         store.make_folder(path.parent, f"store {path}")
         _probe_writable(path.parent, f"store {path}: its folder")

@@ -9,8 +9,11 @@ docs/ROBUSTNESS.md ("Issue 30") lists each case and what the user now sees.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,89 @@ def test_a_damaged_cached_build_is_rebuilt(student: Path, tmp_path: Path) -> Non
     fixed = run_here(tmp_path, *sets, extra=("--force", "models"))
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert (built / "model.safetensors").stat().st_size == len(blob)
+
+
+# ---------------------------------------------------------------- items 2 and 16
+
+
+def small_import(tmp_path: Path, name: str, store_path: Path) -> None:
+    """`import` of a 12-row confidence + correct CSV as pipeline `name`."""
+    from first_core.__main__ import main
+    csv = tmp_path / f"{name}.csv"
+    csv.write_text("confidence,correct\n" + "".join(f"0.{5 + i % 4},{i % 2}\n"
+                                                      for i in range(12)))
+    assert main(["import", str(csv), "--name", name, "--store", str(store_path)]) == 0
+
+
+def demo_config(tmp_path: Path):
+    """A finished demo's config as the coverage step sees it: its data record and val file."""
+    cfg = load_config(TINY, [f"runs_dir='{tmp_path / 'runs'}'",
+                             f"store='{tmp_path / 'first.duckdb'}'"])
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"id": "q1", "question": "a ?", "choices": ["x", "y"],
+                               "labels": ["A", "B"], "answer": "A"}) + "\n")
+    stages = cfg.run_dir / "stages"
+    stages.mkdir(parents=True)
+    (stages / "data.json").write_text(json.dumps({"files": {"val": str(val)},
+                                                  "dataset_hash": "d" * 16}))
+    return cfg
+
+
+def test_the_demos_coverage_step_never_overwrites_a_pipelines_run_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from first_core import pretrained_coverage as pc
+    demo = demo_config(tmp_path)
+    theirs = tmp_path / "runs" / pc.pipeline_name(demo)  # a `run` of that name made it
+    (theirs / "stages").mkdir(parents=True)
+    (theirs / "config.json").write_text(json.dumps(load_config(TINY).to_dict()))
+    before = (theirs / "config.json").read_bytes()
+    extracted = []
+    monkeypatch.setattr(pc, "_extract", lambda *a, **k: extracted.append(a))
+    said: list[str] = []
+    assert pc.run_pretrained_coverage(demo, echo=said.append) is None
+    assert not extracted and (theirs / "config.json").read_bytes() == before
+    assert not (theirs / "topk").exists()
+    assert "skipping" in said[0] and "run folder of a pipeline named" in said[0]
+
+
+def test_the_coverage_step_skips_a_name_the_store_holds_imports_under(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from first_core import pretrained_coverage as pc
+    demo = demo_config(tmp_path)
+    small_import(tmp_path, pc.pipeline_name(demo), tmp_path / "first.duckdb")
+    monkeypatch.setattr(pc, "_extract", lambda *a, **k: pytest.fail("extracted"))
+    said: list[str] = []
+    assert pc.run_pretrained_coverage(demo, echo=said.append) is None
+    assert "already holds runs of another kind (['imported'])" in said[0]
+
+
+def test_a_run_named_like_an_import_is_refused_before_the_first_stage(tmp_path: Path) -> None:
+    small_import(tmp_path, "tiny", tmp_path / "first.duckdb")
+    proc = run_here(tmp_path)
+    assert_user_error(proc, "pipeline 'tiny' already holds imported predictions",
+                      "another `name`")
+    assert "[1/" not in proc.stdout and not (tmp_path / "runs" / "tiny" / "stages").exists()
+
+
+def test_report_on_a_pipeline_without_metric_rows_says_so(tmp_path: Path) -> None:
+    from test_pretrained_coverage import RUN, coverage_rows
+
+    from first_core import store
+    path = tmp_path / "s.duckdb"
+    store.write_pretrained_coverage(path, "demo-smollm2-coverage", RUN, "gguf:x/y.gguf",
+                                    "abc", coverage_rows(49_152), {})
+    for fmt in ("markdown", "csv"):
+        proc = main_here("report", "--store", str(path), "--pipeline",
+                         "demo-smollm2-coverage", "--format", fmt)
+        assert_user_error(proc, "pipeline 'demo-smollm2-coverage' has no metric rows",
+                          "pretrained_zero_shot")
+        assert proc.stdout.strip() == ""
+
+
+def main_here(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, its exit status and both streams."""
+    from first_core.__main__ import main
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
