@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -249,8 +250,9 @@ def convert_gguf(spec: str | os.PathLike[str], out_dir: str | os.PathLike[str]) 
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
         loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise FirstError(f"model {spec}: cannot read GGUF file {path} ({exc})") from None
+    except (OSError, ValueError, struct.error) as exc:  # struct.error: a header cut short
+        raise FirstError(f"model {spec}: cannot read GGUF file {path}: damaged or cut short "
+                         f"({type(exc).__name__}: {exc})") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

