@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -289,9 +289,11 @@ def _probe_writable(folder: Path, what: str) -> None:
     probe = folder / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as exc:
         raise FirstError(f"{what} is not writable ({exc.strerror or exc})") from None
+    finally:  # a full disk creates the file and then refuses its bytes: never leave it
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def _together(state, fn: Callable[[], Any], share: bool = False) -> Any:

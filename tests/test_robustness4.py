@@ -257,3 +257,71 @@ def test_a_gguf_file_cut_short_is_one_error_line(tmp_path: Path) -> None:
                     "methods=['teacher_ft']")
     assert_user_error(proc, "cut.gguf: damaged or cut short")
     assert records(tmp_path) == {"data"}
+
+
+# ---------------------------------------------------------------- item 9
+
+
+def limited_cli(limit: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a process that cannot write a file past `limit` bytes (RLIMIT_FSIZE, with
+    SIGXFSZ ignored, so the write fails with an OSError as on a full disk)."""
+    import os
+    import resource
+    import signal
+    import sys
+
+    from test_bad_inputs import ROOT
+
+    def cap() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "first_core", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, preexec_fn=cap,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+
+
+def test_a_full_disk_during_import_is_one_error_line_and_the_store_stays(tmp_path: Path) -> None:
+    from test_fail_early import store_rows
+    path = tmp_path / "s.duckdb"
+    small_import(tmp_path, "first", path)
+    before = store_rows(path)
+    big = tmp_path / "big.csv"
+    big.write_text("confidence,correct\n" + "".join(f"0.{5 + i % 4}{i % 7},{i % 2}\n"
+                                                      for i in range(3000)))
+    proc = limited_cli(64 * 1024, "import", str(big), "--name", "second", "--store", str(path),
+                       cwd=tmp_path)
+    assert_user_error(proc, f"store", "write failed, nothing was written", "File too large")
+    assert store_rows(path) == before
+
+
+def test_a_full_disk_at_the_store_stage_is_one_error_line(tmp_path: Path) -> None:
+    path = tmp_path / "first.duckdb"
+    small_import(tmp_path, "other", path)  # the store exists, so the run writes into it
+    sets = ("methods=['teacher_ft']", GIVEN)
+    done = run_here(tmp_path, *sets, extra=("--seeds", "0"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    from test_bad_inputs import run_args
+    from test_fail_early import store_rows
+    before = store_rows(path)
+    proc = limited_cli(8 * 1024, *run_args(tmp_path, *sets,
+                                            extra=("--seeds", "0", "--force", "store")),
+                       cwd=tmp_path)
+    assert_user_error(proc, f"store {path}: write failed, nothing was written")
+    assert store_rows(path) == before
+    assert "store" not in records(tmp_path)
+
+
+def test_the_write_check_leaves_no_file_on_a_full_disk(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def full(self: Path, data: bytes) -> int:  # a full disk: the file is made, its bytes not
+        self.touch()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    proc = run_here(tmp_path)
+    assert_user_error(proc, "is not writable (No space left on device)")
+    assert not list(tmp_path.rglob(".write-test-*"))
