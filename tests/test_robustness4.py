@@ -325,3 +325,46 @@ def test_the_write_check_leaves_no_file_on_a_full_disk(tmp_path: Path,
     proc = run_here(tmp_path)
     assert_user_error(proc, "is not writable (No space left on device)")
     assert not list(tmp_path.rglob(".write-test-*"))
+
+
+# ---------------------------------------------------------------- items 11 and 17 (output)
+
+
+def report_into(stdout: int, store_path: Path, cwd: Path) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    from test_bad_inputs import ROOT
+    return subprocess.run([sys.executable, "-m", "first_core", "report", "--store",
+                           str(store_path)], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_report_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`report | true`: the reader is gone before the first write."""
+    import os
+    path = tmp_path / "s.duckdb"
+    small_import(tmp_path, "mine", path)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = report_into(write, path, tmp_path)
+    finally:
+        os.close(write)
+    assert proc.stderr == "" and proc.returncode == 141
+
+
+def test_report_into_a_full_disk_says_so_without_resume_advice(tmp_path: Path) -> None:
+    import os
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    path = tmp_path / "s.duckdb"
+    small_import(tmp_path, "mine", path)
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        proc = report_into(fd, path, tmp_path)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: writing the output: No space left on device"
