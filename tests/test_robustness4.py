@@ -368,3 +368,37 @@ def test_report_into_a_full_disk_says_so_without_resume_advice(tmp_path: Path) -
         os.close(fd)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: writing the output: No space left on device"
+
+
+# ---------------------------------------------------------------- item 13
+
+
+def test_a_config_that_is_a_folder_or_nested_too_deeply_is_one_error_line(tmp_path: Path
+                                                                         ) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    deep_table = tmp_path / "deep_table.toml"
+    deep_table.write_text("a = " + "{b = " * 100_000 + "1" + "}" * 100_000 + "\n")
+    for command in ("run", "demo"):
+        proc = main_here(command, "--config", str(tmp_path))
+        assert_user_error(proc, f"{tmp_path}: a folder, not a config file")
+    for path in (deep, deep_table):
+        assert_user_error(main_here("run", "--config", str(path)), str(path),
+                          "nested too deeply")
+    proc = main_here("run", "--config", str(TINY), "--set",
+                     "seed=" + "[" * 100_000 + "]" * 100_000)
+    assert_user_error(proc, "override 'seed'", "nested too deeply")
+
+
+@pytest.mark.parametrize("config", ["missing.toml", ".", "bad.toml"])
+def test_cpu_repro_check_with_a_bad_config_is_one_error_line(tmp_path: Path,
+                                                             config: str) -> None:
+    import sys
+
+    from test_bad_inputs import ROOT
+    (tmp_path / "bad.toml").write_text("this is [not toml\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "cpu_repro_check.py"),
+                           "--config", config], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert_user_error(proc, "error:", {"missing.toml": "not found", ".": "a folder",
+                                       "bad.toml": "not valid TOML"}[config])
