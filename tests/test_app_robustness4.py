@@ -4,6 +4,7 @@ docs/ROBUSTNESS.md ("Issue 30") lists the cases."""
 
 from __future__ import annotations
 
+import pytest
 from test_app import open_app
 
 from first_core import store
@@ -36,3 +37,35 @@ def test_a_bad_upload_with_a_long_name_names_the_users_file(monkeypatch, tmp_pat
     at.get("form_submit_button")[0].click().run()
     assert not at.exception
     assert [c.value for c in at.code if f"{name}:2: p_B" in c.value]
+
+
+def crafted_store(tmp_path, config) -> object:
+    """A fixture store whose every run's stored config is `config` (a store is data: one
+    handed to you can say anything there)."""
+    import json
+
+    import duckdb
+    path = write_fixture_store(tmp_path / "s.duckdb", 20, seed=2)
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE runs SET config = ?", [json.dumps(config)])
+    return path
+
+
+@pytest.mark.parametrize("case", ["NUL in name", "NUL in runs_dir", "300-character name",
+                                  "data a list", "data a string", "config a list"])
+def test_coverage_page_survives_a_crafted_store(monkeypatch, tmp_path, case):
+    runs = str(tmp_path / "runs")
+    instruct = {"kind": "instruct"}
+    config = {"NUL in name": {"name": "a\x00b", "runs_dir": runs, "data": instruct},
+              "NUL in runs_dir": {"name": "a", "runs_dir": runs + "\x00x", "data": instruct},
+              "300-character name": {"name": "n" * 300, "runs_dir": runs, "data": instruct},
+              "data a list": {"name": "a", "runs_dir": runs, "data": [1, 2]},
+              "data a string": {"name": "a", "runs_dir": runs, "data": "instruct"},
+              "config a list": [1, {"data": instruct}]}[case]
+    at = open_app(monkeypatch, crafted_store(tmp_path, config), "pages/coverage.py")
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.get("plotly_chart")  # the store's own coverage curve still shows
+    if case.startswith("NUL"):
+        assert [w.value for w in at.warning if w.value.startswith("Not read")]
+    if case.startswith("300"):  # no folder can have that name
+        assert [i.value for i in at.info if "not on this machine" in i.value]
