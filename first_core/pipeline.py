@@ -358,6 +358,12 @@ def run(cfg: RunConfig, force: str | None = None,
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
         stale = check_same_config(ctx, names, todo)
+        from .pipeline_names import lacks_runs
+        if "store" not in todo and lacks_runs(store.default_store_path(cfg.store),
+                                              [run_id(cfg, m) for m in cfg.methods]):
+            say(f"store {store.default_store_path(cfg.store)} lacks this run's rows (deleted "
+                "or replaced since): the store stage runs again")
+            todo.add("store")
         preflight(ctx, todo)
         for name in todo:  # all first: a forced run that fails must not leave later stages done
             ctx.path("stages", f"{name}.json").unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import store
 from .config import METHODS
+from .errors import FirstError
 
 # the kinds of run besides the pipeline's own trained methods, and who writes them
 FOREIGN = {store.IMPORTED_METHOD: "imported predictions (`import --name`)",
@@ -66,3 +67,17 @@ def coverage_conflict(run_dir: Path, pipeline: str, store_path: Path) -> str | N
         return (f"store {store_path}: pipeline {pipeline!r} already holds runs of another "
                 f"kind ({found}); give the demo another `name`")
     return None
+
+
+def lacks_runs(path: Path, run_ids: Iterable[str]) -> bool:
+    """True when the store at `path` is missing, or lacks one of `run_ids`: a finished run
+    whose store was deleted or replaced since must store its rows again, not skip the
+    store stage as "done earlier" and then find nothing to report."""
+    if not path.exists():
+        return True
+    try:
+        with store.open_readonly(path) as con:
+            have = set(store.list_runs(con)["run_id"])
+    except FirstError:  # busy or unreadable: the checks before the store stage say why
+        return False
+    return not set(run_ids) <= have

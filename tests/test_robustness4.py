@@ -402,3 +402,25 @@ def test_cpu_repro_check_with_a_bad_config_is_one_error_line(tmp_path: Path,
                           timeout=120)
     assert_user_error(proc, "error:", {"missing.toml": "not found", ".": "a folder",
                                        "bad.toml": "not valid TOML"}[config])
+
+
+# ---------------------------------------------------------------- item 15
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_deleted_or_replaced_after_a_finished_run_is_written_again(
+        tmp_path: Path, how: str) -> None:
+    sets = ("methods=['teacher_ft']", GIVEN)
+    first = run_here(tmp_path, *sets)
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = tmp_path / "first.duckdb"
+    path.unlink()
+    if how == "replaced":
+        small_import(tmp_path, "someone-else", path)
+    again = run_here(tmp_path, *sets)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "lacks this run's rows" in again.stdout
+    assert "store: done earlier, skipped" not in again.stdout
+    assert "not in" not in again.stderr and "| teacher_ft |" in again.stdout
+    from first_core import store
+    assert "tiny/teacher_ft/seed0" in set(store.list_runs(path)["run_id"])
