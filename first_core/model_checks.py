@@ -78,7 +78,10 @@ def check_machine(cfg: RunConfig, where: str, cuda: bool | None = None) -> None:
         cuda = torch.cuda.is_available()
     roles = _trained_roles(cfg)
     for role in ("teacher", "student"):
-        if roles[role] and getattr(cfg, f"{role}_train").fp16 and not cuda:
+        train = getattr(cfg, f"{role}_train")
+        if train.epochs == 0:  # the teacher used as given: nothing trains, fp16 is unused
+            continue
+        if roles[role] and train.fp16 and not cuda:
             raise ConfigError(f"{where}: {role}_train.fp16: needs a CUDA GPU and this machine "
                               "has none; use bf16 = true or float32 (both false) on CPU")
 

@@ -27,6 +27,25 @@ def is_load_error(exc: BaseException) -> bool:
             or type(exc).__name__ == "SafetensorError" or type(exc) is Exception)
 
 
+def check_folder_layout(path: Path, what: str | None = None) -> None:
+    """Fail before `from_pretrained` with a message that says what the directory lacks
+    (an empty folder would otherwise say "Should have a `model_type` key")."""
+    names = {p.name for p in path.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if not {"model.safetensors", "model.safetensors.index.json"} & names:
+        pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        hint = (f" (found only pickle weights {pickled}, which are refused for safety; convert "
+                "them to safetensors)" if pickled else "")
+        missing.append(f"weights: model.safetensors or model.safetensors.index.json{hint}")
+    if not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & names:
+        missing.append("a tokenizer (tokenizer.json / tokenizer_config.json)")
+    if missing:
+        head = f"{what}: " if what else ""
+        raise FirstError(f"{head}model directory {path}: missing " + "; ".join(missing))
+
+
 def read_config(folder: Path, what: str) -> dict[str, Any]:
     """config.json of `folder` as a dict; `FirstError` naming the file when it is not JSON."""
     path = folder / "config.json"
@@ -85,6 +104,7 @@ def check_model_files(folder: Path | str, what: str, trust_remote_code: bool = F
     """config.json, the weights' headers and the tokenizer of a local model folder; returns
     the tokenizer. Raises `FirstError` naming `what` (the config key) and the file."""
     folder = Path(folder)
+    check_folder_layout(folder, what)
     read_config(folder, what)
     check_weights(folder, what)
     return load_tokenizer(folder, what, trust_remote_code)

