@@ -357,8 +357,10 @@ def run(cfg: RunConfig, force: str | None = None,
         lock = _lock(ctx)
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
+        from .pipeline_names import check_run_folder, lacks_runs
+        if (why := check_run_folder(ctx.run_dir)) is not None:
+            raise FirstError(why)
         stale = check_same_config(ctx, names, todo)
-        from .pipeline_names import lacks_runs
         if "store" not in todo and lacks_runs(store.default_store_path(cfg.store),
                                               [run_id(cfg, m) for m in cfg.methods]):
             say(f"store {store.default_store_path(cfg.store)} lacks this run's rows (deleted "

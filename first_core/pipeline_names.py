@@ -81,3 +81,16 @@ def lacks_runs(path: Path, run_ids: Iterable[str]) -> bool:
     except FirstError:  # busy or unreadable: the checks before the store stage say why
         return False
     return not set(run_ids) <= have
+
+
+def check_run_folder(run_dir: Path) -> str | None:
+    """Why a `run` must not use `run_dir`, or None: it is the demo's coverage step's folder
+    (its config.json says so), whose config no pipeline's can match."""
+    try:
+        kind = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if kind != "pretrained_coverage":
+        return None
+    return (f"{run_dir} is the folder of the demo's pretrained-model coverage step, not of a "
+            "pipeline run; use another `name`")

@@ -461,3 +461,13 @@ def test_a_config_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     proc = main_here("run", "--config", str(path), "--set", "seed=-1")  # stops at the check
     assert_user_error(proc, f"{path}: seed")
     assert "Invalid statement" not in proc.stderr
+
+
+def test_a_run_named_like_the_coverage_pipeline_is_refused_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "tiny"  # what the demo's coverage step wrote for that name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"name": "tiny",
+                                                    "kind": "pretrained_coverage"}))
+    proc = run_here(tmp_path)
+    assert_user_error(proc, "coverage step, not of a pipeline run", "another `name`")
+    assert "changed:" not in proc.stderr and "[1/" not in proc.stdout
