@@ -98,15 +98,17 @@ def test_a_tokenizer_that_encodes_differently_is_refused(student: Path, tmp_path
 # ---------------------------------------------------------------- items 5 and 7
 
 
+@pytest.mark.parametrize("role", ["student", "teacher"])
 @pytest.mark.parametrize("damage", ["weights", "tokenizer"])
-def test_a_damaged_student_folder_stops_the_models_stage(student: Path, tmp_path: Path,
-                                                         damage: str) -> None:
+def test_a_damaged_model_folder_stops_the_models_stage(student: Path, tmp_path: Path,
+                                                       damage: str, role: str) -> None:
     mine = copy_of(student, tmp_path)
     name = "model.safetensors" if damage == "weights" else "tokenizer.json"
     blob = (mine / name).read_bytes()
     (mine / name).write_bytes(blob[: len(blob) // 2])
-    proc = run_here(tmp_path, DISTIL, f"model.student='{mine}'")
-    assert_user_error(proc, "model.student", str(mine))
+    proc = run_here(tmp_path, DISTIL, *([GIVEN] if role == "teacher" else []),
+                    f"model.{role}='{mine}'")
+    assert_user_error(proc, f"model.{role}", str(mine))
     assert ("cut short" if damage == "weights" else "tokenizer") in proc.stderr
     assert records(tmp_path) == {"data"}  # before teacher_ft, topk and calibrate
 
