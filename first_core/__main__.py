@@ -99,8 +99,25 @@ def _report(args: argparse.Namespace) -> int:
     path = default_store_path(args.store)
     if not path.exists():
         raise FirstError(f"--store {path}: no such store; run the pipeline first")
-    print(_table(path, args.pipeline, args.format))
+    text = _table(path, args.pipeline, args.format)
+    if not text.strip() or (args.format == "csv" and len(text.strip().splitlines()) < 2):
+        raise FirstError(_no_metrics(path, args.pipeline))
+    print(text)
     return 0
+
+
+def _no_metrics(path: Path, pipeline: str | None) -> str:
+    """Why `report` has no table to print: the runs it would read store no metrics (a
+    pretrained model's top-k coverage is such a run)."""
+    from .store import list_runs
+    runs = list_runs(path)
+    if pipeline is not None:
+        runs = runs[runs["pipeline"] == pipeline]
+    methods = sorted(set(runs["method"]))
+    what = f"pipeline {pipeline!r}" if pipeline is not None else "the store"
+    return (f"--store {path}: {what} has no metric rows (its runs: {methods}); a "
+            "pretrained_zero_shot run stores only its top-k coverage, shown on the dashboard's "
+            "Top-k coverage page")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -218,20 +235,60 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        code = args.fn(args)
+    except BrokenPipeError:  # `report | head -3`: the reader has all it wanted
+        return _pipe_closed()
     except FirstError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc} (nothing was marked done by the step that "
-              "failed; fix it and rerun the same command to resume)", file=sys.stderr)
+        pipeline = args.command in ("run", "demo")
+        where = (f"{exc.filename}: " if exc.filename
+                 else "" if pipeline else "writing the output: ")  # `report > /dev/full`
+        resume = (" (nothing was marked done by the step that failed; fix it and rerun the "
+                  "same command to resume)" if pipeline else "")
+        print(f"error: {where}{exc.strerror or exc}{resume}", file=sys.stderr)
+        if not pipeline:
+            _quiet_stdout()  # what print could not write is not tried again at exit
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    return _flushed(code)
+
+
+def _flushed(code: int) -> int:
+    """Flush stdout now, so a closed pipe or a full disk under `> file` is one line here and
+    not an "Exception ignored" from the interpreter's last flush."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _pipe_closed()
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: writing the output: {exc.strerror or exc}", file=sys.stderr)
+        _quiet_stdout()
+        return 2
+    return code
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (`report | head`, `| true`): stop quietly."""
+    _quiet_stdout()
+    return 141  # as a process killed by SIGPIPE (128 + 13), the shell's convention
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what could not be
+    written raises nothing more at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or closed
+        pass
 
 
 if __name__ == "__main__":

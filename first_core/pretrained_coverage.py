@@ -111,6 +111,10 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
                           record["dataset_hash"])
     examples = examples[:n_prompts]
     run_dir = Path(demo.runs_dir) / cfg["name"]
+    from .pipeline_names import coverage_conflict
+    if (why := coverage_conflict(run_dir, cfg["name"], store.default_store_path(demo.store))):
+        echo(skip + why)  # never overwrite another pipeline's folder or mix its rows
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(Context(first, run_dir))
     try:

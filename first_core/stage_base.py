@@ -188,9 +188,9 @@ def build_models(ctx: Context, texts: list[str]) -> dict[str, Any]:
                                            seed=ctx.cfg.seed))
         elif needs_build(spec):
             built[role] = str(build_model(spec, ctx.path("models", "built")))
-    from .model_checks import check_vocabulary
-    check_vocabulary(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
-                     ctx.config_file)
+    from .model_checks import check_models
+    check_models(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                 ctx.config_file, texts)
     return {"built": built}
 
 

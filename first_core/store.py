@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -356,15 +356,35 @@ def open_readonly(path: str | os.PathLike[str] | None = None, timeout: float = R
 
 
 @contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+def transaction(con: duckdb.DuckDBPyConnection, path: Path | None = None
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN ... COMMIT, rolled back if the block raises, so a write lands whole or not at all."""
     con.begin()
     try:
         yield con
+    except duckdb.IOException as exc:  # a full disk, an I/O error: the write is rolled back
+        _rollback(con)
+        raise _write_failed(path, exc) from None
     except BaseException:
-        con.rollback()
+        _rollback(con)
         raise
-    con.commit()
+    try:
+        con.commit()
+    except duckdb.Error as exc:  # e.g. the write-ahead log hit a full disk at commit
+        _rollback(con)
+        raise _write_failed(path, exc) from None
+
+
+def _write_failed(path: Path | None, exc: BaseException) -> StoreError:
+    where = f"store {path}" if path is not None else "store"
+    return StoreError(f"{where}: write failed, nothing was written: {exc}")
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, quietly when DuckDB has already ended the transaction itself: the error
+    that led here is the one to report, not "no transaction is active"."""
+    with suppress(duckdb.Error):
+        con.rollback()
 
 
 # ---------------------------------------------------------------------------- writes
@@ -411,24 +431,33 @@ def _insert(con: duckdb.DuckDBPyConnection, table: Table, frame: pd.DataFrame,
         else:
             exprs.append(f'NULL AS "{col}"')
     cols = ", ".join(f'"{c}"' for c in table.columns)
-    con.register(_INCOMING, frame)
-    try:
+    with _registered(con, frame):
         con.execute(f'INSERT INTO "{table.name}" ({cols}) SELECT {", ".join(exprs)} '
                     f"FROM {_INCOMING}", params)
-    finally:
-        con.unregister(_INCOMING)
+
+
+@contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> Iterator[None]:
+    """`frame` as the view `_INCOMING` for the block. Unregistering after a failed statement
+    fails too (the transaction is aborted): that second error is dropped, so the first one
+    (a full disk's IOException) is what the caller sees."""
+    con.register(_INCOMING, frame)
+    try:
+        yield
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.unregister(_INCOMING)
+        raise
+    con.unregister(_INCOMING)
 
 
 def _replace(con: duckdb.DuckDBPyConnection, table: Table, frame: pd.DataFrame) -> None:
     """Delete the rows sharing `table.replace_by` keys with the frame, then insert it."""
     on = " AND ".join(f'"{table.name}"."{c}" = k."{c}"' for c in table.replace_by)
     keys = ", ".join(f'"{c}"' for c in table.replace_by)
-    con.register(_INCOMING, frame)
-    try:
+    with _registered(con, frame):
         con.execute(f'DELETE FROM "{table.name}" USING '
                     f"(SELECT DISTINCT {keys} FROM {_INCOMING}) AS k WHERE {on}")
-    finally:
-        con.unregister(_INCOMING)
     _insert(con, table, frame, {})
 
 
@@ -471,7 +500,7 @@ class Store:
             return
         with connect(self.path, read_only=False, timeout=self.timeout) as con:
             try:
-                with transaction(con):
+                with transaction(con, self.path):
                     yield con
             except duckdb.IOException as exc:  # a full disk, an I/O error: rolled back, say so
                 raise StoreError(f"store {self.path}: write failed, nothing was written: "

@@ -76,13 +76,17 @@ def import_box(path: Path) -> None:
                      f"{limit} MB upload limit; use the command line.")
             return
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / Path(upload.name).name  # messages name the user's file
-            local.write_bytes(upload.getbuffer())
+            # a short local name with the upload's suffix (which picks the reader): the
+            # user's name may be longer than this file system allows (255 bytes: 120 CJK
+            # characters, legal on macOS and Windows); messages name the user's file
+            local = Path(tmp) / ("upload" + Path(upload.name).suffix.lower()[:16])
             try:
+                local.write_bytes(upload.getbuffer())
                 _, run_id, n = importer.import_predictions(local, name, path)
-            except FirstError as exc:
+            except (FirstError, OSError) as exc:
                 st.error("Nothing was imported:")
-                st.code(str(exc).replace(str(local), upload.name), language=None)
+                text = str(exc) if isinstance(exc, FirstError) else exc.strerror or str(exc)
+                st.code(text.replace(str(local), upload.name), language=None)
                 return
         # the file name, the name typed and the run id are the user's text: shown as typed
         st.success(f"Imported {n:,} predictions from {for_markdown(upload.name)} as pipeline "

@@ -97,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="unpin MKL in the second run: the check must then fail")
     args = ap.parse_args(argv)
     from first_core.config import load_config
+    from first_core.errors import FirstError
 
     config = args.config.resolve()
-    embedded = load_config(config).data.embedded
+    try:  # a missing, folder or non-TOML --config: one line, as the CLI says it
+        embedded = load_config(config).data.embedded
+    except FirstError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     other_cpu = no_avx512_env()
     if args.control:
         other_cpu["MKL_CBWR"] = "AUTO,STRICT"

@@ -88,13 +88,17 @@ def instruct_run_dir(config_json: str | Mapping[str, object] | None) -> Path | N
     relative to the dashboard's working directory, as it was to the pipeline's."""
     from ..config import RunConfig
 
-    raw = json.loads(config_json) if isinstance(config_json, str) else (config_json or {})
-    if not isinstance(raw, Mapping) or (raw.get("data") or {}).get("kind") != "instruct":
+    try:  # a store is data: its config may be anything (not JSON, `data` not an object)
+        raw = json.loads(config_json) if isinstance(config_json, str) else (config_json or {})
+    except ValueError:
+        return None
+    data = raw.get("data") if isinstance(raw, Mapping) else None
+    if not isinstance(data, Mapping) or data.get("kind") != "instruct":
         return None
     try:
         return RunConfig(name=str(raw["name"]), runs_dir=str(raw["runs_dir"]),
                          seed=int(raw.get("seed", 0)), seeds=raw.get("seeds")).run_dir
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
 
 
@@ -162,6 +166,17 @@ def own_run_folder(config_json: str | Mapping[str, object] | None,
     to the stored config, up to `_NOT_IN_FOLDER`); each top-k store read from it lists only
     shard files inside it. A folder that is simply absent raises `FileNotFoundError` (the
     run's files are on another machine); any other failure a `RunFolderError`."""
+    try:
+        return _own_run_folder(config_json, roots)
+    except (FileNotFoundError, RunFolderError):
+        raise
+    except (OSError, ValueError) as exc:  # a NUL byte, a name over 255 bytes, ...
+        raise RunFolderError(f"the run folder this run's stored config names cannot be "
+                             f"a folder here ({type(exc).__name__}: {exc})") from None
+
+
+def _own_run_folder(config_json: str | Mapping[str, object] | None,
+                    roots: Sequence[str | os.PathLike[str]]) -> RunFolder | None:
     run_dir = instruct_run_dir(config_json)
     if run_dir is None:
         return None

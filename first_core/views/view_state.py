@@ -77,7 +77,8 @@ def snap_threshold(t: float) -> float:
     for NaN (a URL's `t=nan` falls back to the default)."""
     if np.isnan(t):
         raise ValueError(f"t: must be a number, got {t!r}")
-    return round(float(np.clip(t, 0.0, 1.0)), 2)  # 2 decimals: THRESHOLD_STEP
+    # 2 decimals: THRESHOLD_STEP; + 0.0 turns -0.0 (a URL's `t=-0`) into 0.0, shown "0"
+    return round(float(np.clip(t, 0.0, 1.0)), 2) + 0.0
 
 
 def parse_view_state(params: Mapping[str, str | Sequence[str]], run_ids: Sequence[str],
