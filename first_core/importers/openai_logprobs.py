@@ -43,9 +43,10 @@ def looks_like_batch_line(record: object) -> bool:
     return isinstance(body, dict) and "choices" in body
 
 
-def _letter(token: object) -> str | None:
+def _letter(token: object) -> str:
+    """The option letter a token stands for (`" B"`, `"B)"`, `"**B"`), or ""."""
     m = LETTER.fullmatch(token) if isinstance(token, str) else None
-    return m[1] if m else None
+    return m[1] if m else ""
 
 
 def _gold_table(gold: Path | None) -> pd.DataFrame:
@@ -67,9 +68,10 @@ def _gold_table(gold: Path | None) -> pd.DataFrame:
         raise DataError(f"{ids.iloc[r]!r} repeated", gold, int(lines[r]), "custom_id")
     opts = (frame["options"].astype(str).str.replace(r"[^A-Z]", "", regex=True)
             if "options" in frame else pd.Series(DEFAULT_OPTIONS, index=frame.index))
-    out = pd.DataFrame({"gold": frame["gold"].astype(str).str.strip(), "options": opts,
-                        "question": frame["question"] if "question" in frame else None,
-                        "line": lines}, index=ids.to_numpy())
+    out = pd.DataFrame({"gold": frame["gold"].astype(str).str.strip().to_numpy(),
+                        "options": opts.to_numpy(),
+                        "question": frame["question"].to_numpy() if "question" in frame
+                        else None, "line": lines}, index=ids.to_numpy())
     bad = [i for i, (g, o) in enumerate(zip(out["gold"], out["options"]))
            if len(o) < 2 or g not in o]
     if bad:
@@ -97,16 +99,16 @@ def _answer_probs(record: dict, options: str, path: Path, line: int) -> dict[str
     if not isinstance(content, list):
         raise DataError("not a list of tokens", path, line, CONTENT)
     for entry in content:
-        if isinstance(entry, dict) and _letter(entry.get("token")) in options:
+        if isinstance(entry, dict) and _letter(entry.get("token")) in set(options):
             top = entry.get("top_logprobs")
             if not isinstance(top, list) or not top:
                 raise DataError("missing on the answer token: request top_logprobs=20", path,
                                 line, f"{CONTENT}[].top_logprobs")
             probs: dict[str, float] = {}
             for alt in top:
-                letter = _letter(alt.get("token")) if isinstance(alt, dict) else None
+                letter = _letter(alt.get("token")) if isinstance(alt, dict) else ""
                 lp = alt.get("logprob") if isinstance(alt, dict) else None
-                if letter in options and isinstance(lp, (int, float)) and math.isfinite(lp):
+                if letter in set(options) and isinstance(lp, (int, float)) and math.isfinite(lp):
                     probs[letter] = probs.get(letter, 0.0) + math.exp(lp)
             return probs
     raise DataError(f"no generated token is one of the options {options}", path, line,
