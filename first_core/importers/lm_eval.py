@@ -112,7 +112,7 @@ class Sample:
     question: str
     gold: int
     acc_norm: float | None
-    key: str                # what a repeated (doc_id, filter) line must repeat
+    key: tuple              # what a repeated (doc_id, filter) line must repeat
 
 
 def _ll(entry: object) -> object:
@@ -138,12 +138,9 @@ def _number(value: object) -> float | None:
 def _arguments(record: dict, path: Path, line: int) -> list[tuple[str, object]]:
     """(context, continuation) per request: `gen_args_i` dicts (0.4.3+) or lists (0.4.0)."""
     args = record.get("arguments")
-    if isinstance(args, dict):
-        keys = sorted(args, key=lambda k: int(k.rsplit("_", 1)[-1]) if
-                      k.rsplit("_", 1)[-1].isdigit() else 10**9)
-        pairs = [args[k] for k in keys]
+    if isinstance(args, dict):  # gen_args_0, gen_args_1, ... in the order written
         pairs = [(p.get("arg_0"), p.get("arg_1")) if isinstance(p, dict) else None
-                 for p in pairs]
+                 for p in args.values()]
     elif isinstance(args, list):
         pairs = [tuple(p[:2]) if isinstance(p, list) and len(p) >= 2 else None for p in args]
     else:
@@ -203,18 +200,18 @@ def _sample(record: object, path: Path, line: int, delimiter: str) -> Sample:
         lengths, question = [len(t) for t in texts], pairs[0][0]
     acc = _number(record.get("acc"))
     gold = _gold(target, texts, lls, acc, multiple_input, path, line)
-    best = int(np.argmax(lls))
     norm = record.get("acc_norm") if lengths is not None and min(lengths) > 0 else None
     return Sample(line, str(record["doc_id"]), str(record.get("filter", "none")), lls,
                   [t.strip() for t in texts], lengths or [], question, gold,
-                  _number(norm), json.dumps([lls, str(target)]) + str(best))
+                  _number(norm), (*lls, str(target)))
 
 
 def _gold(target: object, texts: list[str], lls: list[float], acc: float | None,
           multiple_input: bool, path: Path, line: int) -> int:
     """The gold option's index: `target` as an index or as an option's text, whichever
     gives the sample's own `acc` (the first that exists when there is no `acc`)."""
-    best, n = int(np.argmax(lls)), len(texts)
+    n = len(texts)
+    best = max(range(len(lls)), key=lls.__getitem__)  # the first of equal maxima, as argmax
     text = str(target)
     if text.startswith("[") or isinstance(target, list):
         raise DataError(f"several gold options ({text[:60]}); one is needed", path, line,
