@@ -1,4 +1,7 @@
 """Import any model's predictions into the store, so every dashboard page works on them.
+(Other tools' files, lm-evaluation-harness, OpenAI Batch logprobs and lighteval, are
+converted to this module's per-option layout by `importers` and checked here too:
+`importing.import_file`.)
 
     python -m first_core import FILE --name NAME [--store PATH] [--model MODEL]
 
@@ -32,7 +35,7 @@ as given, and the option convention is the binary question "is the answer right?
 Everything is checked, column by column without a loop over rows where the file's types
 allow, before anything is written; every problem is reported as `FILE:LINE: field: what is
 wrong` (CSV and JSONL lines of the file, Parquet rows counted from 1). The run lands in the
-store in one transaction (`store_imports.write_imported_run`) as pipeline NAME with the
+store in one transaction (`store_imports.write_imported_runs`) as pipeline NAME with the
 method `imported`, its questions under the data set key `import:NAME`, replacing an earlier
 import of the same name whole.
 """

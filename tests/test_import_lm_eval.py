@@ -267,3 +267,21 @@ def test_a_generate_until_task_in_a_folder_is_left_out_with_a_note(tmp_path, cap
     next(inner.glob("results_*.json")).write_text(json.dumps(record))
     code, out, err = cli(capsys, "import", folder, "--store", tmp_path / "s.duckdb")
     assert code == 0 and "task gsm_like is generate_until, not multiple_choice; left out" in err
+
+
+def test_a_zip_that_would_unpack_outside_its_folder_is_refused(tmp_path, capsys):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../outside.jsonl", "{}\n")
+    code, _, err = cli(capsys, "import", archive, "--store", tmp_path / "s.duckdb")
+    assert code == 2 and err.startswith(f"error: {archive}: member '../outside.jsonl' would "
+                                        "unpack outside the folder"), err
+    assert not (tmp_path / "outside.jsonl").exists()
+
+
+def test_a_folder_of_several_models_asks_for_one(tmp_path, capsys):
+    for model in ("m1", "m2"):
+        shutil.copytree(REAL / "SmolLM2-135M-Instruct",
+                        tmp_path / "out" / model)
+    code, _, err = cli(capsys, "import", tmp_path / "out", "--store", tmp_path / "s.duckdb")
+    assert code == 2 and "results of 2 models (m1, m2); import one model's folder" in err, err

@@ -40,8 +40,8 @@ def _first_record(path: Path) -> object:
 def detect(path: Path) -> str:
     """The format of PATH, from its name and first record; `table` when nothing else fits."""
     if path.is_dir():
-        if lm_eval.is_output_folder(path):
-            return "lm-eval"
+        if lm_eval.is_output_folder(path) or any(path.glob("*/samples_*.jsonl")):
+            return "lm-eval"  # several model folders: read_folder says to pick one
         if lighteval.details_files(path):
             return "lighteval"
         raise DataError("a folder, but neither an lm-eval output folder (results_*.json, "
