@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -101,7 +102,7 @@ metric_list:
 
 def test_a_real_lm_eval_run_imports_with_its_own_accuracy(tmp_path, shared_csqa,
                                                           smollm2_teacher_dir):
-    if shutil.which("lm_eval") is None:
+    if importlib.util.find_spec("lm_eval") is None:
         pytest.skip("lm-eval is not installed (requirements-dev.txt)")
     data = tmp_path / "csqa.jsonl"
     with data.open("w") as out:
@@ -118,7 +119,7 @@ def test_a_real_lm_eval_run_imports_with_its_own_accuracy(tmp_path, shared_csqa,
            "OMP_NUM_THREADS": "2"}
     out_dir = tmp_path / "out"
     proc = subprocess.run(
-        ["lm_eval", "--model", "hf", "--model_args",
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
          f"pretrained={smollm2_teacher_dir[1]},dtype=float32", "--tasks", "csqa_first",
          "--include_path", str(tmp_path / "tasks"), "--device", "cpu", "--batch_size", "30",
          "--log_samples", "--output_path", str(out_dir)],
