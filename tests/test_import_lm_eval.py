@@ -245,6 +245,18 @@ def test_refusals_name_file_line_and_field(tmp_path, capsys, name, line, words):
     (lambda r: r["filtered_resps"].pop(), "filtered_resps: 4 log-likelihoods for 5 requests"),
     (lambda r: r["filtered_resps"][1].__setitem__(0, "nan"), "filtered_resps: not a finite"),
     (lambda r: r.pop("arguments"), "arguments: missing"),
+    (lambda r: r.pop("doc_id"), "doc_id: missing"),
+    (lambda r: (r.pop("filtered_resps"), r.pop("resps")), "filtered_resps: missing"),
+    (lambda r: r["arguments"]["gen_args_1"].update(arg_0=None), "arguments: each request "
+                                                                "must hold a context"),
+    (lambda r: r.update(filtered_resps=["the answer"] * 5), "filtered_resps: generated text, "
+                                                            "not log-likelihoods"),
+    (lambda r: (r.update(arguments={"gen_args_0": r["arguments"]["gen_args_0"]}),
+                r.update(filtered_resps=r["filtered_resps"][:1])),
+     "arguments: 1 options; 2 to 26 can be imported"),
+    (lambda r: (r.update(arguments={k: {"arg_0": f"ctx {k}", "arg_1": " same"}
+                                    for k in r["arguments"]})),
+     "target: '1' is the continuation shared by every option"),
 ])
 def test_a_sample_the_format_does_not_allow_is_refused(tmp_path, capsys, change, words):
     rows = [json.loads(x) for x in next(REAL.rglob("samples_*.jsonl")).read_text()
@@ -286,3 +298,17 @@ def test_a_folder_of_several_models_asks_for_one(tmp_path, capsys):
                         tmp_path / "out" / model)
     code, _, err = cli(capsys, "import", tmp_path / "out", "--store", tmp_path / "s.duckdb")
     assert code == 2 and "results of 2 models (m1, m2); import one model's folder" in err, err
+
+
+def test_a_line_that_is_not_an_object_and_a_folder_without_samples(tmp_path, capsys):
+    f = tmp_path / "samples_t_2026-01-01T00-00-00.000001.jsonl"
+    f.write_text("[1, 2]\n")
+    code, _, err = cli(capsys, "import", f, "--format", "lm-eval", "--name", "x", "--store",
+                       tmp_path / "s.duckdb")
+    assert code == 2 and f"error: {f}:1: each sample must be a JSON object" in err, err
+    folder = tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(next(REAL.rglob("results_*.json")), folder)
+    code, _, err = cli(capsys, "import", folder, "--store", tmp_path / "s.duckdb")
+    assert code == 2 and f"error: {folder}: no samples_*.jsonl: run lm_eval with " \
+                         "--log_samples" in err, err

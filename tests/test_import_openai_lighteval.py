@@ -125,3 +125,29 @@ def test_lighteval_folder_imports_every_details_file(tmp_path, capsys):
     shutil.copy(next(LIGHT.glob("details_arc_easy_*")), folder)
     code, out, err = cli(capsys, "import", tmp_path / "details", "--store", tmp_path / "s.db")
     assert code == 0 and "as pipeline 'arc_easy'" in out, err
+
+
+def _details_with(tmp_path: Path, change) -> Path:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next(LIGHT.glob("details_arc_easy_*")))
+    docs, resps = table.column("doc").to_pylist(), table.column("model_response").to_pylist()
+    change(docs[1], resps[1])
+    import pyarrow as pa
+
+    f = tmp_path / "details_t_2026-01-01T00-00-00.000000.parquet"
+    pq.write_table(pa.table({"doc": docs, "model_response": resps}), f)
+    return f
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d, r: r.update(logprobs=[-1.0]), "model_response.logprobs: 1 logprobs for 2 "
+                                             "choices"),
+    (lambda d, r: r.update(logprobs=[-1.0, float("nan")]), "model_response.logprobs: not all "
+                                                           "finite numbers"),
+    (lambda d, r: d.update(gold_index=5), "doc.gold_index: 5 is not an index of the 2 choices"),
+])
+def test_lighteval_row_refusals_name_the_row(tmp_path, capsys, change, words):
+    f = _details_with(tmp_path, change)
+    code, _, err = cli(capsys, "import", f, "--store", tmp_path / "s.duckdb")
+    assert code == 2 and err.startswith(f"error: {f}:2: {words}"), err
