@@ -10,6 +10,7 @@ its task (see `_pipeline`). Nothing is written when any check fails.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from . import importers
 from .errors import DataError
 from .importer import NAME, run_rows, validate_cells
 from .importers.base import ConvertedRun
-from .store_imports import check_import, write_imported_runs
+from .store_imports import ImportRows, check_import, write_imported_runs
+
+WORKERS = 2  # the machines this is sized for have two cores
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,21 @@ def import_file(path: str | Path, name: str | None = None,
         raise DataError(f"several runs would be named {dup}; import them one by one", path)
     for pipeline in names:
         check_import(store_path, pipeline)
-    rows = []
-    for run, pipeline in zip(converted.runs, names):
+    def rows_of(run: ConvertedRun, pipeline: str) -> ImportRows:
         preds, examples = validate_cells(run.cells, run.path, run.choices)
         one = run_rows(preds, examples, pipeline, model or run.model or "unknown",
                        {"imported_from": run.path.name, **run.config}, run.path)
         if run.expected_accuracy is not None:
             _check_accuracy(one.metrics.loc[one.metrics["split"] == "test"],
                             run.expected_accuracy)
-        rows.append(one)
+        return one
+
+    # the runs are independent (their own frames, seeded bootstraps): two threads overlap
+    # the numpy / Arrow work of one with the Python of another; results and the first
+    # error come back in the runs' order, so messages do not depend on timing
+    workers = min(WORKERS, len(converted.runs))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = list(pool.map(rows_of, converted.runs, names))
     written = write_imported_runs(store_path, rows)
     return ImportResult(written, [(r.pipeline, r.run_id, len(r.predictions)) for r in rows],
                         converted.notes)
