@@ -312,3 +312,20 @@ def test_a_line_that_is_not_an_object_and_a_folder_without_samples(tmp_path, cap
     code, _, err = cli(capsys, "import", folder, "--store", tmp_path / "s.duckdb")
     assert code == 2 and f"error: {folder}: no samples_*.jsonl: run lm_eval with " \
                          "--log_samples" in err, err
+
+
+def test_each_filter_of_a_task_is_its_own_run(tmp_path, capsys):
+    rows = [json.loads(x) for x in next(REAL.rglob("samples_*.jsonl")).read_text()
+            .splitlines()[:4]]
+    other = [dict(r, filter="maj@2", filtered_resps=r["filtered_resps"][::-1],
+                  acc=None, acc_norm=None) for r in rows]
+    for r in other:
+        del r["acc"], r["acc_norm"]
+    f = tmp_path / "samples_t_2026-01-01T00-00-00.000001.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows + other))
+    result = import_file(f, store_path=tmp_path / "s.duckdb")
+    assert [r[0] for r in result.runs] == ["t", "t-acc_norm", "t-maj_2"]
+    plain = store.load_predictions(tmp_path / "s.duckdb", "t/imported/seed0")
+    flipped = store.load_predictions(tmp_path / "s.duckdb", "t-maj_2/imported/seed0")
+    np.testing.assert_allclose(np.stack(flipped["option_probs"]),
+                               np.stack(plain["option_probs"])[:, ::-1])
