@@ -78,6 +78,7 @@ def import_file(path: str | Path, name: str | None = None,
         raise DataError(f"several runs would be named {dup}; import them one by one", path)
     for pipeline in names:
         check_import(store_path, pipeline)
+
     def rows_of(run: ConvertedRun, pipeline: str) -> ImportRows:
         preds, examples = validate_cells(run.cells, run.path, run.choices)
         one = run_rows(preds, examples, pipeline, model or run.model or "unknown",
