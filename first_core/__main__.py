@@ -160,10 +160,13 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .importer import import_predictions
-    path, run_id, n = import_predictions(args.path, args.name, args.store, args.model)
-    print(f"{args.path}: imported {n:,} predictions as pipeline {args.name!r} "
-          f"(run {run_id}) into {path}")
+    from .importing import import_file
+    result = import_file(args.path, args.name, args.store, args.model, args.format, args.gold)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for pipeline, run_id, n in result.runs:
+        print(f"{args.path}: imported {n:,} predictions as pipeline {pipeline!r} "
+              f"(run {run_id}) into {result.store}")
     return 0
 
 
@@ -217,10 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default="markdown", choices=["markdown", "csv"])
     t.set_defaults(fn=_report)
 
-    i = sub.add_parser("import", help="store another model's predictions (CSV, Parquet, JSONL) "
-                       "as their own pipeline; see first_core/importer.py for the columns")
-    i.add_argument("path", type=Path)
-    i.add_argument("--name", required=True, help="pipeline name shown in the dashboard")
+    i = sub.add_parser("import", help="store another model's predictions (CSV, Parquet, JSONL; "
+                       "lm-eval, OpenAI Batch logprobs, lighteval) as their own pipeline; "
+                       "see first_core/importer.py and first_core/importers/")
+    i.add_argument("path", type=Path, help="a file, an lm-eval output folder, or a .zip of one")
+    i.add_argument("--name", help="pipeline name shown in the dashboard (required for a "
+                   "table or Batch file; for lm-eval / lighteval each task is named after "
+                   "the task, NAME-TASK with --name)")
+    i.add_argument("--format", default="auto",
+                   choices=["auto", "table", "lm-eval", "openai", "lighteval"],
+                   help="auto: from the file's name and first record")
+    i.add_argument("--gold", type=Path, help="--format openai: FILE with custom_id, gold "
+                   "(the right option's letter), optionally options and question")
     i.add_argument("--store", help="DuckDB store (default: $FIRST_STORE or data/first.duckdb)")
     i.add_argument("--model", help="the model's name, recorded with the run")
     i.set_defaults(fn=_import)

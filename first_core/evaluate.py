@@ -151,7 +151,8 @@ def option_distribution(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, conventions: Sequence[str] = ("paper", "option")
+                    ) -> pd.DataFrame:
     """The store's `metrics` rows (without `run_id` / `split`) for both conventions.
 
     Per convention: accuracy, mean confidence, ECE, MCE, trust, AUROC and AURC (ECE, AUROC and
@@ -162,6 +163,8 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
     out = []
     for convention, conf_col, correct_col in (("paper", "confidence", "correct"),
                                               ("option", "confidence_option", "correct_option")):
+        if convention not in conventions:
+            continue
         conf = pred[conf_col].to_numpy(dtype=np.float64)
         correct = pred[correct_col].to_numpy(dtype=bool)
         acc = metrics.accuracy(correct)

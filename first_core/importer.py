@@ -1,4 +1,7 @@
 """Import any model's predictions into the store, so every dashboard page works on them.
+(Other tools' files, lm-evaluation-harness, OpenAI Batch logprobs and lighteval, are
+converted to this module's per-option layout by `importers` and checked here too:
+`importing.import_file`.)
 
     python -m first_core import FILE --name NAME [--store PATH] [--model MODEL]
 
@@ -7,10 +10,13 @@ prediction per row, in one of two layouts:
 
 - **per-option probabilities**: one column `p_<LABEL>` per answer option (at least two,
   e.g. `p_A, p_B, p_C, p_D`), each in [0, 1] with a row sum in (0, 1] (the rest of the
-  vocabulary may keep some mass; a sum up to 1 + `PROB_TOL` is taken as rounding, e.g. a
-  softmax written with 6 decimals), and `gold`, the correct option's LABEL;
-- **confidence + correct**: `confidence` in [0, 1] (the model's probability for its own
-  answer) and `correct` (true/false, 1/0).
+  vocabulary may keep some mass; a sum up to 1 + `metrics.ROW_SUM_TOL` is taken as
+  rounding, e.g. a softmax written with 6 decimals), and `gold`, the correct option's LABEL;
+- **confidence + correct**: `confidence` in (0, 1] (the model's probability for its own
+  answer: the largest of its probabilities, so never 0) and `correct` (true/false, 1/0).
+
+Both bounds are `metrics.row_sums_ok`, the rule the Reliability page checks its rows with,
+so whatever is imported can be shown (issue 30, item 4).
 
 Optional columns: `example_id` (unique per split, text or an integer; leave it out and rows
 are named `row-LINE`, but give it on every row or on none), `split` (`val`, `test` or
@@ -29,7 +35,7 @@ as given, and the option convention is the binary question "is the answer right?
 Everything is checked, column by column without a loop over rows where the file's types
 allow, before anything is written; every problem is reported as `FILE:LINE: field: what is
 wrong` (CSV and JSONL lines of the file, Parquet rows counted from 1). The run lands in the
-store in one transaction (`store_imports.write_imported_run`) as pipeline NAME with the
+store in one transaction (`store_imports.write_imported_runs`) as pipeline NAME with the
 method `imported`, its questions under the data set key `import:NAME`, replacing an earlier
 import of the same name whole.
 """
@@ -46,21 +52,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import store
+from . import metrics, store
 from .errors import DataError
 from .evaluate import compute_metrics
-from .importer_read import read_cells
-from .store_imports import check_import, write_imported_run
+from .importer_read import Cells, read_cells
+from .store_imports import ImportRows, check_import, write_imported_runs
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 50 * 1024 * 1024  # the dashboard's upload limit (the CLI reads any size)
 MAX_PROBLEMS = 20             # problems listed before "... and N more"
 MAX_OPTIONS = 26
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-OPTION = re.compile(r"^p_(.+)$")
+# used with fullmatch: `$` in re.match would let a trailing newline through (issue 30, item 3)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+OPTION = re.compile(r"p_(.+)")
 OPTIONAL = ("example_id", "split", "question")
 TRUE, FALSE = {"true", "1", "1.0", "yes", "t", "y"}, {"false", "0", "0.0", "no", "f", "n"}
-PROB_TOL = 1e-4     # a row sum up to 1 + PROB_TOL is rounding (26 columns at 6 decimals: 1.3e-5)
 LARGE_ROWS = 1_000_000  # from here on, say that the metrics' bootstrap takes a while
 
 
@@ -222,16 +228,16 @@ def _list_column(flat: pa.Array, n: int, width: int) -> pd.Series:
 def _option_rows(frame: pd.DataFrame, options: list[str], problems: _Problems
                  ) -> tuple[dict, list[str], np.ndarray]:
     """Store columns of the per-option layout, its labels and each row's gold label."""
-    labels = [OPTION.match(c)[1] for c in options]
+    labels = [OPTION.fullmatch(c)[1] for c in options]
     probs = np.column_stack([_numbers(frame[c], c, problems) for c in options])
     finite = np.isfinite(probs)
     for j, c in enumerate(options):
         problems.add(finite[:, j] & ((probs[:, j] < 0) | (probs[:, j] > 1)), c,
                      "must be a probability in [0, 1]")
     total = np.where(finite, probs, 0).sum(axis=1)
-    problems.add(finite.all(axis=1) & ((total <= 0) | (total > 1 + PROB_TOL)),
+    problems.add(finite.all(axis=1) & ~metrics.row_sums_ok(total),
                  "/".join(options), lambda r: f"probabilities sum to {total[r]:.7g}; they must "
-                 f"sum to more than 0 and at most 1 (+{PROB_TOL:g} for rounding)")
+                 f"sum to more than 0 and at most 1 (+{metrics.ROW_SUM_TOL:g} for rounding)")
     gold = _texts(frame["gold"], "gold", problems, integers=True)[0]
     gold_at = pd.Index(labels).get_indexer(gold)
     problems.add(gold_at < 0, "gold", f"must be one of {labels}")
@@ -254,6 +260,9 @@ def _confidence_rows(frame: pd.DataFrame, problems: _Problems) -> dict:
     conf = _numbers(frame["confidence"], "confidence", problems)
     problems.add(np.isfinite(conf) & ((conf < 0) | (conf > 1)), "confidence",
                  "must be a probability in [0, 1]")
+    problems.add(conf == 0, "confidence", "is 0, but a model's probability for its own "
+                 "answer (the largest of its probabilities) is never 0; write the value "
+                 "unrounded")
     correct = _booleans(frame["correct"], "correct", problems)
     problems.raise_if_any()
     n = len(frame)
@@ -271,7 +280,7 @@ def _confidence_rows(frame: pd.DataFrame, problems: _Problems) -> dict:
 def _layout(frame: pd.DataFrame, path: Path) -> list[str]:
     """The `p_<LABEL>` columns (empty: confidence + correct); refuses unknown or missing
     columns and a wrong number of options."""
-    options = [c for c in frame.columns if OPTION.match(str(c))]
+    options = [c for c in frame.columns if OPTION.fullmatch(str(c))]
     known = set(OPTIONAL) | (set(options) | {"gold"} if options else {"confidence", "correct"})
     unknown = [str(c) for c in frame.columns if c not in known]
     if unknown:
@@ -293,7 +302,14 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | Non
     raises `DataError` listing every problem (up to MAX_PROBLEMS) as `FILE:LINE: field:
     message`."""
     path = Path(path)
-    cells = read_cells(path)
+    return validate_cells(read_cells(path), path)
+
+
+def validate_cells(cells: Cells, path: Path, choices: list[list[str]] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """`read_predictions` on cells already read (from a file of this layout, or converted
+    from another tool's file by `importers`); `choices`, one list of option texts per row,
+    replaces the option labels as the stored choices (what Examples shows)."""
     frame = cells.frame
     if frame.empty:
         raise DataError("no predictions in the file", path)
@@ -316,11 +332,47 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | Non
         return preds, None
     keep = ~pd.isna(question)
     every = np.broadcast_to(np.arange(len(labels)), (int(keep.sum()), len(labels)))
+    texts = (_label_lists(labels, every) if choices is None else pd.Series(
+        pd.arrays.ArrowExtensionArray(pa.array([choices[i] for i in np.flatnonzero(keep)],
+                                               type=pa.list_(pa.string())))))
     examples = pd.DataFrame({
         "split": split[keep], "example_id": example_id[keep], "question": question[keep],
-        "labels": _label_lists(labels, every), "choices": _label_lists(labels, every),
-        "answer": answer[keep]})
+        "labels": _label_lists(labels, every), "choices": texts, "answer": answer[keep]})
     return preds, examples
+
+
+SAME_RTOL = 1e-12  # option confidences this close to the paper's are the same numbers
+
+
+def _split_metrics(part: pd.DataFrame) -> pd.DataFrame:
+    """`compute_metrics` of one split. Where the options hold all the probability (an
+    lm-eval or lighteval softmax over the options) the two conventions are one: the same
+    answers, confidences equal up to the rounding of a division by a sum of 1 +- 1e-16. Their
+    bootstrap is then run once and the option convention's rows (less Brier and NLL) are
+    the paper's too, which halves the import of a folder of 57 tasks."""
+    same = (np.array_equal(part["correct"].to_numpy(), part["correct_option"].to_numpy())
+            and np.allclose(part["confidence"], part["confidence_option"], rtol=SAME_RTOL,
+                            atol=0))
+    if not same:
+        return compute_metrics(part)
+    option = compute_metrics(part, conventions=("option",))
+    paper = option[~option["metric"].isin(["brier", "nll"])].assign(convention="paper")
+    return pd.concat([paper, option], ignore_index=True)
+
+
+def run_rows(preds: pd.DataFrame, examples: pd.DataFrame | None, pipeline: str,
+             model: str, config: dict, path: Path) -> ImportRows:
+    """One validated run as the store's rows: its predictions, metrics (per split, both
+    conventions, with their bootstrap intervals) and question texts."""
+    if len(preds) >= LARGE_ROWS:
+        log.warning("%s: %s rows; the metrics' bootstrap intervals resample them 1000 times "
+                    "per split, which takes a few minutes", path, f"{len(preds):,}")
+    metrics_rows = pd.concat([_split_metrics(part.reset_index(drop=True)).assign(split=split)
+                              for split, part in preds.groupby("split", sort=False)],
+                             ignore_index=True)
+    return ImportRows(pipeline=pipeline, run_id=f"{pipeline}/{store.IMPORTED_METHOD}/seed0",
+                      model=model, predictions=preds, metrics=metrics_rows, examples=examples,
+                      config={**config, "rows": len(preds)})
 
 
 def import_predictions(path: str | Path, name: str, store_path: str | Path | None = None,
@@ -328,22 +380,14 @@ def import_predictions(path: str | Path, name: str, store_path: str | Path | Non
     """Validate FILE, compute its metrics and store it as pipeline `name`.
 
     Returns (store path, run id, number of predictions). Nothing is written when any check
-    fails (a `DataError` / `StoreError` saying what and where).
+    fails (a `DataError` / `StoreError` saying what and where). Other tools' files:
+    `importing.import_file`.
     """
-    if not NAME.match(name or ""):
+    if not NAME.fullmatch(name or ""):
         raise DataError("--name: 1-64 letters, digits, '.', '_' or '-', starting with a letter "
                         f"or digit; got {name!r}")
     check_import(store_path, name)  # before a read that may take minutes
     preds, examples = read_predictions(path)
-    if len(preds) >= LARGE_ROWS:
-        log.warning("%s: %s rows; the metrics' bootstrap intervals resample them 1000 times "
-                    "per split, which takes a few minutes", path, f"{len(preds):,}")
-    metrics = pd.concat([compute_metrics(part.reset_index(drop=True)).assign(split=split)
-                         for split, part in preds.groupby("split", sort=False)],
-                        ignore_index=True)
-    run_id = f"{name}/{store.IMPORTED_METHOD}/seed0"
-    written = write_imported_run(
-        store_path, pipeline=name, run_id=run_id, model=model or "unknown", predictions=preds,
-        metrics=metrics, examples=examples,
-        config={"imported_from": Path(path).name, "rows": len(preds)})
-    return written, run_id, len(preds)
+    rows = run_rows(preds, examples, name, model or "unknown",
+                    {"imported_from": Path(path).name}, Path(path))
+    return write_imported_runs(store_path, [rows]), rows.run_id, len(preds)

@@ -158,7 +158,7 @@ def _read_parquet(path: Path) -> Cells:
     except (pa.ArrowException, ValueError) as exc:
         raise DataError(f"cannot read as Parquet: {exc}", path) from None
     check_names(list(table.column_names), path, None)
-    frame = table.to_pandas()
+    frame = _to_pandas(table, path)
     for name, column in zip(table.column_names, table.columns):
         if pa.types.is_floating(column.type):  # NaN that is not a null: say NaN, not missing
             nan = pc.fill_null(pc.is_nan(column), False).to_numpy(zero_copy_only=False)
@@ -166,6 +166,35 @@ def _read_parquet(path: Path) -> Cells:
                 frame[name] = frame[name].astype(object)
                 frame.loc[nan, name] = "NaN"
     return Cells(frame, lambda: np.arange(len(frame)) + 1)
+
+
+_PANDAS_ERRORS = (TypeError, ValueError, NotImplementedError)  # ArrowInvalid is a ValueError
+
+
+def _to_pandas(table, path: Path) -> pd.DataFrame:
+    """The table as pandas, or a `DataError` naming the column whose pandas metadata (the
+    dtype pandas wrote it with) disagrees with its Arrow type: to_pandas would otherwise
+    fail with an Arrow cast traceback (issue 30, item 10)."""
+    import json
+
+    import pyarrow as pa
+
+    try:
+        return table.to_pandas()
+    except (pa.ArrowException, *_PANDAS_ERRORS) as exc:
+        error = exc
+    meta = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}") or b"{}")
+    said = {c.get("name"): c.get("numpy_type") for c in meta.get("columns", [])
+            if isinstance(c, dict)}
+    for name, column in zip(table.column_names, table.columns):
+        try:
+            table.select([name]).to_pandas()
+        except (pa.ArrowException, *_PANDAS_ERRORS) as exc:
+            raise DataError(f"the file's pandas metadata says {said.get(name)!r}, but the "
+                            f"column holds {column.type} ({str(exc)[:120]}); write the file "
+                            "again, or without its pandas metadata", path, None,
+                            name) from None
+    raise DataError(f"cannot read as a table: {str(error)[:200]}", path) from None
 
 
 # ------------------------------------------------------------------------------ JSONL

@@ -25,7 +25,11 @@ from .errors import ConfigError
 from .resampling import Decomposed, check_bootstrap, resample_stats
 
 STRATEGIES = ("uniform", "quantile")
-ROW_SUM_TOL = 1e-6  # rows of top-k probabilities may sum to < 1 (dropped tail), never > 1 + tol
+# Rows of probabilities may sum to < 1 (a dropped tail), never to more than 1 + ROW_SUM_TOL
+# (rounding: 26 options written with 6 decimals can reach 1 + 1.3e-5) and never to 0. One rule
+# for the pages (`check_probs`) and the importer (`row_sums_ok`), so a file the importer
+# accepts is one the Reliability page can show (issue 30, item 4).
+ROW_SUM_TOL = 1e-4
 _NLL_FLOOR = np.finfo(np.float64).eps  # as scikit-learn's log_loss: log(0) would be -inf
 
 
@@ -87,11 +91,19 @@ def check_probs(probs, name: str = "probs") -> np.ndarray:
         raise ValueError(f"{name}: probabilities must lie in [0, 1], got range "
                          f"[{x.min():.6g}, {x.max():.6g}]")
     sums = row_reduce(np.add, x)
-    if sums.max() > 1 + ROW_SUM_TOL:
-        raise ValueError(f"{name}: row {int(sums.argmax())} sums to {sums.max():.9g} > 1")
-    if sums.min() <= 0:
-        raise ValueError(f"{name}: row {int(sums.argmin())} is all zeros")
+    bad = ~row_sums_ok(sums)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        if sums[row] > 0:
+            raise ValueError(f"{name}: row {row} sums to {sums[row]:.9g} > 1")
+        raise ValueError(f"{name}: row {row} is all zeros")
     return x
+
+
+def row_sums_ok(sums: np.ndarray) -> np.ndarray:
+    """Which row sums `check_probs` accepts: more than 0 and at most 1 + ROW_SUM_TOL."""
+    sums = np.asarray(sums, dtype=np.float64)
+    return (sums > 0) & (sums <= 1 + ROW_SUM_TOL)
 
 
 def check_labels(labels, n: int, k: int, name: str = "labels",

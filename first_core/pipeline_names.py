@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import store
-from .config import METHODS
+from .config import RUN_METHODS
 from .errors import FirstError
 
 # the kinds of run besides the pipeline's own trained methods, and who writes them
@@ -40,7 +40,7 @@ def other_runs(path: Path, pipeline: str, allowed: Iterable[str]) -> list[str]:
 
 def check_run_name(path: Path, pipeline: str) -> str | None:
     """Why a `run` named `pipeline` must not write into the store at `path`, or None."""
-    found = other_runs(path, pipeline, set(METHODS))
+    found = other_runs(path, pipeline, set(RUN_METHODS))
     if not found:
         return None
     kinds = "; ".join(FOREIGN.get(m, f"runs of method {m!r}") for m in found)

@@ -13,7 +13,8 @@ every question text, whichever splits they were in.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,42 +66,84 @@ def check_import(path: str | os.PathLike[str] | None, name: str) -> None:
         raise StoreError(f"store {target}: {why}")
 
 
+@dataclass(frozen=True)
+class ImportRows:
+    """One imported run's rows (`examples` without `dataset`: they go under
+    `dataset_key(pipeline)`)."""
+
+    pipeline: str
+    run_id: str
+    model: str
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    examples: pd.DataFrame | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
 def write_imported_run(path: str | os.PathLike[str] | None, pipeline: str, run_id: str,
                        model: str, predictions: pd.DataFrame, metrics: pd.DataFrame,
                        examples: pd.DataFrame | None = None,
                        config: Mapping[str, Any] | None = None,
                        timeout: float = store.WRITE_TIMEOUT_S) -> Path:
-    """Store another model's predictions as pipeline `pipeline` in one transaction: its runs
-    row, predictions, metrics and question texts (`examples` without `dataset`: they go under
-    `dataset_key(pipeline)`) land whole or not at all, replacing an earlier import of the
-    same name whole. A refused name raises `StoreError` and writes nothing."""
-    if not pipeline or not run_id:
+    """`write_imported_runs` of one run."""
+    return write_imported_runs(path, [ImportRows(pipeline, run_id, model, predictions,
+                                                 metrics, examples, dict(config or {}))],
+                               timeout)
+
+
+def write_imported_runs(path: str | os.PathLike[str] | None, runs: Sequence[ImportRows],
+                        timeout: float = store.WRITE_TIMEOUT_S) -> Path:
+    """Store other models' predictions, one pipeline per run, in one transaction: each
+    run's runs row, predictions, metrics and question texts land whole or not at all (all
+    runs together: an lm-eval folder of 57 tasks is stored whole or not at all), each
+    replacing an earlier import of the same name whole. A refused name raises `StoreError`
+    and writes nothing."""
+    names = [r.pipeline for r in runs]
+    if not runs or len(set(names)) != len(names):
+        raise ValueError(f"pipelines {names}: must be non-empty and distinct")
+    if any(not r.pipeline or not r.run_id for r in runs):
         raise ValueError("pipeline, run_id: must be non-empty")
-    key = dataset_key(pipeline)
-    fixed = {"run_id": run_id}
-    for name, frame in (("predictions", predictions), ("metrics", metrics)):
-        store._validate(TABLES[name], frame, fixed)
-    if examples is not None:
-        store._validate(TABLES["examples"], examples, {"dataset": key})
+    # one INSERT per table for all runs (57 lm-eval tasks: 3 inserts, not 171)
+    tables = {name: pd.concat([getattr(r, name).assign(run_id=r.run_id) for r in runs],
+                              ignore_index=True) for name in ("predictions", "metrics")}
+    texts = [r.examples.assign(dataset=dataset_key(r.pipeline)) for r in runs
+             if r.examples is not None and len(r.examples)]
+    for run in runs:  # per run: a table's unique keys hold within one run
+        for name, fixed in (("predictions", {"run_id": run.run_id}),
+                            ("metrics", {"run_id": run.run_id}),
+                            ("examples", {"dataset": dataset_key(run.pipeline)})):
+            if getattr(run, name) is not None:
+                store._validate(TABLES[name], getattr(run, name), fixed)
+    if texts:
+        texts = [pd.concat(texts, ignore_index=True)]
     target = store.default_store_path(path)
-    row = store.RunRecord(run_id=run_id, method=METHODS[0], model=model, dataset=key, seed=0,
-                          config=dict(config or {}), pipeline=pipeline).row()
-    row[1] = IMPORTED_METHOD  # RunRecord checks the project's own methods; this is not one
     cols = ", ".join(f'"{c}"' for c in TABLES["runs"].columns)
     marks = ", ".join("?" for _ in TABLES["runs"].columns)
     with store.connect(target, read_only=False, timeout=timeout) as con, \
             store.transaction(con):
-        why = _refusal(con, pipeline)
-        if why:
-            raise StoreError(f"store {target}: {why}")
-        old = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE pipeline = ?",
-                                         [pipeline]).fetchall()] + [run_id]
-        for name in ("predictions", "metrics", "runs"):
-            con.execute(f'DELETE FROM "{name}" WHERE list_contains(?, run_id)', [old])
-        con.execute("DELETE FROM examples WHERE dataset = ?", [key])
-        con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
-        store._insert(con, TABLES["predictions"], predictions, fixed)
-        store._insert(con, TABLES["metrics"], metrics, fixed)
-        if examples is not None and len(examples):
-            store._insert(con, TABLES["examples"], examples, {"dataset": key})
+        for run in runs:
+            _clear_import(con, target, run, cols, marks)
+        for name, frame in tables.items():
+            store._insert(con, TABLES[name], frame, {})
+        if texts:
+            store._insert(con, TABLES["examples"], texts[0], {})
     return target
+
+
+def _clear_import(con: duckdb.DuckDBPyConnection, target: Path, run: ImportRows,
+                  cols: str, marks: str) -> None:
+    """Inside the caller's transaction: refuse a taken name, else delete what an earlier
+    import of the name stored and write the new runs row."""
+    key = dataset_key(run.pipeline)
+    why = _refusal(con, run.pipeline)
+    if why:
+        raise StoreError(f"store {target}: {why}")
+    row = store.RunRecord(run_id=run.run_id, method=METHODS[0], model=run.model, dataset=key,
+                          seed=0, config=dict(run.config), pipeline=run.pipeline).row()
+    row[1] = IMPORTED_METHOD  # RunRecord checks the project's own methods; this is not one
+    old = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE pipeline = ?",
+                                     [run.pipeline]).fetchall()] + [run.run_id]
+    for name in ("predictions", "metrics", "runs"):
+        con.execute(f'DELETE FROM "{name}" WHERE list_contains(?, run_id)', [old])
+    con.execute("DELETE FROM examples WHERE dataset = ?", [key])
+    con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import importer, report
+from first_core import importer, importing, report
 from first_core.config_diff import config_notes
 from first_core.safe_text import for_markdown
 from first_core.views import tables, view_state
@@ -48,49 +48,94 @@ def run_demo(path: Path) -> None:
     st.rerun()
 
 
+UPLOAD_TYPES = ["csv", "parquet", "pq", "jsonl", "ndjson", "json", "zip"]
+
+
 def import_box(path: Path) -> None:
-    """Upload another model's predictions and store them as their own pipeline."""
+    """Upload another model's predictions, or another tool's evaluation files, and store
+    them as their own pipelines (`first_core.importing.import_file`)."""
     limit = importer.MAX_BYTES // 2**20
     with st.expander("Import another model's predictions", expanded=False):
         st.markdown(
-            f"A CSV, Parquet or JSONL file of up to **{limit} MB**, one prediction per row: "
-            "either one `p_<LABEL>` column per answer option plus `gold`, or `confidence` "
+            f"Up to **{limit} MB** in all. Either a CSV, Parquet or JSONL file, one prediction "
+            "per row: one `p_<LABEL>` column per answer option plus `gold`, or `confidence` "
             "plus `correct`; optional `example_id`, `split` (val / test / test_ood) and "
-            "`question`. It is checked completely before anything is written, then stored "
-            "as its own pipeline, so every page works on it. Larger files: "
-            "`python -m first_core import FILE --name NAME`.")
+            "`question`. Or the files another tool wrote: an **lm-evaluation-harness** "
+            "output folder as a `.zip`, or its `results_*.json` and `samples_*.jsonl` "
+            "(each task becomes a pipeline named after it, `TASK-acc_norm` beside it); "
+            "**lighteval** `details_*.parquet`; an **OpenAI / vLLM Batch** output with "
+            "`top_logprobs` plus its gold answers. Everything is checked before anything "
+            "is written, so every page works on it. Larger files: "
+            "`python -m first_core import PATH [--name NAME]`.")
         with st.form("import_form", clear_on_submit=False):
-            upload = st.file_uploader("Predictions file", type=["csv", "parquet", "pq", "jsonl",
-                                                                "ndjson"],
-                                      key="import_file", max_upload_size=limit)
-            name = st.text_input("Pipeline name", key="import_name",
-                                 placeholder="e.g. my-llm-csqa")
+            uploads = st.file_uploader("Predictions or evaluation files", type=UPLOAD_TYPES,
+                                       key="import_file", max_upload_size=limit,
+                                       accept_multiple_files=True)
+            gold = st.file_uploader("Gold answers (OpenAI Batch output only: custom_id, "
+                                    "gold)", type=["csv", "jsonl", "parquet"],
+                                    key="import_gold", max_upload_size=limit)
+            name = st.text_input("Pipeline name (optional for lm-eval and lighteval)",
+                                 key="import_name", placeholder="e.g. my-llm-csqa")
             submitted = st.form_submit_button("Import")
         if not submitted:
             return
-        if upload is None or not name:
-            st.warning("Choose a file and a pipeline name first.")
+        uploads = [u for u in (uploads or []) if u is not None]
+        if not uploads:
+            st.warning("Choose a file first.")
             return
-        if upload.size > importer.MAX_BYTES:
-            st.error(f"{for_markdown(upload.name)}: {upload.size / 2**20:.1f} MB is over the "
-                     f"{limit} MB upload limit; use the command line.")
+        size = sum(u.size for u in uploads) + (gold.size if gold is not None else 0)
+        if size > importer.MAX_BYTES:
+            st.error(f"{size / 2**20:.1f} MB is over the {limit} MB upload limit; use the "
+                     "command line.")
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            # a short local name with the upload's suffix (which picks the reader): the
-            # user's name may be longer than this file system allows (255 bytes: 120 CJK
-            # characters, legal on macOS and Windows); messages name the user's file
-            local = Path(tmp) / ("upload" + Path(upload.name).suffix.lower()[:16])
-            try:
-                local.write_bytes(upload.getbuffer())
-                _, run_id, n = importer.import_predictions(local, name, path)
-            except (FirstError, OSError) as exc:
-                st.error("Nothing was imported:")
-                text = str(exc) if isinstance(exc, FirstError) else exc.strerror or str(exc)
-                st.code(text.replace(str(local), upload.name), language=None)
-                return
-        # the file name, the name typed and the run id are the user's text: shown as typed
-        st.success(f"Imported {n:,} predictions from {for_markdown(upload.name)} as pipeline "
-                   f"{for_markdown(name)} (run {for_markdown(run_id)}).")
+        _import_uploads(path, uploads, gold, name or None)
+
+
+def _import_uploads(path: Path, uploads: list, gold, name: str | None) -> None:
+    """Write the uploads to a temporary folder (several files: the folder is the import)
+    and import them; messages name the user's files, never the temporary folder."""
+    shown = ", ".join(u.name for u in uploads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "upload"
+        folder.mkdir()
+        # the user's file names (an lm-eval folder is recognised by them), except one longer
+        # than a file system allows (255 bytes: 120 CJK characters, legal on macOS and
+        # Windows), which gets a short name with its suffix; messages name the user's files
+        local = [folder / _local_name(u.name, i) for i, u in enumerate(uploads)]
+        gold_file = Path(tmp) / _local_name(gold.name, -1) if gold is not None else None
+        named = {str(f): u.name for f, u in zip(local, uploads)}
+        if gold_file is not None:
+            named[str(gold_file)] = gold.name
+        try:
+            for u, file in zip(uploads, local):
+                file.write_bytes(u.getbuffer())
+            if gold_file is not None:
+                gold_file.write_bytes(gold.getbuffer())
+            result = importing.import_file(local[0] if len(local) == 1 else folder, name,
+                                           path, gold=gold_file)
+        except (FirstError, OSError) as exc:
+            st.error("Nothing was imported:")
+            text = str(exc) if isinstance(exc, FirstError) else exc.strerror or str(exc)
+            for where, shown_name in named.items():
+                text = text.replace(where, shown_name)
+            st.code(text.replace(str(folder) + "/", "").replace(str(tmp) + "/", ""),
+                    language=None)
+            return
+    # the file names, the names typed and the run ids are the user's text: shown as typed
+    for pipeline, run_id, n in result.runs:
+        st.success(f"Imported {n:,} predictions from {for_markdown(shown)} as pipeline "
+                   f"{for_markdown(pipeline)} (run {for_markdown(run_id)}).")
+    for note in result.notes:
+        st.info(for_markdown(note.replace(str(folder) + "/", "")))
+
+
+def _local_name(name: str, index: int) -> str:
+    """An upload's file name on disk: its own, or a short one with its suffix when it is
+    longer than file systems allow."""
+    base = Path(name).name
+    if len(base.encode()) <= 200:
+        return base
+    return f"upload-{index + 1}{Path(base).suffix.lower()[:16]}"
 
 
 through_app()

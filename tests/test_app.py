@@ -967,3 +967,54 @@ def test_coverage_page_says_an_unreadable_run_folder_in_plain_text(monkeypatch,
     assert [e.value for e in at.error if "could not be read" in e.value]
     assert not [m for m in rendered_as_markdown(at) if "tracker.invalid" in m]
     assert [t.value for t in at.text if "tracker.invalid" in t.value]
+
+
+# ---------------------------------------------------------------- issue 29: lm-eval uploads
+
+LM_EVAL_RUN = ROOT / "tests" / "fixtures" / "lm_eval" / "real-0.4.13"
+
+
+def test_an_lm_eval_folder_uploaded_as_zip_opens_on_reliability(monkeypatch, tmp_path):
+    import io
+    import zipfile
+
+    path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for p in LM_EVAL_RUN.rglob("*"):
+            z.write(p, Path("out") / p.relative_to(LM_EVAL_RUN))
+    at = open_app(monkeypatch, path)
+    at.file_uploader(key="import_file").set_value(("out.zip", buffer.getvalue(),
+                                                   "application/zip"))
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception
+    done = [s.value for s in at.success]
+    assert len(done) == 2 and "as pipeline csqa\\_local " in done[0], done
+    at = open_app(monkeypatch, path, "pages/reliability.py",
+                  {"runs": "csqa_local/imported/seed0", "split": "test"})
+    assert len(ece_shown(at)) == 1 and not at.error, [e.value for e in at.error]
+    ece = store.load_metrics(path, "csqa_local/imported/seed0", split="test",
+                             convention="paper", metric="ece")["value"].item()
+    assert ece_shown(at)[0].startswith(f"{100 * ece:.1f}%"), ece_shown(at)
+    at = open_app(monkeypatch, path, "pages/examples.py")
+    at.selectbox(key="ex_run").set_value("csqa_local-acc_norm/imported/seed0").run()
+    assert not at.exception and not at.error
+    at = open_app(monkeypatch, path, "pages/compare.py")
+    assert not at.exception and not at.error
+
+
+def test_an_lm_eval_runs_files_uploaded_together_import_like_the_folder(monkeypatch,
+                                                                        tmp_path):
+    path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
+    files = [(p.name, p.read_bytes(), "application/json")
+             for p in sorted(LM_EVAL_RUN.rglob("*.json*"))]
+    at = open_app(monkeypatch, path)
+    at.file_uploader(key="import_file").set_value(files)
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and len(at.success) == 2, [e.value for e in at.error]
+    runs = store.list_runs(path).set_index("pipeline")
+    assert runs.loc["csqa_local", "model"].endswith("SmolLM2-135M-Instruct.Q4_1-3776ab9f")
+    bad = [(files[1][0], files[1][1].replace(b'"target": "4", ', b"", 1), "text/plain")]
+    at.file_uploader(key="import_file").set_value(bad)
+    at.get("form_submit_button")[0].click().run()
+    assert [c.value for c in at.code if c.value.startswith(f"{files[1][0]}:1: target: missing")]

@@ -40,6 +40,7 @@ EXPECTED = {
                              "ece_grid_best_c/posthoc_fit[100000]",
                              "torchmetrics_ece/ece[1000000]"],
     "bench_scaling.py": [f"loglog_slope[{s}]" for s in ("ece", "grid_search", "slider", "extract")],
+    "bench_lmeval_import.py": ["lmeval_import_s[3x150]", "lmeval_import_cpu_s[3x150]"],
     "bench_pages.py": ["examples_read_before/after", "examples_rows_read",
                        "reliability_arrays_before/after"],
     "bench_cpu_kernels.py": ["pinned_over_native[tiny]", "pinned_over_native[llama-h576-L6-V49k]"],

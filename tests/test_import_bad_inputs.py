@@ -212,3 +212,63 @@ def test_csv_problems_are_named_by_their_file_line(tmp_path, capsys, content, li
     f.write_text(content)
     code, _, err = imported(capsys, f, "x", tmp_path / "s.duckdb")
     assert code == 2 and f"error: {f}:{line}: " in err and words in err, err
+
+
+# ------------------------------------------------------------ issue 30, items 3, 4 and 10
+
+def test_a_name_with_a_trailing_newline_is_refused(tmp_path, capsys):
+    f = option_csv(tmp_path / "f.csv", "test")
+    target = tmp_path / "s.duckdb"
+    assert imported(capsys, f, "tiny", target)[0] == 0
+    code, _, err = imported(capsys, f, "tiny\n", target)
+    assert code == 2 and "--name: 1-64 letters" in err and "'tiny\\n'" in err
+    assert store.list_runs(target)["pipeline"].tolist() == ["tiny"]
+
+
+@pytest.mark.parametrize("row_sum", [1 + 2e-6, 1 + 5e-5, 1 + 1e-4])
+def test_rows_the_importer_accepts_the_reliability_page_shows(tmp_path, capsys, row_sum):
+    """One tolerance on both sides: what imports builds the page's validated arrays."""
+    from first_core.views.run_arrays import PredictionArrays
+
+    f = tmp_path / "f.csv"
+    f.write_text(f"p_A,p_B,gold\n{0.5 * row_sum!r},{0.5 * row_sum!r},A\n0.6,0.3,B\n")
+    code, _, err = imported(capsys, f, "x", tmp_path / "s.duckdb")
+    assert code == 0, err
+    preds = store.load_predictions(tmp_path / "s.duckdb", "x/imported/seed0")
+    arrays = PredictionArrays(np.stack(preds["topk_probs"]), preds["correct"].to_numpy(),
+                              np.stack(preds["option_probs"]), np.array([0, 1]))
+    assert len(arrays) == 2
+
+
+def test_rows_over_the_shared_tolerance_are_refused_at_import(tmp_path, capsys):
+    f = tmp_path / "f.csv"
+    f.write_text("p_A,p_B,gold\n0.50006,0.50006,A\n")
+    code, _, err = imported(capsys, f, "x", tmp_path / "s.duckdb")
+    assert code == 2 and "sum to 1.00012" in err and "+0.0001 for rounding" in err
+
+
+def test_a_confidence_of_exactly_zero_is_refused_at_import(tmp_path, capsys):
+    f = tmp_path / "f.csv"
+    f.write_text("confidence,correct\n0.7,1\n0,0\n0.0,1\n")
+    code, _, err = imported(capsys, f, "x", tmp_path / "s.duckdb")
+    assert code == 2 and f"{f}:3: confidence: is 0, but a model's probability" in err
+    assert f"{f}:4: confidence: is 0" in err and not (tmp_path / "s.duckdb").exists()
+
+
+def test_parquet_whose_pandas_metadata_disagrees_with_a_column(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(pd.DataFrame({"confidence": [0.5, 0.7],
+                                               "correct": [True, False]}),
+                                 preserve_index=False)
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    for column in meta["columns"]:
+        if column["name"] == "confidence":
+            column["numpy_type"] = "Int64"
+    f = tmp_path / "f.parquet"
+    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()}), f)
+    code, _, err = imported(capsys, f, "x", tmp_path / "s.duckdb")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {f}: confidence: the file's pandas metadata says 'Int64', "
+                          "but the column holds double"), err

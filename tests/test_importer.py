@@ -178,3 +178,12 @@ def test_cli_prints_errors_as_one_message_with_exit_2(tmp_path):
     cmd[4] = str(good)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "imported 10 predictions as pipeline 'x'" in out.stdout
+
+
+def test_a_table_file_without_name_says_name_is_required(tmp_path, capsys):
+    from first_core.__main__ import main
+
+    good = write(option_frame(10), tmp_path / "g.csv")
+    code = main(["import", str(good), "--store", str(tmp_path / "s.duckdb")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: {good}: --name: required for this file" in err

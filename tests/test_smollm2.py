@@ -44,12 +44,11 @@ needs_smollm2 = pytest.mark.skipif(_not_installed() is not None,
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """(build dir, converted teacher folder, layer-subset student folder), built once."""
-    if (why := _not_installed()) is not None:
-        pytest.skip(why)
-    root = tmp_path_factory.mktemp("smollm2")
-    return root, build_model(GGUF, root), build_model(SUBSET, root)
+def built(smollm2_teacher_dir):
+    """(build dir, converted teacher folder, layer-subset student folder), built once (the
+    teacher by conftest's `smollm2_teacher_dir`, shared with test_import_lm_eval.py)."""
+    root, teacher_dir = smollm2_teacher_dir
+    return root, teacher_dir, build_model(SUBSET, root)
 
 
 @pytest.fixture(scope="session")
