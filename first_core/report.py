@@ -176,7 +176,7 @@ def format_posthoc(temps: pd.DataFrame, pipeline: str) -> str:
     rows = []
     for method, group in part.groupby("method", sort=False):
         group = group.sort_values("seed")
-        rows.append({"method": method, "seeds": ", ".join(map(str, group["seed"])),
+        rows.append({"method": method, "seed": ", ".join(map(str, group["seed"])),
                      "T (validation NLL)": ", ".join(f"{t:.3g}" for t in group["t_nll"]),
                      "T minimising validation ECE": ", ".join(
                          "n/a" if pd.isna(t) else f"{t:.3g}" for t in group["t_ece"])})

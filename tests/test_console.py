@@ -83,9 +83,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_two_seeds_print_one_line_per_seed_and_the_table(runs) -> None:
     two = runs["two"]
     lines = two.stdout.splitlines()
-    assert len(lines) <= 16, two.stdout  # 2 seed lines + Table 1 (it was 35 lines)
-    assert sum(line.startswith("[seed 0, 1/2] 7 stages done in ") for line in lines) == 1
-    assert sum(line.startswith("[seed 1, 2/2] 7 stages done in ") for line in lines) == 1
+    # 2 seed lines + Table 1 (4 rows: each method and its post-hoc row) + the post-hoc
+    # temperatures (2 rows); it was 35 lines before the console was quieted
+    assert len(lines) <= 22, two.stdout
+    assert sum(line.startswith("[seed 0, 1/2] 9 stages done in ") for line in lines) == 1
+    assert sum(line.startswith("[seed 1, 2/2] 9 stages done in ") for line in lines) == 1
     assert "| student_ft |" in two.stdout
     assert not any(word in two.stdout + two.stderr for word in CHATTER), two.stderr[-2000:]
     assert two.stderr.strip() == ""
@@ -107,13 +109,14 @@ def test_the_training_log_is_still_recorded(runs) -> None:
 def test_one_seed_prints_one_line_per_stage_and_a_bar_on_the_terminal(runs) -> None:
     status, out, terminal = runs["tty"]
     for i, name in enumerate(("data", "models", "teacher_ft"), 1):
-        assert f"[{i}/7] {name}: done earlier, skipped\n" in out
-    for i, name in ((4, "student_ft"), (6, "eval_student_ft"), (7, "store")):
-        assert sum(line.startswith(f"[{i}/7] {name} ") for line in out.splitlines()) == 1
-        assert f"[{i}/7] {name} ... done in " in out
+        assert f"[{i}/9] {name}: done earlier, skipped\n" in out
+    for i, name in ((4, "student_ft"), (6, "eval_student_ft"), (8, "posthoc_student_ft"),
+                    (9, "store")):
+        assert sum(line.startswith(f"[{i}/9] {name} ") for line in out.splitlines()) == 1
+        assert f"[{i}/9] {name} ... done in " in out
     assert not any(word in out + terminal for word in CHATTER), terminal[-2000:]
     # the one training stage drew its bar, named after it, with steps and the logged loss
-    assert "[4/7] student_ft:" in terminal and "4/4" in terminal and "loss=" in terminal
+    assert "[4/9] student_ft:" in terminal and "4/4" in terminal and "loss=" in terminal
     assert terminal.count("loss=") >= 1 and "teacher_ft" not in terminal
 
 
@@ -121,7 +124,7 @@ def test_verbose_brings_the_libraries_and_the_trainer_back(runs) -> None:
     loud = runs["loud"]
     assert "Loading weights" in loud.stderr and "Writing model shards" in loud.stderr
     assert "'train_runtime'" in loud.stdout and "'loss'" in loud.stdout
-    assert "[4/7] student_ft ...\n" in loud.stdout and "[4/7] student_ft: done in" in loud.stdout
+    assert "[4/9] student_ft ...\n" in loud.stdout and "[4/9] student_ft: done in" in loud.stdout
 
 
 def state(step: int, max_steps: int = 10, main: bool = True) -> SimpleNamespace:

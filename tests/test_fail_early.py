@@ -102,11 +102,13 @@ def test_methods_without_a_distilled_student_run_to_the_end(finished: dict) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert records(work) == {"data", "models", "teacher_ft", "student_ft", "eval_teacher_ft",
-                             "eval_student_ft", "store"}
+                             "eval_student_ft", "posthoc_teacher_ft", "posthoc_student_ft",
+                             "store"}
     with duckdb.connect(str(work / "first.duckdb"), read_only=True) as con:
         assert sorted(r[0] for r in con.execute("SELECT method FROM runs").fetchall()) == [
-            "student_ft", "teacher_ft"]
-        assert con.execute("SELECT count(*) FROM temperature_search").fetchone()[0] == 0
+            "student_ft", "student_ft+ts", "teacher_ft", "teacher_ft+ts"]
+        assert con.execute("SELECT count(*) FROM temperature_search WHERE kind <> 'posthoc'"
+                           ).fetchone()[0] == 0  # no calibrate stage without students
         assert con.execute("SELECT count(*) FROM examples").fetchone()[0] == 120
 
 
@@ -260,7 +262,7 @@ def test_store_stage_is_one_transaction(copy: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(store.Store, "write_examples", fail)
     with pytest.raises(RuntimeError, match="killed midway"):
         pipeline.run(cfg, force="store", echo=lambda _: None)
-    assert len(written) == 2  # both runs had been written inside the transaction
+    assert len(written) == 4  # all runs (2 + their post-hoc rows) were written inside it
     assert store_rows(path) == rows
     assert "store" not in records(copy)
 
@@ -368,7 +370,7 @@ def test_force_records_the_new_config_of_the_stages_it_redid(copy: Path) -> None
     recorded = json.loads((copy / "runs" / "tiny" / "config.json").read_text())
     assert recorded["eval"]["n_boot"] == 5
     assert "done earlier, skipped" in proc.stdout
-    assert "[5/7] eval_teacher_ft ... done" in proc.stdout
+    assert "[5/9] eval_teacher_ft ... done" in proc.stdout
 
 
 def test_a_run_recorded_before_a_key_existed_resumes_under_its_default(copy: Path) -> None:
@@ -381,7 +383,7 @@ def test_a_run_recorded_before_a_key_existed_resumes_under_its_default(copy: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, name in enumerate(["data", "models", "teacher_ft", "student_ft", "eval_teacher_ft",
                               "eval_student_ft"], 1):  # (the store is this copy's own)
-        assert f"[{i}/7] {name}: done earlier, skipped" in proc.stdout
+        assert f"[{i}/9] {name}: done earlier, skipped" in proc.stdout
 
 
 def test_other_cpu_kernels_reach_the_models(copy: Path, unpinned) -> None:
@@ -396,7 +398,8 @@ def test_a_changed_config_never_resumes_a_checkpoint_made_under_the_old_one(
     """After a diverged (or killed) training, the rerun with a fixed learning rate is
     accepted and starts that stage afresh: the old checkpoint goes before anything runs."""
     run_dir = copy / "runs" / "tiny"
-    for name in ("student_ft", "eval_teacher_ft", "eval_student_ft", "store"):
+    for name in ("student_ft", "eval_teacher_ft", "eval_student_ft", "posthoc_teacher_ft",
+                 "posthoc_student_ft", "store"):
         (run_dir / "stages" / f"{name}.json").unlink()  # as if student_ft had been killed
     shutil.rmtree(run_dir / "models" / "student_ft")
     old = run_dir / "models" / "student_ft" / "checkpoint-3"

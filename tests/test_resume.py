@@ -36,7 +36,7 @@ PAUSED_CLI = ROOT / "tests" / "helpers" / "paused_cli.py"
 CHECKPOINT_STEP = 4
 # small checkpoints interval and shards, so each kill point exists; fewer bootstrap rounds
 OVERRIDES = ("student_train.save_steps=2", "topk.shard_size=100", "eval.n_boot=20")
-N_STAGES = 15
+N_STAGES = 20  # 15 + one posthoc_* stage per method
 TOL = 1e-6
 
 
@@ -185,7 +185,7 @@ def test_resumed_store_equals_an_uninterrupted_run(history, baseline) -> None:
             == [portable(c) for c in want["runs"].pop("config")])
     pd.testing.assert_frame_equal(got["runs"], want["runs"])
     gp, wp = got["predictions"], want["predictions"]
-    assert len(gp) == len(wp) == 5 * 3 * 80
+    assert len(gp) == len(wp) == 2 * 5 * 3 * 80  # each method and its post-hoc row
     for col in ("run_id", "split", "example_id", "pred", "pred_option"):
         assert gp[col].tolist() == wp[col].tolist(), col
     assert gp.topk_ids.map(list).tolist() == wp.topk_ids.map(list).tolist()
