@@ -43,6 +43,7 @@ import of the same name whole.
 from __future__ import annotations
 
 import logging
+import decimal
 import math
 import re
 from collections.abc import Callable
@@ -104,7 +105,7 @@ def _float(v: object) -> float:
     """One JSON / Parquet object cell as a float (NaN when it is not a number)."""
     if isinstance(v, bool):
         return np.nan
-    if isinstance(v, (int, float, str)):
+    if isinstance(v, (int, float, str, decimal.Decimal)):  # Parquet decimals: exact numbers
         try:
             return float(v)
         except OverflowError:  # an integer of 400 digits
@@ -177,9 +178,11 @@ def _text(v: object) -> str | None:
 def _booleans(column: pd.Series, field: str, problems: _Problems) -> np.ndarray:
     if pd.api.types.is_bool_dtype(column.dtype) and not column.isna().any():
         return column.to_numpy(dtype=bool)
-    text = column.astype(object).where(column.notna(), "").astype(str).str.strip().str.lower()
+    missing = column.isna().to_numpy()
+    text = column.astype(object).where(~missing, "").astype(str).str.strip().str.lower()
     ok = text.isin(TRUE | FALSE).to_numpy()
-    problems.add(~ok, field, "must be true/false or 1/0")
+    problems.add(missing, field, "missing value")  # a null is missing, not a wrong word
+    problems.add(~ok & ~missing, field, "must be true/false or 1/0")
     return text.isin(TRUE).to_numpy()
 
 

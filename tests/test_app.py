@@ -700,12 +700,9 @@ def test_an_uploaded_file_name_is_shown_as_text(monkeypatch, tmp_path):
     path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
     at = open_app(monkeypatch, path)
     name = "![u](http://x.example/up.png).csv"
-    good = b"example_id,split,p_A,p_B,gold\n" + b"".join(
-        f"e{i},test,{0.9 - i / 50:.3f},{0.05 + i / 60:.3f},{'AB'[i % 3 == 0]}\n".encode()
-        for i in range(20))
-    at.file_uploader(key="import_file").set_value((name, good, "text/csv"))
-    at.text_input(key="import_name").set_value("up-llm")
-    at.get("form_submit_button")[0].click().run()
+    from helpers.uploads import submit_upload
+
+    submit_upload(at, name, "up-llm")
     done = [s.value for s in at.success]
     assert len(done) == 1 and for_markdown(name) in done[0], done
     assert_shown_as_text(at)

@@ -15,12 +15,9 @@ def test_an_upload_named_over_255_bytes_is_imported(monkeypatch, tmp_path):
     path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
     at = open_app(monkeypatch, path)
     name = "予測" * 60 + ".csv"  # 120 CJK characters: 360 bytes in UTF-8
-    good = b"example_id,split,p_A,p_B,gold\n" + b"".join(
-        f"e{i},test,{0.9 - i / 50:.3f},{0.05 + i / 60:.3f},{'AB'[i % 3 == 0]}\n".encode()
-        for i in range(20))
-    at.file_uploader(key="import_file").set_value((name, good, "text/csv"))
-    at.text_input(key="import_name").set_value("long-name")
-    at.get("form_submit_button")[0].click().run()
+    from helpers.uploads import submit_upload
+
+    submit_upload(at, name, "long-name")
     assert not at.exception
     assert any("Imported 20 predictions" in s.value for s in at.success), \
         [e.value for e in at.error] + [c.value for c in at.code]

@@ -272,3 +272,33 @@ def test_parquet_whose_pandas_metadata_disagrees_with_a_column(tmp_path, capsys)
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"error: {f}: confidence: the file's pandas metadata says 'Int64', "
                           "but the column holds double"), err
+
+
+# ------------------------------------------------------------ issue 30 item 17: minor messages
+
+def test_a_parquet_decimal_column_is_a_number(tmp_path, capsys):
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"confidence": pa.array([decimal.Decimal("0.50"),
+                                                     decimal.Decimal("0.75")],
+                                                    pa.decimal128(4, 2)),
+                             "correct": [True, False]}), f)
+    code, _, err = imported(capsys, f, "dec", tmp_path / "s.duckdb")
+    assert code == 0, err
+    conf = store.load_predictions(tmp_path / "s.duckdb", columns=["confidence"])["confidence"]
+    assert sorted(conf) == [0.5, 0.75]
+
+
+def test_a_null_boolean_is_called_missing(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"confidence": [0.5, 0.7], "correct": pa.array([True, None])}), f)
+    code, _, err = imported(capsys, f, "nb", tmp_path / "s.duckdb")
+    assert code == 2 and f"{f}:2: correct: missing value" in err, err
+    assert "true/false" not in err
