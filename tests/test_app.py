@@ -25,7 +25,8 @@ APP = ROOT / "app.py"
 PAGES = {  # page -> labels of widgets that must be there
     "pages/home.py": {"radio": ["Confidence convention"]},
     "pages/reliability.py": {"select_slider": ["Temperature c (log scale)"],
-                             "button": ["Best c on validation"],
+                             "button": ["Best c on validation (ECE)",
+                                        "Fit c on validation (NLL)"],
                              "slider": ["Bins", "Answer only when confidence ≥ t"],
                              "multiselect": ["Runs (up to two, side by side)"]},
     "pages/coverage.py": {"number_input": ["Token positions in the data set", "Vocabulary size"],
