@@ -38,12 +38,12 @@ from typing import Any
 import pandas as pd
 
 from . import data
-from .config import RunConfig, posthoc_method
+from .config import RunConfig
 from .errors import FirstError
 from .instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                             check_instruct_file, load_instruct)
 from .stage_base import (build_models, build_stages, dataset_hash, load_for, search_calibration,
-                         stage_mc_data, student_targets, summary_of_fit, teacher_vocab_size,
+                         run_posthoc, stage_mc_data, student_targets, teacher_vocab_size,
                          train_config, write_json_atomic, write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
@@ -187,19 +187,15 @@ def stage_evaluate(ctx, method: str) -> dict[str, Any]:
 
 
 def stage_posthoc(ctx, method: str) -> dict[str, Any]:
-    """Post-hoc temperature scaling of one trained model (`first_core.posthoc`): T fitted by
-    NLL at every response token of the instruction validation split (the distribution the
-    model was tuned on; the OOD task stays unseen, as for FIRST's c), then evaluated again
-    with the logits divided by T, stored as method `<method>+ts`."""
-    from .posthoc import fit_posthoc, token_logits
-    model, tok = load_for(ctx, ctx.model_path(method))
-    held = token_logits(model, tok, instruct_examples(ctx)["val"], ctx.cfg.eval.batch_size,
-                        train_config(ctx, method).max_length)
-    fit = fit_posthoc(held, n_bins=ctx.cfg.eval.n_bins)
-    out = ctx.path("eval", posthoc_method(method))
-    record = evaluate_splits(ctx, method, out, temperature=fit.temperature, model=(model, tok))
-    write_json_atomic(out / "fit.json", fit.to_dict())
-    return {**record, **summary_of_fit(fit)}
+    """Post-hoc temperature scaling of one trained model (`stage_base.run_posthoc`), T fitted
+    at every response token of the instruction validation split: the distribution the model
+    was tuned on (the OOD task stays unseen, as for FIRST's c)."""
+    from .posthoc import token_logits
+
+    def collect(model, tok):
+        return token_logits(model, tok, instruct_examples(ctx)["val"],
+                            ctx.cfg.eval.batch_size, train_config(ctx, method).max_length)
+    return run_posthoc(ctx, method, collect, evaluate_splits)
 
 
 def evaluate_splits(ctx, method: str, out: Path, temperature: float | None = None,

@@ -32,8 +32,8 @@ from .numerics import cpu_kernels_in_use, pin_cpu_kernels
 # the parts both settings share live one floor down (stage_base); the names stay importable
 # from here as before
 from .stage_base import (SPLITS, STUDENT_METHODS, Context, Stage, build_models,  # noqa: F401
-                         build_stages, dataset_hash, load_for, run_id,
-                         search_calibration, student_targets, summary_of_fit,
+                         build_stages, dataset_hash, load_for, run_id, run_posthoc,
+                         search_calibration, student_targets,
                          teacher_vocab_size, train_config, write_json_atomic, write_store)
 from .stage_base import stage_mc_data as stage_data  # noqa: F401  (the MC setting's data stage)
 
@@ -132,27 +132,22 @@ def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
 
 def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
     """Predictions of one model on val / test / test_ood, kept as Parquet until stored."""
-    return {"dir": str(evaluate_splits(ctx, method, ctx.path("eval", method)))}
+    return evaluate_splits(ctx, method, ctx.path("eval", method))
 
 
 def stage_posthoc(ctx: Context, method: str) -> dict[str, Any]:
-    """Post-hoc temperature scaling of one trained model (`first_core.posthoc`): T fitted on
-    the validation split's answer-position logits by NLL, then val / test / test_ood
-    evaluated again with the logits divided by T, stored as method `<method>+ts`."""
-    from .posthoc import answer_logits, fit_posthoc
-    model, tok = load_for(ctx, ctx.model_path(method))
-    e = ctx.cfg.eval
-    held = answer_logits(model, tok, ctx.examples["val"], batch_size=e.batch_size,
-                         max_length=train_config(ctx, method).max_length)
-    fit = fit_posthoc(held, n_bins=e.n_bins)
-    out = ctx.path("eval", posthoc_method(method))
-    evaluate_splits(ctx, method, out, temperature=fit.temperature, model=(model, tok))
-    write_json_atomic(out / "fit.json", fit.to_dict())
-    return {"dir": str(out), **summary_of_fit(fit)}
+    """Post-hoc temperature scaling of one trained model (`stage_base.run_posthoc`), T fitted
+    on the validation split's answer-position logits."""
+    from .posthoc import answer_logits
+
+    def collect(model, tok):
+        return answer_logits(model, tok, ctx.examples["val"], batch_size=ctx.cfg.eval.batch_size,
+                             max_length=train_config(ctx, method).max_length)
+    return run_posthoc(ctx, method, collect, evaluate_splits)
 
 
 def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | None = None,
-                    model=None) -> Path:
+                    model=None) -> dict[str, Any]:
     """Predictions and metrics of one model (logits divided by `temperature` if given) on
     val / test / test_ood, written to `out` as Parquet until the store stage."""
     from .evaluate import compute_metrics, predict
@@ -168,7 +163,7 @@ def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | N
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(preds, ignore_index=True).to_parquet(out / "predictions.parquet")
     pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")
-    return out
+    return {"dir": str(out)}
 
 
 def stage_store(ctx: Context) -> dict[str, Any]:
