@@ -97,7 +97,7 @@ def posthoc_fit(n: int, repeats: int = 3) -> None:
           f"{1000 * grid_s:.0f} ms")
     at_1m = n == 1_000_000
     report(f"posthoc_fit_ms[{n}]", 1000 * fit_s, "<= 1000 ms at N = 1M" if at_1m else "",
-           fit_s <= 1.0 if at_1m else None, unit=" ms")
+           fit_s <= 1.0 if at_1m else None, unit="")
     report(f"ece_grid_best_c/posthoc_fit[{n}]", grid_s / fit_s)
 
 

@@ -69,6 +69,8 @@ def test_benchmark_prints_its_ratios(script: str) -> None:
     for name, (value, _) in lines.items():
         assert math.isfinite(value), f"{script}: {name} = {value}"
     for name in EXPECTED[script]:  # sizes, times and their ratios: positive
+        if name.startswith("loglog_slope"):  # at --quick sizes a flat series is noise, and a
+            continue  # slope near 0 may come out either side of it on a loaded machine
         assert lines[name][0] > 0, f"{script}: {name} = {lines[name][0]}"
 
 

@@ -126,7 +126,8 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(tmp_path, browser):
         page.get_by_text("Import another model's predictions").click()
         # the file travels to the server on its own request: submit only once it has landed
         with page.expect_response(lambda r: "upload_file" in r.url and r.ok, timeout=60_000):
-            page.locator('input[type="file"]').set_input_files(str(upload))
+            # the predictions box (the second one takes an OpenAI Batch run's gold answers)
+            page.locator('input[type="file"]').first.set_input_files(str(upload))
         page.get_by_label("Pipeline name").fill("other-llm")
         page.get_by_label("Pipeline name").press("Tab")
         page.get_by_role("button", name="Import").click()
