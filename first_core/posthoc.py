@@ -165,12 +165,13 @@ def fit_posthoc(held: HeldLogits, n_bins: int = 10) -> PosthocFit:
         return metrics.expected_calibration_error(top1_confidence(rows, t), correct,
                                                   n_bins=n_bins)
 
-    grid = np.union1d(ECE_GRID, [fit.temperature])
+    grid = np.union1d(ECE_GRID, [1.0, fit.temperature])  # 1.0: the model as it is
     curve = np.array([ece(float(t)) for t in grid])
     return PosthocFit(temperature=fit.temperature,
                       temperature_ece=float(grid[int(curve.argmin())]),
                       nll_before=fit.nll_before, nll_after=fit.nll_after,
-                      ece_before=ece(1.0), ece_after=float(curve[grid == fit.temperature][0]),
+                      ece_before=float(curve[grid == 1.0][0]),
+                      ece_after=float(curve[grid == fit.temperature][0]),
                       n_positions=int(len(gold)), stride=held.stride,
                       iterations=fit.iterations, grid=grid.tolist(),
                       ece_grid=curve.tolist())

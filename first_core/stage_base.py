@@ -32,22 +32,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "test", "test_ood")
 STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
 
-def run_posthoc(ctx: Context, method: str, collect: Callable[[Any, Any], Any],
-                evaluate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """The `posthoc_<method>` stage of either setting (`first_core.posthoc`): the method's
-    model, its validation logits (`collect(model, tokenizer)`: a `posthoc.HeldLogits`), T
-    fitted on them by NLL, then the setting's `evaluate(ctx, method, out, temperature=T,
-    model=...)` into `eval/<method>+ts/` beside `fit.json`. The record: the fit without its
-    curve."""
-    from .posthoc import fit_posthoc
-    model, tok = load_for(ctx, ctx.model_path(method))
-    fit = fit_posthoc(collect(model, tok), n_bins=ctx.cfg.eval.n_bins)
-    out = ctx.path("eval", posthoc_method(method))
-    record = evaluate(ctx, method, out, temperature=fit.temperature, model=(model, tok))
-    write_json_atomic(out / "fit.json", fit.to_dict())
-    return {**record, **{k: v for k, v in fit.to_dict().items()
-                         if k not in ("grid", "ece_grid")}}
-
 
 def teacher_as_given(cfg: RunConfig) -> bool:
     """`teacher_train.epochs = 0`: the teacher is used as given, never fine-tuned."""
@@ -246,6 +230,23 @@ def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float
     return {"student_distill": ("renorm", None, None),
             "first_ls": ("ls", None, cal["delta"]),
             "first_ts": ("first", cal["c"], None)}[method]
+
+
+def run_posthoc(ctx: Context, method: str, collect: Callable[[Any, Any], Any],
+                evaluate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """The `posthoc_<method>` stage of either setting (`first_core.posthoc`): the method's
+    model, its validation logits (`collect(model, tokenizer)`: a `posthoc.HeldLogits`), T
+    fitted on them by NLL, then the setting's `evaluate(ctx, method, out, temperature=T,
+    model=...)` into `eval/<method>+ts/` beside `fit.json`. The record: the fit without its
+    curve."""
+    from .posthoc import fit_posthoc
+    model, tok = load_for(ctx, ctx.model_path(method))
+    fit = fit_posthoc(collect(model, tok), n_bins=ctx.cfg.eval.n_bins)
+    out = ctx.path("eval", posthoc_method(method))
+    record = evaluate(ctx, method, out, temperature=fit.temperature, model=(model, tok))
+    write_json_atomic(out / "fit.json", fit.to_dict())
+    return {**record, **{k: v for k, v in fit.to_dict().items()
+                         if k not in ("grid", "ece_grid")}}
 
 
 def run_id(cfg: RunConfig, method: str) -> str:

@@ -153,11 +153,12 @@ def fit_temperature(scores: np.ndarray, gold: np.ndarray, *, axis: int = 1,
             _prepare(scores, gold, axis, lo, hi) for lo, hi in spans)
         return sum(_moments(s, g, beta) for s, g, _ in blocks) / kept
 
-    nll_before = mean_moments(1.0)[0]
     lo, hi = 1.0 / T_MAX, 1.0 / T_MIN  # a bracket on the optimal beta (f' < 0 below it)
     beta, iterations = 1.0, 0
+    moments = mean_moments(beta)
+    nll_before = moments[0]  # beta = 1: the first step's pass gives it
     for iterations in range(1, max_iter + 1):
-        loss, grad, curv = mean_moments(beta)
+        loss, grad, curv = moments
         # separable rows (every gold on top): the NLL falls towards 0 as T -> 0 with f'
         # vanishing exponentially, so Newton crawls; within NLL_FLOOR of 0 is the optimum
         if grad == 0 or loss < NLL_FLOOR:
@@ -176,6 +177,7 @@ def fit_temperature(scores: np.ndarray, gold: np.ndarray, *, axis: int = 1,
         beta = step if lo < step < hi else math.sqrt(lo * hi)
         if hi - lo <= tol * lo:  # the bracket has closed on the optimum (or on a limit)
             break
+        moments = mean_moments(beta)
     beta = float(np.clip(beta, 1.0 / T_MAX, 1.0 / T_MIN))
     t = 1.0 / beta
     return TemperatureFit(temperature=t, nll_before=float(nll_before),
