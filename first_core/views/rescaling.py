@@ -195,8 +195,9 @@ def best_temperature(arrays: PredictionArrays, mode: str, convention: str, n_bin
 def fit_temperature(arrays: PredictionArrays, mode: str) -> float:
     """The c minimising the page's NLL card on `arrays` (the validation split on the page):
     the gold option's NLL under the slider's re-scaling in `mode` (Guo et al.'s post-hoc
-    fit when `mode` is classic scaling), by `temperature_fit` on the cached centred scores,
-    so no copy of the rows is made. Exact, not a slider value: the page snaps it."""
+    fit when `mode` is classic scaling), by `temperature_fit` on the cached centred scores
+    (which it copies once, row by row, into its own layout). Exact, not a slider value: the
+    page snaps it."""
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")
     if not len(arrays):
