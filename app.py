@@ -14,9 +14,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import store
+from first_core.store import db as store
 from first_core.errors import StoreError
-from first_core.safe_text import for_markdown
+from first_core.views.safe_text import for_markdown
 from pages._common import DATA_DIR, STORE_KEY, navigation_pages, through_app
 
 PAGES = navigation_pages()  # the seven pages, listed explicitly

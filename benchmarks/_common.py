@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:  # scripts run as `python benchmarks/bench_x.py` f
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anything
 
-from first_core.data import Example, answer_text, format_prompt, load_examples  # noqa: E402
+from first_core.data.examples import Example, answer_text, format_prompt, load_examples  # noqa: E402
 
 
 def quiet_transformers() -> None:
@@ -123,8 +123,8 @@ def tiny_setup(work: Path, n_train: int, seed: int = 0,
                roles: tuple[str, ...] = ("teacher", "student")) -> TinySetup:
     """Write the embedded task (`n_train` training items) and build the preset models, through
     the pipeline's own functions (`tasks.write_task`, `models.build_preset`)."""
-    from first_core.models import build_preset
-    from first_core.tasks import write_task
+    from first_core.models.loading import build_preset
+    from first_core.data.tasks import write_task
 
     quiet_transformers()
 

@@ -26,7 +26,8 @@ import time
 import numpy as np
 from _common import interleaved_medians, parse_args, print_machine, report
 
-from first_core import calibrate, metrics
+from first_core.calibration import transforms as calibrate
+from first_core.metrics import scores as metrics
 
 
 def topk_data(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

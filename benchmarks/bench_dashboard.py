@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import print_machine, report  # noqa: E402
-from first_core import plots  # noqa: E402
-from first_core.sort_kernel import sort_nonnegative  # noqa: E402
+from first_core.views import plots  # noqa: E402
+from first_core.kernels.sort import sort_nonnegative  # noqa: E402
 from first_core.views import rescaling, run_arrays, selective  # noqa: E402
 
 TARGET_MS = 100.0

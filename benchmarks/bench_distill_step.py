@@ -45,7 +45,7 @@ class AnswerCETrainer(Trainer):
     """SFT with the answer-position forward FIRST uses: CE on the gold answer token."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from first_core.distill import answer_logits
+        from first_core.training.distill import answer_logits
 
         return F.cross_entropy(answer_logits(model, inputs, keep_only=True).float(),
                                inputs["answer_id"])
@@ -59,7 +59,7 @@ class OnlineKDTrainer(Trainer):
         self.teacher = teacher.eval()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from first_core.distill import answer_logits
+        from first_core.training.distill import answer_logits
 
         student = answer_logits(model, inputs, keep_only=True)
         with torch.no_grad():
@@ -70,10 +70,10 @@ class OnlineKDTrainer(Trainer):
 
 def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[[], None]]:
     """One optimizer-step closure per contender, all on the same batch and student weights."""
-    from first_core.distill import DistillCollator, DistillTrainer, teacher_targets
-    from first_core.finetune import AnswerCollator, EncodedDataset, SFTTrainer
-    from first_core.models import encode_examples
-    from first_core.topk import extract_topk, load_topk
+    from first_core.training.distill import DistillCollator, DistillTrainer, teacher_targets
+    from first_core.training.sft import AnswerCollator, EncodedDataset, SFTTrainer
+    from first_core.models.loading import encode_examples
+    from first_core.knowledge.topk import extract_topk, load_topk
 
     extract_topk(teacher, tok, examples, work / "topk", k=5, coverage_k=5, progress=False)
     topk = load_topk(work / "topk")
@@ -109,7 +109,7 @@ def main() -> None:
     batch_size = args.batch_size or (8 if args.quick else 32)
     print_machine(f"bench_distill_step: time per optimizer step (batch {batch_size}, "
                   f"median of {repeats})")
-    from first_core.models import load_model
+    from first_core.models.loading import load_model
 
     with tempfile.TemporaryDirectory(prefix="bench_distill-") as tmp:
         work = Path(tmp)

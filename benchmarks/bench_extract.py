@@ -41,9 +41,9 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 7)
     print_machine(f"bench_extract: top-k extraction vs teacher forward ({n} examples, batch "
                   f"{args.batch_size}, median of {repeats})")
-    from first_core.inference import PromptIds, forward_batches
-    from first_core.models import load_model
-    from first_core.topk import extract_topk
+    from first_core.inference.forward import PromptIds, forward_batches
+    from first_core.models.loading import load_model
+    from first_core.knowledge.topk import extract_topk
 
     with tempfile.TemporaryDirectory(prefix="bench_extract-") as tmp:
         setup = tiny_setup(Path(tmp), n_train=n, roles=("teacher",))
@@ -79,7 +79,7 @@ def main() -> None:
 
     import torch
 
-    from first_core.topk_kernel import top_logits
+    from first_core.kernels.topk import top_logits
 
     logits = torch.randn(args.batch_size, 32_000, generator=torch.Generator().manual_seed(0)) * 3
     t = interleaved_medians({"torch topk+logsumexp": lambda: (

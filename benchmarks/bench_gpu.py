@@ -66,9 +66,9 @@ def words(rng: random.Random, lo: int, hi: int) -> str:
 
 def make_data(n_mc: int, n_tokens: int, seed: int = 0):
     """(multiple-choice examples, instruction examples, a word-level tokenizer over both)."""
-    from first_core.data import Example, answer_text, format_prompt
-    from first_core.instruct_data import InstructExample
-    from first_core.models import train_tokenizer
+    from first_core.data.examples import Example, answer_text, format_prompt
+    from first_core.data.instruct_data import InstructExample
+    from first_core.models.loading import train_tokenizer
 
     rng = random.Random(seed)
     labels = tuple("ABCDE")
@@ -147,9 +147,9 @@ class Clock:
 
 
 def answer_contenders(model, tok, examples, work: Path) -> dict:
-    from first_core.evaluate import predict
-    from first_core.inference import PromptIds, forward_batches
-    from first_core.topk import extract_topk
+    from first_core.evaluation.evaluate import predict
+    from first_core.inference.forward import PromptIds, forward_batches
+    from first_core.knowledge.topk import extract_topk
 
     prompts = PromptIds(tok, examples)
 
@@ -169,8 +169,8 @@ def answer_contenders(model, tok, examples, work: Path) -> dict:
 
 
 def token_contenders(model, tok, examples, work: Path) -> dict:
-    from first_core.instruct_eval import token_confidences
-    from first_core.topk_tokens import extract_token_topk, iter_token_batches
+    from first_core.evaluation.instruct_eval import token_confidences
+    from first_core.knowledge.topk_tokens import extract_token_topk, iter_token_batches
 
     def forward() -> None:
         for _ in iter_token_batches(model, tok, examples, TOKEN_BATCH, MAX_LENGTH,

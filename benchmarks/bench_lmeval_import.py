@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import parse_args, print_machine, report  # noqa: E402
-from first_core.importing import import_file  # noqa: E402
+from first_core.importer.run import import_file  # noqa: E402
 
 DATE = "2026-12-06T12-00-00.000000"
 

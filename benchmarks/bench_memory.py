@@ -44,22 +44,22 @@ def child(job: str, work: Path, data_file: Path, store: Path) -> dict[str, float
     The job's modules are imported and its model loaded before `baseline`, so that `work`
     counts what the data adds, not import-time allocations.
     """
-    from first_core.data import load_examples
-    from first_core.models import load_model
+    from first_core.data.examples import load_examples
+    from first_core.models.loading import load_model
 
     if job in TOKEN_JOBS:
         return token_child(job, work, data_file, store)
     if job == "extract":
-        from first_core.topk import extract_topk
+        from first_core.knowledge.topk import extract_topk
 
         model, tok = load_model(work / "teacher_init", device="cpu")
         baseline = peak_rss_mb()
         extract_topk(model, tok, load_examples(data_file), store, k=5, coverage_k=100,
                      dtype="float16", shard_size=1000, batch_size=64, progress=False)
     else:
-        from first_core.config import TrainConfig
-        from first_core.distill import distill, teacher_targets
-        from first_core.topk import load_topk
+        from first_core.config.settings import TrainConfig
+        from first_core.training.distill import distill, teacher_targets
+        from first_core.knowledge.topk import load_topk
 
         model, tok = load_model(work / "student_init", device="cpu")
         baseline = peak_rss_mb()
@@ -73,12 +73,12 @@ def child(job: str, work: Path, data_file: Path, store: Path) -> dict[str, float
 
 def token_child(job: str, work: Path, data_file: Path, store: Path) -> dict[str, float]:
     """The per-token jobs (instruction setting), measured like `child`."""
-    from first_core.instruct_data import InstructTemplate, load_instruct
-    from first_core.models import load_model
+    from first_core.data.instruct_data import InstructTemplate, load_instruct
+    from first_core.models.loading import load_model
 
     template = InstructTemplate(**SHORT_TEMPLATE)
     if job == "extract_tokens":
-        from first_core.topk_tokens import extract_token_topk
+        from first_core.knowledge.topk_tokens import extract_token_topk
 
         model, tok = load_model(work / "instruct_teacher_init", device="cpu")
         baseline = peak_rss_mb()
@@ -86,10 +86,10 @@ def token_child(job: str, work: Path, data_file: Path, store: Path) -> dict[str,
                            k=5, coverage_k=100, dtype="float16", shard_size=5000,
                            batch_size=32, max_length=128)
     else:
-        from first_core.config import TrainConfig
-        from first_core.distill import teacher_targets
-        from first_core.distill_tokens import distill_tokens
-        from first_core.topk_tokens import load_token_topk
+        from first_core.config.settings import TrainConfig
+        from first_core.training.distill import teacher_targets
+        from first_core.training.distill_tokens import distill_tokens
+        from first_core.knowledge.topk_tokens import load_token_topk
 
         model, tok = load_model(work / "instruct_student_init", device="cpu")
         baseline = peak_rss_mb()
@@ -124,14 +124,14 @@ def main() -> None:
     base = args.n or (40 if args.quick else 500)
     print_machine(f"bench_memory: peak RSS at {base} and {base * SCALES[-1]} examples, "
                   "one fresh process per configuration")
-    from first_core.tasks import write_task
+    from first_core.data.tasks import write_task
 
     with tempfile.TemporaryDirectory(prefix="bench_memory-") as tmp:
         work = Path(tmp)
         tiny_setup(work, n_train=base)  # the models; their vocabulary covers every split
-        from first_core.instruct_data import InstructTemplate, load_instruct
-        from first_core.instruct_tasks import write_instruct_task
-        from first_core.models import build_preset
+        from first_core.data.instruct_data import InstructTemplate, load_instruct
+        from first_core.data.instruct_tasks import write_instruct_task
+        from first_core.models.loading import build_preset
 
         texts = [e.prompt + " " + e.response for e in load_instruct(
             write_instruct_task(work / "instruct-vocab", n_train=base, n_val=1, n_test=1)

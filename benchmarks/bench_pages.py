@@ -27,7 +27,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import interleaved_medians, parse_args, print_machine, report
-from first_core import prediction_reads, store, store_imports
+from first_core.store import prediction_reads, db as store, imports as store_imports
 from first_core.views import example_rows, run_arrays
 
 RUN = "bench/imported/seed0"

@@ -75,12 +75,12 @@ def best_of(fn, repeats: int = 3, budget_s: float = 20.0) -> float:
 
 def child(series: str, sizes: list[int], threads: int) -> None:
     """Time one series in this fresh process, one JSON line per point."""
-    from first_core import calibrate
+    from first_core.calibration import transforms as calibrate
 
     calibrate.THREADS = threads
     if series == "extract":
         return extract_child(sizes)
-    from first_core import metrics
+    from first_core.metrics import scores as metrics
     from first_core.views import rescaling, run_arrays
 
     for n in sizes:
@@ -112,8 +112,8 @@ def child(series: str, sizes: list[int], threads: int) -> None:
 def extract_child(sizes: list[int]) -> None:
     from _common import tiny_setup
 
-    from first_core.models import load_model
-    from first_core.topk import extract_topk
+    from first_core.models.loading import load_model
+    from first_core.knowledge.topk import extract_topk
 
     with tempfile.TemporaryDirectory(prefix="bench_scaling-") as tmp:
         setup = tiny_setup(Path(tmp), n_train=max(sizes), roles=("teacher",))

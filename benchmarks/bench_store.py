@@ -1,7 +1,8 @@
 """Size of the top-k store on disk: bytes per position for k = 1, 5, 10, 100, and the ratio to a
 full-vocabulary fp16 distribution at vocabulary 32k and 128k, extrapolated to the paper's scale.
 
-Every store is written by the real `first_core.topk.extract_topk` (Parquet shards + manifest);
+Every store is written by the real `first_core.knowledge.topk.extract_topk` (Parquet shards +
+manifest);
 bytes per position is the manifest's `bytes_per_position_measured`: the compressed on-disk size
 of the `topk_ids` + `topk_probs` column chunks divided by the number of positions.
 
@@ -35,7 +36,7 @@ LOGIT_STD = 8.0  # peaked outputs, like a fine-tuned teacher's (the table shows 
 
 def measure(model, tokenizer, examples, work: Path, k: int, dtype: str) -> tuple[float, float]:
     """(bytes per position, mean top-1 mass) of a real top-k store of `model` on `examples`."""
-    from first_core.topk import extract_topk
+    from first_core.knowledge.topk import extract_topk
 
     manifest = extract_topk(model, tokenizer, examples, work / f"store-{k}-{dtype}", k=k,
                             coverage_k=k, dtype=dtype, batch_size=64, progress=False)
@@ -46,7 +47,7 @@ def main() -> None:
     args = parse_args(__doc__, n=(int, None, "positions per store (default 4000, quick 64)"))
     n = args.n or (64 if args.quick else 4000)
     print_machine(f"bench_store: top-k store size ({n} positions per store)")
-    from first_core.models import load_model
+    from first_core.models.loading import load_model
 
     with tempfile.TemporaryDirectory(prefix="bench_store-") as tmp:
         work = Path(tmp)
@@ -109,10 +110,10 @@ def per_token_store(work: Path, quick: bool) -> None:
     response token, `topk_tokens.extract_token_topk`), and the 120 TB / 1.2 GB arithmetic
     redone with token counts: the embedded instruction data's real count, and Alpaca's
     upper bound (every example at the 512-token training maximum)."""
-    from first_core.instruct_data import InstructTemplate, load_instruct
-    from first_core.instruct_tasks import write_instruct_task
-    from first_core.models import build_preset, load_model
-    from first_core.topk_tokens import extract_token_topk
+    from first_core.data.instruct_data import InstructTemplate, load_instruct
+    from first_core.data.instruct_tasks import write_instruct_task
+    from first_core.models.loading import build_preset, load_model
+    from first_core.knowledge.topk_tokens import extract_token_topk
 
     n = 64 if quick else 2000
     files = write_instruct_task(work / "instruct", n_train=n, n_val=1, n_test=1)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import RunConfig
+from .config.settings import RunConfig
 from .errors import FirstError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ VERBOSE_HELP = ("also show what the libraries print (their logs and progress bar
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     """Run the pipeline once per training seed, then print Table 1; returns the config."""
-    from .config import load_config
+    from .config.settings import load_config
     from .numerics import pin_cpu_kernels
 
     seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
@@ -40,8 +40,8 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     pin_cpu_kernels(cfg.cpu_kernels)  # before anything imports torch (numerics.py says why)
     from .console import StageEcho, configure
     configure(verbose=args.verbose)
-    from .pipeline import process_state, run
-    from .store import default_store_path
+    from .pipeline.runner import process_state, run
+    from .store.db import default_store_path
 
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
@@ -95,7 +95,7 @@ def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "op
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .store import default_store_path
+    from .store.db import default_store_path
     path = default_store_path(args.store)
     if not path.exists():
         raise FirstError(f"--store {path}: no such store; run the pipeline first")
@@ -109,7 +109,7 @@ def _report(args: argparse.Namespace) -> int:
 def _no_metrics(path: Path, pipeline: str | None) -> str:
     """Why `report` has no table to print: the runs it would read store no metrics (a
     pretrained model's top-k coverage is such a run)."""
-    from .store import list_runs
+    from .store.db import list_runs
     runs = list_runs(path)
     if pipeline is not None:
         runs = runs[runs["pipeline"] == pipeline]
@@ -130,12 +130,12 @@ def _demo(args: argparse.Namespace) -> int:
                                            store=args.store, seeds=args.seeds,
                                            verbose=args.verbose))
     if not args.no_pretrained:  # a real 49,152-token vocabulary beside the tiny teacher's
-        from .pretrained_coverage import run_pretrained_coverage
+        from .pipeline.pretrained_coverage import run_pretrained_coverage
         print()
         run_pretrained_coverage(cfg)
     if args.no_dashboard:
         return 0
-    from .store import default_store_path
+    from .store.db import default_store_path
     store = default_store_path(cfg.store)
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
            "--server.address", "localhost", "--", "--store", str(store)]
@@ -144,11 +144,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from .data import check_file, load_examples, summarize
+    from .data.examples import check_file, load_examples, summarize
     if args.format in ("alpaca", "prompt_response"):  # instruction data (instruct_data.py)
-        from .instruct_data import check_instruct_file as check_file  # noqa: F811
-        from .instruct_data import load_instruct as load_examples  # noqa: F811
-        from .instruct_data import summarize_instruct as summarize  # noqa: F811
+        from .data.instruct_data import check_instruct_file as check_file  # noqa: F811
+        from .data.instruct_data import load_instruct as load_examples  # noqa: F811
+        from .data.instruct_data import summarize_instruct as summarize  # noqa: F811
     problems = check_file(args.path, args.format)
     for p in problems:
         print(p)
@@ -160,7 +160,7 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .importing import import_file
+    from .importer.run import import_file
     result = import_file(args.path, args.name, args.store, args.model, args.format, args.gold)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("import", help="store another model's predictions (CSV, Parquet, JSONL; "
                        "lm-eval, OpenAI Batch logprobs, lighteval) as their own pipeline; "
-                       "see first_core/importer.py and first_core/importers/")
+                       "see first_core/importer/table.py and first_core/importer/formats/")
     i.add_argument("path", type=Path, help="a file, an lm-eval output folder, or a .zip of one")
     i.add_argument("--name", help="pipeline name shown in the dashboard (required for a "
                    "table or Batch file; for lm-eval / lighteval each task is named after "

@@ -4,9 +4,9 @@ The numbers are made up but shaped like a real FIRST run: the fine-tuned models 
 over-confident (more so out of domain), FIRST with temperature scaling is close to
 calibrated, the teacher's top-k is sharp, and the temperature / label-smoothing curves are
 computed from the teacher's stored top-k exactly as the pipeline would. Metrics rows come
-from `evaluate.compute_metrics` (the pipeline's own) and the curves from `first_core.metrics` /
-`first_core.calibrate`, so the fixture agrees with what the dashboard recomputes. Same seed,
-same store.
+from `evaluate.compute_metrics` (the pipeline's own) and the curves from
+`first_core.metrics.scores` / `first_core.calibration.transforms`, so the fixture agrees with
+what the dashboard recomputes. Same seed, same store.
 
     python -m first_core.fixtures data/fixture.duckdb [--n-examples 200] [--seed 0]
 """
@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import calibrate, metrics
-from .evaluate import compute_metrics
-from .store import SPLITS, RunRecord, Store
+from .calibration import transforms as calibrate
+from .metrics import scores as metrics
+from .evaluation.evaluate import compute_metrics
+from .store.db import SPLITS, RunRecord, Store
 
 DATASET = "fixture-mc"
 PIPELINE = "fixture"
@@ -170,7 +171,7 @@ def write_pretrained_coverage(path: str | os.PathLike[str], pipeline: str = "smo
                               seed: int = 0) -> str:
     """Add a pretrained model's zero-shot coverage run (no predictions), as the demo's
     `pretrained_coverage` step stores one; returns its run id."""
-    from .store import PRETRAINED_METHOD, write_pretrained_coverage as write
+    from .store.db import PRETRAINED_METHOD, write_pretrained_coverage as write
 
     run = f"{pipeline}/{PRETRAINED_METHOD}/seed0"
     write(path, pipeline, run, PRETRAINED_MODEL, DATASET,

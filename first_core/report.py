@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from . import store
-from .config import POSTHOC_SUFFIX
-from .config_diff import config_notes as _notes
-from .config_diff import label_runs
+from .store import db as store
+from .config.settings import POSTHOC_SUFFIX
+from .config.diff import config_notes as _notes
+from .config.diff import label_runs
 from .errors import FirstError
 
 SPLIT_NAMES = {"test": "ID", "test_ood": "OOD"}

@@ -1,6 +1,6 @@
 """Streamlit glue shared by the pages: which store is open, cached reads, error display.
 
-Reads go through `first_core.store` (read-only, bound parameters, retry on a writer's lock)
+Reads go through `first_core.store.db` (read-only, bound parameters, retry on a writer's lock)
 and are cached per store *version* (modification times of the file and its WAL), so a
 pipeline finishing a run invalidates the cache and nothing else does. User-facing store
 problems (missing, corrupt, run in progress) become an `st.error` plus `st.stop()`.
@@ -18,8 +18,8 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from first_core import prediction_reads, store
-from first_core.safe_text import for_markdown
+from first_core.store import prediction_reads, db as store
+from first_core.views.safe_text import for_markdown
 from first_core.views import run_arrays, tables
 from first_core.errors import FirstError, StoreError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots
+from first_core.views import plots
 from first_core.views import selective
 from first_core.views.selective import SelectiveView, format_range, format_score
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots
-from first_core.config import POSTHOC_SUFFIX
-from first_core.config_diff import config_notes
-from first_core.safe_text import for_markdown
+from first_core.views import plots
+from first_core.config.settings import POSTHOC_SUFFIX
+from first_core.config.diff import config_notes
+from first_core.views.safe_text import for_markdown
 from first_core.views import tables, view_state
 from pages._common import (csv_download, pick_pipeline, query, require_runs, store_errors,
                            through_app)

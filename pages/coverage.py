@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import plots
+from first_core.views import plots
 from first_core.errors import FirstError
 from first_core.views import coverage_runs, storage_math, token_views, view_state
 from pages._common import (csv_download, require_rows, require_runs, run_label,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from first_core import plots, prediction_reads
-from first_core.safe_text import for_markdown
+from first_core.views import plots
+from first_core.store import prediction_reads
+from first_core.views.safe_text import for_markdown
 from first_core.views import example_rows, tables, view_state
 from pages._common import csv_download, query, require_runs, run_label, store_errors, through_app
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core import importer, importing, report
-from first_core.config_diff import config_notes
-from first_core.safe_text import for_markdown
+from first_core.importer import table as importer, run as importing
+from first_core import report
+from first_core.config.diff import config_notes
+from first_core.views.safe_text import for_markdown
 from first_core.views import tables, view_state
 from first_core.errors import FirstError
 from pages._common import (csv_download, DEMO_COMMAND, first_visit, pick_pipeline, query,
@@ -53,7 +54,7 @@ UPLOAD_TYPES = ["csv", "parquet", "pq", "jsonl", "ndjson", "json", "zip"]
 
 def import_box(path: Path) -> None:
     """Upload another model's predictions, or another tool's evaluation files, and store
-    them as their own pipelines (`first_core.importing.import_file`)."""
+    them as their own pipelines (`first_core.importer.run.import_file`)."""
     limit = importer.MAX_BYTES // 2**20
     with st.expander("Import another model's predictions", expanded=False):
         st.markdown(

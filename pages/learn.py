@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots
+from first_core.views import plots
 from first_core.views import selective, teaching, view_state
 
 from pages import _selective

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from first_core import plots
-from first_core.safe_text import for_markdown
+from first_core.views import plots
+from first_core.views.safe_text import for_markdown
 from first_core.views import example_rows, rescaling, run_arrays, selective, tables, view_state
 from pages import _selective
 from pages._common import (arrays, csv_download, live, query, require_runs, run_label,

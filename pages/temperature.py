@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from first_core import calibrate, plots
-from first_core.safe_text import for_markdown
+from first_core.calibration import transforms as calibrate
+from first_core.views import plots
+from first_core.views.safe_text import for_markdown
 from first_core.views import example_rows, tables, view_state
-from first_core.calibrate import temperature_scale
+from first_core.calibration.transforms import temperature_scale
 from pages._common import (csv_download, query, require_rows, require_runs, run_label,
                            store_errors, through_app)
 

@@ -215,8 +215,8 @@ if [[ $SMOLLM2 == yes ]] && ! $PY -c "import gguf" 2>/dev/null; then
   say "SmolLM2 file present but the gguf package is missing (.wheels/gguf-*.whl): SmolLM2 steps skipped"
   SMOLLM2=no
 fi
-$PY -c "import duckdb, first_core.pipeline; print('  imports ok: duckdb', duckdb.__version__)" \
-  || say "ERROR: first_core.pipeline does not import"
+$PY -c "import duckdb, first_core.pipeline.runner; print('  imports ok: duckdb', duckdb.__version__)" \
+  || say "ERROR: first_core.pipeline.runner does not import"
 
 # ---------------------------------------------------------------- 2. benchmark
 if [[ -f benchmarks/bench_gpu.py ]]; then

@@ -15,10 +15,11 @@ import pytest
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
-from first_core import selective_metrics, store
+from first_core.metrics import selective as selective_metrics
+from first_core.store import db as store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
 from first_core.fixtures import PRETRAINED_MODEL, write_fixture_store, write_pretrained_coverage
-from first_core.safe_text import for_markdown
+from first_core.views.safe_text import for_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -172,7 +173,7 @@ def test_fit_button_snaps_to_the_nll_fit_on_validation(monkeypatch, tmp_path):
     """"Fit c on validation (NLL)": the slider moves to the grid value nearest the c that
     minimises the page's NLL on the first run's validation split (issue 27), for a pipeline
     run and for an imported run, and the caption gives the exact fit."""
-    from first_core import importer
+    from first_core.importer import table as importer
 
     path = write_fixture_store(tmp_path / "fit.duckdb", 60, seed=2)
     rng = np.random.default_rng(0)
@@ -571,7 +572,7 @@ def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch
                                                                      tiny_instruct_run):
     from scipy.special import softmax
 
-    from first_core.topk_tokens import load_token_topk
+    from first_core.knowledge.topk_tokens import load_token_topk
 
     work, _ = tiny_instruct_run
     topk = work / "runs" / "instruct-tiny" / "topk"
@@ -635,7 +636,7 @@ def crafted_store(tmp_path_factory) -> Path:
     label holding Markdown and HTML, and an import whose option columns are links."""
     import duckdb
 
-    from first_core import importer
+    from first_core.importer import table as importer
     from first_core.fixtures import run_id
 
     folder = tmp_path_factory.mktemp("crafted")
@@ -793,7 +794,7 @@ def predictions_read(monkeypatch):
 @pytest.fixture
 def large_import(tmp_path) -> Path:
     """One imported run of 1,500 test predictions: more than the Examples page lists."""
-    from first_core import importer
+    from first_core.importer import table as importer
 
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(3), 1500)
@@ -806,7 +807,7 @@ def large_import(tmp_path) -> Path:
 
 def test_examples_reads_a_bounded_number_of_rows_and_says_so(monkeypatch, large_import,
                                                             predictions_read):
-    from first_core.prediction_reads import SHOWN_ROWS
+    from first_core.store.prediction_reads import SHOWN_ROWS
 
     at = open_app(monkeypatch, large_import, "pages/examples.py")
     at.selectbox(key="ex_filter").set_value("all").run()

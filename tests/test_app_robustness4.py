@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from test_app import open_app
 
-from first_core import store
+from first_core.store import db as store
 from first_core.fixtures import write_fixture_store
 
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from first_core import store
+from first_core.store import db as store
 from first_core.fixtures import run_id, write_fixture_store
 
 ROOT = Path(__file__).resolve().parents[1]

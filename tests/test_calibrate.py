@@ -1,4 +1,5 @@
-"""first_core.calibrate: transforms against independent formulas, searches against brute force."""
+"""first_core.calibration.transforms: transforms against independent formulas, searches against
+brute force."""
 
 import json
 
@@ -10,8 +11,8 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
-from first_core import calibrate as C
-from first_core import metrics as M
+from first_core.calibration import transforms as C
+from first_core.metrics import scores as M
 from first_core.errors import ConfigError
 
 SETTINGS = settings(max_examples=50, deadline=None,
@@ -161,7 +162,7 @@ def test_temperature_search_is_the_argmin_of_brute_force(seed, n, k, n_bins, mod
 
 
 def test_search_chunking_and_threads_do_not_change_the_curve(monkeypatch):
-    from first_core import ece_kernel
+    from first_core.kernels import ece as ece_kernel
 
     p, labels = topk_rows(7, 50_000, 5)
     grid = np.linspace(0.05, 3, 37)
@@ -291,7 +292,7 @@ def test_token_labels_find_the_gold_letter_among_stored_tokens():
 
 
 def test_pipeline_config_selects_the_strategy(tmp_path):
-    from first_core.config import load_config
+    from first_core.config.settings import load_config
 
     assert load_config().calibration.strategy == "grid"
     assert load_config(overrides=['calibration.strategy="nll"']).calibration.strategy == "nll"
@@ -302,7 +303,7 @@ def test_pipeline_config_selects_the_strategy(tmp_path):
 def test_temperature_page_marks_the_nll_fit(monkeypatch, tmp_path):
     from test_app import open_app  # the dashboard tests' way of opening a page
 
-    from first_core import store
+    from first_core.store import db as store
     from first_core.fixtures import write_fixture_store
 
     path = write_fixture_store(tmp_path / "f.duckdb", 60, seed=2)

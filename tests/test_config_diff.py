@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 
-from first_core.config import load_config
-from first_core.config_diff import NO_PIPELINE, config_notes, flat_config, label_runs
+from first_core.config.settings import load_config
+from first_core.config.diff import NO_PIPELINE, config_notes, flat_config, label_runs
 
 
 def runs(*rows: tuple[str, str | None, dict | str]) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import pytest
 from test_bad_inputs import SMALL, TINY, cli
 
 from first_core.console import CLEAR, StageEcho, StageLine, training_bar
-from first_core.finetune import TRAINING_LOG
+from first_core.training.sft import TRAINING_LOG
 
 PLAIN = 'methods=["teacher_ft","student_ft"]'  # no top-k, no distillation: 7 stages
 CHATTER = ("Loading weights", "Writing model shards", "train_runtime", "{'", "it/s]")
@@ -178,7 +178,7 @@ assert "datasets" not in sys.modules  # imported by hf_rows, after configure
 import datasets
 datasets.config.HF_HUB_OFFLINE = True
 datasets.config.HF_DATASETS_CACHE = sys.argv[1] + "/cache"
-from first_core.hf_data import hf_rows
+from first_core.data.hf_data import hf_rows
 assert len(hf_rows(sys.argv[1], "train")[0]) == 2
 """
 

@@ -1,4 +1,4 @@
-"""Loaders, prompt template and validator of first_core.data."""
+"""Loaders, prompt template and validator of first_core.data.examples."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from first_core.data import (DEFAULT_TEMPLATE, Example, PromptTemplate, answer_text,
-                             check_file, format_prompt, load_examples, load_hf_dataset,
-                             summarize)
+from first_core.data.examples import (DEFAULT_TEMPLATE, Example, PromptTemplate, answer_text,
+                                      check_file, format_prompt, load_examples, load_hf_dataset,
+                                      summarize)
 from first_core.errors import ConfigError, DataError, FirstError
 
 CSQA_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/commonsenseqa_50.jsonl"
@@ -292,13 +292,13 @@ def hf_folder(request, tmp_path, monkeypatch):
 
 
 def _hf_config(tmp_path, folder, *more: str):
-    from first_core.config import load_config
+    from first_core.config.settings import load_config
     return load_config(overrides=["data.embedded=false", f"data.hf_dataset='{folder}'",
                                   f"data.dir='{tmp_path / 'data'}'", *more])
 
 
 def test_hf_dataset_in_data_reaches_the_data_stage(hf_folder, tmp_path):
-    from first_core.pipeline import Context, stage_data
+    from first_core.pipeline.runner import Context, stage_data
     (tmp_path / "data").mkdir()
     ood = write_lines(tmp_path / "data" / "test_ood.jsonl",
                       [{"id": "o1", "question": "Which?", "choices": ["x", "y"], "answer": 1}])
@@ -320,7 +320,7 @@ def test_hf_dataset_in_data_reaches_the_data_stage(hf_folder, tmp_path):
 
 
 def test_hf_dataset_problems_are_one_line_naming_the_split_or_the_row(hf_folder, tmp_path):
-    from first_core.pipeline import Context, stage_data
+    from first_core.pipeline.runner import Context, stage_data
     (tmp_path / "data").mkdir()
     write_lines(tmp_path / "data" / "test_ood.jsonl",
                 [{"id": "o1", "question": "Which?", "choices": ["x", "y"], "answer": 1}])
@@ -339,6 +339,6 @@ def test_hf_dataset_problems_are_one_line_naming_the_split_or_the_row(hf_folder,
 
 
 def test_hf_dataset_needs_embedded_off():
-    from first_core.config import load_config
+    from first_core.config.settings import load_config
     with pytest.raises(ConfigError, match="data.hf_dataset: set data.embedded = false"):
         load_config(overrides=["data.hf_dataset='tau/commonsense_qa'"])

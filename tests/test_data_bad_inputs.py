@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from first_core.__main__ import main
-from first_core.data import load_examples
+from first_core.data.examples import load_examples
 from first_core.errors import DataError, FirstError
-from first_core.instruct_data import load_instruct
+from first_core.data.instruct_data import load_instruct
 
 ALPACA = {"instruction": "Say hi.", "input": "", "output": "hi"}
 MC = {"question": "Which?", "choices": ["x", "y"], "answer": "A"}
@@ -75,9 +75,9 @@ def test_an_id_with_5000_digits_in_a_json_array(tmp_path, capsys):
 def test_alpaca_record_without_instruction_says_instruction(tmp_path):
     """`[instruct] fmt = "auto"` (the default) decides per record; an Alpaca record that lost
     its `instruction` used to be read as prompt/response and reported as "prompt: missing"."""
-    from first_core.instruct_data import (
-        check_instruct_file,  # what the data stage calls
-    )
+    from first_core.data.instruct_data import (
+                                               check_instruct_file,  # what the data stage calls
+                                               )
 
     f = tmp_path / "a.jsonl"
     f.write_text(json.dumps(ALPACA) + "\n" + json.dumps({"input": "", "output": "hi"}) + "\n"
@@ -98,7 +98,7 @@ def test_hf_dataset_folder_of_unrelated_json_says_what_was_expected(tmp_path, mo
     (folder / "config.json").write_text('{"a": 1}\n')
     (folder / "meta.json").write_text('{"b": {"c": [1]}}\n')
     (folder / "other.json").write_text("[1, 2, 3]\n")
-    from first_core.data import load_hf_dataset
+    from first_core.data.examples import load_hf_dataset
     with pytest.raises(FirstError) as err:
         load_hf_dataset(str(folder), "train")
     text = str(err.value)

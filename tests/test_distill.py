@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from first_core.config import TrainConfig
-from first_core.data import Example, format_prompt
-from first_core.distill import (DistillCollator, DistillTrainer, align_topk, answer_logits, distill,
-                                teacher_targets, topk_kl_loss)
+from first_core.config.settings import TrainConfig
+from first_core.data.examples import Example, format_prompt
+from first_core.training.distill import (DistillCollator, DistillTrainer, align_topk,
+                                         answer_logits, distill, teacher_targets, topk_kl_loss)
 from first_core.errors import ConfigError, FirstError
-from first_core.finetune import EncodedDataset, training_arguments
-from first_core.models import build_preset, encode_examples, load_model
+from first_core.training.sft import EncodedDataset, training_arguments
+from first_core.models.loading import build_preset, encode_examples, load_model
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""first_core.ece_kernel: the compiled ECE-vs-parameter kernel against the numpy reference.
+"""first_core.kernels.ece: the compiled ECE-vs-parameter kernel against the numpy reference.
 
 The reference is the numpy implementation the kernel replaced (copied below as it was:
 blocked exp, `searchsorted` bins with scikit-learn's rule, `bincount` sums) and, for every
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from first_core import calibrate as C
-from first_core import ece_kernel as K
-from first_core import metrics as M
+from first_core.calibration import transforms as C
+from first_core.kernels import ece as K
+from first_core.metrics import scores as M
 from first_core.views import rescaling, run_arrays
 
 SETTINGS = settings(max_examples=60, deadline=None,

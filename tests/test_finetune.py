@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from first_core.config import TrainConfig
-from first_core.data import Example, format_prompt
+from first_core.config.settings import TrainConfig
+from first_core.data.examples import Example, format_prompt
 from first_core.errors import ConfigError
-from first_core.finetune import (IGNORE, AnswerCollator, EncodedDataset, SFTTrainer, finetune,
-                                 training_arguments)
-from first_core.models import build_preset, encode_examples, load_model
+from first_core.training.sft import (IGNORE, AnswerCollator, EncodedDataset, SFTTrainer, finetune,
+                                     training_arguments)
+from first_core.models.loading import build_preset, encode_examples, load_model
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from first_core import store
+from first_core.store import db as store
 from helpers.smollm2 import smollm2_missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,10 @@ def check_store(path: Path, n_runs: int) -> None:
 
 
 def test_tiny_pipeline_runs_on_cuda(tmp_path: Path, monkeypatch) -> None:
-    from first_core import distill, finetune, models, pipeline
-    from first_core.config import load_config
+    from first_core.training import distill, sft as finetune
+    from first_core.models import loading as models
+    from first_core.pipeline import runner as pipeline
+    from first_core.config.settings import load_config
 
     loaded: list[str] = []
     trained: list[tuple[str, str]] = []

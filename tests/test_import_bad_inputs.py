@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core import store
+from first_core.store import db as store
 from first_core.__main__ import main
 from first_core.fixtures import DATASET, write_fixture_store
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from first_core import store
+from first_core.store import db as store
 from first_core.__main__ import main
 from first_core.errors import DataError
-from first_core.importing import import_file
+from first_core.importer.run import import_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lm_eval"
 REAL = FIXTURES / "real-0.4.13"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from first_core import store
+from first_core.store import db as store
 from first_core.__main__ import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

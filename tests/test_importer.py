@@ -13,7 +13,8 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
-from first_core import importer, store
+from first_core.importer import table as importer
+from first_core.store import db as store
 from first_core.errors import DataError, StoreError
 from first_core.fixtures import write_fixture_store
 

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from first_core.data import format_prompt
-from first_core import inference, logit_reduce
-from first_core.inference import PromptIds, answer_logits, spare_cpu, vocab_size
-from first_core.models import label_token_ids
-from first_core.models import answer_token_ids, encode_examples
+from first_core.data.examples import format_prompt
+from first_core.inference import forward as inference, logit_reduce
+from first_core.inference.forward import PromptIds, answer_logits, spare_cpu, vocab_size
+from first_core.models.loading import label_token_ids
+from first_core.models.loading import answer_token_ids, encode_examples
 from helpers.tiny_lm import make_examples, make_model
 
 torch.set_num_threads(1)

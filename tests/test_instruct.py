@@ -16,17 +16,17 @@ import pandas as pd
 import pytest
 import torch
 
-from first_core.config import TrainConfig
-from first_core.distill import teacher_targets
-from first_core.distill_tokens import build_token_trainer, distill_tokens
+from first_core.config.settings import TrainConfig
+from first_core.training.distill import teacher_targets
+from first_core.training.distill_tokens import build_token_trainer, distill_tokens
 from first_core.errors import ConfigError, FirstError
-from first_core.instruct_eval import token_confidences
-from first_core.response_tokens import (LOGITS_MODES, ResponseCollator, ResponseSFTTrainer,
-                                        encode_responses, logits_mode, response_logits)
-from first_core.finetune import training_arguments
-from first_core.response_tokens import ResponseDataset, finetune_responses
-from first_core.topk_tokens import (extract_token_topk, load_token_topk, read_token_manifest,
-                                    token_coverage_table)
+from first_core.evaluation.instruct_eval import token_confidences
+from first_core.training.response_tokens import (LOGITS_MODES, ResponseCollator, ResponseSFTTrainer,
+                                                 encode_responses, logits_mode, response_logits)
+from first_core.training.sft import training_arguments
+from first_core.training.response_tokens import ResponseDataset, finetune_responses
+from first_core.knowledge.topk_tokens import (extract_token_topk, load_token_topk,
+                                              read_token_manifest, token_coverage_table)
 from helpers.instruct_run import cli as _cli, run_instruct_tiny
 from helpers.tiny_instruct import make_examples, make_model, save_model
 
@@ -256,8 +256,8 @@ def test_token_metrics_rank_the_tokens_as_the_answer_position_does() -> None:
     beside ECE, as every evaluation does (issue 21): AUROC equal to scikit-learn's."""
     from sklearn.metrics import roc_auc_score
 
-    from first_core.instruct_eval import token_metrics
-    from first_core.selective_metrics import aurc
+    from first_core.evaluation.instruct_eval import token_metrics
+    from first_core.metrics.selective import aurc
 
     rng = np.random.default_rng(3)
     conf = rng.choice([0.3, 0.5, 0.7, 0.9], size=400)  # ties, as real confidences have
@@ -276,10 +276,10 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
     work, proc = tiny_instruct_run
     run = work / "runs" / "instruct-tiny"
     rec = lambda stage: json.loads((run / "stages" / f"{stage}.json").read_text())
-    from first_core.instruct_data import load_instruct
-    from first_core.instruct_pipeline import instruct_template
-    from first_core.config import load_config
-    from first_core.models import load_model
+    from first_core.data.instruct_data import load_instruct
+    from first_core.pipeline.instruct_stages import instruct_template
+    from first_core.config.settings import load_config
+    from first_core.models.loading import load_model
     cfg = load_config(ROOT / "configs" / "instruct-tiny.toml")
     _, tok = load_model(str(run / "models" / "teacher_ft" / "final"))
     # top-k stored at every response token of every split, checked against a re-tokenisation
@@ -329,7 +329,7 @@ def test_instruct_rerun_skips_and_bad_config_is_one_line(tiny_instruct_run, tmp_
 
 
 def test_views_of_a_per_token_store(tiny, tmp_path) -> None:
-    from first_core.calibrate import temperature_scale
+    from first_core.calibration.transforms import temperature_scale
     from first_core.views.token_views import token_coverage_by_position, token_topk_view
     _, examples, model, tok = tiny
     extract_token_topk(model, tok, examples, tmp_path / "s", k=3, coverage_k=3, shard_size=25,

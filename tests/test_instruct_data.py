@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from first_core.errors import ConfigError, DataError
-from first_core.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructTemplate,
-                                      check_instruct_file, load_instruct)
-from first_core.instruct_tasks import FORMS, INSTRUCTIONS, write_instruct_task
-from first_core.tasks import LETTERS
+from first_core.data.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructTemplate,
+                                           check_instruct_file, load_instruct)
+from first_core.data.instruct_tasks import FORMS, INSTRUCTIONS, write_instruct_task
+from first_core.data.tasks import LETTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

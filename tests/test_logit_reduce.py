@@ -9,15 +9,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from first_core import inference, logit_reduce
-from first_core import topk_kernel as T
-from first_core.evaluate import predict
-from first_core.inference import (PromptIds, answer_top, batch_order, in_order_index,
-                                  model_device, to_host)
-from first_core.instruct_eval import token_confidences
-from first_core.models import encode_examples
-from first_core.topk import extract_topk, load_topk
-from first_core.topk_tokens import extract_token_topk, iter_token_batches, load_token_topk
+from first_core.inference import forward as inference, logit_reduce
+from first_core.kernels import topk as T
+from first_core.evaluation.evaluate import predict
+from first_core.inference.forward import (PromptIds, answer_top, batch_order, in_order_index,
+                                          model_device, to_host)
+from first_core.evaluation.instruct_eval import token_confidences
+from first_core.models.loading import encode_examples
+from first_core.knowledge.topk import extract_topk, load_topk
+from first_core.knowledge.topk_tokens import extract_token_topk, iter_token_batches, load_token_topk
 from helpers import tiny_instruct, tiny_lm
 
 torch.set_num_threads(1)
@@ -272,7 +272,7 @@ def test_token_windows_run_on_a_background_thread_off_the_cpu(instruct, monkeypa
     one: forced here on the CPU, the same rows in the same order."""
     import threading
 
-    from first_core import topk_tokens
+    from first_core.knowledge import topk_tokens
 
     model, tokenizer, examples = instruct
 
@@ -310,25 +310,15 @@ def test_the_default_is_the_device_off_the_cpu(mc):
 
 def _imports(module: str) -> set[str]:
     """The first_core modules `module` imports, at the top or inside functions."""
-    import ast
-    from pathlib import Path
+    from helpers.import_graph import import_graph
 
-    import first_core
-
-    folder = Path(first_core.__file__).parent
-    names = {p.stem for p in folder.glob("*.py")}
-    found = set()
-    for node in ast.walk(ast.parse((folder / f"{module}.py").read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("first_core"):
-            parts = node.module.split(".")
-            found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
-    return found & names
+    return import_graph()[module]
 
 
-@pytest.mark.parametrize("module", ["inference", "logit_reduce", "topk", "topk_extraction",
-                                    "topk_tokens", "evaluate", "instruct_eval"])
+@pytest.mark.parametrize("module", ["inference.forward", "inference.logit_reduce",
+                                    "knowledge.topk", "knowledge.extraction",
+                                    "knowledge.topk_tokens", "evaluation.evaluate",
+                                    "evaluation.instruct_eval"])
 def test_the_topk_modules_are_on_no_import_cycle(module):
     seen, todo = set(), list(_imports(module))
     while todo:
@@ -337,4 +327,4 @@ def test_the_topk_modules_are_on_no_import_cycle(module):
             seen.add(m)
             todo += _imports(m)
     assert module not in seen, f"{module} imports itself through {sorted(seen)}"
-    assert "topk" not in _imports("topk_extraction")
+    assert "knowledge.topk" not in _imports("knowledge.extraction")

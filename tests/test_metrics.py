@@ -1,4 +1,5 @@
-"""first_core.metrics against independent implementations (scikit-learn, torchmetrics, netcal).
+"""first_core.metrics.scores against independent implementations (scikit-learn, torchmetrics,
+netcal).
 
 torchmetrics and netcal use left-closed bins [a, b) where we (and scikit-learn) use (a, b], and
 torchmetrics gives a confidence of exactly 1.0 a bin of its own; comparisons with them use
@@ -18,8 +19,8 @@ from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import (binary_calibration_error,
                                                     multiclass_calibration_error)
 
-from first_core import metrics as M
-from first_core import resampling
+from first_core.metrics import scores as M
+from first_core.metrics import resampling
 from first_core.errors import ConfigError
 
 SETTINGS = settings(max_examples=60, deadline=None,

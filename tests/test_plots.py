@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core import plots
+from first_core.views import plots
 
 
 @pytest.fixture

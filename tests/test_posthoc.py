@@ -13,8 +13,9 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
-from first_core import metrics, posthoc
-from first_core.temperature_fit import T_MIN, fit_temperature
+from first_core.metrics import scores as metrics
+from first_core.calibration import posthoc
+from first_core.calibration.temperature_fit import T_MIN, fit_temperature
 
 
 def nll(z: np.ndarray, gold: np.ndarray, t: float) -> float:
@@ -104,9 +105,9 @@ def test_bad_input_is_refused(scores, gold, match):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny preset teacher (untrained: its logits are random but fixed) and a few examples."""
-    from first_core.models import build_preset, load_model
-    from first_core.tasks import write_task
-    from first_core.data import load_examples, format_prompt, answer_text
+    from first_core.models.loading import build_preset, load_model
+    from first_core.data.tasks import write_task
+    from first_core.data.examples import load_examples, format_prompt, answer_text
 
     work = tmp_path_factory.mktemp("posthoc_model")
     files = write_task(work / "data", seed=0, n_train=60, n_val=24, n_test=8, n_ood=8)
@@ -118,8 +119,8 @@ def tiny_model(tmp_path_factory):
 
 
 def test_predict_at_t1_is_bit_identical_and_at_t_rescales_the_raw_logits(tiny_model):
-    from first_core.evaluate import predict
-    from first_core.models import label_token_ids
+    from first_core.evaluation.evaluate import predict
+    from first_core.models.loading import label_token_ids
 
     model, tok, examples = tiny_model
     plain = predict(model, tok, examples, k=5, batch_size=8)
@@ -136,7 +137,7 @@ def test_predict_at_t1_is_bit_identical_and_at_t_rescales_the_raw_logits(tiny_mo
     letter = label_token_ids(tok, examples)
     assert held.gold().tolist() == [letter[ex.answer] for ex in examples]
     with torch.inference_mode():
-        from first_core.data import format_prompt
+        from first_core.data.examples import format_prompt
         ids = tok(format_prompt(examples[0]), return_tensors="pt")["input_ids"]
         last = model(input_ids=ids).logits[0, -1].double().numpy()
     np.testing.assert_allclose(z[0], last, rtol=1e-4, atol=1e-4)
@@ -187,7 +188,7 @@ def test_fit_posthoc_records_the_nll_and_the_ece_minimising_temperature():
 
 def test_dashboard_fit_minimises_the_pages_nll_card(tmp_path):
     from first_core.fixtures import write_fixture_store
-    from first_core import store
+    from first_core.store import db as store
     from first_core.views import rescaling, run_arrays
 
     path = write_fixture_store(tmp_path / "f.duckdb", 300, seed=1)

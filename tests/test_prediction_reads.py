@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from first_core import prediction_reads, store
+from first_core.store import prediction_reads, db as store
 from first_core.fixtures import run_id, write_fixture_store
 from first_core.views import example_rows, run_arrays
 

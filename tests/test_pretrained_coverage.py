@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core import pretrained_coverage, store
-from first_core.config import RunConfig
+from first_core.pipeline import pretrained_coverage
+from first_core.store import db as store
+from first_core.config.settings import RunConfig
 from first_core.views import coverage_runs
 
 RUN = "demo-smollm2-coverage/pretrained_zero_shot/seed0"

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core import report, store
+from first_core import report
+from first_core.store import db as store
 from first_core.errors import FirstError
 from first_core.fixtures import write_fixture_store
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core.topk import load_topk
+from first_core.knowledge.topk import load_topk
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSED_CLI = ROOT / "tests" / "helpers" / "paused_cli.py"

@@ -20,10 +20,10 @@ import pytest
 from test_bad_inputs import SMALL, TINY, assert_user_error, records
 from test_fail_early import run_here
 
-from first_core import data
-from first_core.config import load_config
-from first_core.models import build_preset
-from first_core.tasks import write_task
+from first_core.data import examples as data
+from first_core.config.settings import load_config
+from first_core.models.loading import build_preset
+from first_core.data.tasks import write_task
 
 DISTIL = "methods=['teacher_ft','student_distill']"
 GIVEN = "teacher_train.epochs=0"  # the teacher as given: nothing trains before the student
@@ -73,8 +73,8 @@ def test_a_student_with_swapped_answer_tokens_is_refused_at_the_models_stage(
 
 
 def test_the_same_tokenizer_passes_the_check(student: Path) -> None:
-    from first_core.model_checks import check_same_tokenizer
-    from first_core.model_files import load_tokenizer
+    from first_core.models.checks import check_same_tokenizer
+    from first_core.models.files import load_tokenizer
     cfg = load_config(TINY)
     tok = load_tokenizer(student, "x")
     check_same_tokenizer(cfg, tok, load_tokenizer(student, "y"), len(tok),
@@ -84,8 +84,8 @@ def test_the_same_tokenizer_passes_the_check(student: Path) -> None:
 def test_a_tokenizer_that_encodes_differently_is_refused(student: Path, tmp_path: Path) -> None:
     """Same id -> token map, another pre-tokenizer: the sample of training text differs."""
     from first_core.errors import FirstError
-    from first_core.model_checks import check_same_tokenizer
-    from first_core.model_files import load_tokenizer
+    from first_core.models.checks import check_same_tokenizer
+    from first_core.models.files import load_tokenizer
     mine = copy_of(student, tmp_path)
     tok = json.loads((mine / "tokenizer.json").read_text())
     tok["pre_tokenizer"] = {"type": "WhitespaceSplit"}  # "Answer:" is one (unknown) word now
@@ -185,7 +185,7 @@ def demo_config(tmp_path: Path):
 
 def test_the_demos_coverage_step_never_overwrites_a_pipelines_run_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from first_core import pretrained_coverage as pc
+    from first_core.pipeline import pretrained_coverage as pc
     demo = demo_config(tmp_path)
     theirs = tmp_path / "runs" / pc.pipeline_name(demo)  # a `run` of that name made it
     (theirs / "stages").mkdir(parents=True)
@@ -202,7 +202,7 @@ def test_the_demos_coverage_step_never_overwrites_a_pipelines_run_folder(
 
 def test_the_coverage_step_skips_a_name_the_store_holds_imports_under(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from first_core import pretrained_coverage as pc
+    from first_core.pipeline import pretrained_coverage as pc
     demo = demo_config(tmp_path)
     small_import(tmp_path, pc.pipeline_name(demo), tmp_path / "first.duckdb")
     monkeypatch.setattr(pc, "_extract", lambda *a, **k: pytest.fail("extracted"))
@@ -222,7 +222,7 @@ def test_a_run_named_like_an_import_is_refused_before_the_first_stage(tmp_path: 
 def test_report_on_a_pipeline_without_metric_rows_says_so(tmp_path: Path) -> None:
     from test_pretrained_coverage import RUN, coverage_rows
 
-    from first_core import store
+    from first_core.store import db as store
     path = tmp_path / "s.duckdb"
     store.write_pretrained_coverage(path, "demo-smollm2-coverage", RUN, "gguf:x/y.gguf",
                                     "abc", coverage_rows(49_152), {})
@@ -247,8 +247,8 @@ def main_here(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_gguf_file_cut_short_is_one_error_line(tmp_path: Path) -> None:
-    from first_core.models import gguf_path
-    from first_core.pretrained_coverage import MODEL
+    from first_core.models.loading import gguf_path
+    from first_core.pipeline.pretrained_coverage import MODEL
     try:
         source = gguf_path(MODEL)
     except Exception:  # noqa: BLE001
@@ -424,7 +424,7 @@ def test_a_store_deleted_or_replaced_after_a_finished_run_is_written_again(
     assert "lacks this run's rows" in again.stdout
     assert "store: done earlier, skipped" not in again.stdout
     assert "not in" not in again.stderr and "| teacher_ft |" in again.stdout
-    from first_core import store
+    from first_core.store import db as store
     assert "tiny/teacher_ft/seed0" in set(store.list_runs(path)["run_id"])
 
 
@@ -441,7 +441,7 @@ def test_a_teacher_as_given_from_an_empty_folder_says_what_it_lacks(tmp_path: Pa
 
 
 def test_fp16_with_the_teacher_as_given_on_a_cpu_is_not_refused() -> None:
-    from first_core.model_checks import check_machine
+    from first_core.models.checks import check_machine
     cfg = load_config(TINY, [GIVEN, "teacher_train.fp16=true", "methods=['teacher_ft']"])
     check_machine(cfg, "tiny.toml", cuda=False)  # nothing trains: no GPU needed
     from first_core.errors import ConfigError

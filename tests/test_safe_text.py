@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from first_core.safe_text import WORD_JOINER, for_markdown, for_plotly
+from first_core.views.safe_text import WORD_JOINER, for_markdown, for_plotly
 
 NASTY = ["![u](http://x.example/up.png).csv", '<a href="https://x.example/">A</a>',
          "**bold** _it_ ~~s~~ `code` ``two``", "# heading", "- item", "1. one", "> quote",

@@ -1,4 +1,4 @@
-"""first_core.selective_metrics against independent references: scikit-learn's roc_auc_score
+"""first_core.metrics.selective against independent references: scikit-learn's roc_auc_score
 for AUROC, plain Python loops over tie groups for the risk-coverage curve and AURC."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from first_core import metrics as M
-from first_core import selective_metrics as S
+from first_core.metrics import scores as M
+from first_core.metrics import selective as S
 from first_core.errors import ConfigError
-from first_core.sort_kernel import sort_nonnegative
+from first_core.kernels.sort import sort_nonnegative
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

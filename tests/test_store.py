@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core import store
+from first_core.store import db as store
 from first_core.errors import StoreError
-from first_core.store import RunRecord, Store
+from first_core.store.db import RunRecord, Store
 
 SPAWN = mp.get_context("spawn")
 

@@ -1,4 +1,4 @@
-"""The embedded default task (first_core.tasks): determinism, shape, difficulty, shift."""
+"""The embedded default task (first_core.data.tasks): determinism, shape, difficulty, shift."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from first_core.data import check_file, load_examples
-from first_core.tasks import SIGMA, SPLITS, task_files, write_task
+from first_core.data.examples import check_file, load_examples
+from first_core.data.tasks import SIGMA, SPLITS, task_files, write_task
 
 SIZES = dict(n_train=600, n_val=50, n_test=2000, n_ood=2000)
 MAX_WORDS = {"largest", "biggest", "highest"}

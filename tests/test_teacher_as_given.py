@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from first_core import data, store
-from first_core.config import load_config
-from first_core.evaluate import predict
-from first_core.models import build_preset, load_model
-from first_core.stage_base import Context, teacher_as_given
+from first_core.data import examples as data
+from first_core.store import db as store
+from first_core.config.settings import load_config
+from first_core.evaluation.evaluate import predict
+from first_core.models.loading import build_preset, load_model
+from first_core.pipeline.stage_base import Context, teacher_as_given
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"

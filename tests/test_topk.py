@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from first_core import store
+from first_core.store import db as store
 from first_core.errors import ConfigError, StoreError
-from first_core.models import answer_token_ids, encode_examples
-from first_core.topk import (COVERAGE_BINS, MANIFEST, SCHEMA_VERSION, CoverageAccumulator,
-                             coverage_table, examples_hash, extract_topk, load_topk,
-                             read_manifest)
+from first_core.models.loading import answer_token_ids, encode_examples
+from first_core.knowledge.topk import (COVERAGE_BINS, MANIFEST, SCHEMA_VERSION, CoverageAccumulator,
+                                       coverage_table, examples_hash, extract_topk, load_topk,
+                                       read_manifest)
 from helpers.tiny_lm import forbid_full_softmax, load_saved, make_examples, make_model, save_model
 
 torch.set_num_threads(1)
@@ -305,7 +305,7 @@ def test_extraction_forms_no_full_softmax(setup, built, tmp_path, monkeypatch):
 def test_both_stores_round_stored_probabilities_down(dtype):
     """A confident teacher's 0.99985 is float16 1.0 to nearest (the row would sum above 1);
     both stores' shard tables round toward zero instead, so no stored row exceeds its source."""
-    from first_core import topk, topk_tokens
+    from first_core.knowledge import topk, topk_tokens
 
     probs = np.array([[0.99985, 1.2e-4, 2.9e-5], [0.5, 0.25, 0.125]])
     assert np.float16(0.99985) == 1.0

@@ -1,4 +1,4 @@
-"""first_core.topk_kernel against torch.topk / torch.logsumexp on the same rows."""
+"""first_core.kernels.topk against torch.topk / torch.logsumexp on the same rows."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from first_core import logit_reduce
-from first_core import topk_kernel as T
+from first_core.inference import logit_reduce
+from first_core.kernels import topk as T
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

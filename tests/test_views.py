@@ -11,7 +11,9 @@ import pytest
 
 from scipy.special import softmax
 
-from first_core import metrics, report, store
+from first_core.metrics import scores as metrics
+from first_core import report
+from first_core.store import db as store
 from first_core.views import example_rows, rescaling, run_arrays, selective, storage_math, tables, teaching, token_views, view_state
 from first_core.fixtures import write_fixture_store
 
@@ -579,7 +581,7 @@ def test_selective_view_of_a_one_class_split_has_no_auroc():
 
 @pytest.mark.parametrize("seeds, want", [(None, "runs/x"), ([3, 4], "runs/x/seed4")])
 def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
-    from first_core.config import RunConfig, load_config
+    from first_core.config.settings import RunConfig, load_config
     cfg = load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                  "student_train.loss_on='response'", "name='x'"])
     cfg = dataclasses.replace(cfg, seeds=seeds, seed=4)
@@ -592,7 +594,7 @@ def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
 
 @pytest.fixture(scope="module")
 def token_store(tmp_path_factory):
-    from first_core.topk_tokens import extract_token_topk
+    from first_core.knowledge.topk_tokens import extract_token_topk
     from helpers.tiny_instruct import make_examples, make_model
     folder = tmp_path_factory.mktemp("tokens")
     examples = make_examples(folder, n=12)
@@ -603,7 +605,7 @@ def token_store(tmp_path_factory):
 
 
 def test_token_example_ids_are_the_stores_examples_in_order(token_store):
-    from first_core.topk_tokens import load_token_topk
+    from first_core.knowledge.topk_tokens import load_token_topk
     path, examples, _ = token_store
     assert len(load_token_topk(path).manifest.shards) > 1  # examples cross shard borders
     assert token_views.token_example_ids(path) == [e.id for e in examples]
@@ -629,7 +631,7 @@ def test_token_view_table_shows_each_token_before_and_after(token_store):
 # ---------------------------------------------------------------- the store's own run folders
 
 def _instruct_config(runs_dir, name: str = "x") -> dict:
-    from first_core.config import load_config
+    from first_core.config.settings import load_config
     return load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                   "student_train.loss_on='response'", f"name='{name}'",
                                   f"runs_dir='{runs_dir}'"]).to_dict()

@@ -1,7 +1,7 @@
 """What the dashboard pages compute, kept out of the pages so it can be tested.
 
-Pages query the store (`first_core.store`), call a function in one of these modules and render
-the result with `first_core.plots`:
+Pages query the store (`first_core.store.db`), call a function in one of these modules and render
+the result with `first_core.views.plots`:
 
 | module | job |
 | --- | --- |

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .. import metrics
+from ..metrics import scores as metrics
 from .run_arrays import PredictionArrays
 from .rescaling import Rescaled
 

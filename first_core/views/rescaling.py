@@ -23,8 +23,9 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .. import calibrate, metrics
-from ..calibrate import check_temperature
+from ..calibration import transforms as calibrate
+from ..metrics import scores as metrics
+from ..calibration.transforms import check_temperature
 from .run_arrays import PredictionArrays
 from .view_state import CONVENTIONS, MODES, TEMPERATURE_GRID
 
@@ -202,7 +203,7 @@ def fit_temperature(arrays: PredictionArrays, mode: str) -> float:
         raise ValueError(f"mode: {mode!r} is not one of {list(MODES)}")
     if not len(arrays):
         raise ValueError("arrays: no predictions to fit a temperature on")
-    from ..temperature_fit import fit_temperature as fit
+    from ..calibration.temperature_fit import fit_temperature as fit
     return fit(arrays.centered("option", mode), arrays.gold_option, axis=0).temperature
 
 

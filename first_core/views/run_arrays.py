@@ -9,8 +9,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from .. import metrics
-from ..calibrate import centered_scores
+from ..metrics import scores as metrics
+from ..calibration.transforms import centered_scores
 
 
 PREDICTION_COLUMNS = ("example_id", "correct", "topk_probs", "option_labels",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import selective_metrics
-from ..selective_metrics import Threshold
+from ..metrics import selective as selective_metrics
+from ..metrics.selective import Threshold
 from .rescaling import BOOT_RESAMPLES
 
 PLOT_POINTS = 300

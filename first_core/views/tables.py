@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..config import RUN_METHODS
-from ..config_diff import NO_PIPELINE, label_runs
-from ..store import IMPORTED_METHOD
+from ..config.settings import RUN_METHODS
+from ..config.diff import NO_PIPELINE, label_runs
+from ..store.db import IMPORTED_METHOD
 
 
 def _method_order(methods: pd.Series) -> pd.Series:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..temperature_fit import fit_temperature
+from ..calibration.temperature_fit import fit_temperature
 from .run_arrays import PredictionArrays
 from .rescaling import CalibrationView, calibration_view
 from .selective import SelectiveView, selective_view

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..calibrate import check_temperature
+from ..calibration.transforms import check_temperature
 from .example_rows import _top5_text
 
 
@@ -27,7 +27,7 @@ def token_coverage_by_position(store_dir: str | os.PathLike[str],
     """
     import pyarrow.compute as pc
 
-    from ..topk_tokens import iter_token_shards
+    from ..knowledge.topk_tokens import iter_token_shards
 
     counts = top1 = topk = np.zeros(0)
     for table in iter_token_shards(store_dir, columns=["position", "topk_probs"]):
@@ -56,8 +56,8 @@ def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..calibrate import temperature_scale
-    from ..topk_tokens import read_token_manifest
+    from ..calibration.transforms import temperature_scale
+    from ..knowledge.topk_tokens import read_token_manifest
 
     check_temperature(c)
     m = read_token_manifest(store_dir)
@@ -86,7 +86,7 @@ def instruct_run_dir(config_json: str | Mapping[str, object] | None) -> Path | N
     instruction setting (`data.kind = "instruct"`), else None. Resolved as the pipeline does
     (`RunConfig.run_dir`: `runs_dir/name`, `/seed<N>` with `seeds`); a relative `runs_dir` is
     relative to the dashboard's working directory, as it was to the pipeline's."""
-    from ..config import RunConfig
+    from ..config.settings import RunConfig
 
     try:  # a store is data: its config may be anything (not JSON, `data` not an object)
         raw = json.loads(config_json) if isinstance(config_json, str) else (config_json or {})
@@ -138,7 +138,7 @@ def _inside(path: Path, folder: Path, what: str) -> Path:
 
 def _checked_store(folder: Path, root: Path) -> Path:
     """A per-token store inside the run folder whose manifest lists only files inside it."""
-    from ..topk import manifest_json
+    from ..knowledge.topk import manifest_json
 
     if not folder.is_dir():
         raise FileNotFoundError(2, "no per-token top-k store", str(folder))
@@ -210,7 +210,7 @@ def _own_run_folder(config_json: str | Mapping[str, object] | None,
 
 def token_example_ids(store_dir: str | os.PathLike[str]) -> list[str]:
     """The examples of a per-token store, in store order (the per-token view's picker)."""
-    from ..topk_tokens import iter_token_shards
+    from ..knowledge.topk_tokens import iter_token_shards
 
     seen: dict[str, None] = {}
     for table in iter_token_shards(store_dir, columns=["example_id"]):

@@ -22,7 +22,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from first_core import __main__ as cli
-from first_core import finetune, topk
+from first_core.training import sft as finetune
+from first_core.knowledge import topk
 
 
 def _park() -> None:

@@ -1,0 +1,3 @@
+"""Task data: loaders and validators for multiple-choice and instruction files, the embedded
+tasks, Hugging Face data sets.
+"""

@@ -1,0 +1,1 @@
+"""Evaluation: a trained model's predictions and metrics on each split."""

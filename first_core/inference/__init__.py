@@ -1,0 +1,1 @@
+"""Batched forward passes and reductions where the logits are."""

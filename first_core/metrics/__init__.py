@@ -1,0 +1,1 @@
+"""Metrics: calibration, discrimination and selective prediction, with bootstrap intervals."""

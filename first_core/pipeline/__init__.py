@@ -1,0 +1,1 @@
+"""The pipeline: stages of both settings, resume, locks, names, the demo's coverage step."""

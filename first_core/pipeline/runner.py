@@ -1,0 +1,460 @@
+"""The FIRST pipeline as resumable stages.
+
+Each stage writes its outputs under the run directory and, only when they are complete, a
+completion record `stages/<stage>.json`. A rerun of the same command skips every stage whose
+record exists, so a run killed at any point resumes from the last finished stage (training
+stages also resume from their last Trainer checkpoint). `force` redoes a stage and every
+stage after it, because later stages consume its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..calibration import transforms as calibrate
+from ..data import examples as data
+from ..store import db as store
+from ..config.settings import RunConfig, posthoc_method
+from ..config.diff import flat_config, flatten
+from ..console import StageLine
+from ..errors import ConfigError, FirstError
+from ..numerics import cpu_kernels_in_use, pin_cpu_kernels
+# the parts both settings share live one floor down (stage_base); the names stay importable
+# from here as before
+from .stage_base import (SPLITS, STUDENT_METHODS, Context, Stage, build_models,  # noqa: F401
+                         build_stages, dataset_hash, load_for, run_id, run_posthoc,
+                         search_calibration, student_targets,
+                         teacher_vocab_size, train_config, write_json_atomic, write_store)
+from .stage_base import stage_mc_data as stage_data  # noqa: F401  (the MC setting's data stage)
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_models(ctx: Context) -> dict[str, Any]:
+    """Build the embedded presets (tokenizer trained on the training text only), and convert
+    GGUF / layer-subset specs to safetensors folders (each GGUF file once), in the run dir."""
+    texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in ctx.examples["train"]]
+    return build_models(ctx, texts)
+
+
+def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
+    """Supervised fine-tuning: the teacher, and the 'fine-tuned student' baseline."""
+    from ..training.sft import finetune
+    role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
+                       else ("student", ctx.cfg.student_train))
+    model, tok = load_for(ctx, ctx.init_path(role))
+    with _diverged_names(f"{role}_train"):
+        out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
+                       train_cfg, seed=ctx.cfg.seed)
+    return {"model": str(out)}
+
+
+@contextmanager
+def _diverged_names(section: str) -> Iterator[None]:
+    """Name the config section whose settings a diverged training stage should change."""
+    from ..training.sft import TrainingDiverged
+    try:
+        yield
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{section}: {exc}; nothing of this stage was kept as "
+                               "finished") from None
+
+
+def stage_topk(ctx: Context) -> dict[str, Any]:
+    """Concentrated knowledge: the fine-tuned teacher's top-k on train (and val/test for c)."""
+    from ..knowledge.topk import extract_topk
+    model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
+    t = ctx.cfg.topk
+    info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
+            "config_hash": ctx.cfg.hash()}
+    out = {}
+    for split in ("train", "val", "test"):
+        extract_topk(model, tok, ctx.examples[split], ctx.path("topk", split),
+                     k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
+                     shard_size=t.shard_size, batch_size=t.batch_size,
+                     max_length=ctx.cfg.teacher_train.max_length,
+                     manifest_info={**info, "split": split})
+        out[split] = str(ctx.path("topk", split))
+    return {"dirs": out}
+
+
+def _load_topk(ctx: Context, split: str):
+    """The stored top-k, refused unless it came from this run's teacher, data and vocabulary."""
+    from ..knowledge.topk import load_topk
+    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
+                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
+                     expect_teacher=ctx.cfg.model.teacher)
+
+
+def stage_calibrate(ctx: Context) -> dict[str, Any]:
+    """Trustworthy maximization: pick c (and the smoothing delta) by ECE on validation."""
+    val, test = _load_topk(ctx, "val"), _load_topk(ctx, "test")
+    result = search_calibration(ctx.cfg.calibration, val, test, _load_topk(ctx, "train").probs)
+    write_json_atomic(ctx.path("calibration.json"), result)
+    best = result["TS"]["best"]
+    # what the transform does to the teacher on validation: mean top-1 before and after,
+    # against its accuracy (a useful c moves the first towards the last)
+    return {"c": best, "delta": result["LS"]["best"],
+            "val_accuracy": float(np.mean(val.gold_rank == 0)),
+            "val_top1_raw": float(val.probs.max(axis=1).mean()),
+            "val_top1_first": float(calibrate.temperature_scale(val.probs, best, mode="first")
+                                    .max(axis=1).mean()),
+            "c_interior": bool(min(result["TS"]["grid"]) < best < max(result["TS"]["grid"]))}
+
+
+def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
+    """Knowledge matching: a fresh student trained with KL to the recalibrated top-k."""
+    from ..training.distill import distill, teacher_targets
+    mode, c, delta = student_targets(ctx, method)
+    topk = _load_topk(ctx, "train")
+    targets = teacher_targets(topk.probs, mode, c, delta)
+    model, tok = load_for(ctx, ctx.init_path("student"))
+    d = ctx.cfg.distill
+    with _diverged_names("student_train"):
+        out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
+                      ctx.path("models", method), ctx.cfg.student_train,
+                      student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed)
+    return {"model": str(out), "mode": mode, "c": c, "delta": delta}
+
+
+def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
+    """Predictions of one model on val / test / test_ood, kept as Parquet until stored."""
+    return evaluate_splits(ctx, method, ctx.path("eval", method))
+
+
+def stage_posthoc(ctx: Context, method: str) -> dict[str, Any]:
+    """Post-hoc temperature scaling of one trained model (`stage_base.run_posthoc`), T fitted
+    on the validation split's answer-position logits."""
+    from ..calibration.posthoc import answer_logits
+
+    def collect(model, tok):
+        return answer_logits(model, tok, ctx.examples["val"], batch_size=ctx.cfg.eval.batch_size,
+                             max_length=train_config(ctx, method).max_length)
+    return run_posthoc(ctx, method, collect, evaluate_splits)
+
+
+def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | None = None,
+                    model=None) -> dict[str, Any]:
+    """Predictions and metrics of one model (logits divided by `temperature` if given) on
+    val / test / test_ood, written to `out` as Parquet until the store stage."""
+    from ..evaluation.evaluate import compute_metrics, predict
+    model, tok = model or load_for(ctx, ctx.model_path(method))
+    e = ctx.cfg.eval
+    preds, mets = [], []
+    for split in SPLITS:
+        p = predict(model, tok, ctx.examples[split], k=e.topk, batch_size=e.batch_size,
+                    max_length=train_config(ctx, method).max_length, temperature=temperature)
+        m = compute_metrics(p, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
+        preds.append(p.assign(split=split))
+        mets.append(m.assign(split=split))
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(preds, ignore_index=True).to_parquet(out / "predictions.parquet")
+    pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")
+    return {"dir": str(out)}
+
+
+def stage_store(ctx: Context) -> dict[str, Any]:
+    """Write every table of this pipeline to DuckDB in one transaction (`write_store`)."""
+    def coverage() -> pd.DataFrame:
+        from ..knowledge.topk import coverage_table, read_manifest
+        return coverage_table(read_manifest(ctx.path("topk", "train")))
+
+    return write_store(ctx, coverage, examples_frame(ctx))
+
+
+def examples_frame(ctx: Context) -> pd.DataFrame:
+    dataset = ctx.record("data")["dataset_hash"]
+    return pd.DataFrame([{"dataset": dataset, "split": split, "example_id": ex.id,
+                          "question": ex.question, "context": ex.context,
+                          "labels": list(ex.labels), "choices": list(ex.choices),
+                          "answer": ex.answer}
+                         for split in SPLITS for ex in ctx.examples[split]])
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def stages(cfg: RunConfig) -> list[Stage]:
+    """The ordered stages this config needs."""
+    if cfg.data.kind == "instruct":  # the instruction-tuning setting has its own stages
+        from .instruct_stages import instruct_stages
+        return instruct_stages(cfg)
+    return build_stages(cfg, sys.modules[__name__])
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# The first stage that reads each config section: changing a key there makes that stage and
+# every later one stale. Keys that only pick the store (or which runs go into it) make just
+# the `store` stage stale, which is cheap and replaces its rows, so it is redone by itself.
+_AFFECTS = {"seed": "models", "cpu_kernels": "models", "data": "data", "model": "models",
+            "teacher_train": "teacher_ft", "topk": "topk", "calibration": "calibrate",
+            "student_train": "student_ft", "distill": "student_distill",
+            "eval": "eval_teacher_ft", "methods": "store", "store": "store"}
+_WHERE = ("name", "runs_dir", "seeds")  # they pick the run directory itself
+# where the Trainer logs changes no output: such a change makes nothing stale
+_NO_EFFECT = ("teacher_train.report_to", "student_train.report_to")
+_ORDER = [st.name for st in stages(RunConfig())]  # every stage, in pipeline order
+
+
+def affected_stage(key: str, plan: list[str]) -> str | None:
+    """The first stage of `plan` that a change of config `key` (dotted) makes stale."""
+    if key in _NO_EFFECT:
+        return None
+    first = _AFFECTS.get(key.split(".", 1)[0], "data")  # an unknown section: assume all
+    at = _ORDER.index(first)
+    return next((name for name in plan if _ORDER.index(name) >= at), None)
+
+
+def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]:
+    """Compare the config with the one the run directory's finished stages were made with.
+
+    A change is refused when it would reach a stage that is done and is not being redone
+    (those outputs would be silently reused under the new config); `--force STAGE` redoes
+    STAGE onwards, so it allows changes from there on, never before. Returns the stages
+    whose leftover outputs are stale (made under the old config) and must be deleted before
+    they run; adds `store` to `todo` when only the store's choice of rows changed.
+    """
+    old_path = ctx.path("config.json")
+    if not old_path.exists():
+        return set()
+    # a key the recorded config lacks came with a later version, whose default is what the
+    # older code did (e.g. cpu_kernels = "native")
+    old = {**flat_config(RunConfig()),
+           **flatten(json.loads(old_path.read_text(encoding="utf-8")))}
+    new = flat_config(ctx.cfg)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k.split(".", 1)[0] not in _WHERE)
+    hit = {k: affected_stage(k, plan) for k in changed}
+    if any(name == "store" for name in hit.values()):
+        todo.add("store")
+    # stages from `redo_from` on are all being (re)done: a change reaching them is safe
+    redo_from = next((i for i in range(len(plan)) if set(plan[i:]) <= todo), len(plan))
+    blocked = {k: name for k, name in hit.items()
+               if name is not None and plan.index(name) < redo_from}
+    if blocked:
+        first = min(blocked.values(), key=plan.index)
+        listed = ", ".join(f"{k} (affects {name})" for k, name in blocked.items())
+        raise ConfigError(
+            f"{ctx.run_dir} was made with another config (changed: {listed}); its finished "
+            f"stages would be reused. Use another `name`, or --force {first} to redo the "
+            "first stage the change affects and everything after it")
+    starts = [plan.index(name) for name in hit.values() if name is not None]
+    return set(plan[min(starts):]) & todo if starts else set()
+
+
+def _lock(ctx: Context):
+    """An exclusive lock on the run directory, or a `FirstError` if another run holds it."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(ctx.path(".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FirstError(f"{ctx.run_dir}: another run is using this run directory (lock file "
+                         f"{ctx.path('.lock')}); wait for it to finish, or use another "
+                         "`name`") from None
+    return lock
+
+
+def preflight(ctx: Context, todo: set[str]) -> None:
+    """What can be known before the first stage: a writable run directory, a usable store
+    (when the store stage is to run: opened for writing, schema and tables checked),
+    local model paths that exist, fp16 only with a GPU, and, when the models were built
+    earlier, every k against their vocabulary (`model_checks`). Without this a bad store or
+    a model path typo surfaces only after all the training."""
+    from ..models.checks import check_machine, check_models
+    from ..models.loading import check_model_spec
+    for role in ("teacher", "student"):
+        check_model_spec(getattr(ctx.cfg.model, role), f"model.{role}")
+    check_machine(ctx.cfg, ctx.config_file)
+    if "models" not in todo:  # built earlier: a k changed since is checked now, not at its stage
+        check_models(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
+                     ctx.config_file)
+    _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
+    path = store.default_store_path(ctx.cfg.store)
+    if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
+        return
+    if path.exists():  # open for writing: checks the lock, the schema and every table
+        store.Store(path)
+        from .names import check_run_name
+        if (why := check_run_name(path, ctx.cfg.name)) is not None:
+            raise FirstError(why)
+    else:  # made at the store stage; a run that fails before then leaves no empty store
+        store.make_folder(path.parent, f"store {path}")
+        _probe_writable(path.parent, f"store {path}: its folder")
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Write and delete a small file in `folder`: permissions, read-only mounts, full disks."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+    except OSError as exc:
+        raise FirstError(f"{what} is not writable ({exc.strerror or exc})") from None
+    finally:  # a full disk creates the file and then refuses its bytes: never leave it
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def _together(state, fn: Callable[[], Any], share: bool = False) -> Any:
+    """Run `fn` on this rank, then make every rank agree: if any rank raised, all raise.
+
+    Without this, an error on rank 0 alone (a stage only it runs, a check only it makes)
+    leaves the others waiting at the next barrier until the launcher's timeout. The gather
+    is also the barrier between steps. `share`: every rank returns rank 0's result."""
+    error = result = None
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+        error = exc
+    if state.num_processes > 1:
+        import torch.distributed as dist
+        said: list[Any] = [None] * state.num_processes
+        dist.all_gather_object(said, (None if error is None else str(error),
+                                      result if share else None))
+        failed = [(rank, text) for rank, (text, _) in enumerate(said) if text is not None]
+        if failed and error is None:
+            rank, text = failed[0]
+            raise FirstError(f"rank {rank} failed, so every rank stops: {text}")
+        if share and error is None:
+            result = said[0][1]
+    if error is not None:
+        raise error
+    return result
+
+
+def run(cfg: RunConfig, force: str | None = None,
+        echo: Callable[[str], None] = print, config_file: str = "config") -> pd.DataFrame:
+    """Run (or resume) every stage, then return the Table-1 summary from the store.
+
+    Under `accelerate launch` / `torchrun` every rank runs this: training and extraction
+    stages on all ranks (the `Trainer` and the extractor split the work), every other stage
+    and every completion record on rank 0 alone; after each step the ranks agree, so an
+    error on any rank stops all of them.
+
+    Before the first stage rank 0 locks the run directory, checks the config against the
+    one its outputs were made with, and checks the store and the model paths. The config is
+    recorded (`config.json`) once a stage has finished under it, or once the outputs a
+    config change made stale are deleted, never before: a run that fails first never blocks
+    the corrected command, and a resume never reuses a checkpoint of another config.
+    """
+    pin_cpu_kernels(cfg.cpu_kernels)  # a no-op when the command line did it already
+    state = process_state()
+    main = state.is_main_process
+    say = echo if main else (lambda _: None)
+    ctx = Context(cfg, cfg.run_dir, config_file=config_file)
+    plan = stages(cfg)
+    names = [st.name for st in plan]
+    if force is not None and force not in names:
+        raise ConfigError(f"--force {force}: unknown stage; stages: {names}")
+    forced = set(names[names.index(force):]) if force else set()
+    lock = None
+
+    def prepare() -> tuple[set[str], set[str]]:
+        """Rank 0: lock, check, clear what is to be redone; returns the stages to run."""
+        nonlocal lock
+        store.make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
+        lock = _lock(ctx)
+        todo = {name for name in names
+                if name in forced or not ctx.path("stages", f"{name}.json").exists()}
+        if todo - {"store"}:  # the store holds every stage's outputs: a stage that runs now
+            todo.add("store")  # (e.g. one a later version added to a finished run) reaches it
+        from .names import check_run_folder, lacks_runs
+        if (why := check_run_folder(ctx.run_dir)) is not None:
+            raise FirstError(why)
+        stale = check_same_config(ctx, names, todo)
+        stored = [run_id(cfg, x) for m in cfg.methods for x in (m, posthoc_method(m))]
+        if "store" not in todo and lacks_runs(store.default_store_path(cfg.store), stored):
+            say(f"store {store.default_store_path(cfg.store)} lacks this run's rows (deleted "
+                "or replaced since): the store stage runs again")
+            todo.add("store")
+        preflight(ctx, todo)
+        for name in todo:  # all first: a forced run that fails must not leave later stages done
+            ctx.path("stages", f"{name}.json").unlink(missing_ok=True)
+        for st in plan:  # outputs of forced stages, and those made under the old config
+            if st.name in forced | stale:
+                for rel in st.outputs:
+                    _remove(ctx.path(rel))
+        if stale:  # what is left on disk now agrees with this config (a resume must see it)
+            write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+        return todo
+
+    try:
+        todo = _together(state, prepare if main else lambda: None, share=True)
+        recorded = False
+        for i, st in enumerate(plan, 1):
+            done = ctx.path("stages", f"{st.name}.json")
+            if st.name not in todo:
+                say(StageLine(i, len(plan), st.name, "skipped"))
+                continue
+            say(StageLine(i, len(plan), st.name, "start"))
+
+            def work(st: Stage = st, done: Path = done) -> None:
+                nonlocal recorded
+                t0 = time.perf_counter()
+                if st.every_rank or main:
+                    result = st.fn(ctx)
+                    result["seconds"] = round(time.perf_counter() - t0, 2)
+                    result["cpu_kernels"] = cpu_kernels_in_use()
+                    if main:
+                        write_json_atomic(done, result)
+                        if not recorded:  # the outputs now on disk were made under this config
+                            write_json_atomic(ctx.path("config.json"), cfg.to_dict())
+                            recorded = True
+                        say(StageLine(i, len(plan), st.name, "done", result["seconds"]))
+
+            _together(state, work)
+        if not main:
+            return pd.DataFrame()
+        return summary(store.default_store_path(cfg.store), cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def process_state():
+    """This process's place in a launch (accelerate's `PartialState`, a singleton).
+
+    cpu=True: a CPU launch under torchrun becomes one gloo group instead of N lone ranks.
+    Every caller must come through here: the first `PartialState(...)` of a process fixes
+    its settings, so a bare `PartialState()` elsewhere would leave each rank thinking it is
+    the main process (and every rank would then take the run directory's lock).
+    """
+    import torch
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def summary(path: Path, cfg: RunConfig, convention: str = "paper") -> pd.DataFrame:
+    """Table 1 of the paper for this run: Acc / ECE / Trust per method, in-domain and OOD."""
+    with store.open_readonly(path) as con:
+        m = store.load_metrics(con, [run_id(cfg, x) for x in cfg.methods])
+    m = m[(m.convention == convention) & m.metric.isin(["accuracy", "ece", "trust"])
+          & m.split.isin(["test", "test_ood"])]
+    runs = {run_id(cfg, x): x for x in cfg.methods}
+    m = m.assign(method=m.run_id.map(runs), value=100 * m.value)
+    table = m.pivot_table(index="method", columns=["split", "metric"], values="value")
+    table = table.reindex([x for x in cfg.methods if x in table.index])
+    table.columns = [f"{'ID' if s == 'test' else 'OOD'} {k}" for s, k in table.columns]
+    order = [f"{d} {k}" for d in ("ID", "OOD") for k in ("accuracy", "ece", "trust")]
+    return table[[c for c in order if c in table.columns]].round(1)

@@ -1,0 +1,1 @@
+"""Training: SFT and knowledge matching as Trainer subclasses overriding only the loss."""
