@@ -144,11 +144,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from .data.examples import check_file, load_examples, summarize
-    if args.format in ("alpaca", "prompt_response"):  # instruction data (instruct_data.py)
-        from .data.instruct_data import check_instruct_file as check_file  # noqa: F811
-        from .data.instruct_data import load_instruct as load_examples  # noqa: F811
-        from .data.instruct_data import summarize_instruct as summarize  # noqa: F811
+    if args.format in ("alpaca", "prompt_response"):  # instruction data
+        from .data import instruct_data
+        check_file, load_examples, summarize = (instruct_data.check_instruct_file,
+                                                instruct_data.load_instruct,
+                                                instruct_data.summarize_instruct)
+    else:  # multiple-choice data
+        from .data import examples
+        check_file, load_examples, summarize = (examples.check_file, examples.load_examples,
+                                                examples.summarize)
     problems = check_file(args.path, args.format)
     for p in problems:
         print(p)

@@ -298,7 +298,7 @@ def _hf_config(tmp_path, folder, *more: str):
 
 
 def test_hf_dataset_in_data_reaches_the_data_stage(hf_folder, tmp_path):
-    from first_core.pipeline.runner import Context, stage_data
+    from first_core.pipeline.stage_base import Context, stage_mc_data as stage_data
     (tmp_path / "data").mkdir()
     ood = write_lines(tmp_path / "data" / "test_ood.jsonl",
                       [{"id": "o1", "question": "Which?", "choices": ["x", "y"], "answer": 1}])
@@ -320,7 +320,7 @@ def test_hf_dataset_in_data_reaches_the_data_stage(hf_folder, tmp_path):
 
 
 def test_hf_dataset_problems_are_one_line_naming_the_split_or_the_row(hf_folder, tmp_path):
-    from first_core.pipeline.runner import Context, stage_data
+    from first_core.pipeline.stage_base import Context, stage_mc_data as stage_data
     (tmp_path / "data").mkdir()
     write_lines(tmp_path / "data" / "test_ood.jsonl",
                 [{"id": "o1", "question": "Which?", "choices": ["x", "y"], "answer": 1}])

@@ -151,3 +151,24 @@ def test_a_finished_run_resumes_adding_the_posthoc_rows_without_retraining(
     with duckdb.connect(str(old / "first.duckdb"), read_only=True) as con:
         after = con.execute(query).df()
     pd.testing.assert_frame_equal(before, after)  # same bits, every row of every method
+
+
+def test_each_setting_is_typed_and_builds_the_same_stage_names() -> None:
+    """`[data] kind` picks a typed `Setting` (not a module read by attribute names); both
+    settings make the same stages in the same order, so resume, `--force` and the config
+    checks name them alike."""
+    import dataclasses
+
+    from first_core.config.settings import RunConfig
+    from first_core.pipeline.runner import MULTIPLE_CHOICE, setting_for, stages
+    from first_core.pipeline.stage_base import Setting
+
+    mc = RunConfig()
+    instruct = dataclasses.replace(mc, data=dataclasses.replace(mc.data, kind="instruct"))
+    assert setting_for(mc) is MULTIPLE_CHOICE
+    other = setting_for(instruct)
+    assert isinstance(other, Setting) and other is not MULTIPLE_CHOICE
+    for setting in (MULTIPLE_CHOICE, other):
+        assert all(callable(getattr(setting, f.name)) for f in dataclasses.fields(Setting)
+                   if f.name != "name")
+    assert [s.name for s in stages(mc)] == [s.name for s in stages(instruct)]

@@ -3,7 +3,7 @@
 The paper's out-of-domain setting: teacher and students are tuned on instruction data, the
 teacher's top-k is kept at every response token, and the students are tested on a
 multiple-choice task they never saw. Stages (same names, resume and `--force` as the
-multiple-choice pipeline; `pipeline.stages` hands over to `instruct_stages`):
+multiple-choice pipeline; `runner.setting_for` picks `INSTRUCTION`):
 
 - data: the embedded instruction task (or your Alpaca / prompt-response files) and the
   multiple-choice data of `[data]`, every file checked before anything trains.
@@ -31,7 +31,6 @@ multiple-choice task.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,9 @@ from ..config.settings import RunConfig
 from ..errors import FirstError
 from ..data.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                                   check_instruct_file, load_instruct)
-from .stage_base import (build_models, build_stages, dataset_hash, load_for, search_calibration,
-                         run_posthoc, stage_mc_data, student_targets, teacher_vocab_size,
-                         train_config, write_json_atomic, write_store)
+from .stage_base import (Context, Setting, build_models, dataset_hash, load_for,
+                         run_posthoc, search_calibration, stage_mc_data, student_targets,
+                         teacher_vocab_size, train_config, write_json_atomic, write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 
@@ -62,22 +61,22 @@ def mc_template(cfg: RunConfig) -> data.PromptTemplate:
     return data.PromptTemplate(prompt=prompt)
 
 
-def instruct_examples(ctx) -> dict[str, list[InstructExample]]:
-    """The instruction splits, loaded once per process (cached on the context)."""
-    cached = getattr(ctx, "_instruct", None)
+def instruct_examples(ctx: Context) -> dict[str, list[InstructExample]]:
+    """The instruction splits, loaded once per process (kept in `ctx.loaded`)."""
+    cached = ctx.loaded.get("instruct")
     if cached is None:
         files = ctx.record("data")["instruct_files"]
         tpl = instruct_template(ctx.cfg)
         cached = {s: load_instruct(p, ctx.cfg.instruct.fmt, tpl) for s, p in files.items()}
         if ctx.cfg.data.max_train:
             cached["train"] = cached["train"][: ctx.cfg.data.max_train]
-        ctx._instruct = cached
+        ctx.loaded["instruct"] = cached
     return cached
 
 
 # ---------------------------------------------------------------- stages
 
-def stage_data(ctx) -> dict[str, Any]:
+def stage_data(ctx: Context) -> dict[str, Any]:
     """The MC data as in the MC setting, plus the instruction files, all checked first."""
     i = ctx.cfg.instruct
     root = Path(i.dir)
@@ -101,7 +100,7 @@ def stage_data(ctx) -> dict[str, Any]:
             "dataset_hash": dataset_hash(both)}
 
 
-def stage_models(ctx) -> dict[str, Any]:
+def stage_models(ctx: Context) -> dict[str, Any]:
     """As in the MC setting (`stage_base.build_models`), the tokenizer over both texts."""
     tpl = mc_template(ctx.cfg)
     texts = ([ex.prompt + " " + ex.response for ex in instruct_examples(ctx)["train"]]
@@ -110,7 +109,7 @@ def stage_models(ctx) -> dict[str, Any]:
     return build_models(ctx, texts)
 
 
-def stage_finetune(ctx, method: str) -> dict[str, Any]:
+def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
     from ..training.response_tokens import finetune_responses
     role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
                        else ("student", ctx.cfg.student_train))
@@ -120,7 +119,7 @@ def stage_finetune(ctx, method: str) -> dict[str, Any]:
     return {"model": str(out)}
 
 
-def stage_topk(ctx) -> dict[str, Any]:
+def stage_topk(ctx: Context) -> dict[str, Any]:
     from ..knowledge.topk_tokens import (extract_token_topk, instruct_examples_hash,
                                          token_store_matches)
     t = ctx.cfg.topk
@@ -145,14 +144,14 @@ def stage_topk(ctx) -> dict[str, Any]:
     return {"dirs": out, "kept": kept}
 
 
-def load_split_topk(ctx, split: str):
+def load_split_topk(ctx: Context, split: str):
     from ..knowledge.topk_tokens import load_token_topk
     return load_token_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
                            expect_dataset_hash=ctx.record("data")["dataset_hash"],
                            expect_teacher=ctx.cfg.model.teacher)
 
 
-def stage_calibrate(ctx) -> dict[str, Any]:
+def stage_calibrate(ctx: Context) -> dict[str, Any]:
     """c (by `[calibration] strategy`, as in the MC setting) and delta over every response
     token of the validation split (module doc)."""
     val, test = load_split_topk(ctx, "val"), load_split_topk(ctx, "test")
@@ -166,7 +165,7 @@ def stage_calibrate(ctx) -> dict[str, Any]:
             "n_val_tokens": int(len(val.probs))}
 
 
-def stage_distill(ctx, method: str) -> dict[str, Any]:
+def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     from ..training.distill import teacher_targets
     from ..training.distill_tokens import distill_tokens
     mode, c, delta = student_targets(ctx, method)
@@ -182,12 +181,12 @@ def stage_distill(ctx, method: str) -> dict[str, Any]:
             "n_train_tokens": int(len(topk.ids))}
 
 
-def stage_evaluate(ctx, method: str) -> dict[str, Any]:
+def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
     """Token metrics on the instruction val/test, MC predictions + metrics on the OOD split."""
     return evaluate_splits(ctx, method, ctx.path("eval", method))
 
 
-def stage_posthoc(ctx, method: str) -> dict[str, Any]:
+def stage_posthoc(ctx: Context, method: str) -> dict[str, Any]:
     """Post-hoc temperature scaling of one trained model (`stage_base.run_posthoc`), T fitted
     at every response token of the instruction validation split: the distribution the model
     was tuned on (the OOD task stays unseen, as for FIRST's c)."""
@@ -199,7 +198,7 @@ def stage_posthoc(ctx, method: str) -> dict[str, Any]:
     return run_posthoc(ctx, method, collect, evaluate_splits)
 
 
-def evaluate_splits(ctx, method: str, out: Path, temperature: float | None = None,
+def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | None = None,
                     model=None) -> dict[str, Any]:
     """Token metrics on the instruction val/test and MC predictions + metrics on the OOD
     split of one model (logits divided by `temperature` if given), written to `out`."""
@@ -226,7 +225,7 @@ def evaluate_splits(ctx, method: str, out: Path, temperature: float | None = Non
     return {"dir": str(out), "n_tokens": n_tokens, "n_mc": len(mc)}
 
 
-def stage_store(ctx) -> dict[str, Any]:
+def stage_store(ctx: Context) -> dict[str, Any]:
     """As in the MC setting (`stage_base.write_store`, one transaction), with the coverage over
     all response tokens of train and the multiple-choice OOD examples."""
     from ..knowledge.topk_tokens import read_token_manifest, token_coverage_table
@@ -241,7 +240,7 @@ def stage_store(ctx) -> dict[str, Any]:
         examples)
 
 
-def instruct_stages(cfg: RunConfig) -> list:
-    """The ordered stages of the instruction setting (`stage_base.build_stages` over this
-    module's stage functions; config.load_config checked loss_on = "response")."""
-    return build_stages(cfg, sys.modules[__name__])
+INSTRUCTION = Setting(
+    name="instruction tuning", data=stage_data, models=stage_models, finetune=stage_finetune,
+    topk=stage_topk, calibrate=stage_calibrate, distill=stage_distill,
+    evaluate=stage_evaluate, posthoc=stage_posthoc, store=stage_store)

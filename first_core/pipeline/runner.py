@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -31,13 +30,10 @@ from ..config.diff import flat_config, flatten
 from ..console import StageLine
 from ..errors import ConfigError, FirstError
 from ..numerics import cpu_kernels_in_use, pin_cpu_kernels
-# the parts both settings share live one floor down (stage_base); the names stay importable
-# from here as before
-from .stage_base import (SPLITS, STUDENT_METHODS, Context, Stage, build_models,  # noqa: F401
-                         build_stages, dataset_hash, load_for, run_id, run_posthoc,
-                         search_calibration, student_targets,
-                         teacher_vocab_size, train_config, write_json_atomic, write_store)
-from .stage_base import stage_mc_data as stage_data  # noqa: F401  (the MC setting's data stage)
+from .stage_base import (SPLITS, Context, Setting, Stage, build_models, build_stages, load_for,
+                         run_id, run_posthoc, search_calibration, stage_mc_data,
+                         student_targets, teacher_vocab_size, train_config, write_json_atomic,
+                         write_store)
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +185,23 @@ def examples_frame(ctx: Context) -> pd.DataFrame:
 # ---------------------------------------------------------------- orchestration
 
 
+MULTIPLE_CHOICE = Setting(
+    name="multiple choice", data=stage_mc_data, models=stage_models, finetune=stage_finetune,
+    topk=stage_topk, calibrate=stage_calibrate, distill=stage_distill,
+    evaluate=stage_evaluate, posthoc=stage_posthoc, store=stage_store)
+
+
+def setting_for(cfg: RunConfig) -> Setting:
+    """The setting `[data] kind` names: multiple choice, or instruction tuning."""
+    if cfg.data.kind == "instruct":
+        from .instruct_stages import INSTRUCTION
+        return INSTRUCTION
+    return MULTIPLE_CHOICE
+
+
 def stages(cfg: RunConfig) -> list[Stage]:
     """The ordered stages this config needs."""
-    if cfg.data.kind == "instruct":  # the instruction-tuning setting has its own stages
-        from .instruct_stages import instruct_stages
-        return instruct_stages(cfg)
-    return build_stages(cfg, sys.modules[__name__])
+    return build_stages(cfg, setting_for(cfg))
 
 
 def _remove(path: Path) -> None:

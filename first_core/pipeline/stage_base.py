@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class Context:
     run_dir: Path
     _examples: dict[str, list[data.Example]] | None = None
     config_file: str = "config"  # where cfg came from, named by errors about its keys
+    # what a setting loads once per process beside the MC examples (the instruction splits:
+    # `instruct_stages.instruct_examples`), by name
+    loaded: dict[str, Any] = field(default_factory=dict)
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -321,31 +324,47 @@ class Stage:
     every_rank: bool = False  # training and extraction run on every rank; the rest on rank 0
 
 
-def build_stages(cfg: RunConfig, setting: Any) -> list[Stage]:
-    """The ordered stages `cfg.methods` need, made of one setting's stage functions:
-    `setting` is a module (`pipeline` or `instruct_pipeline`) with `stage_data`,
-    `stage_models`, `stage_finetune(ctx, method)`, `stage_topk`, `stage_calibrate`,
-    `stage_distill(ctx, method)`, `stage_evaluate(ctx, method)`,
-    `stage_posthoc(ctx, method)` and `stage_store`."""
+@dataclass(frozen=True)
+class Setting:
+    """One setting's stage functions: what `build_stages` makes the stage list of.
+
+    The multiple-choice setting (`runner.MULTIPLE_CHOICE`) and the instruction setting
+    (`instruct_stages.INSTRUCTION`) each give one; `runner.setting_for(cfg)` picks it by
+    `[data] kind`. A stage taking a method trains or evaluates that method's model."""
+
+    name: str
+    data: Callable[[Context], dict[str, Any]]
+    models: Callable[[Context], dict[str, Any]]
+    finetune: Callable[[Context, str], dict[str, Any]]
+    topk: Callable[[Context], dict[str, Any]]
+    calibrate: Callable[[Context], dict[str, Any]]
+    distill: Callable[[Context, str], dict[str, Any]]
+    evaluate: Callable[[Context, str], dict[str, Any]]
+    posthoc: Callable[[Context, str], dict[str, Any]]
+    store: Callable[[Context], dict[str, Any]]
+
+
+def build_stages(cfg: RunConfig, setting: Setting) -> list[Stage]:
+    """The ordered stages `cfg.methods` need, made of one setting's stage functions."""
     methods, s = cfg.methods, setting
-    out = [Stage("data", s.stage_data),
-           Stage("models", s.stage_models, ("models/teacher_init", "models/student_init"))]
+    out = [Stage("data", s.data),
+           Stage("models", s.models, ("models/teacher_init", "models/student_init"))]
     if any(m in methods for m in ("teacher_ft", *STUDENT_METHODS)):
         given = teacher_as_given(cfg)  # then nothing trains: a record on rank 0 is all
         out.append(Stage("teacher_ft", stage_teacher_as_given if given
-                         else lambda c: s.stage_finetune(c, "teacher_ft"),
+                         else lambda c: s.finetune(c, "teacher_ft"),
                          ("models/teacher_ft",), every_rank=not given))
     if any(m in methods for m in STUDENT_METHODS):
-        out += [Stage("topk", s.stage_topk, ("topk",), every_rank=True),
-                Stage("calibrate", s.stage_calibrate, ("calibration.json",))]
+        out += [Stage("topk", s.topk, ("topk",), every_rank=True),
+                Stage("calibrate", s.calibrate, ("calibration.json",))]
     if "student_ft" in methods:
-        out.append(Stage("student_ft", lambda c: s.stage_finetune(c, "student_ft"),
+        out.append(Stage("student_ft", lambda c: s.finetune(c, "student_ft"),
                          ("models/student_ft",), every_rank=True))
-    out += [Stage(m, lambda c, m=m: s.stage_distill(c, m), (f"models/{m}",), every_rank=True)
+    out += [Stage(m, lambda c, m=m: s.distill(c, m), (f"models/{m}",), every_rank=True)
             for m in STUDENT_METHODS if m in methods]
-    out += [Stage(f"eval_{m}", lambda c, m=m: s.stage_evaluate(c, m), (f"eval/{m}",))
+    out += [Stage(f"eval_{m}", lambda c, m=m: s.evaluate(c, m), (f"eval/{m}",))
             for m in methods]
-    out += [Stage(f"posthoc_{m}", lambda c, m=m: s.stage_posthoc(c, m),
+    out += [Stage(f"posthoc_{m}", lambda c, m=m: s.posthoc(c, m),
                   (f"eval/{posthoc_method(m)}",)) for m in methods]
-    out.append(Stage("store", s.stage_store))
+    out.append(Stage("store", s.store))
     return out
