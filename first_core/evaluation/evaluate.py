@@ -104,8 +104,7 @@ def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
     def reduce(logits: torch.Tensor, index: np.ndarray):
         if not on_device:
             logits = logits.float().cpu()
-        if temperature is not None:
-            logits = logits.float() / temperature
+        logits = divide_logits(logits, temperature)
         rows = to_device(torch.from_numpy(opt_ids[index]), logits.device)  # no GPU stall
         return (*top_logits(logits, k, on_device), logits.gather(1, rows).float())
 
@@ -151,15 +150,48 @@ def option_distribution(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return probs, gold
 
 
+def divide_logits(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """Post-hoc temperature scaling where the logits are: logits / T in float32 (`None`: the
+    logits as they are, so T = 1.0 and None give the same bits downstream). Shared by the
+    answer-position and the per-token evaluation."""
+    return logits if temperature is None else logits.float() / temperature
+
+
+def confidence_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
+                       n_boot: int = 1000, seed: int = 0
+                       ) -> dict[str, tuple[float, float | None, float | None]]:
+    """What one convention's confidences score, as {metric: (value, ci_low, ci_high)}:
+    accuracy, mean confidence, ECE, MCE, trust, AUROC and AURC (ECE, AUROC and AURC with
+    bootstrap intervals on the same resamples; AUROC NaN where every answer is right or
+    every one is wrong). The one computation behind both settings' metric rows: the answer
+    position's (`compute_metrics`) and every response token's (`instruct_eval`)."""
+    acc = metrics.accuracy(correct)
+    ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
+                                                n_boot=n_boot, seed=seed)
+    return {"accuracy": (acc, None, None), "confidence": (float(confidence.mean()), None, None),
+            "ece": (ece, low, high),
+            "mce": (metrics.maximum_calibration_error(confidence, correct, n_bins=n_bins),
+                    None, None),
+            "trust": (metrics.trust_score(acc, ece), None, None),
+            **selective_metrics.bootstrap_intervals(confidence, correct, n_boot=n_boot,
+                                                    seed=seed)}
+
+
+def metric_rows(values: Sequence[tuple[str, dict[str, tuple]]]) -> pd.DataFrame:
+    """The store's `metrics` rows (without `run_id` / `split`) of [(convention, values)]; a
+    missing interval end is NaN (NULL in the store)."""
+    return pd.DataFrame([(convention, name, *(float("nan") if v is None else float(v)
+                                              for v in vals))
+                         for convention, by_name in values for name, vals in by_name.items()],
+                        columns=list(METRIC_COLUMNS))
+
+
 def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
                     seed: int = 0, conventions: Sequence[str] = ("paper", "option")
                     ) -> pd.DataFrame:
-    """The store's `metrics` rows (without `run_id` / `split`) for both conventions.
-
-    Per convention: accuracy, mean confidence, ECE, MCE, trust, AUROC and AURC (ECE, AUROC and
-    AURC with bootstrap intervals on the same resamples; AUROC NaN, stored as NULL, where
-    every answer is right or every one is wrong); for `option` also Brier and NLL over the
-    renormalised option distribution.
+    """The store's `metrics` rows (without `run_id` / `split`) for both conventions:
+    `confidence_metrics` of each, and for `option` also Brier and NLL over the renormalised
+    option distribution.
     """
     out = []
     for convention, conf_col, correct_col in (("paper", "confidence", "correct"),
@@ -168,20 +200,10 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
             continue
         conf = pred[conf_col].to_numpy(dtype=np.float64)
         correct = pred[correct_col].to_numpy(dtype=bool)
-        acc = metrics.accuracy(correct)
-        ece, low, high = metrics.bootstrap_interval("ece", conf, correct, n_bins=n_bins,
-                                                    n_boot=n_boot, seed=seed)
-        values = {"accuracy": (acc, None, None), "confidence": (float(conf.mean()), None, None),
-                  "ece": (ece, low, high),
-                  "mce": (metrics.maximum_calibration_error(conf, correct, n_bins=n_bins),
-                          None, None),
-                  "trust": (metrics.trust_score(acc, ece), None, None),
-                  **selective_metrics.bootstrap_intervals(conf, correct, n_boot=n_boot,
-                                                          seed=seed)}
+        values = confidence_metrics(conf, correct, n_bins, n_boot, seed)
         if convention == "option":
             probs, gold = option_distribution(pred)
             values["brier"] = (metrics.brier_score(probs, gold), None, None)
             values["nll"] = (metrics.negative_log_likelihood(probs, gold), None, None)
-        out += [(convention, name, *(float("nan") if v is None else float(v) for v in vals))
-                for name, vals in values.items()]
-    return pd.DataFrame(out, columns=list(METRIC_COLUMNS))
+        out.append((convention, values))
+    return metric_rows(out)

@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..metrics import scores as metrics, selective as selective_metrics
 from ..calibration.transforms import check_temperature
-from .evaluate import METRIC_COLUMNS
+from .evaluate import confidence_metrics, divide_logits, metric_rows
 from ..inference.forward import on_device_default
 from ..data.instruct_data import InstructExample
 from ..inference.logit_reduce import top_logits
@@ -38,8 +37,7 @@ def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[Inst
         temperature = check_temperature(temperature)
 
     def reduce(logits: torch.Tensor, targets: torch.Tensor):
-        if temperature is not None:
-            logits = logits.float() / temperature
+        logits = divide_logits(logits, temperature)
         top, ids, lse = top_logits(logits, 1, on_device)
         return top, lse, ids[:, 0] == targets.to(ids.device)
 
@@ -53,19 +51,7 @@ def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[Inst
 
 def token_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Metric rows (without run_id / split): accuracy, mean confidence, ECE with interval,
-    MCE, trust, AUROC and AURC with intervals (as `evaluate.compute_metrics` gives for the
-    `paper` convention)."""
-    acc = metrics.accuracy(correct)
-    ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
-                                                n_boot=n_boot, seed=seed)
-    rows = [("paper", "accuracy", acc, np.nan, np.nan),
-            ("paper", "confidence", float(np.mean(confidence)), np.nan, np.nan),
-            ("paper", "ece", ece, low, high),
-            ("paper", "mce", metrics.maximum_calibration_error(confidence, correct,
-                                                               n_bins=n_bins), np.nan, np.nan),
-            ("paper", "trust", metrics.trust_score(acc, ece), np.nan, np.nan)]
-    rows += [("paper", name, *values) for name, values in selective_metrics.bootstrap_intervals(
-        confidence, correct, n_boot=n_boot, seed=seed).items()]
-    return pd.DataFrame([(c, m, float(v), float(lo), float(hi)) for c, m, v, lo, hi in rows],
-                        columns=list(METRIC_COLUMNS))
+    """Metric rows (without run_id / split) over response tokens: `confidence_metrics`, the
+    same rows `evaluate.compute_metrics` gives for the `paper` convention."""
+    return metric_rows([("paper", confidence_metrics(confidence, correct, n_bins, n_boot,
+                                                     seed))])
