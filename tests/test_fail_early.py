@@ -432,15 +432,6 @@ def test_a_local_model_path_that_does_not_exist_fails_at_once(tmp_path: Path,
     assert no_stage_started(proc)
 
 
-def test_records_and_config_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced = []
-    real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
-    pipeline.write_json_atomic(tmp_path / "stages" / "x.json", {"a": 1})
-    assert len(synced) == 2  # the file, then its folder (the rename)
-    assert json.loads((tmp_path / "stages" / "x.json").read_text()) == {"a": 1}
-
-
 def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path: Path) -> None:
     """torchrun, two CPU ranks (gloo): the store check runs on rank 0 only; both must stop."""
     junk = tmp_path / "junk.duckdb"

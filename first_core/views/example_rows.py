@@ -35,7 +35,7 @@ def bin_at(bins: pd.DataFrame, x: float) -> int | None:
     return int(inside[0]) if len(inside) else None
 
 
-def _top5_text(tokens: object, probs: object) -> str | None:
+def top5_text(tokens: object, probs: object) -> str | None:
     """"' A' 71.2%, ' B' 9.8%, ...": a teacher's stored top-k as one plain-text cell."""
     if tokens is None or probs is None or not len(probs):
         return None
@@ -74,7 +74,7 @@ def drilldown_table(arrays: PredictionArrays, scaled: Rescaled, rows: np.ndarray
         dtype=object)) if len(text) else None
     if teacher is not None and len(teacher):
         top = teacher.drop_duplicates("example_id").set_index("example_id")
-        cells = pd.Series([_top5_text(t, p) for t, p in zip(top["topk_tokens"], top["topk_probs"])],
+        cells = pd.Series([top5_text(t, p) for t, p in zip(top["topk_tokens"], top["topk_probs"])],
                           index=top.index, dtype=object)
         out["teacher_top5"] = out["example_id"].map(cells)
     else:
