@@ -5,7 +5,7 @@ over-confident (more so out of domain), FIRST with temperature scaling is close 
 calibrated, the teacher's top-k is sharp, and the temperature / label-smoothing curves are
 computed from the teacher's stored top-k exactly as the pipeline would. Metrics rows come
 from `evaluate.compute_metrics` (the pipeline's own) and the curves from
-`first_core.metrics.scores` / `first_core.calibration.transforms`, so the fixture agrees with
+`first_core.metrics` / `first_core.calibration.transforms`, so the fixture agrees with
 what the dashboard recomputes. Same seed, same store.
 
     python -m first_core.fixtures data/fixture.duckdb [--n-examples 200] [--seed 0]
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import transforms as calibrate
-from .metrics import scores as metrics
+from .metrics.conventions import topk_labels
 from .evaluation.evaluate import compute_metrics
 from .store.db import SPLITS, RunRecord, Store
 
@@ -131,7 +131,7 @@ def _search_curves(teacher: pd.DataFrame, teacher_run: str) -> pd.DataFrame:
         part = teacher[teacher["split"] == split]
         gold_ids = LETTER_IDS[np.searchsorted(LETTERS, part["gold"].to_numpy())]
         topk[split] = (np.stack(part["topk_probs"].to_numpy()),
-                       metrics.topk_labels(np.stack(part["topk_ids"].to_numpy()), gold_ids))
+                       topk_labels(np.stack(part["topk_ids"].to_numpy()), gold_ids))
     frames = []
     for search in (calibrate.search_temperature, calibrate.search_label_smoothing):
         res = search(*topk["val"], n_bins=N_BINS)

@@ -12,7 +12,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
 from first_core.calibration import transforms as C
-from first_core.metrics import scores as M
+from first_core.metrics.binning import expected_calibration_error
 from first_core.errors import ConfigError
 
 SETTINGS = settings(max_examples=50, deadline=None,
@@ -33,7 +33,7 @@ def topk_rows(seed: int, n: int, k: int, ties: bool = True):
 
 
 def brute_ece(rows: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
-    return M.expected_calibration_error(rows.max(axis=1), rows.argmax(axis=1) == labels, n_bins)
+    return expected_calibration_error(rows.max(axis=1), rows.argmax(axis=1) == labels, n_bins)
 
 
 # ---------------------------------------------------------------- transforms

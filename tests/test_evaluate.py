@@ -8,7 +8,10 @@ import torch
 
 from sklearn.metrics import roc_auc_score
 
-from first_core.metrics import scores as metrics, selective as selective_metrics
+from first_core.metrics import selective as selective_metrics
+from first_core.metrics.binning import expected_calibration_error, maximum_calibration_error
+from first_core.metrics.intervals import bootstrap_interval
+from first_core.metrics.point_scores import accuracy, trust_score
 from first_core.store import db as store
 from first_core.errors import ConfigError
 from first_core.evaluation.evaluate import compute_metrics, predict
@@ -128,15 +131,15 @@ def test_compute_metrics_equals_first_core_metrics(pred):
     for conv, conf, ok in (("paper", pred.confidence, pred.correct),
                            ("option", pred.confidence_option, pred.correct_option)):
         conf, ok = conf.to_numpy(), ok.to_numpy()
-        acc = metrics.accuracy(ok)
-        ece = metrics.expected_calibration_error(conf, ok, n_bins=5)
+        acc = accuracy(ok)
+        ece = expected_calibration_error(conf, ok, n_bins=5)
         assert got[conv, "accuracy"].value == pytest.approx(acc)
         assert got[conv, "confidence"].value == pytest.approx(float(np.mean(conf)))
         assert got[conv, "ece"].value == pytest.approx(ece)
         assert got[conv, "mce"].value == pytest.approx(
-            metrics.maximum_calibration_error(conf, ok, n_bins=5))
-        assert got[conv, "trust"].value == pytest.approx(metrics.trust_score(acc, ece))
-        _, low, high = metrics.bootstrap_interval("ece", conf, ok, n_bins=5, n_boot=200, seed=3)
+            maximum_calibration_error(conf, ok, n_bins=5))
+        assert got[conv, "trust"].value == pytest.approx(trust_score(acc, ece))
+        _, low, high = bootstrap_interval("ece", conf, ok, n_bins=5, n_boot=200, seed=3)
         assert (got[conv, "ece"].ci_low, got[conv, "ece"].ci_high) == pytest.approx((low, high))
         assert np.isnan(got[conv, "accuracy"].ci_low)
         # discrimination: scikit-learn's AUROC, and the intervals of the same resamples

@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
-from first_core.metrics import scores as metrics
+from first_core.metrics.binning import expected_calibration_error
 from first_core.calibration import posthoc
 from first_core.calibration.temperature_fit import T_MIN, fit_temperature
 
@@ -180,7 +180,7 @@ def test_fit_posthoc_records_the_nll_and_the_ece_minimising_temperature():
     assert fit.ece_after == pytest.approx(ece(fit.temperature), abs=1e-9)
     assert fit.temperature in fit.grid and fit.stride == 1 and fit.n_positions == 600
     conf = posthoc.top1_confidence(z.astype(np.float32), 1.0)
-    assert metrics.expected_calibration_error(conf, correct) == pytest.approx(fit.ece_before)
+    assert expected_calibration_error(conf, correct) == pytest.approx(fit.ece_before)
 
 
 # ---------------------------------------------------------------- the dashboard's fit

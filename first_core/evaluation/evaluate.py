@@ -11,10 +11,10 @@ and returns one row per example with exactly the columns of the store's
 - `option` convention: the answer-letter probabilities renormalised over the example's own
   options; the prediction is the best option.
 
-Both come from `metrics.paper_convention` / `metrics.option_convention`.
+Both come from `metrics.conventions` (`paper_convention` / `option_convention`).
 
 `compute_metrics` turns those rows into the store's `metrics` rows; every formula lives in
-`first_core.metrics.scores`.
+`first_core.metrics`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..metrics import scores as metrics, selective as selective_metrics
+from ..metrics import selective as selective_metrics
+from ..metrics.binning import maximum_calibration_error
+from ..metrics.conventions import option_convention, paper_convention
+from ..metrics.intervals import bootstrap_interval
+from ..metrics.point_scores import accuracy, brier_score, negative_log_likelihood, trust_score
 from ..store import db as store
 from ..calibration.transforms import check_temperature
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
@@ -118,8 +122,8 @@ def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
         opt_p[rows] = torch.exp(opt.double() - lse).numpy()
     opt_p *= opt_mask  # padding columns hold no option
 
-    paper = metrics.paper_convention(top_p, top_i, gold_id)
-    option = metrics.option_convention(opt_p, gold_col)
+    paper = paper_convention(top_p, top_i, gold_id)
+    option = option_convention(opt_p, gold_col)
     texts = _token_texts(tokenizer, top_i)
     frame = pd.DataFrame({
         "example_id": [ex.id for ex in examples],
@@ -168,20 +172,20 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
             continue
         conf = pred[conf_col].to_numpy(dtype=np.float64)
         correct = pred[correct_col].to_numpy(dtype=bool)
-        acc = metrics.accuracy(correct)
-        ece, low, high = metrics.bootstrap_interval("ece", conf, correct, n_bins=n_bins,
-                                                    n_boot=n_boot, seed=seed)
+        acc = accuracy(correct)
+        ece, low, high = bootstrap_interval("ece", conf, correct, n_bins=n_bins,
+                                            n_boot=n_boot, seed=seed)
         values = {"accuracy": (acc, None, None), "confidence": (float(conf.mean()), None, None),
                   "ece": (ece, low, high),
-                  "mce": (metrics.maximum_calibration_error(conf, correct, n_bins=n_bins),
+                  "mce": (maximum_calibration_error(conf, correct, n_bins=n_bins),
                           None, None),
-                  "trust": (metrics.trust_score(acc, ece), None, None),
+                  "trust": (trust_score(acc, ece), None, None),
                   **selective_metrics.bootstrap_intervals(conf, correct, n_boot=n_boot,
                                                           seed=seed)}
         if convention == "option":
             probs, gold = option_distribution(pred)
-            values["brier"] = (metrics.brier_score(probs, gold), None, None)
-            values["nll"] = (metrics.negative_log_likelihood(probs, gold), None, None)
+            values["brier"] = (brier_score(probs, gold), None, None)
+            values["nll"] = (negative_log_likelihood(probs, gold), None, None)
         out += [(convention, name, *(float("nan") if v is None else float(v) for v in vals))
                 for name, vals in values.items()]
     return pd.DataFrame(out, columns=list(METRIC_COLUMNS))

@@ -3,7 +3,7 @@
 At every response token (teacher-forced, the same forward as extraction and training) the
 confidence is the model's top-1 probability over the whole vocabulary and the prediction is
 correct when that top-1 token is the response token: the `paper` convention of the answer
-position, applied to each token. Metrics come from `first_core.metrics.scores` and are the store's
+position, applied to each token. Metrics come from `first_core.metrics` and are the store's
 `metrics` rows (convention `paper`; there are no options, so no `option` rows). The
 bootstrap interval resamples tokens; tokens of one response are correlated, so it is
 narrower than an interval over responses would be (stated, not corrected).
@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..metrics import scores as metrics, selective as selective_metrics
+from ..metrics import selective as selective_metrics
+from ..metrics.binning import maximum_calibration_error
+from ..metrics.intervals import bootstrap_interval
+from ..metrics.point_scores import accuracy, trust_score
 from ..calibration.transforms import check_temperature
 from .evaluate import METRIC_COLUMNS
 from ..inference.forward import on_device_default
@@ -56,15 +59,15 @@ def token_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
     """Metric rows (without run_id / split): accuracy, mean confidence, ECE with interval,
     MCE, trust, AUROC and AURC with intervals (as `evaluate.compute_metrics` gives for the
     `paper` convention)."""
-    acc = metrics.accuracy(correct)
-    ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
-                                                n_boot=n_boot, seed=seed)
+    acc = accuracy(correct)
+    ece, low, high = bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
+                                        n_boot=n_boot, seed=seed)
     rows = [("paper", "accuracy", acc, np.nan, np.nan),
             ("paper", "confidence", float(np.mean(confidence)), np.nan, np.nan),
             ("paper", "ece", ece, low, high),
-            ("paper", "mce", metrics.maximum_calibration_error(confidence, correct,
-                                                               n_bins=n_bins), np.nan, np.nan),
-            ("paper", "trust", metrics.trust_score(acc, ece), np.nan, np.nan)]
+            ("paper", "mce", maximum_calibration_error(confidence, correct,
+                                                       n_bins=n_bins), np.nan, np.nan),
+            ("paper", "trust", trust_score(acc, ece), np.nan, np.nan)]
     rows += [("paper", name, *values) for name, values in selective_metrics.bootstrap_intervals(
         confidence, correct, n_boot=n_boot, seed=seed).items()]
     return pd.DataFrame([(c, m, float(v), float(lo), float(hi)) for c, m, v, lo, hi in rows],

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..metrics import scores as metrics
+from ..metrics.binning import bin_ids
 from .run_arrays import PredictionArrays
 from .rescaling import Rescaled
 
@@ -19,10 +19,10 @@ FILTERS: dict[str, str] = {"all": "All predictions", "wrong_confident": "Wrong b
 
 def bin_members(scaled: Rescaled, n_bins: int, strategy: str, bin_index: int) -> np.ndarray:
     """Row indices of the predictions in reliability bin `bin_index` at the current c: the
-    same binning (`metrics.bin_ids`) as the diagram and the ECE card, most confident first."""
+    same binning (`bin_ids`) as the diagram and the ECE card, most confident first."""
     if not 0 <= bin_index < n_bins:
         raise ValueError(f"bin: must be in [0, {n_bins}), got {bin_index!r}")
-    ids = metrics.bin_ids(scaled.confidence, n_bins, strategy)
+    ids = bin_ids(scaled.confidence, n_bins, strategy)
     rows = np.flatnonzero(ids == bin_index)
     return rows[np.argsort(-scaled.confidence[rows], kind="stable")]
 
