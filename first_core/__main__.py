@@ -32,7 +32,7 @@ VERBOSE_HELP = ("also show what the libraries print (their logs and progress bar
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     """Run the pipeline once per training seed, then print Table 1; returns the config."""
-    from .config.settings import load_config
+    from .config.loading import load_config
     from .numerics import pin_cpu_kernels
 
     seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's

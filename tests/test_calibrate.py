@@ -292,7 +292,7 @@ def test_token_labels_find_the_gold_letter_among_stored_tokens():
 
 
 def test_pipeline_config_selects_the_strategy(tmp_path):
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
 
     assert load_config().calibration.strategy == "grid"
     assert load_config(overrides=['calibration.strategy="nll"']).calibration.strategy == "nll"

@@ -29,7 +29,7 @@ from test_bad_inputs import (ROOT, SMALL, TINY, assert_user_error, cli, csqa, re
 from first_core.data import examples as data
 from first_core.pipeline import runner as pipeline
 from first_core.store import db as store
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 
 PLAIN = 'methods=["teacher_ft","student_ft"]'  # no distilled student: no top-k, no calibrate
 
@@ -520,7 +520,7 @@ def test_coverage_k_over_the_vocabulary_is_allowed(monkeypatch) -> None:
     """demo.toml asks a 47-token teacher for top-100 coverage statistics, which clip at the
     vocabulary: the models-stage check must not refuse it (it did, and broke the demo)."""
     from first_core.models import checks as model_checks
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
 
     cfg = load_config(ROOT / "configs" / "demo.toml")
     assert cfg.topk.coverage_k > 47

@@ -46,7 +46,7 @@ def test_tiny_pipeline_runs_on_cuda(tmp_path: Path, monkeypatch) -> None:
     from first_core.training import distill, sft as finetune
     from first_core.models import loading as models
     from first_core.pipeline import runner as pipeline
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
 
     loaded: list[str] = []
     trained: list[tuple[str, str]] = []

@@ -21,7 +21,7 @@ from test_bad_inputs import SMALL, TINY, assert_user_error, records
 from test_fail_early import run_here
 
 from first_core.data import examples as data
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 from first_core.models.loading import build_preset
 from first_core.data.tasks import write_task
 
@@ -293,7 +293,7 @@ def test_a_full_disk_during_import_is_one_error_line_and_the_store_stays(tmp_pat
                                                       for i in range(3000)))
     proc = limited_cli(64 * 1024, "import", str(big), "--name", "second", "--store", str(path),
                        cwd=tmp_path)
-    assert_user_error(proc, f"store", "write failed, nothing was written", "File too large")
+    assert_user_error(proc, "store", "write failed, nothing was written", "File too large")
     assert store_rows(path) == before
 
 

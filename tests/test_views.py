@@ -587,7 +587,8 @@ def test_selective_view_of_a_one_class_split_has_no_auroc():
 
 @pytest.mark.parametrize("seeds, want", [(None, "runs/x"), ([3, 4], "runs/x/seed4")])
 def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
-    from first_core.config.settings import RunConfig, load_config
+    from first_core.config.settings import RunConfig
+    from first_core.config.loading import load_config
     cfg = load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                  "student_train.loss_on='response'", "name='x'"])
     cfg = dataclasses.replace(cfg, seeds=seeds, seed=4)
@@ -638,7 +639,7 @@ def test_token_view_table_shows_each_token_before_and_after(token_store):
 # ---------------------------------------------------------------- the store's own run folders
 
 def _instruct_config(runs_dir, name: str = "x") -> dict:
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     return load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                   "student_train.loss_on='response'", f"name='{name}'",
                                   f"runs_dir='{runs_dir}'"]).to_dict()

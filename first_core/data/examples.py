@@ -184,7 +184,7 @@ _PARSERS = {"csqa": _csqa, "boolq": _boolq, "jsonl": _generic}
 
 
 def record_id(rec: dict[str, Any], line: int) -> str:
-    """A record's `id` as text, or `line-<n>` when it has none (both settings' loaders)."""
+    """A record's `id` as text, or `line-<n>` when it has none (both loaders: MC, instruct)."""
     if "id" not in rec:
         return f"line-{line}"
     value = _get(rec, "id", (str, int))
