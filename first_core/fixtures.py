@@ -24,7 +24,8 @@ import pandas as pd
 from .calibration import transforms as calibrate
 from .metrics.conventions import topk_labels
 from .evaluation.evaluate import compute_metrics
-from .store.db import SPLITS, RunRecord, Store
+from .store.schema import SPLITS, RunRecord
+from .store.writes import Store
 
 DATASET = "fixture-mc"
 PIPELINE = "fixture"
@@ -171,7 +172,8 @@ def write_pretrained_coverage(path: str | os.PathLike[str], pipeline: str = "smo
                               seed: int = 0) -> str:
     """Add a pretrained model's zero-shot coverage run (no predictions), as the demo's
     `pretrained_coverage` step stores one; returns its run id."""
-    from .store.db import PRETRAINED_METHOD, write_pretrained_coverage as write
+    from .store.pretrained import write_pretrained_coverage as write
+    from .store.schema import PRETRAINED_METHOD
 
     run = f"{pipeline}/{PRETRAINED_METHOD}/seed0"
     write(path, pipeline, run, PRETRAINED_MODEL, DATASET,

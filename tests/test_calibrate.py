@@ -303,14 +303,14 @@ def test_pipeline_config_selects_the_strategy(tmp_path):
 def test_temperature_page_marks_the_nll_fit(monkeypatch, tmp_path):
     from test_app import open_app  # the dashboard tests' way of opening a page
 
-    from first_core.store import db as store
+    from first_core.store.reads import load_predictions
     from first_core.fixtures import write_fixture_store
 
     path = write_fixture_store(tmp_path / "f.duckdb", 60, seed=2)
     at = open_app(monkeypatch, path, "pages/temperature.py")
     at.radio(key="ts_strategy").set_value("nll").run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
-    val = store.load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
+    val = load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
     c = C.fit_temperature_nll(np.array(val["topk_probs"].tolist()),
                               C.token_labels(val["topk_tokens"], val["gold"]), mode="first")
     ts_chart = json.loads(at.get("plotly_chart")[0].proto.spec)

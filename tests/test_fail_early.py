@@ -28,7 +28,9 @@ from test_bad_inputs import (ROOT, SMALL, TINY, assert_user_error, cli, csqa, re
 
 from first_core.data import examples as data
 from first_core.pipeline import runner as pipeline
-from first_core.store import db as store
+from first_core.store.connection import connect
+from first_core.store.schema import TABLES
+from first_core.store.writes import Store
 from first_core.config.loading import load_config
 
 PLAIN = 'methods=["teacher_ft","student_ft"]'  # no distilled student: no top-k, no calibrate
@@ -64,7 +66,7 @@ def store_rows(path: Path) -> dict[str, list]:
     """The whole content of a store, table by table, for before/after comparisons."""
     with duckdb.connect(str(path), read_only=True) as con:
         return {t: sorted(map(str, con.execute(f'SELECT * FROM "{t}"').fetchall()))
-                for t in store.TABLES}
+                for t in TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +163,13 @@ def test_out_of_range_settings_are_refused_before_anything(copy: Path, setting: 
 
 
 def _drop_column(path: Path) -> None:
-    store.Store(path)
+    Store(path)
     with duckdb.connect(str(path)) as con:
         con.execute("ALTER TABLE predictions DROP COLUMN confidence")
 
 
 def _drop_table(path: Path) -> None:
-    store.Store(path)
+    Store(path)
     with duckdb.connect(str(path)) as con:
         con.execute("DROP TABLE metrics")
 
@@ -198,7 +200,7 @@ def test_a_bad_store_is_refused_before_the_first_stage(tmp_path: Path, make, wor
 
 def test_connections_never_fetch_or_load_extensions(tmp_path: Path) -> None:
     for read_only in (False, True):
-        with store.connect(tmp_path / "s.duckdb", read_only=read_only) as con:
+        with connect(tmp_path / "s.duckdb", read_only=read_only) as con:
             assert con.execute("SELECT current_setting('autoinstall_known_extensions'), "
                                "current_setting('autoload_known_extensions')").fetchone() == (
                                    False, False)
@@ -252,7 +254,7 @@ def test_store_stage_is_one_transaction(copy: Path, monkeypatch: pytest.MonkeyPa
     cfg = load_config(TINY, [f"runs_dir='{copy / 'runs'}'", f"store='{path}'",
                              made_with(copy), *SMALL, PLAIN])
     written = []
-    real = store.Store.write_run
+    real = Store.write_run
 
     def write_run(self, run_record, *a, **k):
         real(self, run_record, *a, **k)
@@ -260,8 +262,8 @@ def test_store_stage_is_one_transaction(copy: Path, monkeypatch: pytest.MonkeyPa
 
     def fail(self, frame):
         raise RuntimeError("killed midway")
-    monkeypatch.setattr(store.Store, "write_run", write_run)
-    monkeypatch.setattr(store.Store, "write_examples", fail)
+    monkeypatch.setattr(Store, "write_run", write_run)
+    monkeypatch.setattr(Store, "write_examples", fail)
     with pytest.raises(RuntimeError, match="killed midway"):
         pipeline.run(cfg, force="store", echo=lambda _: None)
     assert len(written) == 4  # all runs (2 + their post-hoc rows) were written inside it

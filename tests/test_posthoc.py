@@ -188,12 +188,12 @@ def test_fit_posthoc_records_the_nll_and_the_ece_minimising_temperature():
 
 def test_dashboard_fit_minimises_the_pages_nll_card(tmp_path):
     from first_core.fixtures import write_fixture_store
-    from first_core.store import db as store
+    from first_core.store.reads import list_runs, load_predictions
     from first_core.views import rescaling, run_arrays
 
     path = write_fixture_store(tmp_path / "f.duckdb", 300, seed=1)
-    runs = store.list_runs(path)
-    frame = store.load_predictions(path, run_ids=runs["run_id"].iloc[1], split="val")
+    runs = list_runs(path)
+    frame = load_predictions(path, run_ids=runs["run_id"].iloc[1], split="val")
     arrays = run_arrays.prediction_arrays(frame)
     for mode in ("logit", "first"):
         c = rescaling.fit_temperature(arrays, mode)

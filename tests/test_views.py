@@ -14,7 +14,7 @@ from scipy.special import softmax
 from first_core.metrics import binning, checks, conventions, intervals, point_scores
 from first_core.metrics.binning import expected_calibration_error, maximum_calibration_error
 from first_core import report
-from first_core.store import db as store
+from first_core.store.reads import list_runs, load_examples, load_predictions
 from first_core.views import (example_rows, rescaling, run_arrays, selective, storage_math,
                                tables, teaching, token_views, view_state)
 from first_core.fixtures import write_fixture_store
@@ -39,9 +39,9 @@ def fixture_store(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def preds(fixture_store) -> pd.DataFrame:
-    runs = store.list_runs(fixture_store)
+    runs = list_runs(fixture_store)
     run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
-    return store.load_predictions(fixture_store, run, "test")
+    return load_predictions(fixture_store, run, "test")
 
 
 @pytest.fixture(scope="module")
@@ -312,10 +312,10 @@ def test_bin_at_maps_a_clicked_bar_centre_to_its_bin():
 def test_drilldown_lists_a_bins_examples_at_the_current_temperature(fixture_store, preds, arrays):
     scaled = rescaling.rescale(arrays, 2.0, "logit", "paper")
     rows = example_rows.bin_members(scaled, 10, "uniform", 5)
-    examples = store.load_examples(fixture_store, split="test")
-    runs = store.list_runs(fixture_store)
-    teacher = store.load_predictions(fixture_store, tables.teacher_for(runs, preds["run_id"][0]),
-                                     "test", columns=["example_id", "topk_tokens", "topk_probs"])
+    examples = load_examples(fixture_store, split="test")
+    runs = list_runs(fixture_store)
+    teacher = load_predictions(fixture_store, tables.teacher_for(runs, preds["run_id"][0]),
+                               "test", columns=["example_id", "topk_tokens", "topk_probs"])
     table = example_rows.drilldown_table(arrays, scaled, rows, "paper", preds, examples, teacher)
     assert list(table.columns) == list(example_rows.DRILL_COLUMNS) and len(table) == len(rows) > 0
     first = table.iloc[0]

@@ -30,7 +30,7 @@ from ..metrics.binning import maximum_calibration_error
 from ..metrics.conventions import option_convention, paper_convention
 from ..metrics.intervals import bootstrap_interval
 from ..metrics.point_scores import accuracy, brier_score, negative_log_likelihood, trust_score
-from ..store import db as store
+from ..store.schema import TABLES
 from ..calibration.transforms import check_temperature
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
 from ..inference.forward import PromptIds, answer_reduced, on_device_default, to_device, vocab_size
@@ -38,9 +38,9 @@ from ..inference.logit_reduce import top_logits
 from ..models.loading import MAX_POSITIONS, label_token_ids
 from ..knowledge.extraction import check_k
 
-PREDICTION_COLUMNS = tuple(c for c in store.TABLES["predictions"].columns
+PREDICTION_COLUMNS = tuple(c for c in TABLES["predictions"].columns
                            if c not in ("run_id", "split"))
-METRIC_COLUMNS = tuple(c for c in store.TABLES["metrics"].columns if c not in ("run_id", "split"))
+METRIC_COLUMNS = tuple(c for c in TABLES["metrics"].columns if c not in ("run_id", "split"))
 
 
 def _pad(rows: Sequence[Sequence], fill, dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..metrics.checks import ROW_SUM_TOL, row_sums_ok
-from ..store import db as store
+from ..store.schema import IMPORTED_METHOD, SPLITS
 from ..errors import DataError
 from ..evaluation.evaluate import compute_metrics
 from .table_read import Cells, read_cells
@@ -322,8 +322,8 @@ def validate_cells(cells: Cells, path: Path, choices: list[list[str]] | None = N
     n = len(frame)
     split = (_texts(frame["split"], "split", problems)[0] if "split" in frame
              else np.full(n, "test", dtype=object))
-    problems.add(~pd.Series(split).isin(store.SPLITS).to_numpy(), "split",
-                 f"must be one of {list(store.SPLITS)}")
+    problems.add(~pd.Series(split).isin(SPLITS).to_numpy(), "split",
+                 f"must be one of {list(SPLITS)}")
     example_id = _example_ids(frame, split, problems)
     question = (_texts(frame["question"], "question", problems)[0] if "question" in frame
                 else None)
@@ -374,7 +374,7 @@ def run_rows(preds: pd.DataFrame, examples: pd.DataFrame | None, pipeline: str,
     metrics_rows = pd.concat([_split_metrics(part.reset_index(drop=True)).assign(split=split)
                               for split, part in preds.groupby("split", sort=False)],
                              ignore_index=True)
-    return ImportRows(pipeline=pipeline, run_id=f"{pipeline}/{store.IMPORTED_METHOD}/seed0",
+    return ImportRows(pipeline=pipeline, run_id=f"{pipeline}/{IMPORTED_METHOD}/seed0",
                       model=model, predictions=preds, metrics=metrics_rows, examples=examples,
                       config={**config, "rows": len(preds)})
 

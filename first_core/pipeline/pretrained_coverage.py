@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data import examples as data
-from ..store import db as store
+from ..store.paths import default_store_path
+from ..store.pretrained import write_pretrained_coverage
+from ..store.schema import PRETRAINED_METHOD
 from ..config.settings import RunConfig
 from ..atomic_files import write_json_atomic
 from .run_lock import lock_run_dir
@@ -115,7 +117,7 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
     examples = examples[:n_prompts]
     run_dir = Path(demo.runs_dir) / cfg["name"]
     from .names import coverage_conflict
-    if (why := coverage_conflict(run_dir, cfg["name"], store.default_store_path(demo.store))):
+    if (why := coverage_conflict(run_dir, cfg["name"], default_store_path(demo.store))):
         echo(skip + why)  # never overwrite another pipeline's folder or mix its rows
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,9 +162,9 @@ def _store(demo: RunConfig, cfg: dict[str, Any], out: Path,
            echo: Callable[[str], None]) -> None:
     from ..knowledge.topk import coverage_table, read_manifest
     manifest = read_manifest(out)
-    path = store.write_pretrained_coverage(
+    path = write_pretrained_coverage(
         demo.store, pipeline=cfg["name"],
-        run_id=f"{cfg['name']}/{store.PRETRAINED_METHOD}/seed0",
+        run_id=f"{cfg['name']}/{PRETRAINED_METHOD}/seed0",
         model=cfg["model"]["spec"], dataset=cfg["prompts"]["dataset_hash"],
         coverage=coverage_table(manifest), config=cfg)
     k = manifest.k

@@ -24,7 +24,9 @@ import pandas as pd
 
 from ..calibration import transforms as calibrate
 from ..data import examples as data
-from ..store import db as store
+from ..store.paths import default_store_path
+from ..store.schema import POSTHOC_KIND, RunRecord
+from ..store.writes import open_store
 from ..config.settings import CalibrationConfig, RunConfig, posthoc_method
 from ..errors import FirstError
 from ..atomic_files import write_json_atomic
@@ -244,14 +246,14 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
 
     Everything is read and checked first, so the store is locked only for the inserts."""
     cfg = ctx.cfg
-    path = store.default_store_path(cfg.store)
+    path = default_store_path(cfg.store)
     teacher_run = run_id(cfg, "teacher_ft")
     runs = []
     for method in cfg.methods:
         mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
                           else (None, None, None))
         spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
-        record = store.RunRecord(
+        record = RunRecord(
             run_id=run_id(cfg, method), method=method, model=spec,
             dataset=ctx.record("data")["dataset_hash"], seed=cfg.seed, temperature=c,
             smoothing=delta, config=cfg.to_dict(), pipeline=cfg.name)
@@ -268,7 +270,7 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
         runs.append((ts, pd.read_parquet(ev / "predictions.parquet"),
                      pd.read_parquet(ev / "metrics.parquet")))
         posthoc.append(pd.DataFrame({
-            "run_id": ts.run_id, "kind": store.POSTHOC_KIND, "value": fit["grid"],
+            "run_id": ts.run_id, "kind": POSTHOC_KIND, "value": fit["grid"],
             "ece_val": fit["ece_grid"], "ece_test": np.nan,
             "chosen": np.asarray(fit["grid"]) == fit["temperature"]}))
     search = covered = None
@@ -279,7 +281,7 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
                                for kind, res in cal.items()
                                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])])
         covered = coverage().assign(run_id=teacher_run)
-    with store.open_store(path) as st, st.batch():
+    with open_store(path) as st, st.batch():
         for record, predictions, metrics in runs:
             st.write_run(record, predictions, metrics)
         if posthoc:
