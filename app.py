@@ -2,7 +2,7 @@
 
 The store is `--store PATH`, else `$FIRST_STORE`, else `data/first.duckdb`; the sidebar
 picker can switch to another `*.duckdb` file under `data/` only (checked by
-`store.safe_store_path`, so `..` or symlinks cannot leave the folder). The server binds to
+`safe_store_path`, so `..` or symlinks cannot leave the folder). The server binds to
 localhost by default (`.streamlit/config.toml`).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from first_core.store import db as store
+from first_core.store.paths import default_store_path, list_store_files, safe_store_path
 from first_core.errors import StoreError
 from first_core.views.safe_text import for_markdown
 from pages._common import DATA_DIR, STORE_KEY, navigation_pages, through_app
@@ -31,9 +31,9 @@ def cli_store() -> str | None:
 
 def pick_store() -> Path:
     """Sidebar picker: the configured store, or a `*.duckdb` file under the data folder."""
-    configured = store.default_store_path(cli_store())
+    configured = default_store_path(cli_store())
     others = [p.relative_to(DATA_DIR.resolve()).as_posix()
-              for p in store.list_store_files(DATA_DIR)
+              for p in list_store_files(DATA_DIR)
               if p != configured.resolve()]
     choice = st.sidebar.selectbox(
         "Store", [str(configured), *others], key="store_choice",
@@ -42,7 +42,7 @@ def pick_store() -> Path:
     if choice == str(configured):
         return configured
     try:
-        return store.safe_store_path(choice, DATA_DIR)
+        return safe_store_path(choice, DATA_DIR)
     except StoreError as exc:
         st.sidebar.error(for_markdown(exc))
         return configured

@@ -165,7 +165,8 @@ def big_store(path: Path, n: int) -> Path:
 
     from first_core import fixtures
     from first_core.evaluation.evaluate import compute_metrics
-    from first_core.store.db import RunRecord, Store
+    from first_core.store.schema import RunRecord
+    from first_core.store.writes import Store
 
     fixtures.write_fixture_store(path, 20, seed=0)
     rng = np.random.default_rng(7)

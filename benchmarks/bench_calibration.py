@@ -27,7 +27,7 @@ import numpy as np
 from _common import interleaved_medians, parse_args, print_machine, report
 
 from first_core.calibration import transforms as calibrate
-from first_core.metrics import scores as metrics
+from first_core.metrics.binning import expected_calibration_error
 
 
 def topk_data(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +150,7 @@ def main() -> None:
     correct = rng.random(big) < conf ** 1.3
     ct, ok = torch.from_numpy(conf), torch.from_numpy(correct).long()
     start = time.perf_counter()
-    ece = metrics.expected_calibration_error(conf, correct)
+    ece = expected_calibration_error(conf, correct)
     t_ece = time.perf_counter() - start
     start = time.perf_counter()
     tm_ece = float(binary_calibration_error(ct, ok, n_bins=10))

@@ -4,10 +4,10 @@ Writes one imported run of N predictions (default 2,000,000, four options; strai
 `store_imports.write_imported_run`, the importer's own write) and times, interleaved, each page's
 read before and after the change:
 
-- Examples: every row through `store.load_predictions` then the pandas filter
+- Examples: every row through `load_predictions` then the pandas filter
   (`example_rows.filter_predictions`) and its first `SHOWN_ROWS`, against
   `prediction_reads.read_matches` (the filter in DuckDB, `SHOWN_ROWS` rows read);
-- Reliability: `store.load_predictions` (list columns as Python lists) then
+- Reliability: `load_predictions` (list columns as Python lists) then
   `run_arrays.prediction_arrays`, against `prediction_reads.read_arrays` (Arrow buffers).
 
 Targets: Examples' read >= 10x faster and <= 5 s at N; Reliability's >= 2x.
@@ -27,7 +27,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import interleaved_medians, parse_args, print_machine, report
-from first_core.store import prediction_reads, db as store, imports as store_imports
+from first_core.store import prediction_reads, imports as store_imports
+from first_core.store.reads import load_predictions
 from first_core.views import example_rows, run_arrays
 
 RUN = "bench/imported/seed0"
@@ -70,15 +71,15 @@ def main() -> None:
         limit = prediction_reads.SHOWN_ROWS
 
         def examples_before():
-            frame = store.load_predictions(path, run, "test")
+            frame = load_predictions(path, run, "test")
             return example_rows.filter_predictions(frame, "wrong_confident").head(limit)
 
         def examples_after():
             return prediction_reads.read_matches(path, run, "test", "wrong_confident").rows
 
         def arrays_before():
-            frame = store.load_predictions(path, run, "test",
-                                           columns=run_arrays.PREDICTION_COLUMNS)
+            frame = load_predictions(path, run, "test",
+                                     columns=run_arrays.PREDICTION_COLUMNS)
             return run_arrays.prediction_arrays(frame)
 
         def arrays_after():

@@ -6,7 +6,7 @@
 Series, each timed at N = 1e4, 1e5, 1e6 and 1e7 (a point is skipped, and says so, when its
 estimated memory exceeds half of what the machine has available):
 
-- `ece`: `metrics.expected_calibration_error` of N confidences (10 uniform bins);
+- `ece`: `expected_calibration_error` of N confidences (10 uniform bins);
 - `grid_search`: `calibrate.search_temperature` over 20 temperatures (FIRST mode) on N raw
   top-5 rows (the cost per temperature is the same as in bench_calibration's 200);
 - `slider`: `rescaling.calibration_view` (FIRST transform, paper convention, no bootstrap) on N
@@ -80,7 +80,7 @@ def child(series: str, sizes: list[int], threads: int) -> None:
     calibrate.THREADS = threads
     if series == "extract":
         return extract_child(sizes)
-    from first_core.metrics import scores as metrics
+    from first_core.metrics.binning import expected_calibration_error
     from first_core.views import rescaling, run_arrays
 
     for n in sizes:
@@ -92,8 +92,8 @@ def child(series: str, sizes: list[int], threads: int) -> None:
         if series == "ece":
             conf = rng.random(n)
             correct = rng.random(n) < conf
-            metrics.expected_calibration_error(conf[:1000], correct[:1000])  # compile / load
-            sec = best_of(lambda: metrics.expected_calibration_error(conf, correct))
+            expected_calibration_error(conf[:1000], correct[:1000])  # compile / load
+            sec = best_of(lambda: expected_calibration_error(conf, correct))
         elif series == "grid_search":
             p, labels = topk_rows(n)
             calibrate.search_temperature(p[:1000], labels[:1000], grid=GRID)

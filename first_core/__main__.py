@@ -32,7 +32,7 @@ VERBOSE_HELP = ("also show what the libraries print (their logs and progress bar
 
 def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     """Run the pipeline once per training seed, then print Table 1; returns the config."""
-    from .config.settings import load_config
+    from .config.loading import load_config
     from .numerics import pin_cpu_kernels
 
     seeds = [f"seeds={list(args.seeds)}"] if args.seeds else []  # validated like the file's
@@ -41,7 +41,7 @@ def _run_pipeline(args: argparse.Namespace) -> RunConfig:
     from .console import StageEcho, configure
     configure(verbose=args.verbose)
     from .pipeline.runner import process_state, run
-    from .store.db import default_store_path
+    from .store.paths import default_store_path
 
     if args.store:
         cfg = dataclasses.replace(cfg, store=args.store)
@@ -95,7 +95,7 @@ def _table(path: Path, pipeline: str | None, fmt: str, conventions=("paper", "op
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .store.db import default_store_path
+    from .store.paths import default_store_path
     path = default_store_path(args.store)
     if not path.exists():
         raise FirstError(f"--store {path}: no such store; run the pipeline first")
@@ -109,7 +109,7 @@ def _report(args: argparse.Namespace) -> int:
 def _no_metrics(path: Path, pipeline: str | None) -> str:
     """Why `report` has no table to print: the runs it would read store no metrics (a
     pretrained model's top-k coverage is such a run)."""
-    from .store.db import list_runs
+    from .store.reads import list_runs
     runs = list_runs(path)
     if pipeline is not None:
         runs = runs[runs["pipeline"] == pipeline]
@@ -135,7 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
         run_pretrained_coverage(cfg)
     if args.no_dashboard:
         return 0
-    from .store.db import default_store_path
+    from .store.paths import default_store_path
     store = default_store_path(cfg.store)
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
            "--server.address", "localhost", "--", "--store", str(store)]

@@ -5,7 +5,7 @@ over-confident (more so out of domain), FIRST with temperature scaling is close 
 calibrated, the teacher's top-k is sharp, and the temperature / label-smoothing curves are
 computed from the teacher's stored top-k exactly as the pipeline would. Metrics rows come
 from `evaluate.compute_metrics` (the pipeline's own) and the curves from
-`first_core.metrics.scores` / `first_core.calibration.transforms`, so the fixture agrees with
+`first_core.metrics` / `first_core.calibration.transforms`, so the fixture agrees with
 what the dashboard recomputes. Same seed, same store.
 
     python -m first_core.fixtures data/fixture.duckdb [--n-examples 200] [--seed 0]
@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from .calibration import transforms as calibrate
-from .metrics import scores as metrics
+from .metrics.conventions import topk_labels
 from .evaluation.evaluate import compute_metrics
-from .store.db import SPLITS, RunRecord, Store
+from .store.schema import SPLITS, RunRecord
+from .store.writes import Store
 
 DATASET = "fixture-mc"
 PIPELINE = "fixture"
@@ -131,7 +132,7 @@ def _search_curves(teacher: pd.DataFrame, teacher_run: str) -> pd.DataFrame:
         part = teacher[teacher["split"] == split]
         gold_ids = LETTER_IDS[np.searchsorted(LETTERS, part["gold"].to_numpy())]
         topk[split] = (np.stack(part["topk_probs"].to_numpy()),
-                       metrics.topk_labels(np.stack(part["topk_ids"].to_numpy()), gold_ids))
+                       topk_labels(np.stack(part["topk_ids"].to_numpy()), gold_ids))
     frames = []
     for search in (calibrate.search_temperature, calibrate.search_label_smoothing):
         res = search(*topk["val"], n_bins=N_BINS)
@@ -171,7 +172,8 @@ def write_pretrained_coverage(path: str | os.PathLike[str], pipeline: str = "smo
                               seed: int = 0) -> str:
     """Add a pretrained model's zero-shot coverage run (no predictions), as the demo's
     `pretrained_coverage` step stores one; returns its run id."""
-    from .store.db import PRETRAINED_METHOD, write_pretrained_coverage as write
+    from .store.pretrained import write_pretrained_coverage as write
+    from .store.schema import PRETRAINED_METHOD
 
     run = f"{pipeline}/{PRETRAINED_METHOD}/seed0"
     write(path, pipeline, run, PRETRAINED_MODEL, DATASET,

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .store import db as store
+from .store.connection import open_readonly
+from .store.reads import list_runs, load_metrics, load_temperature_search
+from .store.schema import POSTHOC_KIND
 from .config.settings import POSTHOC_SUFFIX
 from .config.diff import config_notes as _notes
 from .config.diff import label_runs
@@ -31,9 +33,9 @@ CONVENTION_TITLES = {"paper": "paper convention (top-1 over the whole vocabulary
 
 def load_rows(path, pipeline: str | None = None) -> pd.DataFrame:
     """Metric rows of the store joined with each run's pipeline (optionally one pipeline)."""
-    with store.open_readonly(path) as con:
-        runs = store.list_runs(con)
-        rows = store.load_metrics(con)
+    with open_readonly(path) as con:
+        runs = list_runs(con)
+        rows = load_metrics(con)
     if runs.empty:
         raise FirstError(f"{path}: the store holds no runs yet; run the pipeline first")
     names = runs.set_index("run_id")["pipeline"]
@@ -51,9 +53,9 @@ def posthoc_temperatures(path, pipeline: str | None = None) -> pd.DataFrame:
     """One row per post-hoc run (method `<method>+ts`): pipeline label, method, seed, the T
     fitted on validation NLL (`runs.temperature`) and the T minimising validation ECE (the
     arg-min of its `posthoc` curve in `temperature_search`)."""
-    with store.open_readonly(path) as con:
-        runs = store.list_runs(con)
-        curves = store.load_temperature_search(con, kind=store.POSTHOC_KIND)
+    with open_readonly(path) as con:
+        runs = list_runs(con)
+        curves = load_temperature_search(con, kind=POSTHOC_KIND)
     labels = label_runs(runs)
     runs = runs.assign(label=runs["run_id"].map(labels))
     runs = runs[runs["method"].str.endswith(POSTHOC_SUFFIX)]
@@ -69,8 +71,8 @@ def posthoc_temperatures(path, pipeline: str | None = None) -> pd.DataFrame:
 def config_notes(path, pipeline: str | None = None) -> list[str]:
     """One line per pipeline of the store whose runs were made with different configs:
     its `NAME [config X]` rows and the keys that differ (optionally one pipeline's)."""
-    with store.open_readonly(path) as con:
-        return _notes(store.list_runs(con), pipeline)
+    with open_readonly(path) as con:
+        return _notes(list_runs(con), pipeline)
 
 
 def table1(rows: pd.DataFrame, splits: Sequence[str] = ("test", "test_ood")) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Streamlit glue shared by the pages: which store is open, cached reads, error display.
 
-Reads go through `first_core.store.db` (read-only, bound parameters, retry on a writer's lock)
-and are cached per store *version* (modification times of the file and its WAL), so a
+Reads go through `first_core.store.reads` (read-only, bound parameters, retry on a writer's
+lock) and are cached per store *version* (modification times of the file and its WAL), so a
 pipeline finishing a run invalidates the cache and nothing else does. User-facing store
 problems (missing, corrupt, run in progress) become an `st.error` plus `st.stop()`.
 """
@@ -18,7 +18,10 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from first_core.store import prediction_reads, db as store
+from first_core.store import prediction_reads
+from first_core.store.paths import DEFAULT_STORE, default_store_path
+from first_core.store.reads import (available_splits, list_runs, load_examples, load_metrics,
+                                    load_predictions, load_temperature_search, load_topk_coverage)
 from first_core.views.safe_text import for_markdown
 from first_core.views import run_arrays, tables
 from first_core.errors import FirstError, StoreError
@@ -67,18 +70,18 @@ def through_app() -> None:
         st.rerun()
 
 
-DATA_DIR = store.DEFAULT_STORE.parent
+DATA_DIR = DEFAULT_STORE.parent
 DEMO_COMMAND = "python -m first_core demo"
 LOADERS: dict[str, Callable[..., Any]] = {
-    "runs": store.list_runs, "splits": store.available_splits, "predictions": store.load_predictions,
-    "metrics": store.load_metrics, "search": store.load_temperature_search,
-    "coverage": store.load_topk_coverage, "examples": store.load_examples,
+    "runs": list_runs, "splits": available_splits, "predictions": load_predictions,
+    "metrics": load_metrics, "search": load_temperature_search,
+    "coverage": load_topk_coverage, "examples": load_examples,
     "matches": prediction_reads.read_matches, "rows": prediction_reads.read_rows}
 
 
 def store_path() -> Path:
     """The store chosen in app.py (CLI `--store`, `$FIRST_STORE`, default, or the picker)."""
-    return Path(st.session_state.get(STORE_KEY) or store.default_store_path())
+    return Path(st.session_state.get(STORE_KEY) or default_store_path())
 
 
 def store_version(path: Path) -> tuple[int, int]:

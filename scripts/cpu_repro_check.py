@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", action="store_true",
                     help="unpin MKL in the second run: the check must then fail")
     args = ap.parse_args(argv)
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     from first_core.errors import FirstError
 
     config = args.config.resolve()

@@ -16,7 +16,11 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from first_core.metrics import selective as selective_metrics
-from first_core.store import db as store
+from first_core.store import connection
+from first_core.store.paths import STORE_ENV
+from first_core.store.reads import list_runs, load_examples, load_metrics, load_predictions
+from first_core.store.schema import IMPORTED_METHOD
+from first_core.store.writes import Store
 from first_core.views import example_rows, rescaling, run_arrays, token_views, view_state
 from first_core.fixtures import PRETRAINED_MODEL, write_fixture_store, write_pretrained_coverage
 from first_core.views.safe_text import for_markdown
@@ -65,7 +69,7 @@ def open_app(monkeypatch, store_path: Path | str, page: str | None = None,
              query: dict[str, str] | None = None, fresh_server: bool = False) -> AppTest:
     """Run app.py against `store_path` (via $FIRST_STORE), optionally on another page."""
     monkeypatch.syspath_prepend(str(ROOT))
-    monkeypatch.setenv(store.STORE_ENV, str(store_path))
+    monkeypatch.setenv(STORE_ENV, str(store_path))
     if not fresh_server:
         as_after_the_first_request(monkeypatch)
     at = AppTest.from_file(str(APP), default_timeout=60)
@@ -82,7 +86,8 @@ def open_app(monkeypatch, store_path: Path | str, page: str | None = None,
 
 def drilldown(at: AppTest) -> pd.DataFrame | None:
     """The drill-down table under the reliability diagram, if shown."""
-    found = [d.value for d in at.dataframe if list(d.value.columns) == list(example_rows.DRILL_COLUMNS)]
+    found = [d.value for d in at.dataframe
+             if list(d.value.columns) == list(example_rows.DRILL_COLUMNS)]
     return found[0] if found else None
 
 
@@ -107,7 +112,7 @@ def test_home_shows_the_store_and_the_headline(monkeypatch, fixture_store):
     at = open_app(monkeypatch, fixture_store)
     assert any(for_markdown(fixture_store) in c.value for c in at.caption)
     headline = at.dataframe[0].value
-    assert set(headline["method"]) == set(store.list_runs(fixture_store)["method"])
+    assert set(headline["method"]) == set(list_runs(fixture_store)["method"])
     assert {"ID Acc", "ID ECE", "ID Trust", "OOD Acc", "OOD ECE", "OOD Trust"} <= set(headline)
     assert labels(at.download_button)[:1] == ["Download CSV"]
 
@@ -162,10 +167,10 @@ def test_best_c_button_snaps_to_the_validation_optimum(monkeypatch, fixture_stor
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py")
     run_id = at.multiselect(key="rel_runs").value[0]
     at.button(key="rel_best").click().run()
-    frame = store.load_predictions(fixture_store, run_id, "val",
-                                   columns=run_arrays.PREDICTION_COLUMNS)
-    expected = rescaling.best_temperature(run_arrays.prediction_arrays(frame), "logit", "option", 10,
-                                      "uniform")
+    frame = load_predictions(fixture_store, run_id, "val",
+                             columns=run_arrays.PREDICTION_COLUMNS)
+    expected = rescaling.best_temperature(run_arrays.prediction_arrays(frame), "logit", "option",
+                                          10, "uniform")
     assert at.select_slider(key="rel_c").value == expected
 
 
@@ -184,21 +189,21 @@ def test_fit_button_snaps_to_the_nll_fit_on_validation(monkeypatch, tmp_path):
                   **{f"p_{x}": p[:, i] for i, x in enumerate("ABCD")},
                   "gold": rng.choice(list("ABCD"), 90)}).to_csv(upload, index=False)
     importer.import_predictions(upload, "mine", path)
-    runs = store.list_runs(path)
+    runs = list_runs(path)
     for run_id in (runs["run_id"].iloc[1], runs.loc[runs["method"] == "imported",
                                                    "run_id"].iloc[0]):
         at = open_app(monkeypatch, path, "pages/reliability.py", {"runs": run_id})
         at.button(key="rel_fit_nll").click().run()
         assert not at.exception, [e.value for e in at.exception]
-        frame = store.load_predictions(path, run_id, "val",
-                                       columns=run_arrays.PREDICTION_COLUMNS)
+        frame = load_predictions(path, run_id, "val",
+                                 columns=run_arrays.PREDICTION_COLUMNS)
         fitted = rescaling.fit_temperature(run_arrays.prediction_arrays(frame), "logit")
         assert at.select_slider(key="rel_c").value == view_state.snap_temperature(fitted)
         assert any(f"{fitted:.4g}" in c.value for c in at.caption), run_id
 
 
 def test_a_url_reproduces_a_view(monkeypatch, fixture_store):
-    runs = store.list_runs(fixture_store)["run_id"].tolist()
+    runs = list_runs(fixture_store)["run_id"].tolist()
     query = {"runs": f"{runs[1]},{runs[2]}", "split": "test_ood", "c": "0.3", "mode": "first",
              "conv": "paper", "bins": "15", "strategy": "quantile"}
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
@@ -217,7 +222,7 @@ def test_missing_store_shows_the_command(monkeypatch, tmp_path, page):
 
 
 def test_empty_store_shows_the_command_and_the_demo_button(monkeypatch, tmp_path):
-    store.Store(tmp_path / "empty.duckdb")
+    Store(tmp_path / "empty.duckdb")
     at = open_app(monkeypatch, tmp_path / "empty.duckdb")
     assert "python -m first_core demo" in [c.value for c in at.code]
     assert any("Run the embedded demo" in b.label for b in at.button)
@@ -267,7 +272,8 @@ def test_learn_page_needs_no_store_and_moves_with_its_sliders(monkeypatch, tmp_p
     at.slider(key="learn_s").set_value(3.0).run()
     after = [m.value for m in at.metric if m.label == "ECE"]
     assert after[0] != before[0]
-    at.select_slider(key="learn_c").set_value(view_state.snap_temperature(3.0)).run()  # c ~ s undoes it
+    # c ~ s undoes it
+    at.select_slider(key="learn_c").set_value(view_state.snap_temperature(3.0)).run()
     fixed = [m.value for m in at.metric if m.label == "ECE"]
     assert float(fixed[1].rstrip("%")) < float(fixed[0].rstrip("%"))
     assert len(at.latex) >= 4
@@ -286,10 +292,10 @@ def two_pipelines(tmp_path_factory) -> Path:
 def _expected_headline(path: Path, pipeline: str) -> pd.Series:
     """Independent: the pipeline's own metric rows, averaged per method with plain pandas,
     as one-decimal percentages (one seed each: no ± part)."""
-    runs = store.list_runs(path)
+    runs = list_runs(path)
     mine = runs.loc[runs["pipeline"] == pipeline, "run_id"].tolist()
-    rows = store.load_metrics(path, run_ids=mine, convention="paper", split="test_ood",
-                              metric="accuracy")
+    rows = load_metrics(path, run_ids=mine, convention="paper", split="test_ood",
+                        metric="accuracy")
     return rows.groupby("method")["value"].mean().map(lambda v: f"{100 * v:.1f}")
 
 
@@ -351,14 +357,14 @@ def test_garbage_query_parameters_show_no_traceback(monkeypatch, fixture_store, 
 
 def test_a_bin_in_the_url_lists_its_examples_at_the_current_temperature(monkeypatch,
                                                                         fixture_store):
-    runs = store.list_runs(fixture_store)
+    runs = list_runs(fixture_store)
     run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
     query = {"runs": run, "split": "test", "c": "2", "mode": "logit", "conv": "option",
              "bins": "10", "bin": "7", "panel": "0"}
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     table = drilldown(at)
     assert table is not None
-    frame = store.load_predictions(fixture_store, run, "test", columns=run_arrays.PREDICTION_COLUMNS)
+    frame = load_predictions(fixture_store, run, "test", columns=run_arrays.PREDICTION_COLUMNS)
     scaled = rescaling.rescale(run_arrays.prediction_arrays(frame), 2.0, "logit", "option")
     members = example_rows.bin_members(scaled, 10, "uniform", 7)
     assert len(table) == len(members) > 0
@@ -372,11 +378,11 @@ def test_a_bin_in_the_url_lists_its_examples_at_the_current_temperature(monkeypa
 
 def test_smooth_ece_card_is_relplots_number(monkeypatch, fixture_store):
     relplot = pytest.importorskip("relplot", reason="relplot not installed (requirements.txt)")
-    runs = store.list_runs(fixture_store)
+    runs = list_runs(fixture_store)
     run = runs.loc[runs["method"] == "first_ts", "run_id"].iloc[0]
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py",
                   {"runs": run, "split": "test", "conv": "paper", "c": "1", "mode": "logit"})
-    frame = store.load_predictions(fixture_store, run, "test", columns=run_arrays.PREDICTION_COLUMNS)
+    frame = load_predictions(fixture_store, run, "test", columns=run_arrays.PREDICTION_COLUMNS)
     scaled = rescaling.rescale(run_arrays.prediction_arrays(frame), 1.0, "logit", "paper")
     expected = relplot.smECE(scaled.confidence, scaled.correct.astype(float))
     assert [m.value for m in at.metric if m.label == "SmoothECE"] == [f"{expected:.1%}"]
@@ -384,7 +390,7 @@ def test_smooth_ece_card_is_relplots_number(monkeypatch, fixture_store):
     assert "Smoothed (SmoothECE)" in [t.get("name") for t in spec["data"]]
 
 
-# ---------------------------------------------------------------- acting on the confidence (issue 21)
+# ------------------------------------------------------------ acting on the confidence (issue 21)
 
 def cards(at: AppTest, label: str) -> list[str]:
     return [m.value for m in at.metric if m.label == label]
@@ -398,15 +404,15 @@ def risk_traces(at: AppTest) -> list[dict]:
 
 def test_reliability_shows_discrimination_the_threshold_and_the_curve(monkeypatch,
                                                                        fixture_store):
-    runs = store.list_runs(fixture_store)
+    runs = list_runs(fixture_store)
     run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
     query = {"runs": run, "split": "test", "c": "2", "mode": "logit", "conv": "paper",
              "t": "0.6"}
     at = open_app(monkeypatch, fixture_store, "pages/reliability.py", query)
     assert at.slider(key="rel_t").value == 0.6 and at.query_params["t"] == "0.6"
     # every number from the re-scaled confidences (c = 2 reorders nothing it must not)
-    frame = store.load_predictions(fixture_store, run, "test",
-                                   columns=run_arrays.PREDICTION_COLUMNS)
+    frame = load_predictions(fixture_store, run, "test",
+                             columns=run_arrays.PREDICTION_COLUMNS)
     scaled = rescaling.rescale(run_arrays.prediction_arrays(frame), 2.0, "logit", "paper")
     conf, ok = scaled.confidence, scaled.correct
     from sklearn.metrics import roc_auc_score
@@ -467,8 +473,8 @@ def test_compare_page_bars_auroc_and_aurc(monkeypatch, two_pipelines):
         spec = json.loads(at.get("plotly_chart")[0].proto.spec)
         assert spec["layout"]["title"]["text"].startswith(metric.upper())
         shown = np.concatenate([plotly_array(t["y"]) for t in spec["data"]])
-        rows = store.load_metrics(two_pipelines, metric=metric, convention="option",
-                                  split=["test", "test_ood"])
+        rows = load_metrics(two_pipelines, metric=metric, convention="option",
+                            split=["test", "test_ood"])
         assert np.isin(np.round(shown, 12), np.round(rows["value"].to_numpy(), 12)).all()
 
 
@@ -480,9 +486,9 @@ IMAGE_QUESTION = "Which one? ![](http://tracker.invalid/x.png) **bold** <img src
 @pytest.fixture
 def markdown_store(tmp_path) -> Path:
     path = write_fixture_store(tmp_path / "md.duckdb", 30, seed=2)
-    examples = store.load_examples(path, split="test")
+    examples = load_examples(path, split="test")
     examples.loc[:, "question"] = IMAGE_QUESTION
-    store.Store(path).write_examples(examples)
+    Store(path).write_examples(examples)
     return path
 
 
@@ -491,7 +497,7 @@ def test_examples_and_drilldown_show_data_text_as_plain_text(monkeypatch, markdo
     assert IMAGE_QUESTION in [t.value for t in at.text]
     rendered = [m.value for m in [*at.markdown, *at.caption, *at.info, *at.error]]
     assert not [m for m in rendered if "tracker.invalid" in m], rendered
-    runs = store.list_runs(markdown_store)
+    runs = list_runs(markdown_store)
     run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
     at = open_app(monkeypatch, markdown_store, "pages/reliability.py",
                   {"runs": run, "split": "test", "bin": "9"})
@@ -510,15 +516,15 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(monkeypatch, tmp_path):
     at.text_input(key="import_name").set_value("my-llm")
     at.get("form_submit_button")[0].click().run()
     assert [c.value for c in at.code if "mine.csv:3: p_B" in c.value]
-    assert "my-llm" not in set(store.list_runs(path)["pipeline"])  # nothing half-written
+    assert "my-llm" not in set(list_runs(path)["pipeline"])  # nothing half-written
     good = b"example_id,split,p_A,p_B,gold\n" + b"".join(
         f"e{i},test_ood,{0.9 - i / 50:.3f},{0.05 + i / 60:.3f},{'AB'[i % 3 == 0]}\n".encode()
         for i in range(30))
     at.file_uploader(key="import_file").set_value(("mine.csv", good, "text/csv"))
     at.get("form_submit_button")[0].click().run()
     assert any("Imported 30 predictions" in s.value for s in at.success)
-    runs = store.list_runs(path)
-    assert runs.loc[runs["pipeline"] == "my-llm", "method"].tolist() == [store.IMPORTED_METHOD]
+    runs = list_runs(path)
+    assert runs.loc[runs["pipeline"] == "my-llm", "method"].tolist() == [IMPORTED_METHOD]
     at = open_app(monkeypatch, path, "pages/reliability.py",
                   {"runs": "my-llm/imported/seed0", "split": "test_ood"})
     assert len(ece_shown(at)) == 1 and not at.error
@@ -530,7 +536,7 @@ def test_upload_box_turns_unreadable_files_and_colliding_names_into_messages(mon
     equal to a pipeline's data set key replaced that pipeline's question texts."""
     from first_core.fixtures import DATASET
     path = write_fixture_store(tmp_path / "up.duckdb", 20, seed=2)
-    before = store.load_examples(path)
+    before = load_examples(path)
     at = open_app(monkeypatch, path)
     at.file_uploader(key="import_file").set_value(
         ("mine.jsonl", b'{"confidence": 0.5, "correct": true}\n\xff\xfe\n', "text/plain"))
@@ -544,7 +550,7 @@ def test_upload_box_turns_unreadable_files_and_colliding_names_into_messages(mon
     at.get("form_submit_button")[0].click().run()
     assert not at.exception
     assert [c.value for c in at.code if f"name {DATASET!r} is the data set key" in c.value]
-    pd.testing.assert_frame_equal(store.load_examples(path), before)
+    pd.testing.assert_frame_equal(load_examples(path), before)
 
 
 @pytest.mark.parametrize("page", [None, "pages/reliability.py", "pages/learn.py"])
@@ -601,7 +607,8 @@ def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch
     shown = [[float(x.rsplit(" ", 1)[1].rstrip("%")) / 100 for x in cell.split(", ")]
              for cell in table.iloc[:, -1]]
     np.testing.assert_allclose(shown, after, atol=5e-4)  # printed to 0.1 %
-    tok = token_views.load_tokenizer(work / "runs" / "instruct-tiny" / "models" / "teacher_ft" / "final")
+    tok = token_views.load_tokenizer(
+        work / "runs" / "instruct-tiny" / "models" / "teacher_ft" / "final")
     assert table["token"].tolist() == [tok.decode([i]) for i in val.token_ids[rows]]
 
 
@@ -786,8 +793,8 @@ class _CountedResult:
 def predictions_read(monkeypatch):
     """(sql, rows) of every query on the predictions table made while the test runs."""
     log: list[tuple[str, int]] = []
-    connect = store._connect
-    monkeypatch.setattr(store, "_connect", lambda *a, **k: _Counted(connect(*a, **k), log))
+    connect = connection._connect
+    monkeypatch.setattr(connection, "_connect", lambda *a, **k: _Counted(connect(*a, **k), log))
     return log
 
 
@@ -992,8 +999,8 @@ def test_an_lm_eval_folder_uploaded_as_zip_opens_on_reliability(monkeypatch, tmp
     at = open_app(monkeypatch, path, "pages/reliability.py",
                   {"runs": "csqa_local/imported/seed0", "split": "test"})
     assert len(ece_shown(at)) == 1 and not at.error, [e.value for e in at.error]
-    ece = store.load_metrics(path, "csqa_local/imported/seed0", split="test",
-                             convention="paper", metric="ece")["value"].item()
+    ece = load_metrics(path, "csqa_local/imported/seed0", split="test",
+                       convention="paper", metric="ece")["value"].item()
     assert ece_shown(at)[0].startswith(f"{100 * ece:.1f}%"), ece_shown(at)
     at = open_app(monkeypatch, path, "pages/examples.py")
     at.selectbox(key="ex_run").set_value("csqa_local-acc_norm/imported/seed0").run()
@@ -1011,7 +1018,7 @@ def test_an_lm_eval_runs_files_uploaded_together_import_like_the_folder(monkeypa
     at.file_uploader(key="import_file").set_value(files)
     at.get("form_submit_button")[0].click().run()
     assert not at.exception and len(at.success) == 2, [e.value for e in at.error]
-    runs = store.list_runs(path).set_index("pipeline")
+    runs = list_runs(path).set_index("pipeline")
     assert runs.loc["csqa_local", "model"].endswith("SmolLM2-135M-Instruct.Q4_1-3776ab9f")
     bad = [(files[1][0], files[1][1].replace(b'"target": "4", ', b"", 1), "text/plain")]
     at.file_uploader(key="import_file").set_value(bad)

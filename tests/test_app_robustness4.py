@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from test_app import open_app
 
-from first_core.store import db as store
+from first_core.store.reads import list_runs
 from first_core.fixtures import write_fixture_store
 
 
@@ -21,7 +21,7 @@ def test_an_upload_named_over_255_bytes_is_imported(monkeypatch, tmp_path):
     assert not at.exception
     assert any("Imported 20 predictions" in s.value for s in at.success), \
         [e.value for e in at.error] + [c.value for c in at.code]
-    assert "long-name" in set(store.list_runs(path)["pipeline"])
+    assert "long-name" in set(list_runs(path)["pipeline"])
 
 
 def test_a_bad_upload_with_a_long_name_names_the_users_file(monkeypatch, tmp_path):

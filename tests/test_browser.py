@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from first_core.store import db as store
+from first_core.store.reads import list_runs, load_examples
+from first_core.store.writes import Store
 from first_core.fixtures import run_id, write_fixture_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,16 +138,16 @@ def test_upload_box_imports_a_file_as_its_own_pipeline(tmp_path, browser):
                   timeout=60_000)
         card = page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first
         sync_api.expect(card).to_be_visible(timeout=30_000)
-    runs = store.list_runs(path)
+    runs = list_runs(path)
     assert runs.loc[runs["pipeline"] == "other-llm", "method"].tolist() == ["imported"]
 
 
 def test_markdown_in_data_makes_the_browser_fetch_nothing(tmp_path, browser):
     path = write_fixture_store(tmp_path / "md.duckdb", 20, seed=0)
-    examples = store.load_examples(path, split="test")
+    examples = load_examples(path, split="test")
     examples.loc[:, "question"] = ("Pick one ![](http://tracker.invalid/x.png) "
                                    "[link](http://tracker.invalid/)")
-    store.Store(path).write_examples(examples)
+    Store(path).write_examples(examples)
     with dashboard_server(path) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         fetched = []
@@ -215,8 +216,9 @@ PAGE_PATHS = ["", "reliability", "coverage", "temperature", "compare", "examples
 
 
 def test_no_page_fetches_anything_from_another_host(server, browser):
-    """Offline use: every page, sidebar icons and favicon included (issue 23 item 12), loads from localhost
-    only. Requests to any other host are recorded and blocked (as they would fail offline)."""
+    """Offline use: every page, sidebar icons and favicon included (issue 23 item 12), loads
+    from localhost only. Requests to any other host are recorded and blocked (as they would
+    fail offline)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     outside = []
 

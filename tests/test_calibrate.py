@@ -12,7 +12,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
 from first_core.calibration import transforms as C
-from first_core.metrics import scores as M
+from first_core.metrics.binning import expected_calibration_error
 from first_core.errors import ConfigError
 
 SETTINGS = settings(max_examples=50, deadline=None,
@@ -33,7 +33,7 @@ def topk_rows(seed: int, n: int, k: int, ties: bool = True):
 
 
 def brute_ece(rows: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
-    return M.expected_calibration_error(rows.max(axis=1), rows.argmax(axis=1) == labels, n_bins)
+    return expected_calibration_error(rows.max(axis=1), rows.argmax(axis=1) == labels, n_bins)
 
 
 # ---------------------------------------------------------------- transforms
@@ -292,7 +292,7 @@ def test_token_labels_find_the_gold_letter_among_stored_tokens():
 
 
 def test_pipeline_config_selects_the_strategy(tmp_path):
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
 
     assert load_config().calibration.strategy == "grid"
     assert load_config(overrides=['calibration.strategy="nll"']).calibration.strategy == "nll"
@@ -303,14 +303,14 @@ def test_pipeline_config_selects_the_strategy(tmp_path):
 def test_temperature_page_marks_the_nll_fit(monkeypatch, tmp_path):
     from test_app import open_app  # the dashboard tests' way of opening a page
 
-    from first_core.store import db as store
+    from first_core.store.reads import load_predictions
     from first_core.fixtures import write_fixture_store
 
     path = write_fixture_store(tmp_path / "f.duckdb", 60, seed=2)
     at = open_app(monkeypatch, path, "pages/temperature.py")
     at.radio(key="ts_strategy").set_value("nll").run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
-    val = store.load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
+    val = load_predictions(path, run_ids=at.selectbox(key="ts_run").value, split="val")
     c = C.fit_temperature_nll(np.array(val["topk_probs"].tolist()),
                               C.token_labels(val["topk_tokens"], val["gold"]), mode="first")
     ts_chart = json.loads(at.get("plotly_chart")[0].proto.spec)

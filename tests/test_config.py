@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from first_core.config.settings import RunConfig, load_config
+from first_core.config.settings import RunConfig
+from first_core.config.loading import load_config
 from first_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,9 +205,9 @@ def test_values_at_the_edge_of_the_new_checks_are_accepted(override: str) -> Non
 
 
 def test_the_choice_lists_agree_with_the_modules_that_read_them() -> None:
-    from first_core.config import settings as config
+    from first_core.config import loading, settings as config
     from first_core.data import examples as data
     from first_core.models import loading as models
 
-    assert set(config._CHOICES[config.DataConfig, "fmt"]) == set(data.FORMATS)
-    assert set(config._CHOICES[config.ModelConfig, "dtype"]) == set(models.DTYPES)
+    assert set(loading._CHOICES[config.DataConfig, "fmt"]) == set(data.FORMATS)
+    assert set(loading._CHOICES[config.ModelConfig, "dtype"]) == set(models.DTYPES)

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 from first_core.config.diff import NO_PIPELINE, config_notes, flat_config, label_runs
 
 

@@ -292,7 +292,7 @@ def hf_folder(request, tmp_path, monkeypatch):
 
 
 def _hf_config(tmp_path, folder, *more: str):
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     return load_config(overrides=["data.embedded=false", f"data.hf_dataset='{folder}'",
                                   f"data.dir='{tmp_path / 'data'}'", *more])
 
@@ -339,6 +339,6 @@ def test_hf_dataset_problems_are_one_line_naming_the_split_or_the_row(hf_folder,
 
 
 def test_hf_dataset_needs_embedded_off():
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     with pytest.raises(ConfigError, match="data.hf_dataset: set data.embedded = false"):
         load_config(overrides=["data.hf_dataset='tau/commonsense_qa'"])

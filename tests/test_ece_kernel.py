@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from first_core.calibration import transforms as C
 from first_core.kernels import ece as K
-from first_core.metrics import scores as M
+from first_core.metrics.binning import expected_calibration_error, reliability_bins
 from first_core.views import rescaling, run_arrays
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -166,14 +166,14 @@ def test_reliability_bins_and_ece_equal_numpy_bincount(seed, n, n_bins):
     conf = np.where(rng.random(n) < 0.3, rng.choice(edges, n), rng.random(n))
     correct = rng.random(n) < conf
     ids = ref_bins(conf, n_bins)
-    bins = M.reliability_bins(conf, correct, n_bins)
+    bins = reliability_bins(conf, correct, n_bins)
     assert bins.count.tolist() == np.bincount(ids, minlength=n_bins).tolist()
     with np.errstate(invalid="ignore"):
         want_conf = np.bincount(ids, conf, n_bins) / bins.count
         want_acc = np.bincount(ids, correct, n_bins) / bins.count
     np.testing.assert_allclose(bins.confidence, want_conf, rtol=1e-12)
     np.testing.assert_allclose(bins.accuracy, want_acc, rtol=1e-12)
-    assert abs(M.expected_calibration_error(conf, correct, n_bins)
+    assert abs(expected_calibration_error(conf, correct, n_bins)
                - ref_ece(conf, correct.astype(float), n_bins)) < 1e-12
 
 

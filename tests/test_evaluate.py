@@ -8,8 +8,14 @@ import torch
 
 from sklearn.metrics import roc_auc_score
 
-from first_core.metrics import scores as metrics, selective as selective_metrics
-from first_core.store import db as store
+from first_core.metrics import selective as selective_metrics
+from first_core.metrics.binning import expected_calibration_error, maximum_calibration_error
+from first_core.metrics.intervals import bootstrap_interval
+from first_core.metrics.point_scores import accuracy, trust_score
+from first_core.store.connection import open_readonly
+from first_core.store.reads import load_metrics, load_predictions
+from first_core.store.schema import TABLES, RunRecord
+from first_core.store.writes import Store
 from first_core.errors import ConfigError
 from first_core.evaluation.evaluate import compute_metrics, predict
 from first_core.models.loading import answer_token_ids, encode_examples
@@ -54,7 +60,7 @@ def pred(setup):
 
 
 def test_columns_are_the_store_predictions_columns(pred):
-    want = [c for c in store.TABLES["predictions"].columns if c not in ("run_id", "split")]
+    want = [c for c in TABLES["predictions"].columns if c not in ("run_id", "split")]
     assert list(pred.columns) == want
     assert pred.confidence.dtype == np.float64 and pred.confidence_option.dtype == np.float64
     assert pred.correct.dtype == bool and pred.correct_option.dtype == bool
@@ -119,7 +125,7 @@ def test_bad_k(setup, k, match):
 
 def test_compute_metrics_equals_first_core_metrics(pred):
     m = compute_metrics(pred, n_bins=5, n_boot=200, seed=3)
-    assert list(m.columns) == [c for c in store.TABLES["metrics"].columns
+    assert list(m.columns) == [c for c in TABLES["metrics"].columns
                                if c not in ("run_id", "split")]
     got = {(r.convention, r.metric): r for r in m.itertuples()}
     assert set(got) == {(c, x) for c in ("paper", "option") for x in
@@ -128,15 +134,15 @@ def test_compute_metrics_equals_first_core_metrics(pred):
     for conv, conf, ok in (("paper", pred.confidence, pred.correct),
                            ("option", pred.confidence_option, pred.correct_option)):
         conf, ok = conf.to_numpy(), ok.to_numpy()
-        acc = metrics.accuracy(ok)
-        ece = metrics.expected_calibration_error(conf, ok, n_bins=5)
+        acc = accuracy(ok)
+        ece = expected_calibration_error(conf, ok, n_bins=5)
         assert got[conv, "accuracy"].value == pytest.approx(acc)
         assert got[conv, "confidence"].value == pytest.approx(float(np.mean(conf)))
         assert got[conv, "ece"].value == pytest.approx(ece)
         assert got[conv, "mce"].value == pytest.approx(
-            metrics.maximum_calibration_error(conf, ok, n_bins=5))
-        assert got[conv, "trust"].value == pytest.approx(metrics.trust_score(acc, ece))
-        _, low, high = metrics.bootstrap_interval("ece", conf, ok, n_bins=5, n_boot=200, seed=3)
+            maximum_calibration_error(conf, ok, n_bins=5))
+        assert got[conv, "trust"].value == pytest.approx(trust_score(acc, ece))
+        _, low, high = bootstrap_interval("ece", conf, ok, n_bins=5, n_boot=200, seed=3)
         assert (got[conv, "ece"].ci_low, got[conv, "ece"].ci_high) == pytest.approx((low, high))
         assert np.isnan(got[conv, "accuracy"].ci_low)
         # discrimination: scikit-learn's AUROC, and the intervals of the same resamples
@@ -161,18 +167,18 @@ def test_compute_metrics_equals_first_core_metrics(pred):
 
 def test_predictions_and_metrics_round_trip_through_the_store(pred, tmp_path):
     path = tmp_path / "s.duckdb"
-    run = store.RunRecord(run_id="r/teacher_ft/seed0", method="teacher_ft", model="tiny",
-                          dataset="d", seed=0)
-    store.Store(path).write_run(run, pred.assign(split="test"),
-                                compute_metrics(pred, n_boot=50).assign(split="test"))
-    back = store.load_predictions(path, run.run_id, "test")
+    run = RunRecord(run_id="r/teacher_ft/seed0", method="teacher_ft", model="tiny",
+                    dataset="d", seed=0)
+    Store(path).write_run(run, pred.assign(split="test"),
+                          compute_metrics(pred, n_boot=50).assign(split="test"))
+    back = load_predictions(path, run.run_id, "test")
     assert len(back) == len(pred)
     back = back.set_index("example_id").loc[pred.example_id]
     np.testing.assert_allclose(back.confidence, pred.confidence)
     assert back.correct_option.tolist() == pred.correct_option.tolist()
     assert [list(v) for v in back.topk_ids] == pred.topk_ids.tolist()
     assert [list(v) for v in back.option_labels] == pred.option_labels.tolist()
-    assert len(store.load_metrics(path, run.run_id)) == 16  # 7 per convention + Brier, NLL
+    assert len(load_metrics(path, run.run_id)) == 16  # 7 per convention + Brier, NLL
 
 
 def test_auroc_is_stored_as_null_when_every_answer_is_right_or_wrong(pred, tmp_path):
@@ -180,11 +186,11 @@ def test_auroc_is_stored_as_null_when_every_answer_is_right_or_wrong(pred, tmp_p
     stays defined (0 or 1)."""
     frame = pred.assign(correct=True, correct_option=False)
     path = tmp_path / "s.duckdb"
-    run = store.RunRecord(run_id="r/student_ft/seed0", method="student_ft", model="tiny",
-                          dataset="d", seed=0)
-    store.Store(path).write_run(run, frame.assign(split="test"),
-                                compute_metrics(frame, n_boot=20).assign(split="test"))
-    with store.open_readonly(path) as con:
+    run = RunRecord(run_id="r/student_ft/seed0", method="student_ft", model="tiny",
+                    dataset="d", seed=0)
+    Store(path).write_run(run, frame.assign(split="test"),
+                          compute_metrics(frame, n_boot=20).assign(split="test"))
+    with open_readonly(path) as con:
         rows = dict(((c, m), v) for c, m, v in con.execute(
             "SELECT convention, metric, value FROM metrics WHERE metric IN ('auroc', 'aurc')"
         ).fetchall())

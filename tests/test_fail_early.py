@@ -28,8 +28,10 @@ from test_bad_inputs import (ROOT, SMALL, TINY, assert_user_error, cli, csqa, re
 
 from first_core.data import examples as data
 from first_core.pipeline import runner as pipeline
-from first_core.store import db as store
-from first_core.config.settings import load_config
+from first_core.store.connection import connect
+from first_core.store.schema import TABLES
+from first_core.store.writes import Store
+from first_core.config.loading import load_config
 
 PLAIN = 'methods=["teacher_ft","student_ft"]'  # no distilled student: no top-k, no calibrate
 
@@ -64,7 +66,7 @@ def store_rows(path: Path) -> dict[str, list]:
     """The whole content of a store, table by table, for before/after comparisons."""
     with duckdb.connect(str(path), read_only=True) as con:
         return {t: sorted(map(str, con.execute(f'SELECT * FROM "{t}"').fetchall()))
-                for t in store.TABLES}
+                for t in TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +163,13 @@ def test_out_of_range_settings_are_refused_before_anything(copy: Path, setting: 
 
 
 def _drop_column(path: Path) -> None:
-    store.Store(path)
+    Store(path)
     with duckdb.connect(str(path)) as con:
         con.execute("ALTER TABLE predictions DROP COLUMN confidence")
 
 
 def _drop_table(path: Path) -> None:
-    store.Store(path)
+    Store(path)
     with duckdb.connect(str(path)) as con:
         con.execute("DROP TABLE metrics")
 
@@ -198,7 +200,7 @@ def test_a_bad_store_is_refused_before_the_first_stage(tmp_path: Path, make, wor
 
 def test_connections_never_fetch_or_load_extensions(tmp_path: Path) -> None:
     for read_only in (False, True):
-        with store.connect(tmp_path / "s.duckdb", read_only=read_only) as con:
+        with connect(tmp_path / "s.duckdb", read_only=read_only) as con:
             assert con.execute("SELECT current_setting('autoinstall_known_extensions'), "
                                "current_setting('autoload_known_extensions')").fetchone() == (
                                    False, False)
@@ -252,7 +254,7 @@ def test_store_stage_is_one_transaction(copy: Path, monkeypatch: pytest.MonkeyPa
     cfg = load_config(TINY, [f"runs_dir='{copy / 'runs'}'", f"store='{path}'",
                              made_with(copy), *SMALL, PLAIN])
     written = []
-    real = store.Store.write_run
+    real = Store.write_run
 
     def write_run(self, run_record, *a, **k):
         real(self, run_record, *a, **k)
@@ -260,8 +262,8 @@ def test_store_stage_is_one_transaction(copy: Path, monkeypatch: pytest.MonkeyPa
 
     def fail(self, frame):
         raise RuntimeError("killed midway")
-    monkeypatch.setattr(store.Store, "write_run", write_run)
-    monkeypatch.setattr(store.Store, "write_examples", fail)
+    monkeypatch.setattr(Store, "write_run", write_run)
+    monkeypatch.setattr(Store, "write_examples", fail)
     with pytest.raises(RuntimeError, match="killed midway"):
         pipeline.run(cfg, force="store", echo=lambda _: None)
     assert len(written) == 4  # all runs (2 + their post-hoc rows) were written inside it
@@ -432,15 +434,6 @@ def test_a_local_model_path_that_does_not_exist_fails_at_once(tmp_path: Path,
     assert no_stage_started(proc)
 
 
-def test_records_and_config_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced = []
-    real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
-    pipeline.write_json_atomic(tmp_path / "stages" / "x.json", {"a": 1})
-    assert len(synced) == 2  # the file, then its folder (the rename)
-    assert json.loads((tmp_path / "stages" / "x.json").read_text()) == {"a": 1}
-
-
 def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path: Path) -> None:
     """torchrun, two CPU ranks (gloo): the store check runs on rank 0 only; both must stop."""
     junk = tmp_path / "junk.duckdb"
@@ -529,7 +522,7 @@ def test_coverage_k_over_the_vocabulary_is_allowed(monkeypatch) -> None:
     """demo.toml asks a 47-token teacher for top-100 coverage statistics, which clip at the
     vocabulary: the models-stage check must not refuse it (it did, and broke the demo)."""
     from first_core.models import checks as model_checks
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
 
     cfg = load_config(ROOT / "configs" / "demo.toml")
     assert cfg.topk.coverage_k > 47

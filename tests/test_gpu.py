@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from first_core.store import db as store
+from first_core.store.connection import open_readonly
+from first_core.store.reads import list_runs, load_metrics, load_predictions
 from helpers.smollm2 import smollm2_missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,10 @@ pytestmark = [
 
 
 def check_store(path: Path, n_runs: int) -> None:
-    with store.open_readonly(path) as con:
-        runs = store.list_runs(con)
-        metrics = store.load_metrics(con)
-        preds = store.load_predictions(con, columns=["run_id", "confidence"])
+    with open_readonly(path) as con:
+        runs = list_runs(con)
+        metrics = load_metrics(con)
+        preds = load_predictions(con, columns=["run_id", "confidence"])
     assert len(runs) == n_runs
     assert preds.confidence.between(0, 1).all()
     values = metrics[metrics.metric.isin(["accuracy", "ece"])].value
@@ -46,7 +47,7 @@ def test_tiny_pipeline_runs_on_cuda(tmp_path: Path, monkeypatch) -> None:
     from first_core.training import distill, sft as finetune
     from first_core.models import loading as models
     from first_core.pipeline import runner as pipeline
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
 
     loaded: list[str] = []
     trained: list[tuple[str, str]] = []

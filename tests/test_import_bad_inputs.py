@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core.store import db as store
+from first_core.store.reads import list_runs, load_examples, load_predictions
+from first_core.store.schema import SCHEMA_VERSION
 from first_core.__main__ import main
 from first_core.fixtures import DATASET, write_fixture_store
 
@@ -44,36 +45,36 @@ def option_csv(path: Path, split: str, n: int = 6, question: str = "Q") -> Path:
 def test_import_named_after_a_pipelines_dataset_key_is_refused_and_its_questions_survive(
         tmp_path, capsys):
     target = write_fixture_store(tmp_path / "s.duckdb", 10)
-    before = store.load_examples(target)
+    before = load_examples(target)
     f = option_csv(tmp_path / "f.csv", "test")
     code, _, err = imported(capsys, f, DATASET, target)
     assert code == 2 and "Traceback" not in err
     assert f"name {DATASET!r} is the data set key of the runs of pipeline(s) ['fixture']" in err
-    pd.testing.assert_frame_equal(store.load_examples(target), before)
+    pd.testing.assert_frame_equal(load_examples(target), before)
     # an ordinary name files its questions under its own key, never the pipeline's
     assert imported(capsys, f, "mine", target)[0] == 0
     pd.testing.assert_frame_equal(
-        store.load_examples(target, dataset=DATASET).reset_index(drop=True),
+        load_examples(target, dataset=DATASET).reset_index(drop=True),
         before.reset_index(drop=True))
-    runs = store.list_runs(target)
+    runs = list_runs(target)
     key = runs.loc[runs["pipeline"] == "mine", "dataset"].item()
     assert key == "import:mine"  # what the pages look questions up by
-    assert len(store.load_examples(target, dataset=key, split="test")) == 6
+    assert len(load_examples(target, dataset=key, split="test")) == 6
 
 
 def test_reimporting_a_name_replaces_its_questions_whole(tmp_path, capsys):
     target = write_fixture_store(tmp_path / "s.duckdb", 10)
-    fixture = store.load_examples(target, dataset=DATASET)
+    fixture = load_examples(target, dataset=DATASET)
     assert imported(capsys, option_csv(tmp_path / "a.csv", "val", question="Old"), "mine",
                     target)[0] == 0
     assert imported(capsys, option_csv(tmp_path / "b.csv", "test", question="New"), "mine",
                     target)[0] == 0
-    everything = store.load_examples(target)
+    everything = load_examples(target)
     mine = everything[everything["dataset"] != DATASET]
     assert set(mine["split"]) == {"test"}  # the first import's val questions are gone
     assert all(q.startswith("New") for q in mine["question"])
     assert len(everything) == len(fixture) + 6
-    assert set(store.list_runs(target)["dataset"]) == {DATASET, "import:mine"}
+    assert set(list_runs(target)["dataset"]) == {DATASET, "import:mine"}
 
 
 def test_a_schema_1_store_with_an_old_import_still_opens_and_is_migrated(tmp_path, capsys):
@@ -83,15 +84,15 @@ def test_a_schema_1_store_with_an_old_import_still_opens_and_is_migrated(tmp_pat
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         con.execute("UPDATE runs SET dataset = 'old' WHERE pipeline = 'old'")
         con.execute("UPDATE examples SET dataset = 'old' WHERE dataset = 'import:old'")
-    assert len(store.load_examples(target, dataset="old")) == 6  # read-only: as it is
+    assert len(load_examples(target, dataset="old")) == 6  # read-only: as it is
     assert imported(capsys, option_csv(tmp_path / "b.csv", "val"), "new", target)[0] == 0
-    runs = store.list_runs(target).set_index("pipeline")["dataset"]
+    runs = list_runs(target).set_index("pipeline")["dataset"]
     assert runs["old"] == "import:old" and runs["new"] == "import:new"
-    assert len(store.load_examples(target, dataset="import:old")) == 6
-    assert store.load_examples(target, dataset="old").empty
+    assert len(load_examples(target, dataset="import:old")) == 6
+    assert load_examples(target, dataset="old").empty
     with duckdb.connect(str(target), read_only=True) as con:
         version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
-    assert version == [(str(store.SCHEMA_VERSION),)]
+    assert version == [(str(SCHEMA_VERSION),)]
 
 
 # ------------------------------------------------------------ item 3: no tracebacks
@@ -222,7 +223,7 @@ def test_a_name_with_a_trailing_newline_is_refused(tmp_path, capsys):
     assert imported(capsys, f, "tiny", target)[0] == 0
     code, _, err = imported(capsys, f, "tiny\n", target)
     assert code == 2 and "--name: 1-64 letters" in err and "'tiny\\n'" in err
-    assert store.list_runs(target)["pipeline"].tolist() == ["tiny"]
+    assert list_runs(target)["pipeline"].tolist() == ["tiny"]
 
 
 @pytest.mark.parametrize("row_sum", [1 + 2e-6, 1 + 5e-5, 1 + 1e-4])
@@ -234,7 +235,7 @@ def test_rows_the_importer_accepts_the_reliability_page_shows(tmp_path, capsys, 
     f.write_text(f"p_A,p_B,gold\n{0.5 * row_sum!r},{0.5 * row_sum!r},A\n0.6,0.3,B\n")
     code, _, err = imported(capsys, f, "x", tmp_path / "s.duckdb")
     assert code == 0, err
-    preds = store.load_predictions(tmp_path / "s.duckdb", "x/imported/seed0")
+    preds = load_predictions(tmp_path / "s.duckdb", "x/imported/seed0")
     arrays = PredictionArrays(np.stack(preds["topk_probs"]), preds["correct"].to_numpy(),
                               np.stack(preds["option_probs"]), np.array([0, 1]))
     assert len(arrays) == 2
@@ -289,7 +290,7 @@ def test_a_parquet_decimal_column_is_a_number(tmp_path, capsys):
                              "correct": [True, False]}), f)
     code, _, err = imported(capsys, f, "dec", tmp_path / "s.duckdb")
     assert code == 0, err
-    conf = store.load_predictions(tmp_path / "s.duckdb", columns=["confidence"])["confidence"]
+    conf = load_predictions(tmp_path / "s.duckdb", columns=["confidence"])["confidence"]
     assert sorted(conf) == [0.5, 0.75]
 
 

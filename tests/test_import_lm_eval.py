@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from first_core.store import db as store
+from first_core.store.reads import list_runs, load_examples, load_metrics, load_predictions
 from first_core.__main__ import main
 from first_core.errors import DataError
 from first_core.importer.run import import_file
@@ -62,13 +62,13 @@ def check_against_lm_eval(folder: Path, target: Path) -> None:
                .splitlines()]
     task = next(iter(results["results"]))
     run_id = f"{task}/imported/seed0"
-    acc = store.load_metrics(target, run_id, split="test", convention="paper",
-                             metric="accuracy")["value"].item()
+    acc = load_metrics(target, run_id, split="test", convention="paper",
+                       metric="accuracy")["value"].item()
     assert acc == results["results"][task]["acc,none"]  # exactly
-    norm = store.load_metrics(target, f"{task}-acc_norm/imported/seed0", split="test",
-                              convention="paper", metric="accuracy")["value"].item()
+    norm = load_metrics(target, f"{task}-acc_norm/imported/seed0", split="test",
+                        convention="paper", metric="accuracy")["value"].item()
     assert norm == results["results"][task]["acc_norm,none"]
-    preds = store.load_predictions(target, run_id, "test").set_index("example_id")
+    preds = load_predictions(target, run_id, "test").set_index("example_id")
     conf = []
     for s in samples:
         want = softmax([float(r[0]) for r in s["filtered_resps"]])
@@ -77,8 +77,8 @@ def check_against_lm_eval(folder: Path, target: Path) -> None:
         conf.append(want.max())
         assert bool(preds.loc[str(s["doc_id"]), "correct"]) == (s["acc"] == 1.0)
     ok = np.asarray([s["acc"] == 1.0 for s in samples])
-    ece = store.load_metrics(target, run_id, split="test", convention="paper",
-                             metric="ece")["value"].item()
+    ece = load_metrics(target, run_id, split="test", convention="paper",
+                       metric="ece")["value"].item()
     assert ece == pytest.approx(plain_ece(np.asarray(conf), ok), abs=1e-12)
 
 
@@ -140,10 +140,10 @@ def test_committed_real_run_folder_and_its_cli(tmp_path, capsys):
     assert code == 0, err
     assert "as pipeline 'csqa_local'" in out and "as pipeline 'csqa_local-acc_norm'" in out
     check_against_lm_eval(REAL, target)
-    runs = store.list_runs(target).set_index("pipeline")
+    runs = list_runs(target).set_index("pipeline")
     assert runs.loc["csqa_local", "model"].endswith("SmolLM2-135M-Instruct.Q4_1-3776ab9f")
     assert "acc_norm" in runs.loc["csqa_local-acc_norm", "config"]
-    text = store.load_examples(target, dataset="import:csqa_local").set_index("example_id")
+    text = load_examples(target, dataset="import:csqa_local").set_index("example_id")
     assert list(text.loc["0", "choices"]) == ["get mad", "compile", "debug", "write code",
                                               "get frustrated"]
     assert text.loc["0", "question"].startswith("Question: The program kept getting errors")
@@ -183,8 +183,8 @@ def test_0_4_0_json_array_layout_reads_like_the_new_one(tmp_path):
     assert old.read_text().startswith("[")
     import_file(old, "old", tmp_path / "s.duckdb")
     import_file(hand("text_target"), "new", tmp_path / "s.duckdb")
-    a = store.load_predictions(tmp_path / "s.duckdb", "old/imported/seed0")
-    b = store.load_predictions(tmp_path / "s.duckdb", "new/imported/seed0")
+    a = load_predictions(tmp_path / "s.duckdb", "old/imported/seed0")
+    b = load_predictions(tmp_path / "s.duckdb", "new/imported/seed0")
     assert len(a) == 5
     np.testing.assert_array_equal(np.stack(a["option_probs"]), np.stack(b["option_probs"]))
     assert a["correct"].tolist() == b["correct"].tolist()
@@ -194,7 +194,7 @@ def test_text_target_gives_the_same_gold_as_the_index(tmp_path):
     first = [json.loads(x) for x in next(REAL.rglob("samples_*.jsonl")).read_text()
              .splitlines()[:5]]
     import_file(hand("text_target"), "t", tmp_path / "s.duckdb")
-    preds = store.load_predictions(tmp_path / "s.duckdb", "t/imported/seed0")
+    preds = load_predictions(tmp_path / "s.duckdb", "t/imported/seed0")
     assert preds["gold"].tolist() == ["ABCDE"[int(r["target"])] for r in first]
 
 
@@ -211,7 +211,7 @@ def test_duplicate_doc_lines_identical_read_once_different_refused(tmp_path, cap
 
 def test_mutual_info_keeps_the_first_n_entries(tmp_path):
     import_file(hand("mutual_info"), "mi", tmp_path / "s.duckdb")
-    preds = store.load_predictions(tmp_path / "s.duckdb", "mi/imported/seed0")
+    preds = load_predictions(tmp_path / "s.duckdb", "mi/imported/seed0")
     rows = [json.loads(x) for x in hand("mutual_info").read_text().splitlines()]
     for got, r in zip(preds["option_probs"], rows):
         n = len(r["filtered_resps"]) // 2
@@ -220,9 +220,9 @@ def test_mutual_info_keeps_the_first_n_entries(tmp_path):
 
 def test_winogrande_like_text_target_takes_the_gold_from_acc(tmp_path):
     import_file(hand("winogrande_like"), "wg", tmp_path / "s.duckdb")
-    preds = store.load_predictions(tmp_path / "s.duckdb", "wg/imported/seed0")
+    preds = load_predictions(tmp_path / "s.duckdb", "wg/imported/seed0")
     assert set(preds["gold"]) == {"B"}  # the gold the hand-made acc was written for
-    text = store.load_examples(tmp_path / "s.duckdb", dataset="import:wg")
+    text = load_examples(tmp_path / "s.duckdb", dataset="import:wg")
     assert all(c[0].startswith("The ") for c in text["choices"])
 
 
@@ -325,7 +325,7 @@ def test_each_filter_of_a_task_is_its_own_run(tmp_path, capsys):
     f.write_text("".join(json.dumps(r) + "\n" for r in rows + other))
     result = import_file(f, store_path=tmp_path / "s.duckdb")
     assert [r[0] for r in result.runs] == ["t", "t-acc_norm", "t-maj_2"]
-    plain = store.load_predictions(tmp_path / "s.duckdb", "t/imported/seed0")
-    flipped = store.load_predictions(tmp_path / "s.duckdb", "t-maj_2/imported/seed0")
+    plain = load_predictions(tmp_path / "s.duckdb", "t/imported/seed0")
+    flipped = load_predictions(tmp_path / "s.duckdb", "t-maj_2/imported/seed0")
     np.testing.assert_allclose(np.stack(flipped["option_probs"]),
                                np.stack(plain["option_probs"])[:, ::-1])

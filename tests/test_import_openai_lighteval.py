@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from first_core.store import db as store
+from first_core.store.reads import list_runs, load_examples, load_predictions
 from first_core.__main__ import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -35,18 +35,18 @@ def test_batch_output_with_gold_becomes_option_probabilities(tmp_path, capsys):
     assert (f"{BATCH}:3: top_logprobs: option(s) ['D'] not among the answer token's top-k; "
             "probability 0, not guessed") in err
     assert "1 custom_id(s) have no completion" in err
-    preds = store.load_predictions(target, "oa/imported/seed0").set_index("example_id")
+    preds = load_predictions(target, "oa/imported/seed0").set_index("example_id")
     assert list(preds.loc["q1", "option_labels"]) == list("ABCDE")
     np.testing.assert_allclose(preds.loc["q1", "option_probs"], [0.1, 0.75, 0.08, 0.04, 0])
     np.testing.assert_allclose(preds.loc["q2", "option_probs"], [0.7, 0.1, 0.15, 0.03, 0])
     np.testing.assert_allclose(preds.loc["q3", "option_probs"], [0.05, 0.3, 0.6, 0, 0])
     assert preds.loc["q2", "pred"] == "A" and not preds.loc["q2", "correct"]
     assert preds.loc["q1", "confidence_option"] == pytest.approx(0.75 / 0.97)
-    config = json.loads(store.list_runs(target).loc[0, "config"])
+    config = json.loads(list_runs(target).loc[0, "config"])
     assert config["rows_with_options_missing_from_top_k"] == 1
     assert config["mass_outside_options_mean"] == pytest.approx(
         np.mean([0.03, 0.02, 0.05, 0.05]))
-    text = store.load_examples(target, dataset="import:oa").set_index("example_id")
+    text = load_examples(target, dataset="import:oa").set_index("example_id")
     assert text.loc["q4", "question"] == "What?"
 
 
@@ -99,12 +99,12 @@ def test_lighteval_details_become_a_run_named_after_the_task(tmp_path, capsys):
     f = next(LIGHT.glob("details_arc_easy_*.parquet"))
     code, out, err = cli(capsys, "import", f, "--store", target)
     assert code == 0 and "as pipeline 'arc_easy'" in out, err
-    preds = store.load_predictions(target, "arc_easy/imported/seed0").set_index("example_id")
+    preds = load_predictions(target, "arc_easy/imported/seed0").set_index("example_id")
     lp = np.array([-3.2, -0.9, -2.5])
     np.testing.assert_allclose(preds.loc["0", "option_probs"][:3], np.exp(lp) / np.exp(lp).sum())
     assert preds.loc["0", "option_probs"][3] == 0  # 3 of 4 columns: the 4th is no option
     assert preds["correct"].tolist() == [True, True, False]
-    text = store.load_examples(target, dataset="import:arc_easy").set_index("example_id")
+    text = load_examples(target, dataset="import:arc_easy").set_index("example_id")
     assert list(text.loc["1", "choices"])[:2] == ["Paris", "Rome"]
 
 

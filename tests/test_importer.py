@@ -14,7 +14,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from first_core.importer import table as importer
-from first_core.store import db as store
+from first_core.store.reads import (list_pipelines, list_runs, load_examples, load_metrics,
+                                    load_predictions)
 from first_core.errors import DataError, StoreError
 from first_core.fixtures import write_fixture_store
 
@@ -59,10 +60,10 @@ def test_per_option_file_becomes_a_pipeline_with_both_conventions(tmp_path, suff
     target = tmp_path / "s.duckdb"
     written, run_id, n = importer.import_predictions(path, "my-llm", target, model="llm-7b")
     assert (written, run_id, n) == (target, "my-llm/imported/seed0", 200)
-    runs = store.list_runs(target)
+    runs = list_runs(target)
     assert runs[["pipeline", "method", "model"]].values.tolist() == [
         ["my-llm", "imported", "llm-7b"]]
-    preds = store.load_predictions(target, run_id, "test").set_index("example_id")
+    preds = load_predictions(target, run_id, "test").set_index("example_id")
     src = frame[frame["split"] == "test"].set_index("example_id")
     probs = src[[f"p_{x}" for x in "ABCD"]].to_numpy()
     np.testing.assert_allclose(preds.loc[src.index, "confidence"], probs.max(1))
@@ -70,19 +71,19 @@ def test_per_option_file_becomes_a_pipeline_with_both_conventions(tmp_path, suff
                                probs.max(1) / probs.sum(1))
     assert (preds.loc[src.index, "correct"] == (np.asarray(list("ABCD"))[probs.argmax(1)]
                                                 == src["gold"])).all()
-    rows = store.load_metrics(target, run_id, split="test", convention="option",
-                              metric="ece")
+    rows = load_metrics(target, run_id, split="test", convention="option",
+                        metric="ece")
     conf = probs.max(1) / probs.sum(1)
     ok = np.asarray(list("ABCD"))[probs.argmax(1)] == src["gold"].to_numpy()
     assert rows["value"].iloc[0] == pytest.approx(ref_ece(conf, ok))
-    sel = store.load_metrics(target, run_id, split="test", convention="option",
-                             metric=["auroc", "aurc"]).set_index("metric")
+    sel = load_metrics(target, run_id, split="test", convention="option",
+                       metric=["auroc", "aurc"]).set_index("metric")
     assert sel.loc["auroc", "value"] == pytest.approx(roc_auc_score(ok, conf))
     assert sel.loc["auroc", "ci_low"] < sel.loc["auroc", "value"] < sel.loc["auroc", "ci_high"]
     answered = conf[None, :] >= conf[:, None]  # row i: the items at least as confident as i
     aurc = np.mean((answered & ~ok[None, :]).sum(1) / answered.sum(1))
     assert sel.loc["aurc", "value"] == pytest.approx(aurc)
-    text = store.load_examples(target, dataset="import:my-llm", split="test")
+    text = load_examples(target, dataset="import:my-llm", split="test")
     assert set(text["question"]) == set(src["question"])
 
 
@@ -94,10 +95,10 @@ def test_confidence_and_correct_layout(tmp_path):
     path.write_text("".join(json.dumps({"confidence": float(c), "correct": bool(k)}) + "\n\n"
                             for c, k in zip(frame["confidence"], frame["correct"])))
     _, run_id, n = importer.import_predictions(path, "bin", tmp_path / "s.duckdb")
-    ece = store.load_metrics(tmp_path / "s.duckdb", run_id, convention="paper", metric="ece")
+    ece = load_metrics(tmp_path / "s.duckdb", run_id, convention="paper", metric="ece")
     assert n == 300 and ece["value"].iloc[0] == pytest.approx(
         ref_ece(conf, frame["correct"].to_numpy()))
-    preds = store.load_predictions(tmp_path / "s.duckdb", run_id)
+    preds = load_predictions(tmp_path / "s.duckdb", run_id)
     assert (preds["split"] == "test").all() and preds["example_id"].iloc[0].startswith("row-")
 
 
@@ -112,7 +113,7 @@ def test_every_problem_is_named_by_file_line_and_field_and_nothing_is_written(tm
                     "e,-0.1,0.5,A,train\n")     # line 7: negative, bad split
     target = tmp_path / "s.duckdb"
     write_fixture_store(target, 10)
-    before = store.list_runs(target)
+    before = list_runs(target)
     with pytest.raises(DataError) as err:
         importer.import_predictions(path, "x", target)
     lines = str(err.value).splitlines()
@@ -123,7 +124,7 @@ def test_every_problem_is_named_by_file_line_and_field_and_nothing_is_written(tm
                      f"{path}:7: p_A: must be a probability in [0, 1]",
                      f"{path}:7: split: must be one of"):
         assert any(line.startswith(expected) for line in lines), (expected, lines)
-    pd.testing.assert_frame_equal(store.list_runs(target), before)
+    pd.testing.assert_frame_equal(list_runs(target), before)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -158,11 +159,11 @@ def test_reimport_replaces_and_own_pipelines_are_protected(tmp_path):
     importer.import_predictions(path, "mine", target)
     importer.import_predictions(write(option_frame(30, seed=1), tmp_path / "b.csv"), "mine",
                                 target)
-    preds = store.load_predictions(target, "mine/imported/seed0")
+    preds = load_predictions(target, "mine/imported/seed0")
     assert len(preds) == 30
     with pytest.raises(StoreError, match="pipeline 'fixture' holds this project's own runs"):
         importer.import_predictions(path, "fixture", target)
-    assert set(store.list_pipelines(target)["pipeline"]) == {"fixture", "mine"}
+    assert set(list_pipelines(target)["pipeline"]) == {"fixture", "mine"}
 
 
 def test_cli_prints_errors_as_one_message_with_exit_2(tmp_path):

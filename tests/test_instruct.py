@@ -278,7 +278,7 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
     rec = lambda stage: json.loads((run / "stages" / f"{stage}.json").read_text())
     from first_core.data.instruct_data import load_instruct
     from first_core.pipeline.instruct_stages import instruct_template
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     from first_core.models.loading import load_model
     cfg = load_config(ROOT / "configs" / "instruct-tiny.toml")
     _, tok = load_model(str(run / "models" / "teacher_ft" / "final"))

@@ -1,5 +1,5 @@
-"""first_core.metrics.scores against independent implementations (scikit-learn, torchmetrics,
-netcal).
+"""first_core.metrics (binning, point scores, conventions, intervals) against independent
+implementations (scikit-learn, torchmetrics, netcal).
 
 torchmetrics and netcal use left-closed bins [a, b) where we (and scikit-learn) use (a, b], and
 torchmetrics gives a confidence of exactly 1.0 a bin of its own; comparisons with them use
@@ -19,7 +19,13 @@ from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import (binary_calibration_error,
                                                     multiclass_calibration_error)
 
-from first_core.metrics import scores as M
+from first_core.metrics.binning import (expected_calibration_error, maximum_calibration_error,
+                                        reliability_bins, uniform_bin_ids)
+from first_core.metrics.checks import row_reduce
+from first_core.metrics.conventions import option_convention, paper_convention, topk_labels
+from first_core.metrics.intervals import bootstrap_interval
+from first_core.metrics.point_scores import (accuracy, brier_score, negative_log_likelihood,
+                                             proper_score_sums, trust_score)
 from first_core.metrics import resampling
 from first_core.errors import ConfigError
 
@@ -53,7 +59,7 @@ def sample(seed: int, n: int, n_bins: int, on_edges: bool):
 @given(seeds, st.integers(1, 400), n_bins_st, st.sampled_from(["uniform", "quantile"]))
 def test_bins_match_sklearn_calibration_curve_including_edges(seed, n, n_bins, strategy):
     conf, ok = sample(seed, n, n_bins, on_edges=True)
-    bins = M.reliability_bins(conf, ok, n_bins, strategy)
+    bins = reliability_bins(conf, ok, n_bins, strategy)
     prob_true, prob_pred = calibration_curve(ok, conf, n_bins=n_bins, strategy=strategy)
     full = bins.count > 0
     np.testing.assert_allclose(bins.accuracy[full], prob_true, rtol=1e-12, atol=0)
@@ -61,17 +67,17 @@ def test_bins_match_sklearn_calibration_curve_including_edges(seed, n, n_bins, s
     assert bins.count.sum() == n and np.isnan(bins.accuracy[~full]).all()
     np.testing.assert_allclose(bins.gap[full], prob_pred - prob_true, atol=1e-12)
     # ECE is the count-weighted mean |gap| of these very bins
-    assert M.expected_calibration_error(conf, ok, n_bins, strategy) == pytest.approx(
+    assert expected_calibration_error(conf, ok, n_bins, strategy) == pytest.approx(
         np.sum(bins.count[full] / n * np.abs(bins.gap[full])), abs=1e-12)
 
 
 def test_edge_values_go_to_the_lower_bin_like_sklearn_not_torchmetrics():
     conf = np.array([0.0, 0.1, 0.5, 0.5000001, 1.0])
     ok = np.array([True, False, True, False, True])
-    bins = M.reliability_bins(conf, ok, n_bins=10)
+    bins = reliability_bins(conf, ok, n_bins=10)
     assert list(np.flatnonzero(bins.count)) == [0, 4, 5, 9]  # 0.1 in (0, .1]; 0.5 in (.4, .5]
     tm = binary_calibration_error(torch.tensor(conf), torch.tensor(ok).long(), n_bins=10)
-    assert float(tm) != pytest.approx(M.expected_calibration_error(conf, ok))
+    assert float(tm) != pytest.approx(expected_calibration_error(conf, ok))
 
 
 @SETTINGS
@@ -81,8 +87,8 @@ def test_ece_and_mce_match_torchmetrics_binary_away_from_edges(seed, n, n_bins):
     c, t = torch.tensor(conf), torch.tensor(ok).long()
     ece = binary_calibration_error(c, t, n_bins=n_bins, norm="l1")
     mce = binary_calibration_error(c, t, n_bins=n_bins, norm="max")
-    assert M.expected_calibration_error(conf, ok, n_bins) == pytest.approx(float(ece), abs=1e-9)
-    assert M.maximum_calibration_error(conf, ok, n_bins) == pytest.approx(float(mce), abs=1e-9)
+    assert expected_calibration_error(conf, ok, n_bins) == pytest.approx(float(ece), abs=1e-9)
+    assert maximum_calibration_error(conf, ok, n_bins) == pytest.approx(float(mce), abs=1e-9)
 
 
 @SETTINGS
@@ -96,14 +102,14 @@ def test_multiclass_ece_matches_torchmetrics_and_netcal(seed, n, k, n_bins):
     q = conf * n_bins
     if (np.abs(q - np.round(q)) < 1e-6).any():  # these references bin edges the other way
         return
-    ours = M.expected_calibration_error(conf, ok, n_bins)
+    ours = expected_calibration_error(conf, ok, n_bins)
     tm = multiclass_calibration_error(torch.tensor(probs), torch.tensor(labels), num_classes=k,
                                       n_bins=n_bins, norm="l1")
     assert ours == pytest.approx(float(tm), abs=1e-6)  # torchmetrics computes in float32 here
     if k == 2:  # netcal calibrates class 1's probability for two classes, not the top label
         return
     assert ours == pytest.approx(NetcalECE(bins=n_bins).measure(probs, labels), abs=1e-9)
-    assert M.maximum_calibration_error(conf, ok, n_bins) == pytest.approx(
+    assert maximum_calibration_error(conf, ok, n_bins) == pytest.approx(
         NetcalMCE(bins=n_bins).measure(probs, labels), abs=1e-9)
 
 
@@ -115,7 +121,7 @@ def test_uniform_bin_ids_equal_searchsorted_on_and_next_to_every_edge(n_bins):
     near = np.concatenate([edges, np.nextafter(edges, 2), np.nextafter(edges, -1),
                            np.random.default_rng(n_bins).random(5000)])
     conf = near[(near >= 0) & (near <= 1)]
-    np.testing.assert_array_equal(M.uniform_bin_ids(conf, n_bins),
+    np.testing.assert_array_equal(uniform_bin_ids(conf, n_bins),
                                   np.searchsorted(edges[1:-1], conf))
 
 
@@ -123,16 +129,16 @@ def test_uniform_bin_ids_equal_searchsorted_on_and_next_to_every_edge(n_bins):
 @given(seeds, st.integers(1, 300), n_bins_st, st.sampled_from(["uniform", "quantile"]))
 def test_unchecked_paths_give_the_checked_numbers(seed, n, n_bins, strategy):
     conf, ok = sample(seed, n, n_bins, on_edges=True)
-    for fn in (M.expected_calibration_error, M.maximum_calibration_error):
+    for fn in (expected_calibration_error, maximum_calibration_error):
         assert fn(conf, ok, n_bins, strategy, check=False) == fn(conf, ok, n_bins, strategy)
-    bins = M.reliability_bins(conf, ok, n_bins, strategy, check=False)
-    assert bins.ece == pytest.approx(M.expected_calibration_error(conf, ok, n_bins, strategy),
+    bins = reliability_bins(conf, ok, n_bins, strategy, check=False)
+    assert bins.ece == pytest.approx(expected_calibration_error(conf, ok, n_bins, strategy),
                                      abs=1e-12)
-    assert bins.mce == M.maximum_calibration_error(conf, ok, n_bins, strategy)
-    assert M.accuracy(ok, check=False) == M.accuracy(ok)
+    assert bins.mce == maximum_calibration_error(conf, ok, n_bins, strategy)
+    assert accuracy(ok, check=False) == accuracy(ok)
     probs = np.random.default_rng(seed).dirichlet(np.ones(3), n)
     labels = np.random.default_rng(seed + 1).integers(0, 3, n)
-    for fn in (M.brier_score, M.negative_log_likelihood):
+    for fn in (brier_score, negative_log_likelihood):
         assert fn(probs, labels, check=False) == fn(probs, labels)
 
 
@@ -143,7 +149,7 @@ def test_proper_score_sums_match_sklearn_on_unnormalised_columns(seed, n, k, sca
     weights = rng.random((k, n)) * scale  # k x N, columns sum to anything
     labels = rng.integers(0, k, n)
     probs = (weights / weights.sum(axis=0)).T
-    brier, nll = M.proper_score_sums(weights, weights.sum(axis=0), weights[labels, np.arange(n)])
+    brier, nll = proper_score_sums(weights, weights.sum(axis=0), weights[labels, np.arange(n)])
     assert brier == pytest.approx(
         n * brier_score_loss(labels, probs, labels=range(k), scale_by_half=False), rel=1e-12)
     assert nll == pytest.approx(n * log_loss(labels, probs, labels=range(k)), rel=1e-12)
@@ -152,17 +158,17 @@ def test_proper_score_sums_match_sklearn_on_unnormalised_columns(seed, n, k, sca
 @pytest.mark.parametrize("shape", [(50, 1), (50, 5), (3, 20, 7), (40, 12)])
 def test_row_reduce_equals_numpy_reductions(shape):
     x = np.random.default_rng(0).random(shape)
-    np.testing.assert_array_equal(M.row_reduce(np.maximum, x), x.max(axis=-1))
+    np.testing.assert_array_equal(row_reduce(np.maximum, x), x.max(axis=-1))
     if shape[-1] <= 8:  # same order of additions: the same floats
-        np.testing.assert_array_equal(M.row_reduce(np.add, x), x.sum(axis=-1))
-    np.testing.assert_allclose(M.row_reduce(np.add, x), x.sum(axis=-1), rtol=1e-14)
+        np.testing.assert_array_equal(row_reduce(np.add, x), x.sum(axis=-1))
+    np.testing.assert_allclose(row_reduce(np.add, x), x.sum(axis=-1), rtol=1e-14)
 
 
 def test_single_example_and_all_in_one_bin():
-    assert M.expected_calibration_error([0.7], [True]) == pytest.approx(0.3)
-    assert M.maximum_calibration_error([0.7], [False]) == pytest.approx(0.7)
-    assert M.expected_calibration_error([1.0, 1.0], [True, True]) == 0.0
-    assert M.expected_calibration_error([0.0, 0.0], [False, False]) == 0.0
+    assert expected_calibration_error([0.7], [True]) == pytest.approx(0.3)
+    assert maximum_calibration_error([0.7], [False]) == pytest.approx(0.7)
+    assert expected_calibration_error([1.0, 1.0], [True, True]) == 0.0
+    assert expected_calibration_error([0.0, 0.0], [False, False]) == 0.0
 
 
 @settings(max_examples=10, deadline=None)
@@ -172,7 +178,7 @@ def test_ece_of_a_perfectly_calibrated_sample_goes_to_zero(seed):
 
     def ece(n):
         conf = rng.random(n)
-        return M.expected_calibration_error(conf, rng.random(n) < conf)
+        return expected_calibration_error(conf, rng.random(n) < conf)
 
     small, large = ece(500), ece(200_000)
     assert large < 0.01 and large < small
@@ -184,29 +190,29 @@ def test_brier_and_nll_match_sklearn(seed, n, k):
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.full(k, 0.7), n)
     labels = rng.integers(0, k, n)
-    assert M.brier_score(probs, labels) == pytest.approx(
+    assert brier_score(probs, labels) == pytest.approx(
         brier_score_loss(labels, probs, labels=range(k), scale_by_half=False), rel=1e-12)
-    assert M.negative_log_likelihood(probs, labels) == pytest.approx(
+    assert negative_log_likelihood(probs, labels) == pytest.approx(
         log_loss(labels, probs, labels=range(k)), rel=1e-12)
 
 
 def test_accuracy_and_trust_score():
-    assert M.accuracy([True, False, True, True]) == 0.75
-    assert M.accuracy(np.array([1, 0])) == 0.5
-    assert M.trust_score(0.8, 0.07) == pytest.approx(0.73)
+    assert accuracy([True, False, True, True]) == 0.75
+    assert accuracy(np.array([1, 0])) == 0.5
+    assert trust_score(0.8, 0.07) == pytest.approx(0.73)
 
 
 def test_conventions():
     topk = np.array([[0.6, 0.3], [0.5, 0.4], [0.2, 0.7]])
     ids = np.array([[11, 12], [12, 11], [13, 11]])
     gold = np.array([11, 11, 11])
-    paper = M.paper_convention(topk, ids, gold)
+    paper = paper_convention(topk, ids, gold)
     assert paper.pred.tolist() == [11, 12, 11]
     assert paper.confidence.tolist() == [0.6, 0.5, 0.7]
     assert paper.correct.tolist() == [True, False, True]
-    assert M.topk_labels(ids, np.array([12, 99, 11])).tolist() == [1, -1, 1]
+    assert topk_labels(ids, np.array([12, 99, 11])).tolist() == [1, -1, 1]
     options = np.array([[0.2, 0.2], [0.1, 0.3]])  # raw letter probabilities
-    opt = M.option_convention(options, [1, 1])
+    opt = option_convention(options, [1, 1])
     assert opt.pred.tolist() == [0, 1]  # a tie goes to the first option
     np.testing.assert_allclose(opt.confidence, [0.5, 0.75])
     assert opt.correct.tolist() == [False, True]
@@ -224,14 +230,14 @@ def _reference_bootstrap(fn, arrays, n_boot, seed, **kw):
 
 
 def _trust(conf, ok, n_bins=10):
-    return M.trust_score(M.accuracy(ok), M.expected_calibration_error(conf, ok, n_bins))
+    return trust_score(accuracy(ok), expected_calibration_error(conf, ok, n_bins))
 
 
-@pytest.mark.parametrize("name, fn", [("ece", M.expected_calibration_error),
-                                      ("mce", M.maximum_calibration_error),
-                                      ("trust", _trust), ("accuracy", M.accuracy),
-                                      ("brier", M.brier_score),
-                                      ("nll", M.negative_log_likelihood)])
+@pytest.mark.parametrize("name, fn", [("ece", expected_calibration_error),
+                                      ("mce", maximum_calibration_error),
+                                      ("trust", _trust), ("accuracy", accuracy),
+                                      ("brier", brier_score),
+                                      ("nll", negative_log_likelihood)])
 def test_bootstrap_equals_a_loop_over_resamples(name, fn):
     rng = np.random.default_rng(3)
     n = 300
@@ -241,7 +247,7 @@ def test_bootstrap_equals_a_loop_over_resamples(name, fn):
     arrays = {"accuracy": (ok,), "brier": (probs, labels), "nll": (probs, labels)}.get(
         name, (conf, ok))
     kw = {"n_bins": 7} if name in ("ece", "mce", "trust") else {}
-    point, low, high = M.bootstrap_interval(name, *arrays, n_boot=150, seed=5, **kw)
+    point, low, high = bootstrap_interval(name, *arrays, n_boot=150, seed=5, **kw)
     assert point == pytest.approx(fn(*arrays, **kw), abs=1e-12)
     np.testing.assert_allclose([low, high], _reference_bootstrap(fn, arrays, 150, 5, **kw),
                                atol=1e-12)
@@ -251,12 +257,12 @@ def test_bootstrap_is_deterministic_chunked_and_accepts_functions(monkeypatch):
     rng = np.random.default_rng(0)
     conf = rng.random(2000)
     ok = rng.random(2000) < conf
-    a = M.bootstrap_interval(M.expected_calibration_error, conf, ok, n_boot=300, seed=1)
-    assert a == M.bootstrap_interval("ece", conf, ok, n_boot=300, seed=1)
-    assert a != M.bootstrap_interval("ece", conf, ok, n_boot=300, seed=2)
+    a = bootstrap_interval(expected_calibration_error, conf, ok, n_boot=300, seed=1)
+    assert a == bootstrap_interval("ece", conf, ok, n_boot=300, seed=1)
+    assert a != bootstrap_interval("ece", conf, ok, n_boot=300, seed=2)
     assert a[1] <= a[2]
     monkeypatch.setattr(resampling, "_BOOT_CELLS", 2000 * 7)  # 7 resamples per chunk
-    chunked = M.bootstrap_interval("ece", conf, ok, n_boot=300, seed=1)
+    chunked = bootstrap_interval("ece", conf, ok, n_boot=300, seed=1)
     assert chunked[0] == a[0] and chunked[1] <= chunked[2]
 
 
@@ -276,7 +282,7 @@ def test_bootstrap_is_deterministic_chunked_and_accepts_functions(monkeypatch):
     (([0.1, 0.5], [True, False]), {"strategy": "equal"}, "strategy"),
 ])
 def test_bad_calibration_input_names_the_argument(args, kwargs, word):
-    for fn in (M.expected_calibration_error, M.maximum_calibration_error, M.reliability_bins):
+    for fn in (expected_calibration_error, maximum_calibration_error, reliability_bins):
         with pytest.raises(ValueError, match=word):
             fn(*args, **kwargs)
 
@@ -292,17 +298,17 @@ def test_bad_calibration_input_names_the_argument(args, kwargs, word):
     ([0.5, 0.5], [0, 1], "probs"),
 ])
 def test_bad_probability_input_names_the_argument(probs, labels, word):
-    for fn in (M.brier_score, M.negative_log_likelihood):
+    for fn in (brier_score, negative_log_likelihood):
         with pytest.raises(ValueError, match=word):
             fn(probs, labels)
 
 
 def test_bad_bootstrap_settings():
     with pytest.raises(ConfigError, match="metric"):
-        M.bootstrap_interval(np.mean, [0.5], [True])
+        bootstrap_interval(np.mean, [0.5], [True])
     with pytest.raises(ConfigError, match="n_boot"):
-        M.bootstrap_interval("ece", [0.5], [True], n_boot=0)
+        bootstrap_interval("ece", [0.5], [True], n_boot=0)
     with pytest.raises(ConfigError, match="level"):
-        M.bootstrap_interval("ece", [0.5], [True], level=1.0)
+        bootstrap_interval("ece", [0.5], [True], level=1.0)
     with pytest.raises(ValueError, match="correct"):
-        M.accuracy([])
+        accuracy([])

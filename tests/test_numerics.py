@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, logging, os, sys
 logging.basicConfig()
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 from first_core.numerics import pin_cpu_kernels, cpu_kernels_in_use
 cfg = load_config(sys.argv[1])
 pinned = pin_cpu_kernels(cfg.cpu_kernels)

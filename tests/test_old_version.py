@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 from first_core.pipeline.runner import setting_for
 from first_core.pipeline.stage_base import Context
 

@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
-from first_core.metrics import scores as metrics
+from first_core.metrics.binning import expected_calibration_error
 from first_core.calibration import posthoc
 from first_core.calibration.temperature_fit import T_MIN, fit_temperature
 
@@ -180,7 +180,7 @@ def test_fit_posthoc_records_the_nll_and_the_ece_minimising_temperature():
     assert fit.ece_after == pytest.approx(ece(fit.temperature), abs=1e-9)
     assert fit.temperature in fit.grid and fit.stride == 1 and fit.n_positions == 600
     conf = posthoc.top1_confidence(z.astype(np.float32), 1.0)
-    assert metrics.expected_calibration_error(conf, correct) == pytest.approx(fit.ece_before)
+    assert expected_calibration_error(conf, correct) == pytest.approx(fit.ece_before)
 
 
 # ---------------------------------------------------------------- the dashboard's fit
@@ -188,12 +188,12 @@ def test_fit_posthoc_records_the_nll_and_the_ece_minimising_temperature():
 
 def test_dashboard_fit_minimises_the_pages_nll_card(tmp_path):
     from first_core.fixtures import write_fixture_store
-    from first_core.store import db as store
+    from first_core.store.reads import list_runs, load_predictions
     from first_core.views import rescaling, run_arrays
 
     path = write_fixture_store(tmp_path / "f.duckdb", 300, seed=1)
-    runs = store.list_runs(path)
-    frame = store.load_predictions(path, run_ids=runs["run_id"].iloc[1], split="val")
+    runs = list_runs(path)
+    frame = load_predictions(path, run_ids=runs["run_id"].iloc[1], split="val")
     arrays = run_arrays.prediction_arrays(frame)
     for mode in ("logit", "first"):
         c = rescaling.fit_temperature(arrays, mode)

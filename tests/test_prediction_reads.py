@@ -6,7 +6,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from first_core.store import prediction_reads, db as store
+from first_core.store import prediction_reads
+from first_core.store.reads import load_predictions
 from first_core.fixtures import run_id, write_fixture_store
 from first_core.views import example_rows, run_arrays
 
@@ -20,7 +21,7 @@ def path(tmp_path_factory):
 @pytest.mark.parametrize("convention", ["option", "paper"])
 def test_matches_are_the_pandas_filter_head_and_counts(path, kind, convention):
     run = run_id("student_ft", 1)
-    preds = store.load_predictions(path, run, "test")
+    preds = load_predictions(path, run, "test")
     want = example_rows.filter_predictions(preds, kind, convention, 0.7, 0.6)
     got = prediction_reads.read_matches(path, run, "test", kind, convention, 0.7, 0.6, limit=17)
     assert (got.matched, got.total) == (len(want), len(preds))
@@ -46,7 +47,7 @@ def test_rows_reads_only_the_example_ids_asked_for(path):
 @pytest.mark.parametrize("method", ["teacher_ft", "first_ts"])
 def test_arrow_arrays_equal_the_pandas_arrays(path, method):
     run = run_id(method, 1)
-    frame = store.load_predictions(path, run, "test_ood", columns=run_arrays.PREDICTION_COLUMNS)
+    frame = load_predictions(path, run, "test_ood", columns=run_arrays.PREDICTION_COLUMNS)
     want = run_arrays.prediction_arrays(frame)
     got = prediction_reads.read_arrays(path, run, "test_ood")
     for name in ("topk_probs", "correct", "option_probs", "gold_option", "example_ids"):

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from first_core.pipeline import pretrained_coverage
-from first_core.store import db as store
+from first_core.store.pretrained import write_pretrained_coverage
+from first_core.store.reads import list_runs, load_metrics, load_predictions, load_topk_coverage
+from first_core.store.schema import PRETRAINED_METHOD
 from first_core.config.settings import RunConfig
 from first_core.views import coverage_runs
 
@@ -33,20 +35,20 @@ def test_store_keeps_a_pretrained_run_with_its_coverage_and_nothing_else(tmp_pat
     path = tmp_path / "s.duckdb"
     config = {"name": "demo-smollm2-coverage", "model": {"fine_tuned": False}}
     for n in (100, 7):  # a second write replaces the first
-        store.write_pretrained_coverage(path, "demo-smollm2-coverage", RUN, "gguf:x/y.gguf",
-                                        "abc", coverage_rows(49_152, n), config)
-    runs = store.list_runs(path)
+        write_pretrained_coverage(path, "demo-smollm2-coverage", RUN, "gguf:x/y.gguf",
+                                  "abc", coverage_rows(49_152, n), config)
+    runs = list_runs(path)
     assert runs[["run_id", "method", "model", "pipeline", "dataset"]].values.tolist() == [
-        [RUN, store.PRETRAINED_METHOD, "gguf:x/y.gguf", "demo-smollm2-coverage", "abc"]]
+        [RUN, PRETRAINED_METHOD, "gguf:x/y.gguf", "demo-smollm2-coverage", "abc"]]
     assert json.loads(runs["config"].iloc[0]) == config
-    cov = store.load_topk_coverage(path)
+    cov = load_topk_coverage(path)
     assert len(cov) == 100 and set(cov["n_positions"]) == {7} and set(cov["run_id"]) == {RUN}
     assert set(cov["vocab_size"]) == {49_152}
-    assert store.load_predictions(path).empty and store.load_metrics(path).empty
+    assert load_predictions(path).empty and load_metrics(path).empty
     with pytest.raises(ValueError, match="duplicate"):  # validated before the transaction
-        store.write_pretrained_coverage(path, "p", RUN, "m", "d",
-                                        pd.concat([coverage_rows(10)] * 2), {})
-    assert len(store.load_topk_coverage(path)) == 100  # nothing of the bad write landed
+        write_pretrained_coverage(path, "p", RUN, "m", "d",
+                                  pd.concat([coverage_rows(10)] * 2), {})
+    assert len(load_topk_coverage(path)) == 100  # nothing of the bad write landed
 
 
 def test_missing_package_is_a_note_and_the_step_is_skipped(tmp_path, monkeypatch):
@@ -84,7 +86,7 @@ def test_the_page_opens_on_the_largest_vocabulary():
 
 def test_the_page_says_what_a_run_is():
     row = {"n_positions": 100, "vocab_size": 49_152}
-    said = coverage_runs.describe_run(store.PRETRAINED_METHOD, row)
+    said = coverage_runs.describe_run(PRETRAINED_METHOD, row)
     assert "pretrained model read zero-shot" in said and "not the fine-tuned teacher" in said
     assert "100 validation prompts" in said and "49,152-token vocabulary" in said
     small = coverage_runs.describe_run("teacher_ft", {"n_positions": 600, "vocab_size": 47})

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from first_core import report
-from first_core.store import db as store
+from first_core.store.connection import open_readonly
+from first_core.store.reads import load_predictions
 from first_core.errors import FirstError
 from first_core.fixtures import write_fixture_store
 
@@ -29,7 +30,7 @@ def two_pipelines(tmp_path_factory):
 def expected_cell(path, pipeline: str, method: str, split: str, metric: str,
                   convention: str = "paper") -> tuple[float, float, int]:
     """Mean, sample std and count of one metric over a pipeline's seeds, straight from SQL."""
-    with store.open_readonly(path) as con:
+    with open_readonly(path) as con:
         values = [v for (v,) in con.execute(
             "SELECT m.value FROM metrics m JOIN runs r USING (run_id) WHERE r.pipeline = ? "
             "AND r.method = ? AND m.split = ? AND m.metric = ? AND m.convention = ?",
@@ -108,7 +109,7 @@ def test_report_of_a_real_pipeline_store_prints_auroc_and_aurc(tmp_path):
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| method"))
     assert "| ID ECE | ID AUROC | ID AURC | ID Trust |" in header
     assert "| OOD ECE | OOD AUROC | OOD AURC | OOD Trust |" in header
-    preds = store.load_predictions(path, "fixture/first_ts/seed0", "test_ood")
+    preds = load_predictions(path, "fixture/first_ts/seed0", "test_ood")
     conf, ok = preds["confidence"].to_numpy(), preds["correct"].to_numpy(dtype=bool)
     answered = conf[None, :] >= conf[:, None]
     aurc = np.mean((answered & ~ok[None, :]).sum(1) / answered.sum(1))
@@ -159,7 +160,7 @@ def test_report_never_averages_runs_of_different_configs_as_seeds(mixed):
     seeds = tidy.groupby("pipeline")["seeds"].max().to_dict()
     assert seeds == {"demo [config A]": 2, "demo [config B]": 1}
     # config A's mean is seeds 0 and 2 alone, straight from SQL
-    with store.open_readonly(mixed) as con:
+    with open_readonly(mixed) as con:
         want = con.execute(
             "SELECT 100 * avg(m.value) FROM metrics m JOIN runs r USING (run_id) WHERE "
             "r.seed IN (0, 2) AND r.method = 'first_ts' AND m.split = 'test' AND "

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from first_core.config import report_to as reporting
-from first_core.config.settings import TrainConfig, load_config
+from first_core.config.settings import TrainConfig
+from first_core.config.loading import load_config
 from first_core.data.examples import Example, format_prompt
 from first_core.errors import ConfigError
 from first_core.training.sft import training_arguments

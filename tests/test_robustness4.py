@@ -21,7 +21,7 @@ from test_bad_inputs import SMALL, TINY, assert_user_error, records
 from test_fail_early import run_here
 
 from first_core.data import examples as data
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 from first_core.models.loading import build_preset
 from first_core.data.tasks import write_task
 
@@ -222,10 +222,10 @@ def test_a_run_named_like_an_import_is_refused_before_the_first_stage(tmp_path: 
 def test_report_on_a_pipeline_without_metric_rows_says_so(tmp_path: Path) -> None:
     from test_pretrained_coverage import RUN, coverage_rows
 
-    from first_core.store import db as store
+    from first_core.store.pretrained import write_pretrained_coverage
     path = tmp_path / "s.duckdb"
-    store.write_pretrained_coverage(path, "demo-smollm2-coverage", RUN, "gguf:x/y.gguf",
-                                    "abc", coverage_rows(49_152), {})
+    write_pretrained_coverage(path, "demo-smollm2-coverage", RUN, "gguf:x/y.gguf",
+                              "abc", coverage_rows(49_152), {})
     for fmt in ("markdown", "csv"):
         proc = main_here("report", "--store", str(path), "--pipeline",
                          "demo-smollm2-coverage", "--format", fmt)
@@ -293,7 +293,7 @@ def test_a_full_disk_during_import_is_one_error_line_and_the_store_stays(tmp_pat
                                                       for i in range(3000)))
     proc = limited_cli(64 * 1024, "import", str(big), "--name", "second", "--store", str(path),
                        cwd=tmp_path)
-    assert_user_error(proc, f"store", "write failed, nothing was written", "File too large")
+    assert_user_error(proc, "store", "write failed, nothing was written", "File too large")
     assert store_rows(path) == before
 
 
@@ -424,8 +424,8 @@ def test_a_store_deleted_or_replaced_after_a_finished_run_is_written_again(
     assert "lacks this run's rows" in again.stdout
     assert "store: done earlier, skipped" not in again.stdout
     assert "not in" not in again.stderr and "| teacher_ft |" in again.stdout
-    from first_core.store import db as store
-    assert "tiny/teacher_ft/seed0" in set(store.list_runs(path)["run_id"])
+    from first_core.store.reads import list_runs
+    assert "tiny/teacher_ft/seed0" in set(list_runs(path)["run_id"])
 
 
 # ---------------------------------------------------------------- item 17 (minor messages)

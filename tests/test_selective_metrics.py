@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from first_core.metrics import scores as M
+from first_core.metrics.intervals import bootstrap_interval
 from first_core.metrics import selective as S
 from first_core.errors import ConfigError
 from first_core.kernels.sort import sort_nonnegative
@@ -172,7 +172,7 @@ def test_bootstrap_equals_a_loop_over_resamples_and_skips_one_class_resamples():
     assert got["auroc"] == pytest.approx(
         (S.auroc(conf, ok), *np.quantile(ref_auroc, [.025, .975])), abs=1e-12)
     # the same resamples as the ECE interval with the same seed
-    assert M.bootstrap_interval("accuracy", ok, n_boot=300, seed=5)[1:] == pytest.approx(
+    assert bootstrap_interval("accuracy", ok, n_boot=300, seed=5)[1:] == pytest.approx(
         tuple(np.quantile([ok[i].mean() for i in idx], [.025, .975])), abs=1e-12)
 
 

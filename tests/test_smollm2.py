@@ -293,7 +293,8 @@ def test_demo_stores_a_pretrained_vocabularys_coverage(built, teacher, tmp_path,
     from pathlib import Path
 
     from first_core.pipeline import pretrained_coverage
-    from first_core.store import db as store
+    from first_core.store.reads import list_runs, load_topk_coverage
+    from first_core.store.schema import PRETRAINED_METHOD
     from first_core.__main__ import main
     from first_core.models.loading import build_dir_name
 
@@ -312,14 +313,14 @@ def test_demo_stores_a_pretrained_vocabularys_coverage(built, teacher, tmp_path,
     out = capsys.readouterr().out
     assert "49,152-token vocabulary" in out and "zero-shot" in out
 
-    runs = store.list_runs("s.duckdb").set_index("method")
-    run = runs.loc[store.PRETRAINED_METHOD]
+    runs = list_runs("s.duckdb").set_index("method")
+    run = runs.loc[PRETRAINED_METHOD]
     assert (run["model"], run["pipeline"]) == (GGUF, "tiny-smollm2-coverage")
     config = json.loads(run["config"])
     assert config["model"] == {"spec": GGUF, "pretrained": True, "fine_tuned": False,
                                "dtype": "float32"}
     assert (config["prompts"]["first_n"], config["prompts"]["of"]) == (6, 8)
-    cover = store.load_topk_coverage("s.duckdb", run["run_id"])
+    cover = load_topk_coverage("s.duckdb", run["run_id"])
     assert cover["k"].tolist() == list(range(1, 101))
     assert set(cover["vocab_size"]) == {VOCAB} and set(cover["n_positions"]) == {6}
     assert set(cover["full_bytes_per_position"]) == {2 * VOCAB}
@@ -331,4 +332,4 @@ def test_demo_stores_a_pretrained_vocabularys_coverage(built, teacher, tmp_path,
 
     assert main(args) == 0  # the second demo reuses the stored top-k
     assert "done earlier, reused" in capsys.readouterr().out
-    assert len(store.load_topk_coverage("s.duckdb", run["run_id"])) == 100
+    assert len(load_topk_coverage("s.duckdb", run["run_id"])) == 100

@@ -15,9 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core.store import db as store
+from first_core.config.settings import METHODS
+from first_core.store.connection import open_readonly
+from first_core.store.paths import default_store_path, list_store_files, safe_store_path
+from first_core.store.reads import (available_splits, list_runs, load_examples, load_metrics,
+                                    load_predictions, load_temperature_search, load_topk_coverage)
+from first_core.store.schema import SCHEMA_VERSION, SPLITS, RunRecord
+from first_core.store.writes import Store
 from first_core.errors import StoreError
-from first_core.store.db import RunRecord, Store
 
 SPAWN = mp.get_context("spawn")
 
@@ -71,10 +76,10 @@ def path(tmp_path: Path) -> Path:
 def test_write_run_roundtrip(path: Path) -> None:
     preds, mets = _predictions(7), _metrics()
     Store(path).write_run(_run(temperature=0.3, config={"lr": 0.1}), preds, mets)
-    with store.open_readonly(path) as con:
-        runs = store.list_runs(con)
-        got = store.load_predictions(con, ["r1"], "test")
-        got_m = store.load_metrics(con, "r1")
+    with open_readonly(path) as con:
+        runs = list_runs(con)
+        got = load_predictions(con, ["r1"], "test")
+        got_m = load_metrics(con, "r1")
     row = _records(runs)[0]
     assert json.loads(row.pop("config")) == {"lr": 0.1, "n": 1}
     assert row == {"run_id": "r1", "method": "student_ft", "model": "tiny-student", "dataset": "d",
@@ -109,53 +114,53 @@ def test_side_tables_roundtrip_and_replace_by_key(path: Path) -> None:
         st.write_temperature_search(ts)
         st.write_topk_coverage(cov)
         st.write_examples(ex)
-    assert _records(store.load_temperature_search(path)) == _records(
+    assert _records(load_temperature_search(path)) == _records(
         ts.sort_values(["kind", "value"]).reset_index(drop=True))
-    assert _records(store.load_topk_coverage(path, "t")) == _records(cov)
-    assert _records(store.load_examples(path, dataset="d")) == _records(
+    assert _records(load_topk_coverage(path, "t")) == _records(cov)
+    assert _records(load_examples(path, dataset="d")) == _records(
         ex.sort_values("split").reset_index(drop=True))
-    assert _records(store.load_examples(path, ["t0"])) == _records(ex.iloc[[1]])
+    assert _records(load_examples(path, ["t0"])) == _records(ex.iloc[[1]])
 
     # replacing the TS curve keeps the LS one; replacing one split keeps the other
     st.write_temperature_search(ts[ts.kind == "TS"].iloc[:1])
-    assert store.load_temperature_search(path).kind.tolist() == ["LS", "LS", "TS"]
+    assert load_temperature_search(path).kind.tolist() == ["LS", "LS", "TS"]
     st.write_examples(ex.iloc[[0]].assign(question="new"))
-    assert store.load_examples(path).question.tolist() == ["q t", "new"]
-    assert store.load_temperature_search(path, kind="LS").value.tolist() == [0.0, 0.1]
+    assert load_examples(path).question.tolist() == ["q t", "new"]
+    assert load_temperature_search(path, kind="LS").value.tolist() == [0.0, 0.1]
 
 
 def test_replace_run_is_atomic(path: Path) -> None:
     st = Store(path)
     st.write_run(_run(), _predictions(5), _metrics(0.5))
     st.write_run(_run(method="first_ts", temperature=0.3), _predictions(3, "val"), _metrics(0.9))
-    runs = store.list_runs(path)
+    runs = list_runs(path)
     assert runs.method.tolist() == ["first_ts"]
-    assert store.load_predictions(path, "r1").example_id.tolist() == ["val-0", "val-1", "val-2"]
-    assert store.load_metrics(path, "r1", metric="accuracy").value.tolist() == [0.9]
+    assert load_predictions(path, "r1").example_id.tolist() == ["val-0", "val-1", "val-2"]
+    assert load_metrics(path, "r1", metric="accuracy").value.tolist() == [0.9]
 
     # a write that fails inside the transaction (a value DuckDB cannot cast) leaves the old run
     bad = _predictions(4).astype({"confidence": object})
     bad.loc[2, "confidence"] = "not a number"
     with pytest.raises(duckdb.Error):
         st.write_run(_run(method="teacher_ft"), bad, _metrics(0.1))
-    assert store.list_runs(path).method.tolist() == ["first_ts"]
-    assert len(store.load_predictions(path, "r1")) == 3
-    assert store.load_metrics(path, "r1", metric="accuracy").value.tolist() == [0.9]
+    assert list_runs(path).method.tolist() == ["first_ts"]
+    assert len(load_predictions(path, "r1")) == 3
+    assert load_metrics(path, "r1", metric="accuracy").value.tolist() == [0.9]
 
 
 def test_filters_are_bound_not_formatted(path: Path) -> None:
     st = Store(path)
     st.write_run(_run("a"), _predictions(2), _metrics())
     st.write_run(_run("b", method="first_ls", smoothing=0.1), _predictions(3, "val"), _metrics())
-    assert len(store.load_predictions(path, "a' OR '1'='1")) == 0
-    assert len(store.load_predictions(path, ["a", "b"])) == 5
-    assert store.load_predictions(path, split="val").run_id.unique().tolist() == ["b"]
-    assert store.list_runs(path, method="first_ls").run_id.tolist() == ["b"]
-    assert store.available_splits(path) == ["val", "test"]
-    assert store.available_splits(path, "a") == ["test"]
-    assert store.load_predictions(path, "a", columns=["example_id", "confidence"]).shape == (2, 2)
+    assert len(load_predictions(path, "a' OR '1'='1")) == 0
+    assert len(load_predictions(path, ["a", "b"])) == 5
+    assert load_predictions(path, split="val").run_id.unique().tolist() == ["b"]
+    assert list_runs(path, method="first_ls").run_id.tolist() == ["b"]
+    assert available_splits(path) == ["val", "test"]
+    assert available_splits(path, "a") == ["test"]
+    assert load_predictions(path, "a", columns=["example_id", "confidence"]).shape == (2, 2)
     with pytest.raises(ValueError, match="no column"):
-        store.load_predictions(path, columns=["confidence; DROP TABLE runs"])
+        load_predictions(path, columns=["confidence; DROP TABLE runs"])
 
 
 @pytest.mark.parametrize("change, match", [
@@ -170,7 +175,7 @@ def test_bad_frames_are_refused_before_writing(path: Path, change, match) -> Non
     st = Store(path)
     with pytest.raises(ValueError, match=match):
         st.write_run(_run(), change(_predictions(2)), _metrics())
-    assert store.list_runs(path).empty
+    assert list_runs(path).empty
 
 
 def test_bad_run_record() -> None:
@@ -186,19 +191,19 @@ def test_newer_schema_is_refused(path: Path) -> None:
     Store(path)
     with duckdb.connect(str(path)) as con:
         con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    for opener in (lambda: store.list_runs(path), lambda: Store(path)):
+    for opener in (lambda: list_runs(path), lambda: Store(path)):
         with pytest.raises(StoreError) as err:
             opener()
         assert str(path) in str(err.value)
         assert "schema version 7" in str(err.value)
-        assert f"version {store.SCHEMA_VERSION}" in str(err.value)
+        assert f"version {SCHEMA_VERSION}" in str(err.value)
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), b"run_id,method\nr1,student_ft\n", b""])
 def test_non_duckdb_file_is_refused(tmp_path: Path, content: bytes) -> None:
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(content)
-    for opener in (lambda: store.list_runs(bad), lambda: Store(bad)):
+    for opener in (lambda: list_runs(bad), lambda: Store(bad)):
         with pytest.raises(StoreError, match="not a DuckDB database file") as err:
             opener()
         assert str(bad) in str(err.value)
@@ -209,20 +214,20 @@ def test_duckdb_file_without_schema(tmp_path: Path) -> None:
     other = tmp_path / "other.duckdb"
     duckdb.connect(str(other)).close()
     with pytest.raises(StoreError, match="not a first-lab store"):
-        store.list_runs(other)
+        list_runs(other)
     with duckdb.connect(str(other)) as con:
         con.execute("CREATE TABLE theirs (x INTEGER)")
     with pytest.raises(StoreError, match="not a first-lab store"):
         Store(other)  # never add our tables to someone else's database
     duckdb.connect(str(tmp_path / "empty.duckdb")).close()
     Store(tmp_path / "empty.duckdb")  # an empty database (a first open that crashed) is fine
-    assert store.list_runs(tmp_path / "empty.duckdb").empty
+    assert list_runs(tmp_path / "empty.duckdb").empty
 
 
 def test_missing_store_says_how_to_create_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.duckdb"
     with pytest.raises(StoreError) as err:
-        store.list_runs(missing)
+        list_runs(missing)
     msg = str(err.value)
     assert str(missing) in msg and "does not exist" in msg
     assert "python -m first_core demo" in msg and "configs/demo.toml" in msg
@@ -233,10 +238,10 @@ def test_missing_store_says_how_to_create_it(tmp_path: Path) -> None:
 
 def test_default_store_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIRST_STORE", raising=False)
-    assert store.default_store_path() == Path("data/first.duckdb")
+    assert default_store_path() == Path("data/first.duckdb")
     monkeypatch.setenv("FIRST_STORE", "/tmp/env.duckdb")
-    assert store.default_store_path() == Path("/tmp/env.duckdb")
-    assert store.default_store_path("x.duckdb") == Path("x.duckdb")
+    assert default_store_path() == Path("/tmp/env.duckdb")
+    assert default_store_path("x.duckdb") == Path("x.duckdb")
 
 
 def test_safe_store_path(tmp_path: Path) -> None:
@@ -250,18 +255,18 @@ def test_safe_store_path(tmp_path: Path) -> None:
     (root / "dirlink").symlink_to(outside)
     (root / "notes.txt").write_text("x")
 
-    assert store.safe_store_path("a.duckdb", root) == (root / "a.duckdb").resolve()
-    assert store.safe_store_path("sub/b.duckdb", root) == (root / "sub" / "b.duckdb").resolve()
+    assert safe_store_path("a.duckdb", root) == (root / "a.duckdb").resolve()
+    assert safe_store_path("sub/b.duckdb", root) == (root / "sub" / "b.duckdb").resolve()
     for name in ("../secret/s.duckdb", "sub/../../secret/s.duckdb", str(outside / "s.duckdb"),
                  "link.duckdb", "dirlink/s.duckdb"):
         with pytest.raises(StoreError, match="outside the allowed folder"):
-            store.safe_store_path(name, root)
+            safe_store_path(name, root)
     for name in ("notes.txt", "a.duckdb.wal", "sub"):
         with pytest.raises(StoreError, match=r"only \*.duckdb"):
-            store.safe_store_path(name, root)
-    assert store.list_store_files(root) == sorted([(root / "a.duckdb").resolve(),
-                                                   (root / "sub" / "b.duckdb").resolve()])
-    assert store.list_store_files(tmp_path / "absent") == []
+            safe_store_path(name, root)
+    assert list_store_files(root) == sorted([(root / "a.duckdb").resolve(),
+                                             (root / "sub" / "b.duckdb").resolve()])
+    assert list_store_files(tmp_path / "absent") == []
 
 
 # ------------------------------------------------------------------ concurrency
@@ -282,14 +287,14 @@ def test_reader_waits_for_a_writer_then_says_run_in_progress(path: Path) -> None
         assert ready.wait(30)
         t0 = time.monotonic()
         with pytest.raises(StoreError, match="run in progress") as err:
-            with store.open_readonly(path, timeout=0.3):
+            with open_readonly(path, timeout=0.3):
                 pass
         assert str(path) in str(err.value) and time.monotonic() - t0 >= 0.3
         with pytest.raises(StoreError, match="locked by another process"):
             Store(path, timeout=0.2)
         threading.Timer(0.3, release.set).start()  # the "run" ends while the reader retries
-        with store.open_readonly(path, timeout=20) as con:
-            assert store.list_runs(con).run_id.tolist() == ["r1"]
+        with open_readonly(path, timeout=20) as con:
+            assert list_runs(con).run_id.tolist() == ["r1"]
     finally:
         release.set()
         holder.join(30)
@@ -317,9 +322,9 @@ def _reader(path: str, done, out) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             finished = done.is_set()
-            with store.open_readonly(path, timeout=10) as con:
-                runs = store.list_runs(con)
-                counts = store.load_predictions(con, columns=["run_id"]).run_id.value_counts()
+            with open_readonly(path, timeout=10) as con:
+                runs = list_runs(con)
+                counts = load_predictions(con, columns=["run_id"]).run_id.value_counts()
             expected = {r: json.loads(c)["n"] for r, c in zip(runs.run_id, runs.config)}
             torn += [(r, n, int(counts.get(r, 0))) for r, n in expected.items()
                      if counts.get(r, 0) != n]
@@ -354,12 +359,12 @@ def test_concurrent_writer_and_reader_processes(path: Path) -> None:
 # ------------------------------------------------------------------ fixture store
 
 def _tables(path: Path) -> dict[str, pd.DataFrame]:
-    with store.open_readonly(path) as con:
-        return {"runs": store.list_runs(con), "predictions": store.load_predictions(con),
-                "metrics": store.load_metrics(con),
-                "temperature_search": store.load_temperature_search(con),
-                "topk_coverage": store.load_topk_coverage(con),
-                "examples": store.load_examples(con)}
+    with open_readonly(path) as con:
+        return {"runs": list_runs(con), "predictions": load_predictions(con),
+                "metrics": load_metrics(con),
+                "temperature_search": load_temperature_search(con),
+                "topk_coverage": load_topk_coverage(con),
+                "examples": load_examples(con)}
 
 
 def test_fixture_store_is_complete_and_deterministic(tmp_path: Path) -> None:
@@ -373,9 +378,9 @@ def test_fixture_store_is_complete_and_deterministic(tmp_path: Path) -> None:
     assert not np.allclose(a["predictions"].confidence, other["predictions"].confidence)
 
     runs, preds = a["runs"], a["predictions"]
-    assert sorted(runs.method) == sorted(store.METHODS)
+    assert sorted(runs.method) == sorted(METHODS)
     assert preds.groupby(["run_id", "split"]).size().eq(20).all()
-    assert set(preds.split) == set(store.SPLITS) and len(a["examples"]) == 60
+    assert set(preds.split) == set(SPLITS) and len(a["examples"]) == 60
     assert set(preds.example_id) == set(a["examples"].example_id)
     assert (preds.gold.to_numpy() == a["examples"].set_index("example_id")
             .loc[preds.example_id, "answer"].to_numpy()).all()

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from first_core.data import examples as data
-from first_core.store import db as store
-from first_core.config.settings import load_config
+from first_core.store.connection import open_readonly
+from first_core.store.reads import load_predictions
+from first_core.config.loading import load_config
 from first_core.evaluation.evaluate import predict
 from first_core.models.loading import build_preset, load_model
 from first_core.pipeline.stage_base import Context, teacher_as_given
@@ -54,8 +55,8 @@ def given_run(tmp_path_factory) -> Path:
 
 
 def stored_predictions(work: Path, run_id: str = TEACHER_RUN):
-    with store.open_readonly(work / "first.duckdb") as con:
-        return store.load_predictions(con, run_id)
+    with open_readonly(work / "first.duckdb") as con:
+        return load_predictions(con, run_id)
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

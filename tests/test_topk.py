@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from first_core.store import db as store
+from first_core.store.schema import TABLES
 from first_core.errors import ConfigError, StoreError
 from first_core.models.loading import answer_token_ids, encode_examples
 from first_core.knowledge.topk import (COVERAGE_BINS, MANIFEST, SCHEMA_VERSION, CoverageAccumulator,
@@ -138,7 +138,7 @@ def test_coverage_table_matches_store_schema(setup, built):
     model = setup[0]
     out, manifest = built
     table = coverage_table(manifest)
-    assert list(table.columns) == [c for c in store.TABLES["topk_coverage"].columns
+    assert list(table.columns) == [c for c in TABLES["topk_coverage"].columns
                                    if c != "run_id"]
     assert table.k.tolist() == list(range(1, model.vocab_size + 1))
     formula = table.k * (4 + 4)

@@ -11,10 +11,12 @@ import pytest
 
 from scipy.special import softmax
 
-from first_core.metrics import scores as metrics
+from first_core.metrics import binning, checks, conventions, intervals, point_scores
+from first_core.metrics.binning import expected_calibration_error, maximum_calibration_error
 from first_core import report
-from first_core.store import db as store
-from first_core.views import example_rows, rescaling, run_arrays, selective, storage_math, tables, teaching, token_views, view_state
+from first_core.store.reads import list_runs, load_examples, load_predictions
+from first_core.views import (example_rows, rescaling, run_arrays, selective, storage_math,
+                               tables, teaching, token_views, view_state)
 from first_core.fixtures import write_fixture_store
 
 
@@ -37,9 +39,9 @@ def fixture_store(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def preds(fixture_store) -> pd.DataFrame:
-    runs = store.list_runs(fixture_store)
+    runs = list_runs(fixture_store)
     run = runs.loc[runs["method"] == "student_ft", "run_id"].iloc[0]
-    return store.load_predictions(fixture_store, run, "test")
+    return load_predictions(fixture_store, run, "test")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +60,16 @@ def test_grid_is_log_spaced_from_005_to_10_with_one():
 
 def test_snap_temperature_picks_nearest_in_log_space():
     assert view_state.snap_temperature(0.3) == pytest.approx(0.299)
-    assert view_state.snap_temperature(1e6) == 10.0 and view_state.snap_temperature(1e-6) == view_state.TEMPERATURE_GRID[0]
+    assert view_state.snap_temperature(1e6) == 10.0
+    assert view_state.snap_temperature(1e-6) == view_state.TEMPERATURE_GRID[0]
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="c"):
             view_state.snap_temperature(bad)
 
 
 def test_view_state_round_trips_through_query_params():
-    state = view_state.ViewState(("r2", "r1"), "test_ood", view_state.snap_temperature(0.3), "first",
-                            "paper", 15, "quantile", t=0.73)
+    state = view_state.ViewState(("r2", "r1"), "test_ood", view_state.snap_temperature(0.3),
+                                 "first", "paper", 15, "quantile", t=0.73)
     assert view_state.parse_view_state(state.to_params(), ["r1", "r2", "r3"],
                                   ["val", "test", "test_ood"]) == state
 
@@ -220,9 +223,9 @@ def test_slider_numbers_match_an_independent_transform(arrays, mode, convention,
     assert scaled.nll == pytest.approx(nll, rel=1e-12)
     for strategy in ("uniform", "quantile"):
         cards = rescaling.calibration_view(arrays, c, mode, convention, 7, strategy, 0).cards
-        assert cards["ece"] == pytest.approx(metrics.expected_calibration_error(
+        assert cards["ece"] == pytest.approx(expected_calibration_error(
             conf, correct, 7, strategy), abs=1e-12)
-        assert cards["mce"] == pytest.approx(metrics.maximum_calibration_error(
+        assert cards["mce"] == pytest.approx(maximum_calibration_error(
             conf, correct, 7, strategy), abs=1e-12)
 
 
@@ -232,8 +235,10 @@ def test_arrays_are_validated_once_and_the_slider_never_rechecks(arrays, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("the slider path re-validated its input")
 
-    for name in ("check_probs", "check_confidence", "check_correct", "check_labels"):
-        monkeypatch.setattr(metrics, name, refuse)
+    for module in (checks, binning, point_scores, conventions, intervals):  # wherever bound
+        for name in ("check_probs", "check_confidence", "check_correct", "check_labels"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
     for mode, convention in (("first", "paper"), ("logit", "option"), ("logit", "paper")):
         rescaling.calibration_view(arrays, 0.4, mode, convention, n_boot=0)
     np.testing.assert_equal(rescaling.calibration_view(arrays, 0.4, "first", "paper",
@@ -300,16 +305,17 @@ def test_bin_members_are_the_rows_the_diagram_counts(arrays, convention, strateg
 def test_bin_at_maps_a_clicked_bar_centre_to_its_bin():
     bins = rescaling.bins_frame(np.array([0.05, 0.55, 0.95]), np.array([True, False, True]), 10)
     assert example_rows.bin_at(bins, 0.95) == 9 and example_rows.bin_at(bins, 0.05) == 0
-    assert example_rows.bin_at(bins, 1.5) is None and example_rows.bin_at(bins, float("nan")) is None
+    assert example_rows.bin_at(bins, 1.5) is None
+    assert example_rows.bin_at(bins, float("nan")) is None
 
 
 def test_drilldown_lists_a_bins_examples_at_the_current_temperature(fixture_store, preds, arrays):
     scaled = rescaling.rescale(arrays, 2.0, "logit", "paper")
     rows = example_rows.bin_members(scaled, 10, "uniform", 5)
-    examples = store.load_examples(fixture_store, split="test")
-    runs = store.list_runs(fixture_store)
-    teacher = store.load_predictions(fixture_store, tables.teacher_for(runs, preds["run_id"][0]),
-                                     "test", columns=["example_id", "topk_tokens", "topk_probs"])
+    examples = load_examples(fixture_store, split="test")
+    runs = list_runs(fixture_store)
+    teacher = load_predictions(fixture_store, tables.teacher_for(runs, preds["run_id"][0]),
+                               "test", columns=["example_id", "topk_tokens", "topk_probs"])
     table = example_rows.drilldown_table(arrays, scaled, rows, "paper", preds, examples, teacher)
     assert list(table.columns) == list(example_rows.DRILL_COLUMNS) and len(table) == len(rows) > 0
     first = table.iloc[0]
@@ -581,7 +587,8 @@ def test_selective_view_of_a_one_class_split_has_no_auroc():
 
 @pytest.mark.parametrize("seeds, want", [(None, "runs/x"), ([3, 4], "runs/x/seed4")])
 def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
-    from first_core.config.settings import RunConfig, load_config
+    from first_core.config.settings import RunConfig
+    from first_core.config.loading import load_config
     cfg = load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                  "student_train.loss_on='response'", "name='x'"])
     cfg = dataclasses.replace(cfg, seeds=seeds, seed=4)
@@ -624,14 +631,15 @@ def test_token_view_table_shows_each_token_before_and_after(token_store):
                                           zip(first["topk_tokens"], first["first_probs"]))
     ranks = table["rank in top-k"].tolist()
     assert ranks == [str(r + 1) if r >= 0 else "-" for r in view["gold_rank"]]
-    no_tok = token_views.token_view_table(token_views.token_topk_view(path, examples[2].id, 0.5), 0.5)
+    no_tok = token_views.token_view_table(
+        token_views.token_topk_view(path, examples[2].id, 0.5), 0.5)
     assert no_tok["token"].tolist() == [str(i) for i in view["token_id"]]
 
 
 # ---------------------------------------------------------------- the store's own run folders
 
 def _instruct_config(runs_dir, name: str = "x") -> dict:
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     return load_config(overrides=["data.kind='instruct'", "teacher_train.loss_on='response'",
                                   "student_train.loss_on='response'", f"name='{name}'",
                                   f"runs_dir='{runs_dir}'"]).to_dict()

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..metrics import scores as metrics
+from ..metrics.binning import expected_calibration_error
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
 from ..inference.forward import PromptIds, answer_reduced
 from ..models.loading import label_token_ids
@@ -162,8 +162,8 @@ def fit_posthoc(held: HeldLogits, n_bins: int = 10) -> PosthocFit:
     correct = rows.argmax(axis=1) == gold  # the arg-max does not move with T
 
     def ece(t: float) -> float:
-        return metrics.expected_calibration_error(top1_confidence(rows, t), correct,
-                                                  n_bins=n_bins)
+        return expected_calibration_error(top1_confidence(rows, t), correct,
+                                          n_bins=n_bins)
 
     grid = np.union1d(ECE_GRID, [1.0, fit.temperature])  # 1.0: the model as it is
     curve = np.array([ece(float(t)) for t in grid])

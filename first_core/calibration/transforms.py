@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics.scores import check_labels, check_n_bins, check_probs, row_reduce
+from ..metrics.checks import check_labels, check_n_bins, check_probs, row_reduce
 
 MODES = ("first", "logit", "renorm")
 SEARCH_MODES = ("first", "logit")

@@ -55,17 +55,19 @@ class PromptTemplate:
     context: str = "Context: {context}\n"
 
     def __post_init__(self) -> None:
-        _check_fields("prompt", self.prompt, allowed={"context", "question", "options"},
-                      required={"question", "options"})
-        _check_fields("option", self.option, allowed={"label", "text"},
-                      required={"label", "text"})
-        _check_fields("context", self.context, allowed={"context"}, required={"context"})
+        check_fields("prompt", self.prompt, allowed={"context", "question", "options"},
+                     required={"question", "options"})
+        check_fields("option", self.option, allowed={"label", "text"},
+                     required={"label", "text"})
+        check_fields("context", self.context, allowed={"context"}, required={"context"})
         if self.prompt != self.prompt.rstrip():
             raise ConfigError("prompt template: must not end with whitespace (the target "
                               "answer already starts with a space)")
 
 
-def _check_fields(name: str, text: str, allowed: set[str], required: set[str]) -> None:
+def check_fields(name: str, text: str, allowed: set[str], required: set[str]) -> None:
+    """A prompt template's `{placeholders}`: none outside `allowed`, all of `required`, as a
+    `ConfigError` at load (the instruction templates are checked the same way)."""
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
     except ValueError as e:
@@ -113,7 +115,7 @@ def _detect(record: dict[str, Any]) -> str:
     return "jsonl"
 
 
-class _Bad(Exception):
+class BadField(Exception):
     """A problem with one field of one record (turned into a DataError with the line)."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -124,18 +126,18 @@ class _Bad(Exception):
 def _get(rec: dict[str, Any], key: str, kind: type | tuple[type, ...], field: str = "") -> Any:
     field = field or key
     if key not in rec:
-        raise _Bad(field, "missing")
+        raise BadField(field, "missing")
     value = rec[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise _Bad(field, f"expected {names}, got {type(value).__name__}")
+        raise BadField(field, f"expected {names}, got {type(value).__name__}")
     return value
 
 
 def _text(rec: dict[str, Any], key: str, field: str = "") -> str:
     value = _norm(_get(rec, key, str, field))
     if not value:
-        raise _Bad(field or key, "empty")
+        raise BadField(field or key, "empty")
     return value
 
 
@@ -147,14 +149,14 @@ def _csqa(rec: dict[str, Any]) -> tuple[str, list[Any], list[Any], Any, str | No
         items = _get(question, "choices", list, "question.choices")
         for i, c in enumerate(items):
             if not isinstance(c, dict) or "label" not in c or "text" not in c:
-                raise _Bad(f"question.choices[{i}]", "expected an object with label and text")
+                raise BadField(f"question.choices[{i}]", "expected an object with label and text")
         return stem, [c["label"] for c in items], [c["text"] for c in items], answer, None
     stem = _text(rec, "question")  # Hugging Face layout: choices.label[], choices.text[]
     choices = _get(rec, "choices", dict)
     labels = _get(choices, "label", list, "choices.label")
     texts = _get(choices, "text", list, "choices.text")
     if len(labels) != len(texts):
-        raise _Bad("choices", f"{len(labels)} labels but {len(texts)} texts")
+        raise BadField("choices", f"{len(labels)} labels but {len(texts)} texts")
     return stem, labels, texts, answer, None
 
 
@@ -167,12 +169,12 @@ def _boolq(rec: dict[str, Any]) -> tuple[str, list[Any], list[Any], Any, str | N
 def _generic(rec: dict[str, Any]) -> tuple[str, list[Any], list[Any], Any, str | None]:
     texts = _get(rec, "choices", list)
     if len(texts) > len(string.ascii_uppercase):
-        raise _Bad("choices", f"at most 26 choices (labels A-Z), got {len(texts)}")
+        raise BadField("choices", f"at most 26 choices (labels A-Z), got {len(texts)}")
     labels = list(string.ascii_uppercase[:len(texts)])
     answer = _get(rec, "answer", (str, int))
     if isinstance(answer, int):
         if not 0 <= answer < len(texts):
-            raise _Bad("answer", f"index {answer} out of range for {len(texts)} choices")
+            raise BadField("answer", f"index {answer} out of range for {len(texts)} choices")
         answer = labels[answer]
     context = _get(rec, "context", (str, type(None))) if "context" in rec else None
     return _text(rec, "question"), labels, texts, answer, _norm(context or "") or None
@@ -181,37 +183,38 @@ def _generic(rec: dict[str, Any]) -> tuple[str, list[Any], list[Any], Any, str |
 _PARSERS = {"csqa": _csqa, "boolq": _boolq, "jsonl": _generic}
 
 
-def _record_id(rec: dict[str, Any], line: int) -> str:
+def record_id(rec: dict[str, Any], line: int) -> str:
+    """A record's `id` as text, or `line-<n>` when it has none (both loaders: MC, instruct)."""
     if "id" not in rec:
         return f"line-{line}"
     value = _get(rec, "id", (str, int))
     if isinstance(value, str) and not value.strip():
-        raise _Bad("id", "empty")
+        raise BadField("id", "empty")
     return str(value).strip()
 
 
 def _example(rec: Any, fmt: str, line: int) -> Example:
-    """Build one Example, raising `_Bad` for the first problem in the record."""
+    """Build one Example, raising `BadField` for the first problem in the record."""
     if not isinstance(rec, dict):
-        raise _Bad("", f"expected a JSON object, got {type(rec).__name__}")
+        raise BadField("", f"expected a JSON object, got {type(rec).__name__}")
     question, labels, texts, answer, context = _PARSERS[fmt](rec)
     nested = fmt == "csqa" and isinstance(rec["question"], dict)
     field = "question.choices" if nested else "choices"
     for i, (lab, txt) in enumerate(zip(labels, texts)):
         if not isinstance(lab, str) or not lab.strip() or lab != lab.strip():
-            raise _Bad(f"{field}[{i}].label", f"expected a non-empty label without spaces, "
-                                              f"got {lab!r}")
+            raise BadField(f"{field}[{i}].label", f"expected a non-empty label without spaces, "
+                                                  f"got {lab!r}")
         if not isinstance(txt, str) or not _norm(txt):
-            raise _Bad(f"{field}[{i}].text", f"expected non-empty text, got {txt!r}")
+            raise BadField(f"{field}[{i}].text", f"expected non-empty text, got {txt!r}")
     if len(labels) < 2:
-        raise _Bad(field, f"needs at least 2 choices, got {len(labels)}")
+        raise BadField(field, f"needs at least 2 choices, got {len(labels)}")
     dup = sorted(lab for lab, n in Counter(labels).items() if n > 1)
     if dup:
-        raise _Bad(field, f"duplicate label(s) {dup}")
+        raise BadField(field, f"duplicate label(s) {dup}")
     answer_field = {"csqa": "answerKey", "boolq": "answer", "jsonl": "answer"}[fmt]
     if answer not in labels:
-        raise _Bad(answer_field, f"{answer!r} is not among the choice labels {labels}")
-    return Example(id=_record_id(rec, line), question=question, labels=tuple(labels),
+        raise BadField(answer_field, f"{answer!r} is not among the choice labels {labels}")
+    return Example(id=record_id(rec, line), question=question, labels=tuple(labels),
                    choices=tuple(_norm(t) for t in texts), answer=answer, context=context)
 
 
@@ -234,7 +237,7 @@ def collect_examples(records: Iterable[tuple[int, Any]], source: str | Path,
                      make: Callable[[Any, int], Any]) -> tuple[list[Any], list[DataError]]:
     """`make(record, line)` for every (line, record), gathering every problem instead of
     stopping at the first: a record that is already a DataError (unreadable line), a field
-    `make` rejects (`_Bad`), a repeated `id`, and a file without any example. Shared by the
+    `make` rejects (`BadField`), a repeated `id`, and a file without any example. Shared by the
     multiple-choice and the instruction loaders (`instruct_data`)."""
     examples: list[Any] = []
     errors: list[DataError] = []
@@ -245,7 +248,7 @@ def collect_examples(records: Iterable[tuple[int, Any]], source: str | Path,
             continue
         try:
             ex = make(rec, line)
-        except _Bad as bad:
+        except BadField as bad:
             errors.append(DataError(str(bad), source, line, bad.field or None))
             continue
         if ex.id in seen:
@@ -284,7 +287,9 @@ def _looks_like_json_array(path: Path) -> bool:
     return head.startswith(b"[")
 
 
-def _raise_all(errors: list[DataError], source: str | Path) -> None:
+def raise_all(errors: list[DataError], source: str | Path) -> None:
+    """Raise the problems a loader collected as one `DataError` (the first `_MAX_LISTED`
+    spelled out), located at the first problem."""
     if len(errors) == 1:
         raise errors[0]
     listed = "\n  ".join(str(e) for e in errors[:_MAX_LISTED])
@@ -311,7 +316,7 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
     """
     examples, errors = _load(path, fmt)
     if errors:
-        _raise_all(errors, path)
+        raise_all(errors, path)
     return examples
 
 
@@ -325,7 +330,7 @@ def load_hf_dataset(name: str, split: str, subset: str | None = None,
     rows, source = hf_rows(name, split, subset)
     examples, errors = _parse_records(enumerate(rows, start=1), source, fmt)
     if errors:
-        _raise_all(errors, source)
+        raise_all(errors, source)
     return examples
 
 

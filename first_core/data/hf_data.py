@@ -55,10 +55,10 @@ def write_hf_splits(name: str, splits: Iterable[tuple[str, str | Path]],
     row by row as the data set has it: the pipeline then reads, checks (FILE:LINE: field)
     and hashes these files like any others (`[data] hf_dataset`). Every split is fetched
     before any file is written, so a failing one leaves the others as they were."""
-    from .tasks import _write_atomic
+    from ..atomic_files import write_text_atomic
 
     fetched = [(Path(path), hf_rows(name, split, subset)[0]) for split, path in splits]
     for path, rows in fetched:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n"
-                                    for r in rows))
+        write_text_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False, default=str)
+                                        + "\n" for r in rows))

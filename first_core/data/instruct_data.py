@@ -63,10 +63,10 @@ class InstructTemplate:
     no_input: str = ALPACA_NO_INPUT
 
     def __post_init__(self) -> None:
-        data._check_fields("with_input", self.with_input, allowed={"instruction", "input"},
-                           required={"instruction", "input"})
-        data._check_fields("no_input", self.no_input, allowed={"instruction"},
-                           required={"instruction"})
+        data.check_fields("with_input", self.with_input, allowed={"instruction", "input"},
+                          required={"instruction", "input"})
+        data.check_fields("no_input", self.no_input, allowed={"instruction"},
+                          required={"instruction"})
 
     def format(self, instruction: str, input: str = "") -> str:
         if input.strip():
@@ -150,29 +150,29 @@ def _layout(rec: dict[str, Any]) -> str:
         return "alpaca"
     if any(k in rec for k in PROMPT_KEYS):
         return "prompt_response"
-    raise data._Bad("", f"neither an Alpaca record ({', '.join(ALPACA_KEYS)}) nor a "
-                        f"prompt/response record ({', '.join(PROMPT_KEYS)}); keys: "
-                        f"{sorted(map(str, rec))[:10]}")
+    raise data.BadField("", f"neither an Alpaca record ({', '.join(ALPACA_KEYS)}) nor a "
+                             f"prompt/response record ({', '.join(PROMPT_KEYS)}); keys: "
+                             f"{sorted(map(str, rec))[:10]}")
 
 
 def _string(rec: dict[str, Any], key: str, required: bool = True, why: str = "") -> str:
     if key not in rec:
         if required:
-            raise data._Bad(key, f"missing ({why})" if why else "missing")
+            raise data.BadField(key, f"missing ({why})" if why else "missing")
         return ""
     value = rec[key]
     if value is None and not required:
         return ""
     if not isinstance(value, str):
-        raise data._Bad(key, f"expected str, got {type(value).__name__}")
+        raise data.BadField(key, f"expected str, got {type(value).__name__}")
     if required and not value.strip():
-        raise data._Bad(key, "empty")
+        raise data.BadField(key, "empty")
     return value
 
 
 def _example(rec: Any, fmt: str, line: int, template: InstructTemplate) -> InstructExample:
     if not isinstance(rec, dict):
-        raise data._Bad("", f"expected a JSON object, got {type(rec).__name__}")
+        raise data.BadField("", f"expected a JSON object, got {type(rec).__name__}")
     why = ""
     if fmt == "auto":  # say which layout the record was read as, since no one chose it
         fmt = _layout(rec)
@@ -183,7 +183,7 @@ def _example(rec: Any, fmt: str, line: int, template: InstructTemplate) -> Instr
         response = _string(rec, "output", why=why)
     else:
         prompt, response = _string(rec, "prompt", why=why), _string(rec, "response", why=why)
-    return InstructExample(id=data._record_id(rec, line), prompt=prompt, response=response)
+    return InstructExample(id=data.record_id(rec, line), prompt=prompt, response=response)
 
 
 def _parse(path: Path, fmt: str, template: InstructTemplate
@@ -210,7 +210,7 @@ def load_instruct(path: str | Path, fmt: str = "auto",
     listing every problem if any."""
     examples, errors = _parse(Path(path), fmt, template)
     if errors:
-        data._raise_all(errors, path)
+        data.raise_all(errors, path)
     return examples
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .tasks import HIGH, LETTERS, LOW, SIGMA, _write_atomic
+from ..atomic_files import write_text_atomic
+from .tasks import HIGH, LETTERS, LOW, SIGMA
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 FORMS = ("sort", "largest", "compare")
@@ -104,5 +105,5 @@ def write_instruct_task(out_dir: str | Path, seed: int = 0, n_train: int = 4000,
     for index, split in enumerate(INSTRUCT_SPLITS):
         # streams 100+ keep clear of tasks.py's (seed, 0..3), so both tasks can share a seed
         rng = np.random.default_rng([int(seed), 100 + index])
-        _write_atomic(paths[split], _split_text(split, rng, sizes[split]))
+        write_text_atomic(paths[split], _split_text(split, rng, sizes[split]))
     return paths

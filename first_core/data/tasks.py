@@ -20,8 +20,9 @@ demo whose students learn nothing shows nothing about calibration.
 In-domain (train / val / test): readings are distinct integers from a random window of
 IN_WIDTH consecutive values in 1..20 (Bayes accuracy about 84%), four phrasings.
 Out-of-domain (test_ood): readings from a narrower window (OOD_WIDTH: closer together, so
-harder; Bayes accuracy about 72%), other phrasings built from the same words (so a word-level tokenizer trained on the
-training split covers them), and options sometimes written as "number 47" / "value 47".
+harder; Bayes accuracy about 72%), other phrasings built from the same words (so a word-level
+tokenizer trained on the training split covers them), and options sometimes written as
+"number 47" / "value 47".
 
 Text is lower case with punctuation as separate words, so every number and symbol is its own
 whitespace-delimited word. Files use the CommonsenseQA original JSONL layout (the loader path
@@ -32,14 +33,14 @@ random stream (seed, split), so changing one split's size leaves the others unch
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.special import ndtr
+
+from ..atomic_files import write_text_atomic
 
 SPLITS = ("train", "val", "test", "test_ood")
 LETTERS = ("A", "B", "C", "D")
@@ -129,18 +130,6 @@ def _records(split: str, items: dict[str, np.ndarray], variant: _Variant) -> str
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def task_files(out_dir: str | Path) -> dict[str, Path]:
     """The paths `write_task` writes: {split: out_dir/split.jsonl}."""
     return {split: Path(out_dir) / f"{split}.jsonl" for split in SPLITS}
@@ -161,5 +150,5 @@ def write_task(out_dir: str | Path, seed: int = 0, n_train: int = 4000, n_val: i
     for index, split in enumerate(SPLITS):
         variant = _OOD if split == "test_ood" else _IN
         items = _generate(np.random.default_rng([int(seed), index]), sizes[split], variant)
-        _write_atomic(paths[split], _records(split, items, variant))
+        write_text_atomic(paths[split], _records(split, items, variant))
     return paths

@@ -11,10 +11,10 @@ and returns one row per example with exactly the columns of the store's
 - `option` convention: the answer-letter probabilities renormalised over the example's own
   options; the prediction is the best option.
 
-Both come from `metrics.paper_convention` / `metrics.option_convention`.
+Both come from `metrics.conventions` (`paper_convention` / `option_convention`).
 
 `compute_metrics` turns those rows into the store's `metrics` rows; every formula lives in
-`first_core.metrics.scores`.
+`first_core.metrics`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..metrics import scores as metrics, selective as selective_metrics
-from ..store import db as store
+from ..metrics import selective as selective_metrics
+from ..metrics.binning import maximum_calibration_error
+from ..metrics.conventions import option_convention, paper_convention
+from ..metrics.intervals import bootstrap_interval
+from ..metrics.point_scores import accuracy, brier_score, negative_log_likelihood, trust_score
+from ..store.schema import TABLES
 from ..calibration.transforms import check_temperature
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
 from ..inference.forward import PromptIds, answer_reduced, on_device_default, to_device, vocab_size
@@ -34,9 +38,9 @@ from ..inference.logit_reduce import top_logits
 from ..models.loading import MAX_POSITIONS, label_token_ids
 from ..knowledge.extraction import check_k
 
-PREDICTION_COLUMNS = tuple(c for c in store.TABLES["predictions"].columns
+PREDICTION_COLUMNS = tuple(c for c in TABLES["predictions"].columns
                            if c not in ("run_id", "split"))
-METRIC_COLUMNS = tuple(c for c in store.TABLES["metrics"].columns if c not in ("run_id", "split"))
+METRIC_COLUMNS = tuple(c for c in TABLES["metrics"].columns if c not in ("run_id", "split"))
 
 
 def _pad(rows: Sequence[Sequence], fill, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +121,8 @@ def predict(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
         opt_p[rows] = torch.exp(opt.double() - lse).numpy()
     opt_p *= opt_mask  # padding columns hold no option
 
-    paper = metrics.paper_convention(top_p, top_i, gold_id)
-    option = metrics.option_convention(opt_p, gold_col)
+    paper = paper_convention(top_p, top_i, gold_id)
+    option = option_convention(opt_p, gold_col)
     texts = _token_texts(tokenizer, top_i)
     frame = pd.DataFrame({
         "example_id": [ex.id for ex in examples],
@@ -165,14 +169,14 @@ def confidence_metrics(confidence: np.ndarray, correct: np.ndarray, n_bins: int 
     bootstrap intervals on the same resamples; AUROC NaN where every answer is right or
     every one is wrong). The one computation behind both settings' metric rows: the answer
     position's (`compute_metrics`) and every response token's (`instruct_eval`)."""
-    acc = metrics.accuracy(correct)
-    ece, low, high = metrics.bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
-                                                n_boot=n_boot, seed=seed)
+    acc = accuracy(correct)
+    ece, low, high = bootstrap_interval("ece", confidence, correct, n_bins=n_bins,
+                                        n_boot=n_boot, seed=seed)
     return {"accuracy": (acc, None, None), "confidence": (float(confidence.mean()), None, None),
             "ece": (ece, low, high),
-            "mce": (metrics.maximum_calibration_error(confidence, correct, n_bins=n_bins),
+            "mce": (maximum_calibration_error(confidence, correct, n_bins=n_bins),
                     None, None),
-            "trust": (metrics.trust_score(acc, ece), None, None),
+            "trust": (trust_score(acc, ece), None, None),
             **selective_metrics.bootstrap_intervals(confidence, correct, n_boot=n_boot,
                                                     seed=seed)}
 
@@ -203,7 +207,7 @@ def compute_metrics(pred: pd.DataFrame, n_bins: int = 10, n_boot: int = 1000,
         values = confidence_metrics(conf, correct, n_bins, n_boot, seed)
         if convention == "option":
             probs, gold = option_distribution(pred)
-            values["brier"] = (metrics.brier_score(probs, gold), None, None)
-            values["nll"] = (metrics.negative_log_likelihood(probs, gold), None, None)
+            values["brier"] = (brier_score(probs, gold), None, None)
+            values["nll"] = (negative_log_likelihood(probs, gold), None, None)
         out.append((convention, values))
     return metric_rows(out)

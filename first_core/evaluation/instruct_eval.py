@@ -3,7 +3,7 @@
 At every response token (teacher-forced, the same forward as extraction and training) the
 confidence is the model's top-1 probability over the whole vocabulary and the prediction is
 correct when that top-1 token is the response token: the `paper` convention of the answer
-position, applied to each token. Metrics come from `first_core.metrics.scores` and are the store's
+position, applied to each token. Metrics come from `first_core.metrics` and are the store's
 `metrics` rows (convention `paper`; there are no options, so no `option` rows). The
 bootstrap interval resamples tokens; tokens of one response are correlated, so it is
 narrower than an interval over responses would be (stated, not corrected).

@@ -10,13 +10,13 @@ prediction per row, in one of two layouts:
 
 - **per-option probabilities**: one column `p_<LABEL>` per answer option (at least two,
   e.g. `p_A, p_B, p_C, p_D`), each in [0, 1] with a row sum in (0, 1] (the rest of the
-  vocabulary may keep some mass; a sum up to 1 + `metrics.ROW_SUM_TOL` is taken as
+  vocabulary may keep some mass; a sum up to 1 + `metrics.checks.ROW_SUM_TOL` is taken as
   rounding, e.g. a softmax written with 6 decimals), and `gold`, the correct option's LABEL;
 - **confidence + correct**: `confidence` in (0, 1] (the model's probability for its own
   answer: the largest of its probabilities, so never 0) and `correct` (true/false, 1/0).
 
-Both bounds are `metrics.row_sums_ok`, the rule the Reliability page checks its rows with,
-so whatever is imported can be shown (issue 30, item 4).
+Both bounds are `metrics.checks.row_sums_ok`, the rule the Reliability page checks its rows
+with, so whatever is imported can be shown (issue 30, item 4).
 
 Optional columns: `example_id` (unique per split, text or an integer; leave it out and rows
 are named `row-LINE`, but give it on every row or on none), `split` (`val`, `test` or
@@ -53,8 +53,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..metrics import scores as metrics
-from ..store import db as store
+from ..metrics.checks import ROW_SUM_TOL, row_sums_ok
+from ..store.schema import IMPORTED_METHOD, SPLITS
 from ..errors import DataError
 from ..evaluation.evaluate import compute_metrics
 from .table_read import Cells, read_cells
@@ -239,9 +239,9 @@ def _option_rows(frame: pd.DataFrame, options: list[str], problems: _Problems
         problems.add(finite[:, j] & ((probs[:, j] < 0) | (probs[:, j] > 1)), c,
                      "must be a probability in [0, 1]")
     total = np.where(finite, probs, 0).sum(axis=1)
-    problems.add(finite.all(axis=1) & ~metrics.row_sums_ok(total),
+    problems.add(finite.all(axis=1) & ~row_sums_ok(total),
                  "/".join(options), lambda r: f"probabilities sum to {total[r]:.7g}; they must "
-                 f"sum to more than 0 and at most 1 (+{metrics.ROW_SUM_TOL:g} for rounding)")
+                 f"sum to more than 0 and at most 1 (+{ROW_SUM_TOL:g} for rounding)")
     gold = _texts(frame["gold"], "gold", problems, integers=True)[0]
     gold_at = pd.Index(labels).get_indexer(gold)
     problems.add(gold_at < 0, "gold", f"must be one of {labels}")
@@ -322,8 +322,8 @@ def validate_cells(cells: Cells, path: Path, choices: list[list[str]] | None = N
     n = len(frame)
     split = (_texts(frame["split"], "split", problems)[0] if "split" in frame
              else np.full(n, "test", dtype=object))
-    problems.add(~pd.Series(split).isin(store.SPLITS).to_numpy(), "split",
-                 f"must be one of {list(store.SPLITS)}")
+    problems.add(~pd.Series(split).isin(SPLITS).to_numpy(), "split",
+                 f"must be one of {list(SPLITS)}")
     example_id = _example_ids(frame, split, problems)
     question = (_texts(frame["question"], "question", problems)[0] if "question" in frame
                 else None)
@@ -374,7 +374,7 @@ def run_rows(preds: pd.DataFrame, examples: pd.DataFrame | None, pipeline: str,
     metrics_rows = pd.concat([_split_metrics(part.reset_index(drop=True)).assign(split=split)
                               for split, part in preds.groupby("split", sort=False)],
                              ignore_index=True)
-    return ImportRows(pipeline=pipeline, run_id=f"{pipeline}/{store.IMPORTED_METHOD}/seed0",
+    return ImportRows(pipeline=pipeline, run_id=f"{pipeline}/{IMPORTED_METHOD}/seed0",
                       model=model, predictions=preds, metrics=metrics_rows, examples=examples,
                       config={**config, "rows": len(preds)})
 

@@ -49,7 +49,7 @@ import torch
 from ..data import examples as data
 from ..errors import StoreError
 from ..inference.forward import PromptIds, answer_top, vocab_size
-from ..metrics.scores import topk_labels
+from ..metrics.conventions import topk_labels
 from ..models.loading import MAX_POSITIONS, label_token_ids
 from .extraction import DTYPES, check_extraction, start_partial
 

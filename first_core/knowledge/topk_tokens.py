@@ -50,7 +50,7 @@ from ..inference.forward import (SORT_WINDOW, batch_order, in_order_index, model
                                  on_device_default, prefetched, to_device, to_host, vocab_size)
 from ..data.instruct_data import InstructExample
 from ..inference.logit_reduce import top_logits
-from ..metrics.scores import topk_labels
+from ..metrics.conventions import topk_labels
 from ..training.response_tokens import (ResponseCollator, encode_responses, logits_mode,
                                         response_logits)
 from .topk import (MANIFEST, CoverageAccumulator, ShardWriter, _clear_store_dir, _collect_shards,

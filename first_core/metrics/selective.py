@@ -18,7 +18,7 @@ often am I then wrong?" (see docs/METRICS.md):
   threshold "answer only when confidence >= t").
 
 Everything comes from one sort of the confidences (`RiskCoverage`), so the dashboard can
-recompute it on every slider move. Arguments are validated as in `first_core.metrics.scores`
+recompute it on every slider move. Arguments are validated as in `first_core.metrics.checks`
 (`check=False` trusts arrays the caller validated).
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .scores import _conf_correct
+from .checks import conf_correct
 from .resampling import Decomposed, check_bootstrap, resample_stats
 
 NAMES = ("auroc", "aurc")  # the store's metric names
@@ -152,7 +152,7 @@ def risk_coverage(confidence, correct, *, check: bool = True) -> RiskCoverage:
     """
     from ..kernels.sort import sort_nonnegative, tie_groups  # lazily: it imports numba
 
-    conf, ok = _conf_correct(confidence, correct, check)
+    conf, ok = conf_correct(confidence, correct, check)
     keys = np.ascontiguousarray(conf).view(np.int64) << 1
     keys |= ok
     value, answered, wrong, area, pairs = tie_groups(sort_nonnegative(keys))
@@ -221,7 +221,7 @@ def bootstrap_intervals(confidence, correct, n_boot: int = 1000, seed: int = 0,
     has none at all: (NaN, NaN, NaN), where `auroc` raises, so a pipeline can store it as
     missing.
     """
-    conf, ok = _conf_correct(confidence, correct)
+    conf, ok = conf_correct(confidence, correct)
     quantiles = check_bootstrap(n_boot, level)
     curve = risk_coverage(conf, ok, check=False)
     values, groups = np.unique(conf, return_inverse=True)

@@ -39,11 +39,12 @@ import pandas as pd
 from ..data import examples as data
 from ..config.settings import RunConfig
 from ..errors import FirstError
+from ..atomic_files import write_json_atomic
 from ..data.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                                   check_instruct_file, load_instruct)
 from .stage_base import (Context, Setting, build_models, dataset_hash, load_for,
                          run_posthoc, search_calibration, stage_mc_data, student_targets,
-                         teacher_vocab_size, train_config, write_json_atomic, write_store)
+                         teacher_vocab_size, train_config, write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 

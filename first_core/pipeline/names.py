@@ -16,13 +16,15 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..store import db as store
+from ..store.connection import open_readonly
+from ..store.reads import list_runs
+from ..store.schema import IMPORTED_METHOD, PRETRAINED_METHOD
 from ..config.settings import RUN_METHODS
 from ..errors import FirstError
 
 # the kinds of run besides the pipeline's own trained methods, and who writes them
-FOREIGN = {store.IMPORTED_METHOD: "imported predictions (`import --name`)",
-           store.PRETRAINED_METHOD: "a pretrained model's top-k coverage (the demo's "
+FOREIGN = {IMPORTED_METHOD: "imported predictions (`import --name`)",
+           PRETRAINED_METHOD: "a pretrained model's top-k coverage (the demo's "
                                     "coverage step)"}
 
 
@@ -32,8 +34,8 @@ def other_runs(path: Path, pipeline: str, allowed: Iterable[str]) -> list[str]:
     if not path.exists():
         return []
     allowed = set(allowed)
-    with store.open_readonly(path) as con:
-        runs = store.list_runs(con)
+    with open_readonly(path) as con:
+        runs = list_runs(con)
     methods = runs.loc[runs["pipeline"] == pipeline, "method"]
     return sorted({str(m) for m in methods if m not in allowed})
 
@@ -62,7 +64,7 @@ def coverage_conflict(run_dir: Path, pipeline: str, store_path: Path) -> str | N
     if (run_dir / "stages").exists() or (config.exists() and kind != "pretrained_coverage"):
         return (f"{run_dir} is the run folder of a pipeline named {pipeline!r}, which this "
                 "step would overwrite; give the demo another `name`, or that pipeline")
-    found = other_runs(store_path, pipeline, {store.PRETRAINED_METHOD})
+    found = other_runs(store_path, pipeline, {PRETRAINED_METHOD})
     if found:
         return (f"store {store_path}: pipeline {pipeline!r} already holds runs of another "
                 f"kind ({found}); give the demo another `name`")
@@ -76,8 +78,8 @@ def lacks_runs(path: Path, run_ids: Iterable[str]) -> bool:
     if not path.exists():
         return True
     try:
-        with store.open_readonly(path) as con:
-            have = set(store.list_runs(con)["run_id"])
+        with open_readonly(path) as con:
+            have = set(list_runs(con)["run_id"])
     except FirstError:  # busy or unreadable: the checks before the store stage say why
         return False
     return not set(run_ids) <= have

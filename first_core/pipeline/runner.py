@@ -24,15 +24,20 @@ import pandas as pd
 
 from ..calibration import transforms as calibrate
 from ..data import examples as data
-from ..store import db as store
+from ..store.connection import open_readonly
+from ..store.paths import default_store_path, make_folder
+from ..store.reads import load_metrics
+from ..store.writes import Store
 from ..config.settings import RunConfig, posthoc_method
 from ..config.diff import flat_config, flatten
 from ..console import StageLine
 from ..errors import ConfigError, FirstError
 from ..numerics import cpu_kernels_in_use, pin_cpu_kernels
+from ..atomic_files import write_json_atomic
+from .run_lock import lock_run_dir
 from .stage_base import (SPLITS, Context, Setting, Stage, build_models, build_stages, load_for,
                          run_id, run_posthoc, search_calibration, stage_mc_data,
-                         student_targets, teacher_vocab_size, train_config, write_json_atomic,
+                         student_targets, teacher_vocab_size, train_config,
                          write_store)
 
 log = logging.getLogger(__name__)
@@ -270,19 +275,6 @@ def check_same_config(ctx: Context, plan: list[str], todo: set[str]) -> set[str]
     return set(plan[min(starts):]) & todo if starts else set()
 
 
-def _lock(ctx: Context):
-    """An exclusive lock on the run directory, or a `FirstError` if another run holds it."""
-    from filelock import FileLock, Timeout
-    lock = FileLock(str(ctx.path(".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise FirstError(f"{ctx.run_dir}: another run is using this run directory (lock file "
-                         f"{ctx.path('.lock')}); wait for it to finish, or use another "
-                         "`name`") from None
-    return lock
-
-
 def preflight(ctx: Context, todo: set[str]) -> None:
     """What can be known before the first stage: a writable run directory, a usable store
     (when the store stage is to run: opened for writing, schema and tables checked),
@@ -298,16 +290,16 @@ def preflight(ctx: Context, todo: set[str]) -> None:
         check_models(ctx.cfg, {r: ctx.init_path(r) for r in ("teacher", "student")},
                      ctx.config_file)
     _probe_writable(ctx.run_dir, f"run directory {ctx.run_dir}")
-    path = store.default_store_path(ctx.cfg.store)
+    path = default_store_path(ctx.cfg.store)
     if "store" not in todo:  # nothing will be written to it; the summary reads it read-only
         return
     if path.exists():  # open for writing: checks the lock, the schema and every table
-        store.Store(path)
+        Store(path)
         from .names import check_run_name
         if (why := check_run_name(path, ctx.cfg.name)) is not None:
             raise FirstError(why)
     else:  # made at the store stage; a run that fails before then leaves no empty store
-        store.make_folder(path.parent, f"store {path}")
+        make_folder(path.parent, f"store {path}")
         _probe_writable(path.parent, f"store {path}: its folder")
 
 
@@ -380,8 +372,8 @@ def run(cfg: RunConfig, force: str | None = None,
     def prepare() -> tuple[set[str], set[str]]:
         """Rank 0: lock, check, clear what is to be redone; returns the stages to run."""
         nonlocal lock
-        store.make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
-        lock = _lock(ctx)
+        make_folder(ctx.run_dir, f"run directory {ctx.run_dir}")
+        lock = lock_run_dir(ctx.run_dir)
         todo = {name for name in names
                 if name in forced or not ctx.path("stages", f"{name}.json").exists()}
         if todo - {"store"}:  # the store holds every stage's outputs: a stage that runs now
@@ -391,8 +383,8 @@ def run(cfg: RunConfig, force: str | None = None,
             raise FirstError(why)
         stale = check_same_config(ctx, names, todo)
         stored = [run_id(cfg, x) for m in cfg.methods for x in (m, posthoc_method(m))]
-        if "store" not in todo and lacks_runs(store.default_store_path(cfg.store), stored):
-            say(f"store {store.default_store_path(cfg.store)} lacks this run's rows (deleted "
+        if "store" not in todo and lacks_runs(default_store_path(cfg.store), stored):
+            say(f"store {default_store_path(cfg.store)} lacks this run's rows (deleted "
                 "or replaced since): the store stage runs again")
             todo.add("store")
         preflight(ctx, todo)
@@ -433,7 +425,7 @@ def run(cfg: RunConfig, force: str | None = None,
             _together(state, work)
         if not main:
             return pd.DataFrame()
-        return summary(store.default_store_path(cfg.store), cfg)
+        return summary(default_store_path(cfg.store), cfg)
     finally:
         if lock is not None:
             lock.release()
@@ -454,8 +446,8 @@ def process_state():
 
 def summary(path: Path, cfg: RunConfig, convention: str = "paper") -> pd.DataFrame:
     """Table 1 of the paper for this run: Acc / ECE / Trust per method, in-domain and OOD."""
-    with store.open_readonly(path) as con:
-        m = store.load_metrics(con, [run_id(cfg, x) for x in cfg.methods])
+    with open_readonly(path) as con:
+        m = load_metrics(con, [run_id(cfg, x) for x in cfg.methods])
     m = m[(m.convention == convention) & m.metric.isin(["accuracy", "ece", "trust"])
           & m.split.isin(["test", "test_ood"])]
     runs = {run_id(cfg, x): x for x in cfg.methods}

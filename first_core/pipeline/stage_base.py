@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,12 @@ import pandas as pd
 
 from ..calibration import transforms as calibrate
 from ..data import examples as data
-from ..store import db as store
+from ..store.paths import default_store_path
+from ..store.schema import POSTHOC_KIND, RunRecord
+from ..store.writes import open_store
 from ..config.settings import CalibrationConfig, RunConfig, posthoc_method
 from ..errors import FirstError
+from ..atomic_files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +40,6 @@ STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
 def teacher_as_given(cfg: RunConfig) -> bool:
     """`teacher_train.epochs = 0`: the teacher is used as given, never fine-tuned."""
     return cfg.teacher_train.epochs == 0
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half of it.
-
-    Both the file and the rename are fsync'ed: a stage record must not survive a power loss
-    that its outputs (or its own content) did not."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -266,14 +249,14 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
 
     Everything is read and checked first, so the store is locked only for the inserts."""
     cfg = ctx.cfg
-    path = store.default_store_path(cfg.store)
+    path = default_store_path(cfg.store)
     teacher_run = run_id(cfg, "teacher_ft")
     runs = []
     for method in cfg.methods:
         mode, c, delta = (student_targets(ctx, method) if method in STUDENT_METHODS
                           else (None, None, None))
         spec = cfg.model.teacher if method == "teacher_ft" else cfg.model.student
-        record = store.RunRecord(
+        record = RunRecord(
             run_id=run_id(cfg, method), method=method, model=spec,
             dataset=ctx.record("data")["dataset_hash"], seed=cfg.seed, temperature=c,
             smoothing=delta, config=cfg.to_dict(), pipeline=cfg.name)
@@ -290,7 +273,7 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
         runs.append((ts, pd.read_parquet(ev / "predictions.parquet"),
                      pd.read_parquet(ev / "metrics.parquet")))
         posthoc.append(pd.DataFrame({
-            "run_id": ts.run_id, "kind": store.POSTHOC_KIND, "value": fit["grid"],
+            "run_id": ts.run_id, "kind": POSTHOC_KIND, "value": fit["grid"],
             "ece_val": fit["ece_grid"], "ece_test": np.nan,
             "chosen": np.asarray(fit["grid"]) == fit["temperature"]}))
     search = covered = None
@@ -301,7 +284,7 @@ def write_store(ctx: Context, coverage: Callable[[], pd.DataFrame],
                                for kind, res in cal.items()
                                for v, a, b in zip(res["grid"], res["ece_val"], res["ece_test"])])
         covered = coverage().assign(run_id=teacher_run)
-    with store.open_store(path) as st, st.batch():
+    with open_store(path) as st, st.batch():
         for record, predictions, metrics in runs:
             st.write_run(record, predictions, metrics)
         if posthoc:

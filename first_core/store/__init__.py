@@ -1,1 +1,2 @@
-"""The DuckDB store: schema, writes, reads."""
+"""The DuckDB store: its schema, where it is, checked connections, writes and reads (one
+module each), and the writes of imported predictions and pretrained coverage."""

@@ -21,10 +21,12 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from . import db as store
 from ..config.settings import METHODS
 from ..errors import FirstError, StoreError
-from .db import IMPORT_PREFIX, IMPORTED_METHOD, TABLES
+from .connection import WRITE_TIMEOUT_S, connect, open_readonly, transaction
+from .paths import default_store_path
+from .schema import IMPORT_PREFIX, IMPORTED_METHOD, TABLES, RunRecord
+from .writes import insert_frame, insert_run, validate_frame
 
 
 def dataset_key(name: str) -> str:
@@ -54,13 +56,13 @@ def _refusal(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
 def check_import(path: str | os.PathLike[str] | None, name: str) -> None:
     """What can be refused before a long read of the file: a store path under a file, or a
     name the store refuses (checked again, under the write's lock, by `write_imported_run`)."""
-    target = store.default_store_path(path)
+    target = default_store_path(path)
     if not target.exists():
         blocker = next((p for p in target.parents if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise FirstError(f"store {target}: {blocker} is a file, not a folder")
         return
-    with store.open_readonly(target) as con:
+    with open_readonly(target) as con:
         why = _refusal(con, name)
     if why:
         raise StoreError(f"store {target}: {why}")
@@ -84,7 +86,7 @@ def write_imported_run(path: str | os.PathLike[str] | None, pipeline: str, run_i
                        model: str, predictions: pd.DataFrame, metrics: pd.DataFrame,
                        examples: pd.DataFrame | None = None,
                        config: Mapping[str, Any] | None = None,
-                       timeout: float = store.WRITE_TIMEOUT_S) -> Path:
+                       timeout: float = WRITE_TIMEOUT_S) -> Path:
     """`write_imported_runs` of one run."""
     return write_imported_runs(path, [ImportRows(pipeline, run_id, model, predictions,
                                                  metrics, examples, dict(config or {}))],
@@ -92,7 +94,7 @@ def write_imported_run(path: str | os.PathLike[str] | None, pipeline: str, run_i
 
 
 def write_imported_runs(path: str | os.PathLike[str] | None, runs: Sequence[ImportRows],
-                        timeout: float = store.WRITE_TIMEOUT_S) -> Path:
+                        timeout: float = WRITE_TIMEOUT_S) -> Path:
     """Store other models' predictions, one pipeline per run, in one transaction: each
     run's runs row, predictions, metrics and question texts land whole or not at all (all
     runs together: an lm-eval folder of 57 tasks is stored whole or not at all), each
@@ -113,37 +115,33 @@ def write_imported_runs(path: str | os.PathLike[str] | None, runs: Sequence[Impo
                             ("metrics", {"run_id": run.run_id}),
                             ("examples", {"dataset": dataset_key(run.pipeline)})):
             if getattr(run, name) is not None:
-                store._validate(TABLES[name], getattr(run, name), fixed)
+                validate_frame(TABLES[name], getattr(run, name), fixed)
     if texts:
         texts = [pd.concat(texts, ignore_index=True)]
-    target = store.default_store_path(path)
-    cols = ", ".join(f'"{c}"' for c in TABLES["runs"].columns)
-    marks = ", ".join("?" for _ in TABLES["runs"].columns)
-    with store.connect(target, read_only=False, timeout=timeout) as con, \
-            store.transaction(con):
+    target = default_store_path(path)
+    with connect(target, read_only=False, timeout=timeout) as con, transaction(con):
         for run in runs:
-            _clear_import(con, target, run, cols, marks)
+            _clear_import(con, target, run)
         for name, frame in tables.items():
-            store._insert(con, TABLES[name], frame, {})
+            insert_frame(con, TABLES[name], frame, {})
         if texts:
-            store._insert(con, TABLES["examples"], texts[0], {})
+            insert_frame(con, TABLES["examples"], texts[0], {})
     return target
 
 
-def _clear_import(con: duckdb.DuckDBPyConnection, target: Path, run: ImportRows,
-                  cols: str, marks: str) -> None:
+def _clear_import(con: duckdb.DuckDBPyConnection, target: Path, run: ImportRows) -> None:
     """Inside the caller's transaction: refuse a taken name, else delete what an earlier
     import of the name stored and write the new runs row."""
     key = dataset_key(run.pipeline)
     why = _refusal(con, run.pipeline)
     if why:
         raise StoreError(f"store {target}: {why}")
-    row = store.RunRecord(run_id=run.run_id, method=METHODS[0], model=run.model, dataset=key,
-                          seed=0, config=dict(run.config), pipeline=run.pipeline).row()
+    row = RunRecord(run_id=run.run_id, method=METHODS[0], model=run.model, dataset=key,
+                    seed=0, config=dict(run.config), pipeline=run.pipeline).row()
     row[1] = IMPORTED_METHOD  # RunRecord checks the project's own methods; this is not one
     old = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE pipeline = ?",
                                      [run.pipeline]).fetchall()] + [run.run_id]
     for name in ("predictions", "metrics", "runs"):
         con.execute(f'DELETE FROM "{name}" WHERE list_contains(?, run_id)', [old])
     con.execute("DELETE FROM examples WHERE dataset = ?", [key])
-    con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
+    insert_run(con, row)

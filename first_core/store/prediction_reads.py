@@ -1,7 +1,7 @@
 """Bounded and columnar reads of one run's predictions, for pages that must stay fast on
 imports of millions of rows.
 
-`store.load_predictions` returns a whole run and split as a pandas frame, list columns as
+`reads.load_predictions` returns a whole run and split as a pandas frame, list columns as
 Python lists: fine for a pipeline's few thousand rows, but 2,000,000 imported predictions
 take ~14 s to read that way and the Examples page, which showed them all, over a minute to
 render. Here:
@@ -14,7 +14,7 @@ render. Here:
   columns flattened as one array each, the gold letter's column found by DuckDB), about 4x
   faster than through pandas lists, every row kept so the cards match the stored metrics.
 
-All values are bound parameters; table and column names come from `store.TABLES`.
+All values are bound parameters; table and column names come from `schema.TABLES`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import db as store
 from ..views.run_arrays import PredictionArrays
+from .reads import Source, reading, select_rows
 
 SHOWN_ROWS = 1_000  # Examples: at most this many matching predictions are read and listed
 MATCH_COLUMNS = ("example_id", "gold", "pred_option", "confidence_option", "correct_option",
@@ -47,7 +47,7 @@ class Matches(NamedTuple):
     total: int    # predictions of the run and split
 
 
-def read_matches(source: store.Source | None, run_id: str, split: str, kind: str,
+def read_matches(source: Source | None, run_id: str, split: str, kind: str,
                  convention: str = "option", confident: float = 0.8, unsure: float = 0.5,
                  limit: int | None = None) -> Matches:
     """The Examples filter (`views.example_rows.FILTERS`) in SQL: "wrong_confident" is wrong
@@ -65,7 +65,7 @@ def read_matches(source: store.Source | None, run_id: str, split: str, kind: str
     where = "run_id = ? AND split = ?"
     order = "ASC" if kind == "right_unsure" else "DESC"
     columns = ", ".join(f'"{c}"' for c in MATCH_COLUMNS)
-    with store._reading(source) as con:
+    with reading(source) as con:
         matched, total = con.execute(
             f"SELECT count(*) FILTER (WHERE {cond}), count(*) FROM predictions WHERE {where}",
             [*bound, run_id, split]).fetchone()
@@ -76,13 +76,13 @@ def read_matches(source: store.Source | None, run_id: str, split: str, kind: str
     return Matches(rows, int(matched), int(total))
 
 
-def read_rows(source: store.Source | None, run_ids: str | Sequence[str], split: str,
+def read_rows(source: Source | None, run_ids: str | Sequence[str], split: str,
               example_ids: str | Sequence[str], columns: Sequence[str] | None = None
               ) -> pd.DataFrame:
     """The predictions of these runs and split for these example ids only."""
-    return store._select(source, "predictions",
-                         {"run_id": run_ids, "split": split, "example_id": example_ids},
-                         ("run_id", "split", "example_id"), columns)
+    return select_rows(source, "predictions",
+                       {"run_id": run_ids, "split": split, "example_id": example_ids},
+                       ("run_id", "split", "example_id"), columns)
 
 
 def _dense(column: pa.ChunkedArray, name: str, dtype) -> np.ndarray:
@@ -99,15 +99,16 @@ def _dense(column: pa.ChunkedArray, name: str, dtype) -> np.ndarray:
     return values.astype(dtype, copy=False).reshape(len(column), int(lengths[0]))
 
 
-def read_arrays(source: store.Source | None, run_id: str, split: str) -> PredictionArrays:
+def read_arrays(source: Source | None, run_id: str, split: str) -> PredictionArrays:
     """One run and split as the Reliability page's `PredictionArrays`, every row, validated
     like `run_arrays.prediction_arrays` (missing values, ragged rows, a gold label that is
     not an option are `ValueError`s naming the column and row)."""
     sql = ("SELECT example_id, correct, topk_probs, option_probs, gold, "
-           "option_labels IS NULL AS no_labels, list_position(option_labels, gold) - 1 AS gold_option "
+           "option_labels IS NULL AS no_labels, "
+           "list_position(option_labels, gold) - 1 AS gold_option "
            "FROM predictions "
            "WHERE run_id = ? AND split = ? ORDER BY example_id")
-    with store._reading(source) as con:
+    with reading(source) as con:
         table = con.sql(sql, params=[run_id, split]).to_arrow_table()  # no extra copy
     needed = ("correct", "topk_probs", "option_probs", "gold")
     missing = [c for c in needed if table[c].null_count]

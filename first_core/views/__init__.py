@@ -1,7 +1,7 @@
 """What the dashboard pages compute, kept out of the pages so it can be tested.
 
-Pages query the store (`first_core.store.db`), call a function in one of these modules and render
-the result with `first_core.views.plots`:
+Pages query the store (`first_core.store.reads`), call a function in one of these modules and
+render the result with `first_core.views.plots`:
 
 | module | job |
 | --- | --- |
@@ -10,9 +10,9 @@ the result with `first_core.views.plots`:
 | `rescaling` | the slider's path: re-scale at c, metric cards, bins, ECE-vs-c, SmoothECE |
 | `example_rows` | a bin's examples as plain text; the Examples filters |
 | `tables` | Table 1 and Compare over seeds of one pipeline; temperature-search curves |
-| `selective` | acting on the confidence: AUROC, AURC, the deferral threshold, the risk-coverage curve |
+| `selective` | acting on the confidence: AUROC, AURC, the deferral threshold, risk-coverage |
 | `storage_math` | top-K storage arithmetic |
-| `coverage_runs` | the Coverage page's opening run (the largest vocabulary) and what it says a run is |
+| `coverage_runs` | the Coverage page's opening run (the largest vocabulary), what a run is |
 | `teaching` | the Learn page's simulated classifier |
 | `token_views` | per-token stores of the instruction setting |
 """

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from ..store.db import PRETRAINED_METHOD
+from ..store.schema import PRETRAINED_METHOD
 
 SMALL_VOCAB = 1000  # below this a top-5 keeps nearly everything whatever the model
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..metrics import scores as metrics
+from ..metrics.binning import bin_ids
 from .run_arrays import PredictionArrays
 from .rescaling import Rescaled
 
@@ -19,10 +19,10 @@ FILTERS: dict[str, str] = {"all": "All predictions", "wrong_confident": "Wrong b
 
 def bin_members(scaled: Rescaled, n_bins: int, strategy: str, bin_index: int) -> np.ndarray:
     """Row indices of the predictions in reliability bin `bin_index` at the current c: the
-    same binning (`metrics.bin_ids`) as the diagram and the ECE card, most confident first."""
+    same binning (`bin_ids`) as the diagram and the ECE card, most confident first."""
     if not 0 <= bin_index < n_bins:
         raise ValueError(f"bin: must be in [0, {n_bins}), got {bin_index!r}")
-    ids = metrics.bin_ids(scaled.confidence, n_bins, strategy)
+    ids = bin_ids(scaled.confidence, n_bins, strategy)
     rows = np.flatnonzero(ids == bin_index)
     return rows[np.argsort(-scaled.confidence[rows], kind="stable")]
 
@@ -35,7 +35,7 @@ def bin_at(bins: pd.DataFrame, x: float) -> int | None:
     return int(inside[0]) if len(inside) else None
 
 
-def _top5_text(tokens: object, probs: object) -> str | None:
+def top5_text(tokens: object, probs: object) -> str | None:
     """"' A' 71.2%, ' B' 9.8%, ...": a teacher's stored top-k as one plain-text cell."""
     if tokens is None or probs is None or not len(probs):
         return None
@@ -74,7 +74,7 @@ def drilldown_table(arrays: PredictionArrays, scaled: Rescaled, rows: np.ndarray
         dtype=object)) if len(text) else None
     if teacher is not None and len(teacher):
         top = teacher.drop_duplicates("example_id").set_index("example_id")
-        cells = pd.Series([_top5_text(t, p) for t, p in zip(top["topk_tokens"], top["topk_probs"])],
+        cells = pd.Series([top5_text(t, p) for t, p in zip(top["topk_tokens"], top["topk_probs"])],
                           index=top.index, dtype=object)
         out["teacher_top5"] = out["example_id"].map(cells)
     else:

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ..calibration import transforms as calibrate
-from ..metrics import scores as metrics
+from ..metrics.binning import ReliabilityBins, expected_calibration_error, reliability_bins
+from ..metrics.intervals import bootstrap_interval
+from ..metrics.point_scores import accuracy, proper_score_sums, trust_score
 from ..calibration.transforms import check_temperature
 from .run_arrays import PredictionArrays
 from .view_state import CONVENTIONS, MODES, TEMPERATURE_GRID
@@ -68,7 +70,7 @@ def _rescale_block(options: np.ndarray, gold: np.ndarray, topk: np.ndarray | Non
     else:  # the top-1 token's share of the top-k (plus the tail in classic mode)
         top, top_norm = _softmax_parts(topk[:, rows], c)
         np.divide(top[0], top_norm, out=confidence[rows])
-    return metrics.proper_score_sums(e, norm, np.exp(np.divide(gold[rows], c)))
+    return proper_score_sums(e, norm, np.exp(np.divide(gold[rows], c)))
 
 
 def rescale(arrays: PredictionArrays, c: float, mode: str, convention: str) -> Rescaled:
@@ -98,7 +100,7 @@ def rescale(arrays: PredictionArrays, c: float, mode: str, convention: str) -> R
     return Rescaled(confidence, correct, float(brier), float(nll))
 
 
-def _bins_table(bins: metrics.ReliabilityBins) -> pd.DataFrame:
+def _bins_table(bins: ReliabilityBins) -> pd.DataFrame:
     return pd.DataFrame({"lo": bins.edges[:-1], "hi": bins.edges[1:], "count": bins.count,
                          "confidence": bins.confidence, "accuracy": bins.accuracy,
                          "gap": bins.gap})
@@ -106,9 +108,9 @@ def _bins_table(bins: metrics.ReliabilityBins) -> pd.DataFrame:
 
 def bins_frame(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10,
                strategy: str = "uniform") -> pd.DataFrame:
-    """`metrics.reliability_bins` as a table (lo, hi, count, confidence, accuracy, gap)."""
-    return _bins_table(metrics.reliability_bins(confidence, correct, n_bins=n_bins,
-                                                strategy=strategy))
+    """`reliability_bins` as a table (lo, hi, count, confidence, accuracy, gap)."""
+    return _bins_table(reliability_bins(confidence, correct, n_bins=n_bins,
+                                        strategy=strategy))
 
 
 @dataclass(frozen=True)
@@ -142,14 +144,14 @@ def summarize(scaled: Rescaled, n_bins: int = 10, strategy: str = "uniform",
         n_boot = interval_resamples(len(scaled.confidence))
     conf, correct = scaled.confidence, scaled.correct
     # one binning serves the diagram, ECE and MCE; `rescale` made these arrays, so no checks
-    bins = metrics.reliability_bins(conf, correct, n_bins, strategy, check=False)
-    acc = metrics.accuracy(correct, check=False)
-    low, high = (metrics.bootstrap_interval("ece", conf, correct, n_boot=n_boot, seed=seed,
-                                            n_bins=n_bins, strategy=strategy)[1:]
+    bins = reliability_bins(conf, correct, n_bins, strategy, check=False)
+    acc = accuracy(correct, check=False)
+    low, high = (bootstrap_interval("ece", conf, correct, n_boot=n_boot, seed=seed,
+                                    n_bins=n_bins, strategy=strategy)[1:]
                  if n_boot else (float("nan"), float("nan")))
     cards = {"accuracy": acc, "ece": bins.ece, "ece_low": low, "ece_high": high,
              "mce": bins.mce, "brier": scaled.brier, "nll": scaled.nll,
-             "trust": metrics.trust_score(acc, bins.ece)}
+             "trust": trust_score(acc, bins.ece)}
     return CalibrationView({k: float(v) for k, v in cards.items()}, _bins_table(bins),
                            len(conf))
 
@@ -178,9 +180,9 @@ def ece_curve(arrays: PredictionArrays, mode: str, convention: str, n_bins: int 
     eces = []
     for c in grid:
         scaled = rescale(arrays, float(c), mode, convention)
-        eces.append(metrics.expected_calibration_error(scaled.confidence, scaled.correct,
-                                                       n_bins=n_bins, strategy=strategy,
-                                                       check=False))
+        eces.append(expected_calibration_error(scaled.confidence, scaled.correct,
+                                               n_bins=n_bins, strategy=strategy,
+                                               check=False))
     return pd.DataFrame({"c": grid, "ece": eces})
 
 

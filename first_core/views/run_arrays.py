@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from ..metrics import scores as metrics
+from ..metrics.checks import check_correct, check_labels, check_probs, row_reduce
 from ..calibration.transforms import centered_scores
 
 
@@ -36,13 +36,13 @@ class PredictionArrays:
         n = len(self.correct)
         if n == 0:
             return
-        checked = {"topk_probs": metrics.check_probs(self.topk_probs, "topk_probs"),
-                   "option_probs": metrics.check_probs(self.option_probs, "option_probs")}
+        checked = {"topk_probs": check_probs(self.topk_probs, "topk_probs"),
+                   "option_probs": check_probs(self.option_probs, "option_probs")}
         for name, rows in checked.items():
             if len(rows) != n:
                 raise ValueError(f"{name}: {len(rows)} rows, expected {n} to match correct")
-        checked["correct"] = metrics.check_correct(self.correct, n)
-        checked["gold_option"] = metrics.check_labels(
+        checked["correct"] = check_correct(self.correct, n)
+        checked["gold_option"] = check_labels(
             self.gold_option, n, checked["option_probs"].shape[1], "gold_option",
             allow_missing=False)
         for name, value in checked.items():
@@ -54,7 +54,7 @@ class PredictionArrays:
     @cached_property
     def topk_with_tail(self) -> np.ndarray:
         """N x (k + 1): the top-k plus the dropped tail mass as one entry (classic mode)."""
-        tail = np.clip(1.0 - metrics.row_reduce(np.add, self.topk_probs)[:, None], 0.0, None)
+        tail = np.clip(1.0 - row_reduce(np.add, self.topk_probs)[:, None], 0.0, None)
         out = np.hstack([self.topk_probs, tail])
         out.flags.writeable = False
         return out

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..config.settings import RUN_METHODS
 from ..config.diff import NO_PIPELINE, label_runs
-from ..store.db import IMPORTED_METHOD
+from ..store.schema import IMPORTED_METHOD
 
 
 def _method_order(methods: pd.Series) -> pd.Series:

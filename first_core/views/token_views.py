@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..calibration.transforms import check_temperature
-from .example_rows import _top5_text
+from .example_rows import top5_text
 
 
 def token_coverage_by_position(store_dir: str | os.PathLike[str],
@@ -234,6 +234,6 @@ def token_view_table(view: pd.DataFrame, c: float) -> pd.DataFrame:
         "position": view["position"],
         "token": view["token"] if "token" in view else view["token_id"].astype(str),
         "rank in top-k": [str(r + 1) if r >= 0 else "-" for r in view["gold_rank"]],
-        "teacher top-k (raw)": [_top5_text(t, p) for t, p in zip(tokens, view["raw_probs"])],
-        f"after FIRST, c = {c:g}": [_top5_text(t, p)
-                                    for t, p in zip(tokens, view["first_probs"])]})
+        "teacher top-k (raw)": [top5_text(t, p) for t, p in zip(tokens, view["raw_probs"])],
+        f"after FIRST, c = {c:g}": [top5_text(t, p)
+                                   for t, p in zip(tokens, view["first_probs"])]})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 
-from first_core.config.settings import load_config
+from first_core.config.loading import load_config
 from first_core.fixtures import write_fixture_store
 
 OTHER = ["teacher_train.epochs=2", "calibration.strategy='nll'", "distill.student_side='renorm'",
