@@ -23,7 +23,7 @@ from .evaluate import METRIC_COLUMNS
 from ..inference.forward import on_device_default
 from ..data.instruct_data import InstructExample
 from ..inference.logit_reduce import top_logits
-from ..knowledge.topk_tokens import iter_token_batches
+from ..knowledge.token_topk import iter_token_batches
 
 
 def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],
