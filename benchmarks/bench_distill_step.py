@@ -73,7 +73,8 @@ def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[
     from first_core.training.distill import DistillCollator, DistillTrainer, teacher_targets
     from first_core.training.sft import AnswerCollator, EncodedDataset, SFTTrainer
     from first_core.models.loading import encode_examples
-    from first_core.knowledge.topk import extract_topk, load_topk
+    from first_core.knowledge.answer_topk import extract_topk
+    from first_core.knowledge.reader import load_topk
 
     extract_topk(teacher, tok, examples, work / "topk", k=5, coverage_k=5, progress=False)
     topk = load_topk(work / "topk")

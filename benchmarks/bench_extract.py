@@ -43,7 +43,7 @@ def main() -> None:
                   f"{args.batch_size}, median of {repeats})")
     from first_core.inference.forward import PromptIds, forward_batches
     from first_core.models.loading import load_model
-    from first_core.knowledge.topk import extract_topk
+    from first_core.knowledge.answer_topk import extract_topk
 
     with tempfile.TemporaryDirectory(prefix="bench_extract-") as tmp:
         setup = tiny_setup(Path(tmp), n_train=n, roles=("teacher",))

@@ -16,7 +16,7 @@ at the answer position (multiple-choice prompts of about 70-170 tokens, batch 64
 
 at every response token (instruction setting, prompt + response of about 90-270 tokens,
 batch 16):
-- `forward`: `topk_tokens.iter_token_batches` keeping nothing (same batches, logits left on
+- `forward`: `token_topk.iter_token_batches` keeping nothing (same batches, logits left on
   the GPU);
 - `extract_token_topk`: the whole stage, top-100 per token on the GPU;
 - `token_confidences`: token-level evaluation (top-1 and normaliser on the GPU).
@@ -149,7 +149,7 @@ class Clock:
 def answer_contenders(model, tok, examples, work: Path) -> dict:
     from first_core.evaluation.evaluate import predict
     from first_core.inference.forward import PromptIds, forward_batches
-    from first_core.knowledge.topk import extract_topk
+    from first_core.knowledge.answer_topk import extract_topk
 
     prompts = PromptIds(tok, examples)
 
@@ -170,7 +170,7 @@ def answer_contenders(model, tok, examples, work: Path) -> dict:
 
 def token_contenders(model, tok, examples, work: Path) -> dict:
     from first_core.evaluation.instruct_eval import token_confidences
-    from first_core.knowledge.topk_tokens import extract_token_topk, iter_token_batches
+    from first_core.knowledge.token_topk import extract_token_topk, iter_token_batches
 
     def forward() -> None:
         for _ in iter_token_batches(model, tok, examples, TOKEN_BATCH, MAX_LENGTH,

@@ -50,7 +50,7 @@ def child(job: str, work: Path, data_file: Path, store: Path) -> dict[str, float
     if job in TOKEN_JOBS:
         return token_child(job, work, data_file, store)
     if job == "extract":
-        from first_core.knowledge.topk import extract_topk
+        from first_core.knowledge.answer_topk import extract_topk
 
         model, tok = load_model(work / "teacher_init", device="cpu")
         baseline = peak_rss_mb()
@@ -59,7 +59,7 @@ def child(job: str, work: Path, data_file: Path, store: Path) -> dict[str, float
     else:
         from first_core.config.settings import TrainConfig
         from first_core.training.distill import distill, teacher_targets
-        from first_core.knowledge.topk import load_topk
+        from first_core.knowledge.reader import load_topk
 
         model, tok = load_model(work / "student_init", device="cpu")
         baseline = peak_rss_mb()
@@ -78,7 +78,7 @@ def token_child(job: str, work: Path, data_file: Path, store: Path) -> dict[str,
 
     template = InstructTemplate(**SHORT_TEMPLATE)
     if job == "extract_tokens":
-        from first_core.knowledge.topk_tokens import extract_token_topk
+        from first_core.knowledge.token_topk import extract_token_topk
 
         model, tok = load_model(work / "instruct_teacher_init", device="cpu")
         baseline = peak_rss_mb()
@@ -89,16 +89,16 @@ def token_child(job: str, work: Path, data_file: Path, store: Path) -> dict[str,
         from first_core.config.settings import TrainConfig
         from first_core.training.distill import teacher_targets
         from first_core.training.distill_tokens import distill_tokens
-        from first_core.knowledge.topk_tokens import load_token_topk
+        from first_core.knowledge.reader import load_topk
 
         model, tok = load_model(work / "instruct_student_init", device="cpu")
         baseline = peak_rss_mb()
-        topk = load_token_topk(store)
+        topk = load_topk(store)
         targets = teacher_targets(topk.probs, "first", c=FIRST_C)
         cfg = TrainConfig(epochs=1, batch_size=32, save_steps=10**9, loss_on="response",
                           max_length=128)
         distill_tokens(model, tok, load_instruct(data_file, "alpaca", template),
-                       topk.example_ids, topk.token_ids, topk.ids, targets,
+                       topk.example_ids, topk.gold_ids, topk.ids, targets,
                        store.parent / f"student-{store.name}", cfg)
     return {"baseline": baseline, "peak": peak_rss_mb()}
 

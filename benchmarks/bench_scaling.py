@@ -113,7 +113,7 @@ def extract_child(sizes: list[int]) -> None:
     from _common import tiny_setup
 
     from first_core.models.loading import load_model
-    from first_core.knowledge.topk import extract_topk
+    from first_core.knowledge.answer_topk import extract_topk
 
     with tempfile.TemporaryDirectory(prefix="bench_scaling-") as tmp:
         setup = tiny_setup(Path(tmp), n_train=max(sizes), roles=("teacher",))

@@ -1,7 +1,7 @@
 """Size of the top-k store on disk: bytes per position for k = 1, 5, 10, 100, and the ratio to a
 full-vocabulary fp16 distribution at vocabulary 32k and 128k, extrapolated to the paper's scale.
 
-Every store is written by the real `first_core.knowledge.topk.extract_topk` (Parquet shards +
+Every store is written by the real `first_core.knowledge.answer_topk.extract_topk` (Parquet shards +
 manifest);
 bytes per position is the manifest's `bytes_per_position_measured`: the compressed on-disk size
 of the `topk_ids` + `topk_probs` column chunks divided by the number of positions.
@@ -36,7 +36,7 @@ LOGIT_STD = 8.0  # peaked outputs, like a fine-tuned teacher's (the table shows 
 
 def measure(model, tokenizer, examples, work: Path, k: int, dtype: str) -> tuple[float, float]:
     """(bytes per position, mean top-1 mass) of a real top-k store of `model` on `examples`."""
-    from first_core.knowledge.topk import extract_topk
+    from first_core.knowledge.answer_topk import extract_topk
 
     manifest = extract_topk(model, tokenizer, examples, work / f"store-{k}-{dtype}", k=k,
                             coverage_k=k, dtype=dtype, batch_size=64, progress=False)
@@ -107,13 +107,13 @@ ALPACA_MAX_LENGTH = 512  # Stanford Alpaca's training max length (tokens per seq
 
 def per_token_store(work: Path, quick: bool) -> None:
     """Bytes per *token* of a real per-token store (the instruction setting: top-5 at every
-    response token, `topk_tokens.extract_token_topk`), and the 120 TB / 1.2 GB arithmetic
+    response token, `token_topk.extract_token_topk`), and the 120 TB / 1.2 GB arithmetic
     redone with token counts: the embedded instruction data's real count, and Alpaca's
     upper bound (every example at the 512-token training maximum)."""
     from first_core.data.instruct_data import InstructTemplate, load_instruct
     from first_core.data.instruct_tasks import write_instruct_task
     from first_core.models.loading import build_preset, load_model
-    from first_core.knowledge.topk_tokens import extract_token_topk
+    from first_core.knowledge.token_topk import extract_token_topk
 
     n = 64 if quick else 2000
     files = write_instruct_task(work / "instruct", n_train=n, n_val=1, n_test=1)
@@ -134,17 +134,17 @@ def per_token_store(work: Path, quick: bool) -> None:
         m = extract_token_topk(model, tok, examples, work / f"tokens-{vocab}", k=5,
                                coverage_k=5, dtype="float16", batch_size=32, max_length=128)
         per_token[vocab] = m
-        b = m.bytes_per_token_measured
-        print(f"{vocab:>7} {m.n_tokens:>8} {m.n_tokens / n:>11.2f} {b:>11.2f} "
+        b = m.bytes_per_position_measured
+        print(f"{vocab:>7} {m.n_positions:>8} {m.n_positions / n:>11.2f} {b:>11.2f} "
               f"{FULL_FP16 * vocab:>10} {FULL_FP16 * vocab / b:>10.0f}")
     m = per_token[32_000]
-    b = m.bytes_per_token_measured
+    b = m.bytes_per_position_measured
     report("store_top5_fp16_bytes_per_token@32k", b, f"<= {TARGET_BPP_TOP5:g} bytes",
            b <= TARGET_BPP_TOP5, unit=" B")
     report("full_fp16/top5_fp16_per_token@32k", FULL_FP16 * 32_000 / b)
-    full_here = m.n_tokens * FULL_FP16 * 32_000
-    print(f"\n  this data: {m.n_tokens} response tokens -> full fp16 at V=32k "
-          f"{full_here / 1e6:.1f} MB, top-5 {m.n_tokens * b / 1e3:.1f} kB (measured)")
+    full_here = m.n_positions * FULL_FP16 * 32_000
+    print(f"\n  this data: {m.n_positions} response tokens -> full fp16 at V=32k "
+          f"{full_here / 1e6:.1f} MB, top-5 {m.n_positions * b / 1e3:.1f} kB (measured)")
     bound = ALPACA_EXAMPLES * ALPACA_MAX_LENGTH
     print(f"  Alpaca, upper bound: {ALPACA_EXAMPLES} examples x {ALPACA_MAX_LENGTH} tokens = "
           f"{bound:.4g} tokens -> full fp16 at V=32k <= {bound * FULL_FP16 * 32_000 / 1e12:.2f}"

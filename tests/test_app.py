@@ -578,14 +578,15 @@ def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch
                                                                      tiny_instruct_run):
     from scipy.special import softmax
 
-    from first_core.knowledge.topk_tokens import load_token_topk
+    from first_core.knowledge.manifest import TOKENS
+    from first_core.knowledge.reader import load_topk
 
     work, _ = tiny_instruct_run
     topk = work / "runs" / "instruct-tiny" / "topk"
     at = open_app(monkeypatch, work / "first.duckdb", "pages/coverage.py")
     assert not at.error, [e.value for e in at.error]
     # the curve over response positions, against pandas over the whole training store
-    train = load_token_topk(topk / "train")
+    train = load_topk(topk / "train", layout=TOKENS)
     want = pd.DataFrame({"position": np.minimum(train.positions, 30), "top1": train.probs[:, 0],
                          "topk": train.probs.sum(1)}).groupby("position").mean()
     spec = json.loads(at.get("plotly_chart")[1].proto.spec)
@@ -594,7 +595,7 @@ def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch
     np.testing.assert_allclose(lines["Mean top-k mass"]["y"], want["topk"], atol=1e-6)
     np.testing.assert_allclose(lines["Mean top-1 probability"]["y"], want["top1"], atol=1e-6)
     # one validation example, token by token, before and after the transform
-    val = load_token_topk(topk / "val")
+    val = load_topk(topk / "val", layout=TOKENS)
     picker = at.selectbox(key="cov_example")
     assert picker.options == list(dict.fromkeys(val.example_ids))
     example = picker.options[3]
@@ -609,7 +610,7 @@ def test_coverage_page_of_an_instruct_run_shows_positions_and_tokens(monkeypatch
     np.testing.assert_allclose(shown, after, atol=5e-4)  # printed to 0.1 %
     tok = token_views.load_tokenizer(
         work / "runs" / "instruct-tiny" / "models" / "teacher_ft" / "final")
-    assert table["token"].tolist() == [tok.decode([i]) for i in val.token_ids[rows]]
+    assert table["token"].tolist() == [tok.decode([i]) for i in val.gold_ids[rows]]
 
 
 def test_coverage_page_says_when_the_run_folder_is_elsewhere(monkeypatch, tiny_instruct_run,

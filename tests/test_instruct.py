@@ -25,8 +25,10 @@ from first_core.training.response_tokens import (LOGITS_MODES, ResponseCollator,
                                                  encode_responses, logits_mode, response_logits)
 from first_core.training.sft import training_arguments
 from first_core.training.response_tokens import ResponseDataset, finetune_responses
-from first_core.knowledge.topk_tokens import (extract_token_topk, load_token_topk,
-                                              read_token_manifest, token_coverage_table)
+from first_core.knowledge.coverage import coverage_table
+from first_core.knowledge.manifest import TOKENS, read_manifest
+from first_core.knowledge.reader import load_topk
+from first_core.knowledge.token_topk import extract_token_topk
 from helpers.instruct_run import cli as _cli, run_instruct_tiny
 from helpers.tiny_instruct import make_examples, make_model, save_model
 
@@ -106,10 +108,11 @@ def test_token_topk_has_a_row_per_response_token_equal_to_the_reference(tiny, tm
     m = extract_token_topk(model, tok, examples, tmp_path / "s", k=3, coverage_k=8,
                            shard_size=40, batch_size=5, max_length=64,
                            manifest_info={"teacher": "tiny", "dataset_hash": "d"})
-    store = load_token_topk(tmp_path / "s", expect_teacher="tiny", expect_dataset_hash="d")
+    store = load_topk(tmp_path / "s", expect_teacher="tiny", expect_dataset_hash="d",
+                      layout=TOKENS)
     enc = encode_responses(tok, examples, 64)
-    assert m.n_tokens == enc.n_tokens() == len(store.ids) and m.n_examples == len(examples)
-    assert len(m.shards) == -(-m.n_tokens // 40)  # ceil: sharded by rows
+    assert m.n_positions == enc.n_tokens() == len(store.ids) and m.n_examples == len(examples)
+    assert len(m.shards) == -(-m.n_positions // 40)  # ceil: sharded by rows
     counts = [enc.n_response(i) for i in range(len(enc))]
     assert store.example_ids.tolist() == [e.id for e, c in zip(examples, counts)
                                           for _ in range(c)]
@@ -118,17 +121,17 @@ def test_token_topk_has_a_row_per_response_token_equal_to_the_reference(tiny, tm
     p, i = torch.topk(torch.softmax(ref, -1), 3)
     np.testing.assert_array_equal(store.ids, i.numpy())
     np.testing.assert_allclose(store.probs, p.numpy(), atol=1e-5)
-    np.testing.assert_array_equal(store.token_ids, ref_t.numpy())
+    np.testing.assert_array_equal(store.gold_ids, ref_t.numpy())
     gold = np.where((i == ref_t[:, None]).any(1), (i == ref_t[:, None]).int().argmax(1), -1)
     np.testing.assert_array_equal(store.gold_rank, gold)
     # coverage over all response tokens: mean cumulative top-K mass
     full = torch.softmax(ref, -1).sort(descending=True).values.cumsum(-1)[:, :8].mean(0)
     np.testing.assert_allclose(m.coverage["mean"], full.numpy(), atol=1e-5)
-    cov = token_coverage_table(m)
-    assert cov.n_positions.iloc[0] == m.n_tokens and cov.bytes_per_position.iloc[2] > 0
+    cov = coverage_table(m)
+    assert cov.n_positions.iloc[0] == m.n_positions and cov.bytes_per_position.iloc[2] > 0
     from first_core.errors import StoreError
     with pytest.raises(StoreError, match="teacher mismatch"):
-        load_token_topk(tmp_path / "s", expect_teacher="other")
+        load_topk(tmp_path / "s", expect_teacher="other", layout=TOKENS)
 
 
 def test_token_extraction_with_two_processes_matches_one(tiny, tmp_path) -> None:
@@ -151,8 +154,8 @@ def test_token_extraction_with_two_processes_matches_one(tiny, tmp_path) -> None
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, err[-3000:]
-    one, two = load_token_topk(tmp_path / "one"), load_token_topk(tmp_path / "two")
-    assert (two.manifest.n_processes, two.manifest.n_tokens) == (2, one.manifest.n_tokens)
+    one, two = (load_topk(tmp_path / name, layout=TOKENS) for name in ("one", "two"))
+    assert (two.manifest.n_processes, two.manifest.n_positions) == (2, one.manifest.n_positions)
     assert {s["file"][:9] for s in two.manifest.shards} == {"part-r000", "part-r001"}
     assert two.example_ids.tolist() == one.example_ids.tolist()
     np.testing.assert_array_equal(two.ids, one.ids)
@@ -164,7 +167,7 @@ def test_token_extraction_with_two_processes_matches_one(tiny, tmp_path) -> None
 def _store_and_targets(model, tok, examples, folder):
     extract_token_topk(model, tok, examples, folder, k=4, coverage_k=8, batch_size=6,
                        max_length=64)
-    s = load_token_topk(folder)
+    s = load_topk(folder, layout=TOKENS)
     return s, teacher_targets(s.probs, "first", 0.3)
 
 
@@ -182,7 +185,7 @@ def test_distillation_mean_over_step_tokens_under_gradient_accumulation(tiny, tm
     for ga, bs in ((1, 8), (2, 4)):
         student, _ = make_model(examples, seed=5)
         cfg = TrainConfig(loss_on="response", batch_size=bs, gradient_accumulation_steps=ga)
-        tr = build_token_trainer(student, tok, ex, s.example_ids, s.token_ids, s.ids, q,
+        tr = build_token_trainer(student, tok, ex, s.example_ids, s.gold_ids, s.ids, q,
                                  tmp_path / f"o{ga}", cfg)
         items = [tr.train_dataset[i] for i in range(8)]
         batches = [tr.data_collator(items[j:j + bs]) for j in range(0, 8, bs)]
@@ -212,17 +215,17 @@ def test_distillation_refuses_a_store_of_other_tokens(tiny, tmp_path) -> None:
     s, q = _store_and_targets(teacher, tok, examples[:6], tmp_path / "s")
     student, _ = make_model(examples, seed=1)
     cfg = TrainConfig(loss_on="response", batch_size=4, epochs=1)
-    wrong = s.token_ids.copy()
+    wrong = s.gold_ids.copy()
     wrong[3] += 1
     with pytest.raises(FirstError, match="differ from its response tokens"):
         distill_tokens(student, tok, examples[:6], s.example_ids, wrong, s.ids, q,
                        tmp_path / "o", cfg)
     with pytest.raises(FirstError, match="no stored rows"):
-        distill_tokens(student, tok, examples[:7], s.example_ids, s.token_ids, s.ids, q,
+        distill_tokens(student, tok, examples[:7], s.example_ids, s.gold_ids, s.ids, q,
                        tmp_path / "o", cfg)
     short = TrainConfig(loss_on="response", batch_size=4, epochs=1, max_length=16)
     with pytest.raises(FirstError, match="response tokens but"):
-        distill_tokens(student, tok, examples[:6], s.example_ids, s.token_ids, s.ids, q,
+        distill_tokens(student, tok, examples[:6], s.example_ids, s.gold_ids, s.ids, q,
                        tmp_path / "o", short)
 
 
@@ -238,7 +241,7 @@ def test_a_bad_token_manifest_is_one_clear_error(tmp_path, content, match) -> No
     if content is not None:
         (tmp_path / "manifest.json").write_text(content, encoding="utf-8")
     with pytest.raises(FirstError, match=match) as err:
-        read_token_manifest(tmp_path)
+        read_manifest(tmp_path, TOKENS)
     assert str(tmp_path / "manifest.json") in str(err.value)
 
 
@@ -287,13 +290,13 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
         ex = load_instruct(work / rec("data")["instruct_files"][split], "auto",
                            instruct_template(cfg))
         enc = encode_responses(tok, ex, cfg.teacher_train.max_length)
-        store = load_token_topk(run / "topk" / split)
-        assert store.manifest.n_tokens == enc.n_tokens() > len(ex)
+        store = load_topk(run / "topk" / split, layout=TOKENS)
+        assert store.manifest.n_positions == enc.n_tokens() > len(ex)
         keys = pd.MultiIndex.from_arrays([store.example_ids, store.positions])
         want = pd.MultiIndex.from_tuples([(e.id, p) for i, e in enumerate(ex)
                                           for p in range(enc.n_response(i))])
         assert keys.equals(want)
-    n_train = read_token_manifest(run / "topk" / "train").n_tokens
+    n_train = read_manifest(run / "topk" / "train", TOKENS).n_positions
     # the students were distilled over all of them, and their weights moved
     from safetensors.torch import load_file
     init = load_file(run / "models" / "student_init" / "model.safetensors")
@@ -301,7 +304,8 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
         assert rec(m)["n_train_tokens"] == n_train
         trained = load_file(run / "models" / m / "final" / "model.safetensors")
         assert any(not torch.equal(init[k], trained[k]) for k in init)
-    assert rec("calibrate")["n_val_tokens"] == read_token_manifest(run / "topk" / "val").n_tokens
+    n_val = read_manifest(run / "topk" / "val", TOKENS).n_positions
+    assert rec("calibrate")["n_val_tokens"] == n_val
     # first_ts evaluated on the multiple-choice OOD split, token metrics on val / test
     con = duckdb.connect(str(work / "first.duckdb"), read_only=True)
     preds = con.execute("SELECT split, count(*) FROM predictions WHERE run_id = "
@@ -334,7 +338,7 @@ def test_views_of_a_per_token_store(tiny, tmp_path) -> None:
     _, examples, model, tok = tiny
     extract_token_topk(model, tok, examples, tmp_path / "s", k=3, coverage_k=3, shard_size=25,
                        batch_size=5, max_length=64)
-    s = load_token_topk(tmp_path / "s")
+    s = load_topk(tmp_path / "s", layout=TOKENS)
     by_pos = token_coverage_by_position(tmp_path / "s")
     frame = pd.DataFrame({"position": s.positions, "top1": s.probs[:, 0],
                           "topk": s.probs.sum(1)}).groupby("position")

@@ -16,8 +16,10 @@ from first_core.inference.forward import (PromptIds, answer_top, batch_order, in
                                           model_device, to_host)
 from first_core.evaluation.instruct_eval import token_confidences
 from first_core.models.loading import encode_examples
-from first_core.knowledge.topk import extract_topk, load_topk
-from first_core.knowledge.topk_tokens import extract_token_topk, iter_token_batches, load_token_topk
+from first_core.knowledge.answer_topk import extract_topk
+from first_core.knowledge.manifest import TOKENS
+from first_core.knowledge.reader import load_topk
+from first_core.knowledge.token_topk import extract_token_topk, iter_token_batches
 from helpers import tiny_instruct, tiny_lm
 
 torch.set_num_threads(1)
@@ -233,12 +235,12 @@ def test_token_device_path_equals_the_kernel_path(instruct, tmp_path, kernel_cal
         extract_token_topk(model, tokenizer, examples, tmp_path / str(on_device), k=5,
                            coverage_k=100, shard_size=50, batch_size=4, max_length=96,
                            on_device=on_device)
-        stores[on_device] = load_token_topk(tmp_path / str(on_device))
+        stores[on_device] = load_topk(tmp_path / str(on_device), layout=TOKENS)
         assert bool(kernel_calls) != on_device
     a, b = stores[True], stores[False]
     assert a.example_ids.tolist() == b.example_ids.tolist()
     np.testing.assert_array_equal(a.positions, b.positions)
-    np.testing.assert_array_equal(a.token_ids, b.token_ids)
+    np.testing.assert_array_equal(a.gold_ids, b.gold_ids)
     np.testing.assert_array_equal(a.ids, b.ids)
     _close_probs(a.probs, b.probs)
     confs = {d: token_confidences(model, tokenizer, examples, 4, 96, on_device=d)
@@ -272,7 +274,7 @@ def test_token_windows_run_on_a_background_thread_off_the_cpu(instruct, monkeypa
     one: forced here on the CPU, the same rows in the same order."""
     import threading
 
-    from first_core.knowledge import topk_tokens
+    from first_core.knowledge import token_topk
 
     model, tokenizer, examples = instruct
 
@@ -292,7 +294,7 @@ def test_token_windows_run_on_a_background_thread_off_the_cpu(instruct, monkeypa
             return fn(item)
         return real(traced, items, True)
 
-    monkeypatch.setattr(topk_tokens, "prefetched", forced)
+    monkeypatch.setattr(token_topk, "prefetched", forced)
     background = run()
     assert len(threads) == len(inline) == 2  # 21 examples, windows of 16
     assert all(t.startswith("first-prefetch") for t in threads)
@@ -316,9 +318,10 @@ def _imports(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["inference.forward", "inference.logit_reduce",
-                                    "knowledge.topk", "knowledge.extraction",
-                                    "knowledge.topk_tokens", "evaluation.evaluate",
-                                    "evaluation.instruct_eval"])
+                                    "knowledge.answer_topk", "knowledge.extraction",
+                                    "knowledge.token_topk", "knowledge.manifest",
+                                    "knowledge.coverage", "knowledge.shards", "knowledge.reader",
+                                    "evaluation.evaluate", "evaluation.instruct_eval"])
 def test_the_topk_modules_are_on_no_import_cycle(module):
     seen, todo = set(), list(_imports(module))
     while todo:
@@ -327,4 +330,4 @@ def test_the_topk_modules_are_on_no_import_cycle(module):
             seen.add(m)
             todo += _imports(m)
     assert module not in seen, f"{module} imports itself through {sorted(seen)}"
-    assert "knowledge.topk" not in _imports("knowledge.extraction")
+    assert not {"knowledge.answer_topk", "knowledge.token_topk"} & _imports("knowledge.extraction")

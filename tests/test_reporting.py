@@ -112,7 +112,9 @@ def test_every_trainer_reports_where_asked(mc, instruct, tmp_path: Path, report_
     from first_core.training.distill_tokens import distill_tokens
     from first_core.training.sft import finetune
     from first_core.training.response_tokens import finetune_responses
-    from first_core.knowledge.topk_tokens import extract_token_topk, load_token_topk
+    from first_core.knowledge.manifest import TOKENS
+    from first_core.knowledge.reader import load_topk
+    from first_core.knowledge.token_topk import extract_token_topk
 
     examples, path, tok = mc
     cfg = TrainConfig(report_to=report_to, **CFG)
@@ -128,10 +130,10 @@ def test_every_trainer_reports_where_asked(mc, instruct, tmp_path: Path, report_
                                               tmp_path / "rsft", icfg).parent
     extract_token_topk(teacher, itok, inst, tmp_path / "store", k=4, coverage_k=8,
                        max_length=64)
-    s = load_token_topk(tmp_path / "store")
+    s = load_topk(tmp_path / "store", layout=TOKENS)
     q = s.probs / s.probs.sum(axis=1, keepdims=True)
     outs["token_distill"] = distill_tokens(make_model(inst, seed=2)[0], itok, inst,
-                                           s.example_ids, s.token_ids, s.ids, q,
+                                           s.example_ids, s.gold_ids, s.ids, q,
                                            tmp_path / "tdistill", icfg).parent
     for name, out in outs.items():
         assert bool(events(out)) == (report_to == "tensorboard"), name

@@ -11,6 +11,9 @@ command (same seed) in another folder:
 
 The kill points come from `helpers/paused_cli.py`, which parks the real CLI at an exact
 point (timing alone would race a stage that lasts a fraction of a second).
+
+The top-k stage of both settings also resumes per split (a split whose finished store
+matches is kept), checked on the stage itself.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from first_core.knowledge.topk import load_topk
+from first_core.knowledge.reader import load_topk
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSED_CLI = ROOT / "tests" / "helpers" / "paused_cli.py"
@@ -208,3 +211,47 @@ def test_redone_topk_store_equals_the_uninterrupted_one(history, baseline) -> No
     np.testing.assert_array_equal(got.ids, want.ids)
     np.testing.assert_allclose(got.probs, want.probs, rtol=0, atol=TOL)
     assert got.manifest.coverage == want.manifest.coverage
+
+
+# ------------------------------------------------------------------ resume per split
+
+@pytest.mark.parametrize("config", ["tiny.toml", "instruct-tiny.toml"])
+def test_topk_keeps_each_split_whose_finished_store_matches(config: str, tmp_path: Path) -> None:
+    """Both settings' topk stage resume per split (issue 28): rerun after a kill that came
+    between two splits, it keeps each split whose finished store matches this run (config,
+    k, examples), redoes the others, and records what an uninterrupted stage records; a
+    store made under another config is redone."""
+    import shutil
+
+    from first_core.config.settings import load_config
+    from first_core.knowledge.manifest import read_manifest
+    from first_core.pipeline.runner import stages
+    from first_core.pipeline.stage_base import Context, write_json_atomic
+
+    sets = [f"runs_dir='{tmp_path / 'runs'}'", f"data.dir='{tmp_path / 'data'}'",
+            f"instruct.dir='{tmp_path / 'instruct'}'", "teacher_train.epochs=0"]
+    cfg = load_config(ROOT / "configs" / config, sets)
+    ctx = Context(cfg, cfg.run_dir)
+    by_name = {st.name: st.fn for st in stages(cfg)}
+    for name in ("data", "models"):  # the teacher is used as given: no training needed
+        write_json_atomic(ctx.path("stages", f"{name}.json"), by_name[name](ctx))
+    splits = ("train", "val", "test")
+
+    def stores() -> dict[str, int]:  # a redone store is a new folder with a new manifest
+        return {s: (ctx.path("topk", s) / "manifest.json").stat().st_ino for s in splits}
+
+    first = by_name["topk"](ctx)
+    before = stores()
+    shutil.rmtree(ctx.path("topk", "val"))  # killed while val was being extracted
+    again = by_name["topk"](ctx)
+    after = stores()
+    assert (after["train"], after["test"]) == (before["train"], before["test"])
+    assert again["dirs"] == first["dirs"]
+    if cfg.data.kind == "instruct":
+        assert (first["kept"], again["kept"]) == ([], ["train", "test"])
+    else:  # the multiple-choice record is what it always was
+        assert set(first) == set(again) == {"dirs"}
+
+    other = Context(load_config(ROOT / "configs" / config, [*sets, "topk.k=4"]), cfg.run_dir)
+    by_name["topk"](other)
+    assert all(read_manifest(ctx.path("topk", s)).k == 4 for s in splits)

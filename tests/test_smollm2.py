@@ -17,7 +17,10 @@ import pytest
 import torch
 
 from first_core.calibration import transforms as calibrate
-from first_core.knowledge import topk
+from first_core.knowledge import shards
+from first_core.knowledge.answer_topk import extract_topk
+from first_core.knowledge.coverage import coverage_table
+from first_core.knowledge.reader import fit_rounding, load_topk
 from first_core.config.settings import TrainConfig
 from first_core.data.examples import format_prompt, load_examples
 from first_core.training.distill import distill, teacher_targets
@@ -162,9 +165,9 @@ def test_topk_and_evaluation_on_real_commonsenseqa(teacher, shared_csqa, tmp_pat
     letters = answer_token_ids(tok, list("ABCDE"))
     assert tok.convert_ids_to_tokens(letters) == ["ĠA", "ĠB", "ĠC", "ĠD", "ĠE"]
 
-    manifest = topk.extract_topk(model, tok, examples, tmp_path / "topk", k=5, coverage_k=100,
-                                 batch_size=16, progress=False)
-    store = topk.load_topk(tmp_path / "topk", expect_vocab_size=VOCAB)
+    manifest = extract_topk(model, tok, examples, tmp_path / "topk", k=5, coverage_k=100,
+                            batch_size=16, progress=False)
+    store = load_topk(tmp_path / "topk", expect_vocab_size=VOCAB)
     ref = full_softmax(model, tok, examples)
     ref_p, ref_i = ref.topk(100, dim=-1)
     np.testing.assert_allclose(store.probs, ref_p[:, :5].numpy(), rtol=1e-4, atol=1e-6)
@@ -175,7 +178,7 @@ def test_topk_and_evaluation_on_real_commonsenseqa(teacher, shared_csqa, tmp_pat
     np.testing.assert_array_equal(store.gold_rank,
                                   np.where(hit.any(1), hit.int().argmax(1), -1))
     # coverage statistics are the real ones: the mean top-K mass over the 50 items
-    cover = topk.coverage_table(manifest)
+    cover = coverage_table(manifest)
     np.testing.assert_allclose(cover["mean"].to_numpy(),
                                ref_p.cumsum(-1).mean(0).numpy(), rtol=1e-3, atol=1e-4)
     assert cover["vocab_size"].iloc[0] == VOCAB
@@ -213,9 +216,9 @@ def test_short_first_ts_distillation_into_the_subset(built, teacher, task_exampl
     _, _, student_dir = built
     model, tok = teacher
     examples = task_examples
-    topk.extract_topk(model, tok, examples, tmp_path / "topk", k=5, coverage_k=5,
-                      dtype="float16", batch_size=16, progress=False)
-    store = topk.load_topk(tmp_path / "topk", expect_vocab_size=VOCAB)
+    extract_topk(model, tok, examples, tmp_path / "topk", k=5, coverage_k=5,
+                 dtype="float16", batch_size=16, progress=False)
+    store = load_topk(tmp_path / "topk", expect_vocab_size=VOCAB)
     targets = teacher_targets(store.probs, "first", c=0.3)
 
     student, _ = load_model(student_dir, device="cpu")
@@ -249,25 +252,25 @@ def test_float16_store_from_a_confident_teacher_calibrates(teacher, task_example
         with torch.no_grad():
             norm.mul_(5.0)
         exact = full_softmax(model, tok, examples).topk(5, dim=-1).values.numpy()
-        topk.extract_topk(model, tok, examples, tmp_path / "new", k=5, coverage_k=5,
-                          dtype="float16", batch_size=12, progress=False)
+        extract_topk(model, tok, examples, tmp_path / "new", k=5, coverage_k=5,
+                     dtype="float16", batch_size=12, progress=False)
         with monkeypatch.context() as m:  # a store from before round_down: to nearest
-            m.setattr(topk, "round_down", lambda values, np_type: values.astype(np_type))
-            topk.extract_topk(model, tok, examples, tmp_path / "old", k=5, coverage_k=5,
-                              dtype="float16", batch_size=12, progress=False)
+            m.setattr(shards, "round_down", lambda values, np_type: values.astype(np_type))
+            extract_topk(model, tok, examples, tmp_path / "old", k=5, coverage_k=5,
+                         dtype="float16", batch_size=12, progress=False)
     finally:
         with torch.no_grad():
             norm.copy_(saved)
     nearest = exact.astype(np.float16).astype(np.float64)
     assert (nearest.sum(1) > 1).any()  # the case this test is about does occur
     for name in ("new", "old"):
-        store = topk.load_topk(tmp_path / name)
+        store = load_topk(tmp_path / name)
         sums = store.probs.sum(1)
         assert (sums <= 1 + 1e-12).all(), name
         np.testing.assert_allclose(store.probs, exact, atol=2.0 ** -10)
         result = calibrate.search_temperature(store.probs, store.gold_rank)
         assert np.isfinite(result.ece).all() and result.best > 0
-    new = topk.load_topk(tmp_path / "new").probs
+    new = load_topk(tmp_path / "new").probs
     assert (new <= exact + 1e-6).all()  # rounded toward zero, never up
 
 
@@ -275,12 +278,12 @@ def test_float16_rows_far_above_one_are_refused(tmp_path):
     """Only float16 rounding is forgiven: a row summing to 1.01 means a corrupt store."""
     f16 = types.SimpleNamespace(dtype="float16")
     rows = np.array([[0.9998, 0.00025, 0.0, 0.0, 0.0], [0.5, 0.2, 0.1, 0.0, 0.0]])
-    fixed = topk._fit_rounding(rows.astype(np.float16).astype(np.float64), f16, tmp_path)
+    fixed = fit_rounding(rows.astype(np.float16).astype(np.float64), f16, tmp_path)
     assert fixed[0].sum() == pytest.approx(1.0) and fixed[1].sum() == pytest.approx(0.8, abs=1e-3)
     with pytest.raises(StoreError, match="more than float16 rounding"):
-        topk._fit_rounding(np.array([[0.9, 0.11, 0.0]]), f16, tmp_path)
+        fit_rounding(np.array([[0.9, 0.11, 0.0]]), f16, tmp_path)
     f32 = types.SimpleNamespace(dtype="float32")
-    assert topk._fit_rounding(np.array([[0.9, 0.11]]), f32, tmp_path)[0].sum() == \
+    assert fit_rounding(np.array([[0.9, 0.11]]), f32, tmp_path)[0].sum() == \
         pytest.approx(1.01)  # float32 stores are left to the callers' checks
 
 

@@ -16,9 +16,10 @@ import torch
 from first_core.store.schema import TABLES
 from first_core.errors import ConfigError, StoreError
 from first_core.models.loading import answer_token_ids, encode_examples
-from first_core.knowledge.topk import (COVERAGE_BINS, MANIFEST, SCHEMA_VERSION, CoverageAccumulator,
-                                       coverage_table, examples_hash, extract_topk, load_topk,
-                                       read_manifest)
+from first_core.knowledge.answer_topk import examples_hash, extract_topk
+from first_core.knowledge.coverage import COVERAGE_BINS, CoverageAccumulator, coverage_table
+from first_core.knowledge.manifest import MANIFEST, SCHEMA_VERSION, read_manifest
+from first_core.knowledge.reader import load_topk
 from helpers.tiny_lm import forbid_full_softmax, load_saved, make_examples, make_model, save_model
 
 torch.set_num_threads(1)
@@ -305,16 +306,17 @@ def test_extraction_forms_no_full_softmax(setup, built, tmp_path, monkeypatch):
 def test_both_stores_round_stored_probabilities_down(dtype):
     """A confident teacher's 0.99985 is float16 1.0 to nearest (the row would sum above 1);
     both stores' shard tables round toward zero instead, so no stored row exceeds its source."""
-    from first_core.knowledge import topk, topk_tokens
+    from first_core.knowledge.manifest import ANSWER, TOKENS
+    from first_core.knowledge.shards import shard_table
 
     probs = np.array([[0.99985, 1.2e-4, 2.9e-5], [0.5, 0.25, 0.125]])
     assert np.float16(0.99985) == 1.0
     ids = np.array([[5, 6, 7], [1, 2, 3]])
     common = dict(example_id=np.array(["a", "b"], dtype=object), topk_ids=ids, topk_probs=probs,
                   gold_rank_in_topk=np.array([0, -1]))
-    tables = [topk._answer_table({**common, "gold_token_id": np.array([5, 9])}, dtype),
-              topk_tokens._token_table({**common, "token_id": np.array([5, 9]),
-                                        "position": np.array([0, 1])}, dtype)]
+    tables = [shard_table({**common, "target": np.array([5, 9])}, ANSWER, dtype),
+              shard_table({**common, "target": np.array([5, 9]), "position": np.array([0, 1])},
+                          TOKENS, dtype)]
     for table in tables:
         stored = np.array(table.column("topk_probs").to_pylist(), dtype=np.float64)
         assert (stored <= probs).all() and (stored.sum(axis=1) <= 1.0).all()

@@ -601,7 +601,7 @@ def test_instruct_run_dir_is_the_pipelines_run_dir(seeds, want):
 
 @pytest.fixture(scope="module")
 def token_store(tmp_path_factory):
-    from first_core.knowledge.topk_tokens import extract_token_topk
+    from first_core.knowledge.token_topk import extract_token_topk
     from helpers.tiny_instruct import make_examples, make_model
     folder = tmp_path_factory.mktemp("tokens")
     examples = make_examples(folder, n=12)
@@ -612,9 +612,10 @@ def token_store(tmp_path_factory):
 
 
 def test_token_example_ids_are_the_stores_examples_in_order(token_store):
-    from first_core.knowledge.topk_tokens import load_token_topk
+    from first_core.knowledge.manifest import TOKENS
+    from first_core.knowledge.reader import load_topk
     path, examples, _ = token_store
-    assert len(load_token_topk(path).manifest.shards) > 1  # examples cross shard borders
+    assert len(load_topk(path, layout=TOKENS).manifest.shards) > 1  # examples cross shard borders
     assert token_views.token_example_ids(path) == [e.id for e in examples]
 
 

@@ -107,7 +107,7 @@ def token_logits(model: torch.nn.Module, tokenizer, examples: Sequence, batch_si
                  max_length: int, budget: int = FIT_BYTES) -> HeldLogits:
     """The full-vocabulary logits at every response token of instruction `examples`, gold =
     the response token (the same teacher-forced forward as extraction and evaluation)."""
-    from ..knowledge.topk_tokens import iter_token_batches
+    from ..knowledge.token_topk import iter_token_batches
     held = HeldLogits(budget)
 
     def reduce(logits: torch.Tensor, targets: torch.Tensor):

@@ -22,7 +22,7 @@ from .evaluate import confidence_metrics, divide_logits, metric_rows
 from ..inference.forward import on_device_default
 from ..data.instruct_data import InstructExample
 from ..inference.logit_reduce import top_logits
-from ..knowledge.topk_tokens import iter_token_batches
+from ..knowledge.token_topk import iter_token_batches
 
 
 def token_confidences(model: torch.nn.Module, tokenizer, examples: Sequence[InstructExample],

@@ -11,7 +11,7 @@ multiple-choice pipeline; `runner.setting_for` picks `INSTRUCTION`):
   multiple-choice training text (vocabulary only: the stand-in for a pretrained tokenizer,
   which covers both); no model ever trains on multiple-choice text.
 - teacher_ft, student_ft: SFT on the response tokens (`response_tokens.finetune_responses`).
-- topk: top-k at every response token of train / val / test (`topk_tokens`); a split whose
+- topk: top-k at every response token of train / val / test (`token_topk`); a split whose
   finished store matches is kept (resume after a kill).
 - calibrate: c and delta by ECE over **every response token of the instruction validation
   split**: that is the distribution the students are trained on (the targets are transformed
@@ -121,8 +121,8 @@ def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:
-    from ..knowledge.topk_tokens import (extract_token_topk, instruct_examples_hash,
-                                         token_store_matches)
+    from ..knowledge.manifest import TOKENS, store_matches
+    from ..knowledge.token_topk import extract_token_topk, instruct_examples_hash
     t = ctx.cfg.topk
     info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
             "config_hash": ctx.cfg.hash()}
@@ -132,8 +132,8 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
         examples = instruct_examples(ctx)[split]
         folder = ctx.path("topk", split)
         out[split] = str(folder)
-        if token_store_matches(folder, config_hash=info["config_hash"], k=t.k,
-                               examples_hash=instruct_examples_hash(examples)):
+        if store_matches(folder, layout=TOKENS, config_hash=info["config_hash"], k=t.k,
+                         examples_hash=instruct_examples_hash(examples)):
             kept.append(split)  # finished before a kill: resume after it
             continue
         if model is None:
@@ -146,10 +146,11 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
 
 
 def load_split_topk(ctx: Context, split: str):
-    from ..knowledge.topk_tokens import load_token_topk
-    return load_token_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
-                           expect_dataset_hash=ctx.record("data")["dataset_hash"],
-                           expect_teacher=ctx.cfg.model.teacher)
+    from ..knowledge.manifest import TOKENS
+    from ..knowledge.reader import load_topk
+    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
+                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
+                     expect_teacher=ctx.cfg.model.teacher, layout=TOKENS)
 
 
 def stage_calibrate(ctx: Context) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     model, tok = load_for(ctx, ctx.init_path("student"))
     d = ctx.cfg.distill
     out = distill_tokens(model, tok, instruct_examples(ctx)["train"], topk.example_ids,
-                         topk.token_ids, topk.ids, targets, ctx.path("models", method),
+                         topk.gold_ids, topk.ids, targets, ctx.path("models", method),
                          ctx.cfg.student_train, student_side=d.student_side,
                          ce_weight=d.ce_weight, seed=ctx.cfg.seed)
     return {"model": str(out), "mode": mode, "c": c, "delta": delta,
@@ -229,7 +230,8 @@ def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | N
 def stage_store(ctx: Context) -> dict[str, Any]:
     """As in the MC setting (`stage_base.write_store`, one transaction), with the coverage over
     all response tokens of train and the multiple-choice OOD examples."""
-    from ..knowledge.topk_tokens import read_token_manifest, token_coverage_table
+    from ..knowledge.coverage import coverage_table
+    from ..knowledge.manifest import TOKENS, read_manifest
     dataset = ctx.record("data")["dataset_hash"]
     mc = ctx.examples[ctx.cfg.instruct.mc_split]
     examples = pd.DataFrame([{
@@ -237,7 +239,7 @@ def stage_store(ctx: Context) -> dict[str, Any]:
         "question": ex.question, "context": ex.context, "labels": list(ex.labels),
         "choices": list(ex.choices), "answer": ex.answer} for ex in mc])
     return write_store(
-        ctx, lambda: token_coverage_table(read_token_manifest(ctx.path("topk", "train"))),
+        ctx, lambda: coverage_table(read_manifest(ctx.path("topk", "train"), TOKENS)),
         examples)
 
 

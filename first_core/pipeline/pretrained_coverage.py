@@ -80,12 +80,8 @@ def _hash(cfg: dict[str, Any]) -> str:
 
 def _reusable(folder: Path, config_hash: str) -> bool:
     """A finished top-k store of exactly this config is already there."""
-    from ..errors import StoreError
-    from ..knowledge.topk import read_manifest
-    try:
-        return read_manifest(folder).config_hash == config_hash
-    except StoreError:
-        return False
+    from ..knowledge.manifest import store_matches
+    return store_matches(folder, config_hash=config_hash)
 
 
 def run_pretrained_coverage(demo: RunConfig, spec: str = MODEL, n_prompts: int | None = None,
@@ -143,7 +139,7 @@ def _extract(spec: str, examples: list[data.Example], run_dir: Path, out: Path,
     import time
 
     from ..models.loading import build_model, load_model
-    from ..knowledge.topk import extract_topk
+    from ..knowledge.answer_topk import extract_topk
 
     t0 = time.perf_counter()
     echo(f"[{cfg['name']}] a real vocabulary: {spec}, pretrained, zero-shot, on the first "
@@ -160,7 +156,8 @@ def _extract(spec: str, examples: list[data.Example], run_dir: Path, out: Path,
 
 def _store(demo: RunConfig, cfg: dict[str, Any], out: Path,
            echo: Callable[[str], None]) -> None:
-    from ..knowledge.topk import coverage_table, read_manifest
+    from ..knowledge.coverage import coverage_table
+    from ..knowledge.manifest import read_manifest
     manifest = read_manifest(out)
     path = write_pretrained_coverage(
         demo.store, pipeline=cfg["name"],

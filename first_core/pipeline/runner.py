@@ -77,29 +77,39 @@ def _diverged_names(section: str) -> Iterator[None]:
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:
-    """Concentrated knowledge: the fine-tuned teacher's top-k on train (and val/test for c)."""
-    from ..knowledge.topk import extract_topk
-    model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
+    """Concentrated knowledge: the fine-tuned teacher's top-k on train (and val/test for c).
+    A split whose finished store matches is kept (resume after a kill), as in the
+    instruction setting (`manifest.store_matches`)."""
+    from ..knowledge.answer_topk import examples_hash, extract_topk
+    from ..knowledge.manifest import ANSWER, store_matches
     t = ctx.cfg.topk
     info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
             "config_hash": ctx.cfg.hash()}
+    model = tok = None
     out = {}
     for split in ("train", "val", "test"):
-        extract_topk(model, tok, ctx.examples[split], ctx.path("topk", split),
+        examples, folder = ctx.examples[split], ctx.path("topk", split)
+        out[split] = str(folder)
+        if store_matches(folder, layout=ANSWER, config_hash=info["config_hash"], k=t.k,
+                         examples_hash=examples_hash(examples)):
+            continue  # finished before a kill: resume after it
+        if model is None:
+            model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
+        extract_topk(model, tok, examples, folder,
                      k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
                      shard_size=t.shard_size, batch_size=t.batch_size,
                      max_length=ctx.cfg.teacher_train.max_length,
                      manifest_info={**info, "split": split})
-        out[split] = str(ctx.path("topk", split))
     return {"dirs": out}
 
 
 def _load_topk(ctx: Context, split: str):
     """The stored top-k, refused unless it came from this run's teacher, data and vocabulary."""
-    from ..knowledge.topk import load_topk
+    from ..knowledge.manifest import ANSWER
+    from ..knowledge.reader import load_topk
     return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
                      expect_dataset_hash=ctx.record("data")["dataset_hash"],
-                     expect_teacher=ctx.cfg.model.teacher)
+                     expect_teacher=ctx.cfg.model.teacher, layout=ANSWER)
 
 
 def stage_calibrate(ctx: Context) -> dict[str, Any]:
@@ -172,8 +182,9 @@ def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | N
 def stage_store(ctx: Context) -> dict[str, Any]:
     """Write every table of this pipeline to DuckDB in one transaction (`write_store`)."""
     def coverage() -> pd.DataFrame:
-        from ..knowledge.topk import coverage_table, read_manifest
-        return coverage_table(read_manifest(ctx.path("topk", "train")))
+        from ..knowledge.coverage import coverage_table
+        from ..knowledge.manifest import ANSWER, read_manifest
+        return coverage_table(read_manifest(ctx.path("topk", "train"), ANSWER))
 
     return write_store(ctx, coverage, examples_frame(ctx))
 

@@ -2,7 +2,7 @@
 
 The instruction setting's `distill.distill`. The student is run teacher-forced over
 `prompt + response + eos` (`response_tokens`); at each of the batch's N response tokens its
-logits form one row of `[N, V]`, the stored teacher rows `[N, k]` (`topk_tokens`) are looked
+logits form one row of `[N, V]`, the stored teacher rows `[N, k]` (`token_topk`) are looked
 up in the same row-major order, and the loss is `distill.topk_kl_loss` on those rows (so the
 per-token loss is exactly the single-position FIRST loss, `student_side` and `ce_weight`
 included; the loss mask is "response tokens only").

@@ -27,10 +27,11 @@ def token_coverage_by_position(store_dir: str | os.PathLike[str],
     """
     import pyarrow.compute as pc
 
-    from ..knowledge.topk_tokens import iter_token_shards
+    from ..knowledge.manifest import TOKENS
+    from ..knowledge.reader import iter_shards
 
     counts = top1 = topk = np.zeros(0)
-    for table in iter_token_shards(store_dir, columns=["position", "topk_probs"]):
+    for table in iter_shards(store_dir, columns=["position", "topk_probs"], layout=TOKENS):
         pos = table.column("position").to_numpy().astype(np.int64)
         if max_position is not None:
             pos = np.minimum(pos, max_position)  # the last bin gathers the long tail
@@ -57,10 +58,10 @@ def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float
     import pyarrow.parquet as pq
 
     from ..calibration.transforms import temperature_scale
-    from ..knowledge.topk_tokens import read_token_manifest
+    from ..knowledge.manifest import TOKENS, read_manifest
 
     check_temperature(c)
-    m = read_token_manifest(store_dir)
+    m = read_manifest(store_dir, TOKENS)
     parts = [pq.read_table(os.path.join(store_dir, s["file"]),
                            filters=[("example_id", "==", example_id)]) for s in m.shards]
     table = pa.concat_tables(parts)
@@ -138,7 +139,7 @@ def _inside(path: Path, folder: Path, what: str) -> Path:
 
 def _checked_store(folder: Path, root: Path) -> Path:
     """A per-token store inside the run folder whose manifest lists only files inside it."""
-    from ..knowledge.topk import manifest_json
+    from ..knowledge.manifest import manifest_json
 
     if not folder.is_dir():
         raise FileNotFoundError(2, "no per-token top-k store", str(folder))
@@ -210,10 +211,11 @@ def _own_run_folder(config_json: str | Mapping[str, object] | None,
 
 def token_example_ids(store_dir: str | os.PathLike[str]) -> list[str]:
     """The examples of a per-token store, in store order (the per-token view's picker)."""
-    from ..knowledge.topk_tokens import iter_token_shards
+    from ..knowledge.manifest import TOKENS
+    from ..knowledge.reader import iter_shards
 
     seen: dict[str, None] = {}
-    for table in iter_token_shards(store_dir, columns=["example_id"]):
+    for table in iter_shards(store_dir, columns=["example_id"], layout=TOKENS):
         seen.update(dict.fromkeys(table.column("example_id").unique().to_pylist()))
     return list(seen)
 

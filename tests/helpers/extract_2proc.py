@@ -15,7 +15,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from first_core.knowledge.topk import extract_topk  # noqa: E402
+from first_core.knowledge.answer_topk import extract_topk  # noqa: E402
 from helpers.tiny_lm import load_saved, make_examples  # noqa: E402
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from first_core.knowledge.topk_tokens import extract_token_topk  # noqa: E402
+from first_core.knowledge.token_topk import extract_token_topk  # noqa: E402
 from helpers.tiny_instruct import load_saved, make_examples  # noqa: E402
 
 if __name__ == "__main__":

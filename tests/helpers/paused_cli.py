@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from first_core import __main__ as cli
 from first_core.training import sft as finetune
-from first_core.knowledge import topk
+from first_core.knowledge import shards
 
 
 def _park() -> None:
@@ -32,14 +32,14 @@ def _park() -> None:
 
 
 def _pause_in_topk() -> None:
-    original = topk.ShardWriter._write
+    original = shards.ShardWriter._write
 
-    def write(self: topk.ShardWriter, n: int) -> None:
+    def write(self: shards.ShardWriter, n: int) -> None:
         original(self, n)
         if self.folder.name == ".train.partial":
             _park()
 
-    topk.ShardWriter._write = write
+    shards.ShardWriter._write = write
 
 
 class _ParkAfterSave(TrainerCallback):
