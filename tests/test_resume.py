@@ -223,7 +223,7 @@ def test_topk_keeps_each_split_whose_finished_store_matches(config: str, tmp_pat
     store made under another config is redone."""
     import shutil
 
-    from first_core.config.settings import load_config
+    from first_core.config.loading import load_config
     from first_core.knowledge.manifest import read_manifest
     from first_core.pipeline.runner import stages
     from first_core.pipeline.stage_base import Context, write_json_atomic
