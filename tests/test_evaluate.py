@@ -12,7 +12,7 @@ from first_core.metrics import scores as metrics, selective as selective_metrics
 from first_core.store import db as store
 from first_core.errors import ConfigError
 from first_core.evaluation.evaluate import compute_metrics, predict
-from first_core.models.loading import answer_token_ids, encode_examples
+from first_core.models.encoding import answer_token_ids, encode_examples
 from helpers.tiny_lm import forbid_full_softmax, make_examples, make_model
 
 torch.set_num_threads(1)

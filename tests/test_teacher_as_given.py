@@ -21,7 +21,8 @@ from first_core.data import examples as data
 from first_core.store import db as store
 from first_core.config.settings import load_config
 from first_core.evaluation.evaluate import predict
-from first_core.models.loading import build_preset, load_model
+from first_core.models.loading import load_model
+from first_core.models.presets import build_preset
 from first_core.pipeline.stage_base import Context, teacher_as_given
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch
 
 from first_core.store import db as store
 from first_core.errors import ConfigError, StoreError
-from first_core.models.loading import answer_token_ids, encode_examples
+from first_core.models.encoding import answer_token_ids, encode_examples
 from first_core.knowledge.topk import (COVERAGE_BINS, MANIFEST, SCHEMA_VERSION, CoverageAccumulator,
                                        coverage_table, examples_hash, extract_topk, load_topk,
                                        read_manifest)

@@ -50,7 +50,8 @@ from ..data import examples as data
 from ..errors import StoreError
 from ..inference.forward import PromptIds, answer_top, vocab_size
 from ..metrics.scores import topk_labels
-from ..models.loading import MAX_POSITIONS, label_token_ids
+from ..models.encoding import label_token_ids
+from ..models.presets import MAX_POSITIONS
 from .extraction import DTYPES, check_extraction, start_partial
 
 SCHEMA_VERSION = 1

@@ -2,10 +2,10 @@
 
 The instruction setting's counterpart of `topk.extract_topk` (one answer position per
 example): the teacher is run teacher-forced over `prompt + response + eos`
-(`response_tokens`), and at every response token the top-k ids (int32) and their *raw*
-full-vocabulary softmax probabilities (float16 / float32, not renormalised) are written as
-Parquet shards plus `manifest.json`, with the top-`coverage_k` coverage statistics over all
-response tokens (`topk.CoverageAccumulator`, fixed size).
+(`models.encoding.encode_responses`), and at every response token the top-k ids (int32) and
+their *raw* full-vocabulary softmax probabilities (float16 / float32, not renormalised) are
+written as Parquet shards plus `manifest.json`, with the top-`coverage_k` coverage statistics
+over all response tokens (`topk.CoverageAccumulator`, fixed size).
 
 **Long format**, one row per response token (why, in docs/DESIGN.md): columns `example_id`
 (string), `position` (int32, 0-based index of the token within the response), `token_id`
@@ -51,8 +51,8 @@ from ..inference.forward import (SORT_WINDOW, batch_order, in_order_index, model
 from ..data.instruct_data import InstructExample
 from ..inference.logit_reduce import top_logits
 from ..metrics.scores import topk_labels
-from ..training.response_tokens import (ResponseCollator, encode_responses, logits_mode,
-                                        response_logits)
+from ..models.encoding import encode_responses
+from ..training.targets import TargetCollator, logits_mode, target_logits
 from .topk import (MANIFEST, CoverageAccumulator, ShardWriter, _clear_store_dir, _collect_shards,
                    coverage_table, manifest_json, probs_array, write_manifest)
 from .extraction import check_extraction, start_partial
@@ -139,17 +139,17 @@ def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     device = model_device(model)
-    collate = ResponseCollator(tokenizer.pad_token_id)
+    collate = TargetCollator(tokenizer.pad_token_id)
     keep_only = logits_mode(model)
     window = batch_size * (SORT_WINDOW if sort else 1)
 
     def run(enc, batches):
         for rows in batches:
-            batch = collate([{"input_ids": enc.input_ids[i], "response_start":
-                              enc.response_start[i], "index": int(i)} for i in rows])
+            batch = collate([{"input_ids": enc.input_ids[i], "target_start":
+                              enc.target_start[i], "index": int(i)} for i in rows])
             batch = {key: to_device(v, device) for key, v in batch.items()}
             with torch.inference_mode():
-                logits, targets = response_logits(model, batch, keep_only)
+                logits, targets = target_logits(model, batch, keep_only)
                 outputs = reduce(logits, targets)
             del logits, targets  # not alive while the next batch runs
             yield rows, outputs
@@ -157,7 +157,7 @@ def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
     def run_window(start: int):
         chunk = examples[start:start + window]
         enc = encode_responses(tokenizer, chunk, max_length)
-        counts = np.array([enc.n_response(i) for i in range(len(enc))], dtype=np.int64)
+        counts = np.array([enc.n_targets(i) for i in range(len(enc))], dtype=np.int64)
         parts = list(to_host(run(enc, batch_order([len(s) for s in enc.input_ids],
                                                    batch_size, sort))))
         index = torch.from_numpy(in_order_index(np.concatenate([r for r, _ in parts]), counts))
