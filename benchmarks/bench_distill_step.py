@@ -4,7 +4,7 @@ a plain SFT step of the same student on the same batch.
 Each step is forward + loss + backward + AdamW step + zero_grad, with the loss computed by the
 real `compute_loss` of the pipeline's trainers:
 
-- `sft_trainer`: `finetune.SFTTrainer` with `finetune.AnswerCollator`, exactly what the
+- `sft_trainer`: `sft.SFTTrainer` with `targets.TargetCollator`, exactly what the
   fine-tuning stage runs: the causal-LM loss with labels on the answer token, the LM head run
   only at the labelled position (the plain `Trainer`'s model loss projects *every* position to
   the vocabulary); `sft_trainer / sft_answer` checks that the stage pays no more than the
