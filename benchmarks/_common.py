@@ -123,7 +123,7 @@ def tiny_setup(work: Path, n_train: int, seed: int = 0,
                roles: tuple[str, ...] = ("teacher", "student")) -> TinySetup:
     """Write the embedded task (`n_train` training items) and build the preset models, through
     the pipeline's own functions (`tasks.write_task`, `models.build_preset`)."""
-    from first_core.models.loading import build_preset
+    from first_core.models.presets import build_preset
     from first_core.data.tasks import write_task
 
     quiet_transformers()

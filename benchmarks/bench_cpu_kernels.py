@@ -34,7 +34,7 @@ def child(repeats: int, threads: int) -> dict[str, float]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from first_core.models.loading import PRESETS
+    from first_core.models.presets import PRESETS
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -4,13 +4,13 @@ a plain SFT step of the same student on the same batch.
 Each step is forward + loss + backward + AdamW step + zero_grad, with the loss computed by the
 real `compute_loss` of the pipeline's trainers:
 
-- `sft_trainer`: `finetune.SFTTrainer` with `finetune.AnswerCollator`, exactly what the
+- `sft_trainer`: `sft.SFTTrainer` with `targets.TargetCollator`, exactly what the
   fine-tuning stage runs: the causal-LM loss with labels on the answer token, the LM head run
   only at the labelled position (the plain `Trainer`'s model loss projects *every* position to
   the vocabulary); `sft_trainer / sft_answer` checks that the stage pays no more than the
   answer-only step (target <= 1.1);
 - `sft_answer`: cross-entropy on the gold token at the answer position only, through the same
-  forward as FIRST (`distill.answer_logits`, one position projected): the like-for-like SFT
+  forward as FIRST (`targets.target_logits`, one position projected): the like-for-like SFT
   step, so `first / sft_answer` isolates the cost of the FIRST loss itself (the target);
 - `first`: `distill.DistillTrainer` (`mode="first"`) on `distill.DistillCollator` rows whose
   targets are the teacher's real stored top-k (`topk.extract_topk` + `calibrate`);
@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
@@ -45,10 +46,10 @@ class AnswerCETrainer(Trainer):
     """SFT with the answer-position forward FIRST uses: CE on the gold answer token."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from first_core.training.distill import answer_logits
+        from first_core.training.targets import target_logits
 
-        return F.cross_entropy(answer_logits(model, inputs, keep_only=True).float(),
-                               inputs["answer_id"])
+        logits, answers = target_logits(model, inputs, keep_only=True)
+        return F.cross_entropy(logits.float(), answers)
 
 
 class OnlineKDTrainer(Trainer):
@@ -59,11 +60,11 @@ class OnlineKDTrainer(Trainer):
         self.teacher = teacher.eval()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from first_core.training.distill import answer_logits
+        from first_core.training.targets import target_logits
 
-        student = answer_logits(model, inputs, keep_only=True)
+        student = target_logits(model, inputs, keep_only=True)[0]
         with torch.no_grad():
-            teacher = answer_logits(self.teacher, inputs, keep_only=True)
+            teacher = target_logits(self.teacher, inputs, keep_only=True)[0]
         return F.kl_div(F.log_softmax(student.float(), -1), F.log_softmax(teacher.float(), -1),
                         log_target=True, reduction="batchmean")
 
@@ -71,17 +72,19 @@ class OnlineKDTrainer(Trainer):
 def step_fns(student, teacher, tok, examples, work: Path) -> dict[str, Callable[[], None]]:
     """One optimizer-step closure per contender, all on the same batch and student weights."""
     from first_core.training.distill import DistillCollator, DistillTrainer, teacher_targets
-    from first_core.training.sft import AnswerCollator, EncodedDataset, SFTTrainer
-    from first_core.models.loading import encode_examples
+    from first_core.training.sft import SFTTrainer
+    from first_core.training.targets import TargetCollator, TargetDataset
+    from first_core.models.encoding import encode_examples
     from first_core.knowledge.answer_topk import extract_topk
     from first_core.knowledge.reader import load_topk
 
     extract_topk(teacher, tok, examples, work / "topk", k=5, coverage_k=5, progress=False)
     topk = load_topk(work / "topk")
     targets = teacher_targets(topk.probs, "first", c=FIRST_C)
-    items = list(EncodedDataset(encode_examples(tok, examples)))  # same order as the store
-    sft_batch = AnswerCollator(tok.pad_token_id)(items)
-    first_batch = DistillCollator(tok.pad_token_id, "answer", torch.as_tensor(topk.ids),
+    items = list(TargetDataset(encode_examples(tok, examples)))  # same order as the store
+    sft_batch = TargetCollator(tok.pad_token_id)(items)
+    first_batch = DistillCollator(tok.pad_token_id, "answer", np.arange(len(items)),
+                                  np.ones(len(items), int), torch.as_tensor(topk.ids),
                                   torch.as_tensor(targets, dtype=torch.float32))(items)
     args = TrainingArguments(output_dir=str(work / "args"), use_cpu=True, report_to=[],
                              remove_unused_columns=False)

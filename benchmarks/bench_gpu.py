@@ -68,7 +68,7 @@ def make_data(n_mc: int, n_tokens: int, seed: int = 0):
     """(multiple-choice examples, instruction examples, a word-level tokenizer over both)."""
     from first_core.data.examples import Example, answer_text, format_prompt
     from first_core.data.instruct_data import InstructExample
-    from first_core.models.loading import train_tokenizer
+    from first_core.models.presets import train_tokenizer
 
     rng = random.Random(seed)
     labels = tuple("ABCDE")

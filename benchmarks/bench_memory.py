@@ -87,8 +87,7 @@ def token_child(job: str, work: Path, data_file: Path, store: Path) -> dict[str,
                            batch_size=32, max_length=128)
     else:
         from first_core.config.settings import TrainConfig
-        from first_core.training.distill import teacher_targets
-        from first_core.training.distill_tokens import distill_tokens
+        from first_core.training.distill import distill_tokens, teacher_targets
         from first_core.knowledge.reader import load_topk
 
         model, tok = load_model(work / "instruct_student_init", device="cpu")
@@ -131,7 +130,7 @@ def main() -> None:
         tiny_setup(work, n_train=base)  # the models; their vocabulary covers every split
         from first_core.data.instruct_data import InstructTemplate, load_instruct
         from first_core.data.instruct_tasks import write_instruct_task
-        from first_core.models.loading import build_preset
+        from first_core.models.presets import build_preset
 
         texts = [e.prompt + " " + e.response for e in load_instruct(
             write_instruct_task(work / "instruct-vocab", n_train=base, n_val=1, n_test=1)

@@ -112,7 +112,8 @@ def per_token_store(work: Path, quick: bool) -> None:
     upper bound (every example at the 512-token training maximum)."""
     from first_core.data.instruct_data import InstructTemplate, load_instruct
     from first_core.data.instruct_tasks import write_instruct_task
-    from first_core.models.loading import build_preset, load_model
+    from first_core.models.loading import load_model
+    from first_core.models.presets import build_preset
     from first_core.knowledge.token_topk import extract_token_topk
 
     n = 64 if quick else 2000

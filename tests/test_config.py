@@ -207,7 +207,7 @@ def test_values_at_the_edge_of_the_new_checks_are_accepted(override: str) -> Non
 def test_the_choice_lists_agree_with_the_modules_that_read_them() -> None:
     from first_core.config import loading, settings as config
     from first_core.data import examples as data
-    from first_core.models import loading as models
+    from first_core.models import pretrained as models
 
     assert set(loading._CHOICES[config.DataConfig, "fmt"]) == set(data.FORMATS)
     assert set(loading._CHOICES[config.ModelConfig, "dtype"]) == set(models.DTYPES)

@@ -25,7 +25,7 @@ import pytest
 from test_bad_inputs import SMALL, TINY, cli
 
 from first_core.console import CLEAR, StageEcho, StageLine, training_bar
-from first_core.training.sft import TRAINING_LOG
+from first_core.training.trainer import TRAINING_LOG
 
 PLAIN = 'methods=["teacher_ft","student_ft"]'  # no top-k, no distillation: 7 stages
 CHATTER = ("Loading weights", "Writing model shards", "train_runtime", "{'", "it/s]")

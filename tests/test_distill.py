@@ -1,4 +1,5 @@
-"""Knowledge matching (distill.py): the top-k KL loss, row alignment, the Trainer subclass."""
+"""Knowledge matching (training/distill.py) at the answer position: the top-k KL loss, row
+alignment, the Trainer subclass. The per-token setting: tests/test_instruct.py."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from transformers import TrainerCallback
 
 from first_core.config.settings import TrainConfig
 from first_core.data.examples import Example, format_prompt
-from first_core.training.distill import (DistillCollator, DistillTrainer, align_topk,
-                                         answer_logits, distill, teacher_targets, topk_kl_loss)
+from first_core.training.distill import (DistillCollator, DistillTrainer, align_rows, distill,
+                                         teacher_targets, topk_kl_loss)
 from first_core.errors import ConfigError, FirstError
-from first_core.training.sft import EncodedDataset, training_arguments
-from first_core.models.loading import build_preset, encode_examples, load_model
+from first_core.training.targets import IGNORE, TargetDataset, target_logits
+from first_core.training.trainer import training_arguments
+from first_core.models.encoding import Encoded, encode_examples
+from first_core.models.loading import load_model
+from first_core.models.presets import build_preset
 
 torch.set_num_threads(1)
 
@@ -199,7 +203,19 @@ def test_kl_rejects_bad_arguments():
 
 # ---------------------------------------------------------------- top-k rows by example id
 
-def test_align_topk_reorders_by_id_and_names_problems():
+def answers(example_ids: list[str]) -> Encoded:
+    """An encoding of one-token answers (the ids do not matter to the alignment)."""
+    return Encoded([[0, 1]] * len(example_ids), [1] * len(example_ids), list(example_ids))
+
+
+def align_topk(example_ids, stored, ids, targets, vocab_size):
+    """The stored rows of `example_ids`, in their order, as the collator looks them up."""
+    starts, all_ids, all_targets = align_rows(answers(example_ids), stored, ids, targets,
+                                              vocab_size)
+    return all_ids[starts], all_targets[starts]
+
+
+def test_align_rows_reorders_by_id_and_names_problems():
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 50, size=(4, 3))
     targets = rng.dirichlet(np.ones(3), size=4)
@@ -209,7 +225,7 @@ def test_align_topk_reorders_by_id_and_names_problems():
     np.testing.assert_allclose(got_t.numpy(), targets[[2, 0, 3]], rtol=1e-6)
     with pytest.raises(FirstError, match=r"1 training example.*'zz'"):
         align_topk(["a", "zz"], stored, ids, targets, vocab_size=50)
-    with pytest.raises(FirstError, match=r"duplicated.*'a'"):
+    with pytest.raises(FirstError, match=r"'a' has 1 target tokens but 2 stored rows.*duplicated"):
         align_topk(["a"], ["a", "a", "c", "d"], ids, targets, vocab_size=50)
     with pytest.raises(FirstError, match="vocabulary"):
         align_topk(stored, stored, ids, targets, vocab_size=int(ids.max()))
@@ -243,9 +259,10 @@ def teacher_rows(tok, examples: list[Example]) -> tuple[list[str], np.ndarray, n
 
 def batch_of(tok, examples, rows):
     enc = encode_examples(tok, examples, max_length=64)
-    ids, targets = align_topk(enc.example_ids, *rows, vocab_size=len(tok))
-    collate = DistillCollator(tok.pad_token_id, "answer", ids, targets)
-    return collate([EncodedDataset(enc)[i] for i in range(len(enc))])
+    starts, ids, targets = align_rows(enc, *rows, vocab_size=len(tok))
+    collate = DistillCollator(tok.pad_token_id, "answer", starts, np.ones(len(enc), int), ids,
+                              targets)
+    return collate([TargetDataset(enc)[i] for i in range(len(enc))])
 
 
 def make_trainer(path, tok, tmp_path, **kwargs) -> DistillTrainer:
@@ -258,7 +275,7 @@ def test_compute_loss_uses_the_answer_position_of_each_padded_row(student, tmp_p
     path, tok = student
     examples = make_examples(3)
     batch = batch_of(tok, examples, teacher_rows(tok, examples))
-    assert len(set(batch["answer_pos"].tolist())) == 3  # rows of different lengths
+    assert len(set(batch["attention_mask"].sum(1).tolist())) == 3  # rows of different lengths
     trainer = make_trainer(path, tok, tmp_path)
     model = trainer.model.eval()
     with torch.no_grad():
@@ -268,14 +285,14 @@ def test_compute_loss_uses_the_answer_position_of_each_padded_row(student, tmp_p
         expected = topk_kl_loss(alone, batch["topk_ids"], batch["topk_targets"])
         torch.testing.assert_close(trainer.compute_loss(model, batch), expected, rtol=1e-5,
                                    atol=1e-6)
-        torch.testing.assert_close(answer_logits(model, batch, keep_only=False), alone,
+        torch.testing.assert_close(target_logits(model, batch, keep_only=False)[0], alone,
                                    rtol=1e-5, atol=1e-5)
         per_sum = topk_kl_loss(alone, batch["topk_ids"], batch["topk_targets"],
                                reduction="none").sum()
         torch.testing.assert_close(trainer.compute_loss(model, batch, num_items_in_batch=8),
                                    per_sum / 8, rtol=1e-5, atol=1e-6)
         ce_trainer = make_trainer(path, tok, tmp_path, ce_weight=1.0)
-        ce = F.cross_entropy(alone, batch["answer_id"])
+        ce = F.cross_entropy(alone, batch["labels"][batch["labels"] != IGNORE])
         torch.testing.assert_close(ce_trainer.compute_loss(model, batch), ce, rtol=1e-5,
                                    atol=1e-6)
 
@@ -290,7 +307,7 @@ def test_distill_trains_with_a_short_final_batch(student, tmp_path):
 
     def kl(model) -> float:
         with torch.no_grad():
-            logits = answer_logits(model.eval(), batch, keep_only=True)
+            logits = target_logits(model.eval(), batch, keep_only=True)[0]
             return float(topk_kl_loss(logits, batch["topk_ids"], batch["topk_targets"]))
 
     before = kl(load_model(path, device="cpu")[0])

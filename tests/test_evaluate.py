@@ -18,7 +18,7 @@ from first_core.store.schema import TABLES, RunRecord
 from first_core.store.writes import Store
 from first_core.errors import ConfigError
 from first_core.evaluation.evaluate import compute_metrics, predict
-from first_core.models.loading import answer_token_ids, encode_examples
+from first_core.models.encoding import answer_token_ids, encode_examples
 from helpers.tiny_lm import forbid_full_softmax, make_examples, make_model
 
 torch.set_num_threads(1)

@@ -60,8 +60,8 @@ def test_tiny_pipeline_runs_on_cuda(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(models, "load_model", load)
     for module in (finetune, distill):
-        def spy(trainer, out_dir, real=module.train_and_save):
-            out = real(trainer, out_dir)
+        def spy(trainer, out_dir, *args, real=module.train_and_save):
+            out = real(trainer, out_dir, *args)
             trained.append((trainer.args.device.type,
                             next(trainer.model.parameters()).device.type))
             return out

@@ -10,8 +10,8 @@ import torch
 from first_core.data.examples import format_prompt
 from first_core.inference import forward as inference, logit_reduce
 from first_core.inference.forward import PromptIds, answer_logits, spare_cpu, vocab_size
-from first_core.models.loading import label_token_ids
-from first_core.models.loading import answer_token_ids, encode_examples
+from first_core.models.encoding import label_token_ids
+from first_core.models.encoding import answer_token_ids, encode_examples
 from helpers.tiny_lm import make_examples, make_model
 
 torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def test_logits_are_those_that_predict_the_answer_token(setup):
     enc = encode_examples(tokenizer, examples)
     with torch.no_grad():
         ref = torch.stack([model(input_ids=torch.tensor([ids])).logits[0, pos - 1]
-                           for ids, pos in zip(enc.input_ids, enc.answer_pos)])
+                           for ids, pos in zip(enc.input_ids, enc.target_start)])
     (_, logits), = answer_logits(model, tokenizer, enc.prompt_ids(), batch_size=64)
     torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
 

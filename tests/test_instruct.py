@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from first_core.config.settings import TrainConfig
-from first_core.training.distill import teacher_targets
-from first_core.training.distill_tokens import build_token_trainer, distill_tokens
+from first_core.training.distill import distill_tokens, distill_trainer, teacher_targets
 from first_core.errors import ConfigError, FirstError
 from first_core.evaluation.instruct_eval import token_confidences
-from first_core.training.response_tokens import (LOGITS_MODES, ResponseCollator, ResponseSFTTrainer,
-                                                 encode_responses, logits_mode, response_logits)
-from first_core.training.sft import training_arguments
-from first_core.training.response_tokens import ResponseDataset, finetune_responses
+from first_core.models.encoding import encode_responses
+from first_core.training.sft import SFTTrainer, finetune_responses
+from first_core.training.targets import (LOGITS_MODES, TargetCollator, TargetDataset,
+                                         logits_mode, target_logits)
+from first_core.training.trainer import training_arguments
 from first_core.knowledge.coverage import coverage_table
 from first_core.knowledge.manifest import TOKENS, read_manifest
 from first_core.knowledge.reader import load_topk
@@ -45,9 +45,9 @@ def tiny(tmp_path_factory):
 
 def _batch(tok, examples, max_length=64):
     enc = encode_responses(tok, examples, max_length)
-    items = [{"input_ids": s, "response_start": r, "index": i}
-             for i, (s, r) in enumerate(zip(enc.input_ids, enc.response_start))]
-    return enc, ResponseCollator(tok.pad_token_id)(items)
+    items = [{"input_ids": s, "target_start": r, "index": i}
+             for i, (s, r) in enumerate(zip(enc.input_ids, enc.target_start))]
+    return enc, TargetCollator(tok.pad_token_id, "response")(items)
 
 
 def _reference_rows(model, tok, examples, max_length=64):
@@ -55,7 +55,7 @@ def _reference_rows(model, tok, examples, max_length=64):
     enc = encode_responses(tok, examples, max_length)
     rows, targets = [], []
     with torch.no_grad():
-        for ids, start in zip(enc.input_ids, enc.response_start):
+        for ids, start in zip(enc.input_ids, enc.target_start):
             logits = model(input_ids=torch.tensor([ids])).logits[0]
             rows.append(logits[start - 1:len(ids) - 1])
             targets += ids[start:]
@@ -65,13 +65,13 @@ def _reference_rows(model, tok, examples, max_length=64):
 def test_encoding_appends_eos_and_cuts_long_pairs(tiny) -> None:
     _, examples, _, tok = tiny
     enc = encode_responses(tok, examples[:3], 64)
-    for ex, ids, start in zip(examples, enc.input_ids, enc.response_start):
+    for ex, ids, start in zip(examples, enc.input_ids, enc.target_start):
         assert ids[:start] == tok(ex.prompt)["input_ids"]
         assert ids[start:] == tok(ex.response, add_special_tokens=False)["input_ids"] + [
             tok.eos_token_id]
     short = encode_responses(tok, examples[:3], 12)
     assert all(len(s) <= 12 and len(s) - r >= 1 for s, r in
-               zip(short.input_ids, short.response_start))
+               zip(short.input_ids, short.target_start))
     assert all(s[0] == tok.bos_token_id for s in short.input_ids)
 
 
@@ -82,7 +82,7 @@ def test_response_logits_are_the_full_forward_at_the_response_tokens(tiny) -> No
     assert logits_mode(model) == "mask"  # Llama slices its hidden states by a boolean mask
     for mode in LOGITS_MODES:
         with torch.no_grad():
-            logits, targets = response_logits(model, batch, keep_only=mode)
+            logits, targets = target_logits(model, batch, keep_only=mode)
         assert logits.shape == ref.shape and (targets == ref_t).all(), mode
         torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
 
@@ -90,10 +90,10 @@ def test_response_logits_are_the_full_forward_at_the_response_tokens(tiny) -> No
 def test_response_sft_loss_is_the_models_own_loss_on_response_labels(tiny, tmp_path) -> None:
     _, examples, model, tok = tiny
     _, batch = _batch(tok, examples[:6])
-    trainer = ResponseSFTTrainer(model=model, args=training_arguments(
+    trainer = SFTTrainer(model=model, args=training_arguments(
         tmp_path, TrainConfig(loss_on="response"), 0), processing_class=tok,
-        data_collator=ResponseCollator(tok.pad_token_id),
-        train_dataset=ResponseDataset(encode_responses(tok, examples[:6], 64)))
+        data_collator=TargetCollator(tok.pad_token_id, "response"),
+        train_dataset=TargetDataset(encode_responses(tok, examples[:6], 64)), per_token=True)
     with torch.no_grad():
         mine = trainer.compute_loss(model, batch)
         hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -113,7 +113,7 @@ def test_token_topk_has_a_row_per_response_token_equal_to_the_reference(tiny, tm
     enc = encode_responses(tok, examples, 64)
     assert m.n_positions == enc.n_tokens() == len(store.ids) and m.n_examples == len(examples)
     assert len(m.shards) == -(-m.n_positions // 40)  # ceil: sharded by rows
-    counts = [enc.n_response(i) for i in range(len(enc))]
+    counts = [enc.n_targets(i) for i in range(len(enc))]
     assert store.example_ids.tolist() == [e.id for e, c in zip(examples, counts)
                                           for _ in range(c)]
     assert store.positions.tolist() == [p for c in counts for p in range(c)]
@@ -185,8 +185,9 @@ def test_distillation_mean_over_step_tokens_under_gradient_accumulation(tiny, tm
     for ga, bs in ((1, 8), (2, 4)):
         student, _ = make_model(examples, seed=5)
         cfg = TrainConfig(loss_on="response", batch_size=bs, gradient_accumulation_steps=ga)
-        tr = build_token_trainer(student, tok, ex, s.example_ids, s.gold_ids, s.ids, q,
-                                 tmp_path / f"o{ga}", cfg)
+        tr = distill_trainer(student, tok, encode_responses(tok, ex, cfg.max_length),
+                             s.example_ids, s.ids, q, tmp_path / f"o{ga}", cfg,
+                             store_token_ids=s.gold_ids)
         items = [tr.train_dataset[i] for i in range(8)]
         batches = [tr.data_collator(items[j:j + bs]) for j in range(0, 8, bs)]
         n_items = tr._get_num_items_in_batch(batches, torch.device("cpu"))
@@ -201,7 +202,7 @@ def test_distillation_mean_over_step_tokens_under_gradient_accumulation(tiny, tm
     student, _ = make_model(examples, seed=5)
     enc = encode_responses(tok, ex, 64)
     losses = []
-    for ids, start in zip(enc.input_ids, enc.response_start):
+    for ids, start in zip(enc.input_ids, enc.target_start):
         losses.append(student(input_ids=torch.tensor([ids])).logits[0, start - 1:len(ids) - 1])
     log_q = torch.log_softmax(torch.cat(losses), -1).gather(1, torch.as_tensor(s.ids).long())
     qt = torch.as_tensor(q, dtype=torch.float32)
@@ -224,7 +225,7 @@ def test_distillation_refuses_a_store_of_other_tokens(tiny, tmp_path) -> None:
         distill_tokens(student, tok, examples[:7], s.example_ids, s.gold_ids, s.ids, q,
                        tmp_path / "o", cfg)
     short = TrainConfig(loss_on="response", batch_size=4, epochs=1, max_length=16)
-    with pytest.raises(FirstError, match="response tokens but"):
+    with pytest.raises(FirstError, match="target tokens but"):
         distill_tokens(student, tok, examples[:6], s.example_ids, s.gold_ids, s.ids, q,
                        tmp_path / "o", short)
 
@@ -294,7 +295,7 @@ def test_instruct_tiny_end_to_end(tiny_instruct_run) -> None:
         assert store.manifest.n_positions == enc.n_tokens() > len(ex)
         keys = pd.MultiIndex.from_arrays([store.example_ids, store.positions])
         want = pd.MultiIndex.from_tuples([(e.id, p) for i, e in enumerate(ex)
-                                          for p in range(enc.n_response(i))])
+                                          for p in range(enc.n_targets(i))])
         assert keys.equals(want)
     n_train = read_manifest(run / "topk" / "train", TOKENS).n_positions
     # the students were distilled over all of them, and their weights moved

@@ -15,7 +15,7 @@ from first_core.evaluation.evaluate import predict
 from first_core.inference.forward import (PromptIds, answer_top, batch_order, in_order_index,
                                           model_device, to_host)
 from first_core.evaluation.instruct_eval import token_confidences
-from first_core.models.loading import encode_examples
+from first_core.models.encoding import encode_examples
 from first_core.knowledge.answer_topk import extract_topk
 from first_core.knowledge.manifest import TOKENS
 from first_core.knowledge.reader import load_topk

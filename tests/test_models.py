@@ -13,8 +13,9 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from first_core.data.examples import Example, format_prompt
 from first_core.errors import ConfigError, FirstError
-from first_core.models.loading import (answer_token_ids, build_preset, encode_examples, is_preset,
-                                       load_model)
+from first_core.models.encoding import answer_token_ids, encode_examples
+from first_core.models.loading import load_model
+from first_core.models.presets import build_preset, is_preset
 
 torch.set_num_threads(1)
 
@@ -98,10 +99,10 @@ def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
 
 
 def test_trust_remote_code_warns(student_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="first_core.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="first_core.models.pretrained"):
         load_model(student_dir, device="cpu")
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="first_core.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="first_core.models.pretrained"):
         load_model(student_dir, device="cpu", trust_remote_code=True)
     assert "trust_remote_code" in caplog.text
 
@@ -134,8 +135,10 @@ def test_encode_examples_appends_single_answer_token(student_dir):
     examples = make_examples(6)
     enc = encode_examples(tok, examples, max_length=64)
     letter = dict(zip(LETTERS, tok.convert_tokens_to_ids(list(LETTERS))))
-    for ex, ids, pos, ans, eid in zip(examples, enc.input_ids, enc.answer_pos, enc.answer_id,
-                                      enc.example_ids):
+    for i, (ex, ids, pos, eid) in enumerate(zip(examples, enc.input_ids, enc.target_start,
+                                                enc.example_ids)):
+        ans = ids[pos]
+        assert enc.n_targets(i) == 1  # the answer is a target span one token long
         prompt = tok(format_prompt(ex))["input_ids"]
         assert ids == [*prompt, letter[ex.answer]]
         assert pos == len(ids) - 1 and ans == letter[ex.answer] and eid == ex.id
@@ -147,7 +150,7 @@ def test_long_prompts_are_cut_from_the_left_with_one_warning(student_dir, caplog
     _, tok = load_model(student_dir, device="cpu")
     examples = make_examples(3)
     full = encode_examples(tok, examples, max_length=512).input_ids
-    with caplog.at_level(logging.WARNING, logger="first_core.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="first_core.models.encoding"):
         cut = encode_examples(tok, examples, max_length=8).input_ids
     assert [r.getMessage() for r in caplog.records if "cut from the left" in r.getMessage()] \
         and len(caplog.records) == 1 and "3 of 3" in caplog.records[0].getMessage()

@@ -105,7 +105,8 @@ def test_bad_input_is_refused(scores, gold, match):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny preset teacher (untrained: its logits are random but fixed) and a few examples."""
-    from first_core.models.loading import build_preset, load_model
+    from first_core.models.loading import load_model
+    from first_core.models.presets import build_preset
     from first_core.data.tasks import write_task
     from first_core.data.examples import load_examples, format_prompt, answer_text
 
@@ -120,7 +121,7 @@ def tiny_model(tmp_path_factory):
 
 def test_predict_at_t1_is_bit_identical_and_at_t_rescales_the_raw_logits(tiny_model):
     from first_core.evaluation.evaluate import predict
-    from first_core.models.loading import label_token_ids
+    from first_core.models.encoding import label_token_ids
 
     model, tok, examples = tiny_model
     plain = predict(model, tok, examples, k=5, batch_size=8)

@@ -16,7 +16,7 @@ from first_core.config.settings import TrainConfig
 from first_core.config.loading import load_config
 from first_core.data.examples import Example, format_prompt
 from first_core.errors import ConfigError
-from first_core.training.sft import training_arguments
+from first_core.training.trainer import training_arguments
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,8 @@ def events(out: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def mc(tmp_path_factory):
-    from first_core.models.loading import build_preset, load_model
+    from first_core.models.loading import load_model
+    from first_core.models.presets import build_preset
     examples = [Example(id=f"q{i}", question=f"pick {WORDS[i % 4]}", labels=LETTERS,
                         choices=WORDS, answer=LETTERS[i % 4]) for i in range(8)]
     texts = [format_prompt(ex) + " " + ex.answer for ex in examples]
@@ -108,10 +109,8 @@ def instruct(tmp_path_factory):
 @pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
 @pytest.mark.parametrize("report_to", ["tensorboard", "none"])
 def test_every_trainer_reports_where_asked(mc, instruct, tmp_path: Path, report_to) -> None:
-    from first_core.training.distill import distill
-    from first_core.training.distill_tokens import distill_tokens
-    from first_core.training.sft import finetune
-    from first_core.training.response_tokens import finetune_responses
+    from first_core.training.distill import distill, distill_tokens
+    from first_core.training.sft import finetune, finetune_responses
     from first_core.knowledge.manifest import TOKENS
     from first_core.knowledge.reader import load_topk
     from first_core.knowledge.token_topk import extract_token_topk

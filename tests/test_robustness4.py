@@ -22,7 +22,7 @@ from test_fail_early import run_here
 
 from first_core.data import examples as data
 from first_core.config.loading import load_config
-from first_core.models.loading import build_preset
+from first_core.models.presets import build_preset
 from first_core.data.tasks import write_task
 
 DISTIL = "methods=['teacher_ft','student_distill']"
@@ -247,7 +247,7 @@ def main_here(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_gguf_file_cut_short_is_one_error_line(tmp_path: Path) -> None:
-    from first_core.models.loading import gguf_path
+    from first_core.models.builds import gguf_path
     from first_core.pipeline.pretrained_coverage import MODEL
     try:
         source = gguf_path(MODEL)

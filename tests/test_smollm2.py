@@ -27,8 +27,9 @@ from first_core.training.distill import distill, teacher_targets
 from first_core.errors import ConfigError, FirstError, StoreError
 from first_core.evaluation.evaluate import compute_metrics, predict
 from first_core.inference.forward import PromptIds, answer_logits
-from first_core.models.loading import (answer_token_ids, build_model, gguf_path, load_model,
-                                       subset_layers)
+from first_core.models.builds import build_model, gguf_path, subset_layers
+from first_core.models.encoding import answer_token_ids
+from first_core.models.loading import load_model
 from first_core.data.tasks import write_task
 from helpers.smollm2 import smollm2_missing
 
@@ -134,7 +135,7 @@ def test_gguf_converts_once_to_an_ordinary_safetensors_folder(built, teacher, mo
                                dequantized("blk.0.ffn_down.weight"))
     torch.testing.assert_close(model.model.norm.weight.detach(), dequantized("output_norm.weight"))
     # a second load of the same spec reuses the folder: no second conversion
-    monkeypatch.setattr("first_core.models.loading.convert_gguf",
+    monkeypatch.setattr("first_core.models.builds.convert_gguf",
                         lambda *a, **k: pytest.fail("converted twice"))
     again, _ = load_model(GGUF, build_dir=root, device="cpu")
     assert again.config.num_hidden_layers == 30
@@ -299,7 +300,7 @@ def test_demo_stores_a_pretrained_vocabularys_coverage(built, teacher, tmp_path,
     from first_core.store.reads import list_runs, load_topk_coverage
     from first_core.store.schema import PRETRAINED_METHOD
     from first_core.__main__ import main
-    from first_core.models.loading import build_dir_name
+    from first_core.models.builds import build_dir_name
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)

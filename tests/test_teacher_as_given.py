@@ -22,7 +22,8 @@ from first_core.store.connection import open_readonly
 from first_core.store.reads import load_predictions
 from first_core.config.loading import load_config
 from first_core.evaluation.evaluate import predict
-from first_core.models.loading import build_preset, load_model
+from first_core.models.loading import load_model
+from first_core.models.presets import build_preset
 from first_core.pipeline.stage_base import Context, teacher_as_given
 
 ROOT = Path(__file__).resolve().parents[1]

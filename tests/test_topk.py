@@ -15,7 +15,7 @@ import torch
 
 from first_core.store.schema import TABLES
 from first_core.errors import ConfigError, StoreError
-from first_core.models.loading import answer_token_ids, encode_examples
+from first_core.models.encoding import answer_token_ids, encode_examples
 from first_core.knowledge.answer_topk import examples_hash, extract_topk
 from first_core.knowledge.coverage import COVERAGE_BINS, CoverageAccumulator, coverage_table
 from first_core.knowledge.manifest import MANIFEST, SCHEMA_VERSION, read_manifest

@@ -33,7 +33,7 @@ import torch
 from ..metrics.binning import expected_calibration_error
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
 from ..inference.forward import PromptIds, answer_reduced
-from ..models.loading import label_token_ids
+from ..models.encoding import label_token_ids
 from .temperature_fit import fit_temperature
 
 FIT_BYTES = 1 << 30

@@ -86,7 +86,7 @@ _LIMITS: dict[tuple[type, str], Range] = {
 }
 
 # Keys typed `str` whose value must be one of a fixed set (the modules that read them hold
-# the same lists: data.FORMATS, models.DTYPES; tests/test_config.py checks they agree).
+# the same lists: data.FORMATS, models.pretrained.DTYPES; tests/test_config.py checks they agree).
 _CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (DataConfig, "fmt"): ("auto", "csqa", "boolq", "jsonl"),
     (ModelConfig, "dtype"): ("float32", "bfloat16", "float16"),

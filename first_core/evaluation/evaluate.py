@@ -35,7 +35,8 @@ from ..calibration.transforms import check_temperature
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
 from ..inference.forward import PromptIds, answer_reduced, on_device_default, to_device, vocab_size
 from ..inference.logit_reduce import top_logits
-from ..models.loading import MAX_POSITIONS, label_token_ids
+from ..models.encoding import label_token_ids
+from ..models.presets import MAX_POSITIONS
 from ..knowledge.extraction import check_k
 
 PREDICTION_COLUMNS = tuple(c for c in TABLES["predictions"].columns

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from . import logit_reduce
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
-from ..models.loading import MAX_POSITIONS, encode_examples
+from ..models.encoding import encode_examples
+from ..models.presets import MAX_POSITIONS
 
 SORT_WINDOW = 8  # batches whose prompts are batched by length together (a bounded look-ahead)
 
@@ -55,7 +56,7 @@ Prompts = Sequence[str] | Sequence[Sequence[int]]
 class PromptIds(Sequence[list[int]]):
     """The prompt token ids of `examples`, encoded lazily one slice at a time.
 
-    Encoding goes through `models.encode_examples`, so inference sees exactly the prompts
+    Encoding goes through `models.encoding.encode_examples`, so inference sees exactly the prompts
     that training saw (same special tokens, same left truncation at `max_length`), and only
     the batch being run is held as token ids.
     """

@@ -50,7 +50,8 @@ def top_logits(logits: torch.Tensor, width: int, on_device: bool = True
         return device_top_logits(logits, width)
     logits = logits.float().cpu()
     if logits.dim() == 2 and logits.shape[1] >= COMPILED_MIN_VOCAB:
-        from ..kernels import topk as topk_kernel  # here, not at import: numba stays off the start-up path
+        # here, not at import: numba stays off the start-up path
+        from ..kernels import topk as topk_kernel
 
         return topk_kernel.top_logits(logits, width)
     return device_top_logits(logits, width)

@@ -32,7 +32,8 @@ import torch
 
 from ..data import examples as data
 from ..inference.forward import PromptIds, answer_top, vocab_size
-from ..models.loading import MAX_POSITIONS, label_token_ids
+from ..models.encoding import label_token_ids
+from ..models.presets import MAX_POSITIONS
 from .extraction import Rows, check_extraction, provenance, run_extraction
 from .manifest import ANSWER, Manifest
 

@@ -3,9 +3,9 @@ of the token layout (`manifest.TOKENS`, long format, one row per response token)
 
 The instruction setting's counterpart of `answer_topk.extract_topk` (one answer position per
 example): the teacher is run teacher-forced over `prompt + response + eos`
-(`response_tokens`), and at every response token the top-k ids (int32) and their *raw*
-full-vocabulary softmax probabilities (float16 / float32, not renormalised) are kept, with the
-top-`coverage_k` coverage statistics over all response tokens. The row's distribution is the
+(`models.encoding.encode_responses`), and at every response token the top-k ids (int32) and
+their *raw* full-vocabulary softmax probabilities (float16 / float32, not renormalised) are
+kept, with the top-`coverage_k` coverage statistics over all response tokens. The row's distribution is the
 teacher's next-token distribution that predicts the row's `token_id`; why long format, in
 docs/DESIGN.md. Everything around the loop (ranks, shards, coverage, manifest, the
 `.NAME.partial` folder) is `extraction.run_extraction`, shared with the answer layout.
@@ -36,8 +36,8 @@ from ..errors import ConfigError
 from ..inference.forward import (SORT_WINDOW, batch_order, in_order_index, model_device,
                                  on_device_default, prefetched, to_device, to_host, vocab_size)
 from ..inference.logit_reduce import top_logits
-from ..training.response_tokens import (ResponseCollator, encode_responses, logits_mode,
-                                        response_logits)
+from ..models.encoding import encode_responses
+from ..training.targets import TargetCollator, logits_mode, target_logits
 from .extraction import Rows, check_extraction, provenance, run_extraction
 from .manifest import TOKENS, Manifest
 
@@ -69,17 +69,17 @@ def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     device = model_device(model)
-    collate = ResponseCollator(tokenizer.pad_token_id)
+    collate = TargetCollator(tokenizer.pad_token_id)
     keep_only = logits_mode(model)
     window = batch_size * (SORT_WINDOW if sort else 1)
 
     def run(enc, batches):
         for rows in batches:
-            batch = collate([{"input_ids": enc.input_ids[i], "response_start":
-                              enc.response_start[i], "index": int(i)} for i in rows])
+            batch = collate([{"input_ids": enc.input_ids[i], "target_start":
+                              enc.target_start[i], "index": int(i)} for i in rows])
             batch = {key: to_device(v, device) for key, v in batch.items()}
             with torch.inference_mode():
-                logits, targets = response_logits(model, batch, keep_only)
+                logits, targets = target_logits(model, batch, keep_only)
                 outputs = reduce(logits, targets)
             del logits, targets  # not alive while the next batch runs
             yield rows, outputs
@@ -87,7 +87,7 @@ def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
     def run_window(start: int):
         chunk = examples[start:start + window]
         enc = encode_responses(tokenizer, chunk, max_length)
-        counts = np.array([enc.n_response(i) for i in range(len(enc))], dtype=np.int64)
+        counts = np.array([enc.n_targets(i) for i in range(len(enc))], dtype=np.int64)
         parts = list(to_host(run(enc, batch_order([len(s) for s in enc.input_ids],
                                                    batch_size, sort))))
         index = torch.from_numpy(in_order_index(np.concatenate([r for r, _ in parts]), counts))

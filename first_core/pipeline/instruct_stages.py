@@ -10,14 +10,14 @@ multiple-choice pipeline; `runner.setting_for` picks `INSTRUCTION`):
 - models: presets with a tokenizer over the instruction training text *and* the
   multiple-choice training text (vocabulary only: the stand-in for a pretrained tokenizer,
   which covers both); no model ever trains on multiple-choice text.
-- teacher_ft, student_ft: SFT on the response tokens (`response_tokens.finetune_responses`).
+- teacher_ft, student_ft: SFT on the response tokens (`sft.finetune_responses`).
 - topk: top-k at every response token of train / val / test (`token_topk`); a split whose
   finished store matches is kept (resume after a kill).
 - calibrate: c and delta by ECE over **every response token of the instruction validation
   split**: that is the distribution the students are trained on (the targets are transformed
   at every response token), and a multiple-choice validation set would be the OOD task,
   which the method must not see.
-- student_distill, first_ls, first_ts: the KL at every response token (`distill_tokens`).
+- student_distill, first_ls, first_ts: the KL at every response token (`distill.distill_tokens`).
 - eval_*: `val` / `test`: token-level top-1 accuracy, ECE, MCE and trust over the
   instruction splits' response tokens; `test_ood`: the multiple-choice split
   `instruct.mc_split` of `[data]` exactly as in the MC setting (`evaluate.predict`), with
@@ -111,12 +111,13 @@ def stage_models(ctx: Context) -> dict[str, Any]:
 
 
 def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
-    from ..training.response_tokens import finetune_responses
+    from ..training.sft import finetune_responses
     role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
                        else ("student", ctx.cfg.student_train))
     model, tok = load_for(ctx, ctx.init_path(role))
     out = finetune_responses(model, tok, instruct_examples(ctx)["train"],
-                             ctx.path("models", method), train_cfg, seed=ctx.cfg.seed)
+                             ctx.path("models", method), train_cfg, seed=ctx.cfg.seed,
+                             section=f"{role}_train")
     return {"model": str(out)}
 
 
@@ -168,8 +169,7 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
 
 
 def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
-    from ..training.distill import teacher_targets
-    from ..training.distill_tokens import distill_tokens
+    from ..training.distill import distill_tokens, teacher_targets
     mode, c, delta = student_targets(ctx, method)
     topk = load_split_topk(ctx, "train")
     targets = teacher_targets(topk.probs, mode, c, delta)
@@ -178,7 +178,7 @@ def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     out = distill_tokens(model, tok, instruct_examples(ctx)["train"], topk.example_ids,
                          topk.gold_ids, topk.ids, targets, ctx.path("models", method),
                          ctx.cfg.student_train, student_side=d.student_side,
-                         ce_weight=d.ce_weight, seed=ctx.cfg.seed)
+                         ce_weight=d.ce_weight, seed=ctx.cfg.seed, section="student_train")
     return {"model": str(out), "mode": mode, "c": c, "delta": delta,
             "n_train_tokens": int(len(topk.ids))}
 

@@ -46,7 +46,7 @@ def pipeline_name(demo: RunConfig) -> str:
 
 def missing_package() -> str | None:
     """Why the pretrained model cannot be read here (a package missing), else None."""
-    from ..models.loading import GGUF_EXTRAS
+    from ..models.builds import GGUF_EXTRAS
     for name in PACKAGES:
         if importlib.util.find_spec(name) is None:
             return (f"the Python package {name!r} is not installed (install both with "
@@ -138,7 +138,8 @@ def _extract(spec: str, examples: list[data.Example], run_dir: Path, out: Path,
     """Convert the GGUF file (once) and run the top-k extraction on the prompts."""
     import time
 
-    from ..models.loading import build_model, load_model
+    from ..models.builds import build_model
+    from ..models.loading import load_model
     from ..knowledge.answer_topk import extract_topk
 
     t0 = time.perf_counter()

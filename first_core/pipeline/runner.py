@@ -14,8 +14,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +59,9 @@ def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
     role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
                        else ("student", ctx.cfg.student_train))
     model, tok = load_for(ctx, ctx.init_path(role))
-    with _diverged_names(f"{role}_train"):
-        out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
-                       train_cfg, seed=ctx.cfg.seed)
+    out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
+                   train_cfg, seed=ctx.cfg.seed, section=f"{role}_train")
     return {"model": str(out)}
-
-
-@contextmanager
-def _diverged_names(section: str) -> Iterator[None]:
-    """Name the config section whose settings a diverged training stage should change."""
-    from ..training.sft import TrainingDiverged
-    try:
-        yield
-    except TrainingDiverged as exc:
-        raise TrainingDiverged(f"{section}: {exc}; nothing of this stage was kept as "
-                               "finished") from None
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:
@@ -136,10 +124,10 @@ def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     targets = teacher_targets(topk.probs, mode, c, delta)
     model, tok = load_for(ctx, ctx.init_path("student"))
     d = ctx.cfg.distill
-    with _diverged_names("student_train"):
-        out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
-                      ctx.path("models", method), ctx.cfg.student_train,
-                      student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed)
+    out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
+                  ctx.path("models", method), ctx.cfg.student_train,
+                  student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed,
+                  section="student_train")
     return {"model": str(out), "mode": mode, "c": c, "delta": delta}
 
 

@@ -82,7 +82,8 @@ class Context:
         """The weights a role starts from: a preset saved in this run, a GGUF / layer-subset
         spec built in this run (`models.build_model`), or the user's spec."""
         spec = getattr(self.cfg.model, role)
-        from ..models.loading import build_dir_name, is_preset, needs_build
+        from ..models.builds import build_dir_name, needs_build
+        from ..models.presets import is_preset
         if needs_build(spec):
             return str(self.path("models", "built", build_dir_name(spec)))
         return str(self.path("models", f"{role}_init")) if is_preset(spec) else spec
@@ -163,7 +164,8 @@ def dataset_hash(files: dict[str, str]) -> str:
 
 def build_models(ctx: Context, texts: list[str]) -> dict[str, Any]:
     """`stage_models` of either setting: presets get a tokenizer trained on `texts`."""
-    from ..models.loading import build_model, build_preset, is_preset, needs_build
+    from ..models.builds import build_model, needs_build
+    from ..models.presets import build_preset, is_preset
     built = {}
     for role in ("teacher", "student"):
         spec = getattr(ctx.cfg.model, role)

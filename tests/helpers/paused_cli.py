@@ -54,9 +54,9 @@ class _ParkAfterSave(TrainerCallback):
 def _pause_in_student_ft() -> None:
     original = finetune.train_and_save
 
-    def train_and_save(trainer, out_dir):  # noqa: ANN001, ANN202 - same as the original
+    def train_and_save(trainer, out_dir, *args):  # noqa: ANN001, ANN202 - as the original
         trainer.add_callback(_ParkAfterSave(int(os.environ.get("PAUSE_STEP", "4"))))
-        return original(trainer, out_dir)
+        return original(trainer, out_dir, *args)
 
     finetune.train_and_save = train_and_save
 

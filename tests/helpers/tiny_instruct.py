@@ -10,7 +10,7 @@ from pathlib import Path
 
 from first_core.data.instruct_data import InstructTemplate, load_instruct
 from first_core.data.instruct_tasks import write_instruct_task
-from first_core.models.loading import train_tokenizer
+from first_core.models.presets import train_tokenizer
 from helpers import tiny_lm
 from helpers.tiny_lm import load_saved, tiny_llama  # noqa: F401 (load_saved: for the scripts)
 

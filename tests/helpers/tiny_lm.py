@@ -13,7 +13,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from first_core.data.examples import Example, answer_text, format_prompt
-from first_core.models.loading import load_model, train_tokenizer
+from first_core.models.loading import load_model
+from first_core.models.presets import train_tokenizer
 
 WORDS = ("apple river stone cloud green seven table quiet north bright paper glass tiger "
          "music winter orange silver garden window planet").split()
