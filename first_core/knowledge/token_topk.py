@@ -5,9 +5,9 @@ The instruction setting's counterpart of `answer_topk.extract_topk` (one answer 
 example): the teacher is run teacher-forced over `prompt + response + eos`
 (`models.encoding.encode_responses`), and at every response token the top-k ids (int32) and
 their *raw* full-vocabulary softmax probabilities (float16 / float32, not renormalised) are
-kept, with the top-`coverage_k` coverage statistics over all response tokens. The row's distribution is the
-teacher's next-token distribution that predicts the row's `token_id`; why long format, in
-docs/DESIGN.md. Everything around the loop (ranks, shards, coverage, manifest, the
+kept, with the top-`coverage_k` coverage statistics over all response tokens. The row's
+distribution is the teacher's next-token distribution that predicts the row's `token_id`; why
+long format, in docs/DESIGN.md. Everything around the loop (ranks, shards, coverage, manifest, the
 `.NAME.partial` folder) is `extraction.run_extraction`, shared with the answer layout.
 
 Streaming: examples are tokenised and run one window of batches at a time (batched by length,
