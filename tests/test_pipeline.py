@@ -160,7 +160,8 @@ def test_each_setting_is_typed_and_builds_the_same_stage_names() -> None:
     import dataclasses
 
     from first_core.config.settings import RunConfig
-    from first_core.pipeline.runner import MULTIPLE_CHOICE, setting_for, stages
+    from first_core.pipeline.mc_stages import MULTIPLE_CHOICE
+    from first_core.pipeline.runner import setting_for, stages
     from first_core.pipeline.stage_base import Setting
 
     mc = RunConfig()

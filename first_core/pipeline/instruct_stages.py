@@ -42,9 +42,9 @@ from ..errors import FirstError
 from ..atomic_files import write_json_atomic
 from ..data.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                                   check_instruct_file, load_instruct)
-from .stage_base import (Context, Setting, build_models, dataset_hash, load_for,
-                         run_posthoc, search_calibration, stage_mc_data, student_targets,
-                         teacher_vocab_size, train_config, write_store)
+from .stage_base import (Context, Setting, build_models, dataset_hash, distill_student,
+                         load_for, load_split_topk, run_posthoc, search_calibration,
+                         stage_mc_data, train_config, write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 
@@ -146,20 +146,12 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
     return {"dirs": out, "kept": kept}
 
 
-def load_split_topk(ctx: Context, split: str):
-    from ..knowledge.manifest import TOKENS
-    from ..knowledge.reader import load_topk
-    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
-                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
-                     expect_teacher=ctx.cfg.model.teacher, layout=TOKENS)
-
-
 def stage_calibrate(ctx: Context) -> dict[str, Any]:
     """c (by `[calibration] strategy`, as in the MC setting) and delta over every response
     token of the validation split (module doc)."""
-    val, test = load_split_topk(ctx, "val"), load_split_topk(ctx, "test")
+    val, test = _topk(ctx, "val"), _topk(ctx, "test")
     result = search_calibration(ctx.cfg.calibration, val, test,
-                                load_split_topk(ctx, "train").probs)
+                                _topk(ctx, "train").probs)
     for res in result.values():
         res.update(positions="every response token of the validation split",
                    n_positions=int(len(val.probs)))
@@ -169,18 +161,19 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
 
 
 def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
-    from ..training.distill import distill_tokens, teacher_targets
-    mode, c, delta = student_targets(ctx, method)
-    topk = load_split_topk(ctx, "train")
-    targets = teacher_targets(topk.probs, mode, c, delta)
-    model, tok = load_for(ctx, ctx.init_path("student"))
-    d = ctx.cfg.distill
-    out = distill_tokens(model, tok, instruct_examples(ctx)["train"], topk.example_ids,
-                         topk.gold_ids, topk.ids, targets, ctx.path("models", method),
-                         ctx.cfg.student_train, student_side=d.student_side,
-                         ce_weight=d.ce_weight, seed=ctx.cfg.seed, section="student_train")
-    return {"model": str(out), "mode": mode, "c": c, "delta": delta,
-            "n_train_tokens": int(len(topk.ids))}
+    """The KL at every response token (`stage_base.distill_student`)."""
+    from ..training.distill import distill_tokens
+    topk = _topk(ctx, "train")
+
+    def train(model, tok, targets, *args, **options):
+        return distill_tokens(model, tok, instruct_examples(ctx)["train"], topk.example_ids,
+                              topk.gold_ids, topk.ids, targets, *args, **options)
+    return {**distill_student(ctx, method, topk, train), "n_train_tokens": int(len(topk.ids))}
+
+
+def _topk(ctx: Context, split: str):
+    from ..knowledge.manifest import TOKENS
+    return load_split_topk(ctx, split, TOKENS)
 
 
 def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The FIRST pipeline as resumable stages.
+"""The FIRST pipeline as resumable stages: running them (the stages of each setting are in
+`mc_stages` and `instruct_stages`, their list in `stage_base.build_stages`).
 
 Each stage writes its outputs under the run directory and, only when they are complete, a
 completion record `stages/<stage>.json`. A rerun of the same command skips every stage whose
@@ -19,11 +20,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ..calibration import transforms as calibrate
-from ..data import examples as data
 from ..store.connection import open_readonly
 from ..store.paths import default_store_path, make_folder
 from ..store.reads import load_metrics
@@ -35,164 +33,12 @@ from ..errors import ConfigError, FirstError
 from ..numerics import cpu_kernels_in_use, pin_cpu_kernels
 from ..atomic_files import write_json_atomic
 from .run_lock import lock_run_dir
-from .stage_base import (SPLITS, Context, Setting, Stage, build_models, build_stages, load_for,
-                         run_id, run_posthoc, search_calibration, stage_mc_data,
-                         student_targets, teacher_vocab_size, train_config,
-                         write_store)
+from .stage_base import Context, Setting, Stage, build_stages, run_id
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- stages
-
-
-def stage_models(ctx: Context) -> dict[str, Any]:
-    """Build the embedded presets (tokenizer trained on the training text only), and convert
-    GGUF / layer-subset specs to safetensors folders (each GGUF file once), in the run dir."""
-    texts = [data.format_prompt(ex) + data.answer_text(ex.answer) for ex in ctx.examples["train"]]
-    return build_models(ctx, texts)
-
-
-def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
-    """Supervised fine-tuning: the teacher, and the 'fine-tuned student' baseline."""
-    from ..training.sft import finetune
-    role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
-                       else ("student", ctx.cfg.student_train))
-    model, tok = load_for(ctx, ctx.init_path(role))
-    out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
-                   train_cfg, seed=ctx.cfg.seed, section=f"{role}_train")
-    return {"model": str(out)}
-
-
-def stage_topk(ctx: Context) -> dict[str, Any]:
-    """Concentrated knowledge: the fine-tuned teacher's top-k on train (and val/test for c).
-    A split whose finished store matches is kept (resume after a kill), as in the
-    instruction setting (`manifest.store_matches`)."""
-    from ..knowledge.answer_topk import examples_hash, extract_topk
-    from ..knowledge.manifest import ANSWER, store_matches
-    t = ctx.cfg.topk
-    info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
-            "config_hash": ctx.cfg.hash()}
-    model = tok = None
-    out = {}
-    for split in ("train", "val", "test"):
-        examples, folder = ctx.examples[split], ctx.path("topk", split)
-        out[split] = str(folder)
-        if store_matches(folder, layout=ANSWER, config_hash=info["config_hash"], k=t.k,
-                         examples_hash=examples_hash(examples)):
-            continue  # finished before a kill: resume after it
-        if model is None:
-            model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
-        extract_topk(model, tok, examples, folder,
-                     k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
-                     shard_size=t.shard_size, batch_size=t.batch_size,
-                     max_length=ctx.cfg.teacher_train.max_length,
-                     manifest_info={**info, "split": split})
-    return {"dirs": out}
-
-
-def _load_topk(ctx: Context, split: str):
-    """The stored top-k, refused unless it came from this run's teacher, data and vocabulary."""
-    from ..knowledge.manifest import ANSWER
-    from ..knowledge.reader import load_topk
-    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
-                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
-                     expect_teacher=ctx.cfg.model.teacher, layout=ANSWER)
-
-
-def stage_calibrate(ctx: Context) -> dict[str, Any]:
-    """Trustworthy maximization: pick c (and the smoothing delta) by ECE on validation."""
-    val, test = _load_topk(ctx, "val"), _load_topk(ctx, "test")
-    result = search_calibration(ctx.cfg.calibration, val, test, _load_topk(ctx, "train").probs)
-    write_json_atomic(ctx.path("calibration.json"), result)
-    best = result["TS"]["best"]
-    # what the transform does to the teacher on validation: mean top-1 before and after,
-    # against its accuracy (a useful c moves the first towards the last)
-    return {"c": best, "delta": result["LS"]["best"],
-            "val_accuracy": float(np.mean(val.gold_rank == 0)),
-            "val_top1_raw": float(val.probs.max(axis=1).mean()),
-            "val_top1_first": float(calibrate.temperature_scale(val.probs, best, mode="first")
-                                    .max(axis=1).mean()),
-            "c_interior": bool(min(result["TS"]["grid"]) < best < max(result["TS"]["grid"]))}
-
-
-def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
-    """Knowledge matching: a fresh student trained with KL to the recalibrated top-k."""
-    from ..training.distill import distill, teacher_targets
-    mode, c, delta = student_targets(ctx, method)
-    topk = _load_topk(ctx, "train")
-    targets = teacher_targets(topk.probs, mode, c, delta)
-    model, tok = load_for(ctx, ctx.init_path("student"))
-    d = ctx.cfg.distill
-    out = distill(model, tok, ctx.examples["train"], topk.example_ids, topk.ids, targets,
-                  ctx.path("models", method), ctx.cfg.student_train,
-                  student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed,
-                  section="student_train")
-    return {"model": str(out), "mode": mode, "c": c, "delta": delta}
-
-
-def stage_evaluate(ctx: Context, method: str) -> dict[str, Any]:
-    """Predictions of one model on val / test / test_ood, kept as Parquet until stored."""
-    return evaluate_splits(ctx, method, ctx.path("eval", method))
-
-
-def stage_posthoc(ctx: Context, method: str) -> dict[str, Any]:
-    """Post-hoc temperature scaling of one trained model (`stage_base.run_posthoc`), T fitted
-    on the validation split's answer-position logits."""
-    from ..calibration.posthoc import answer_logits
-
-    def collect(model, tok):
-        return answer_logits(model, tok, ctx.examples["val"], batch_size=ctx.cfg.eval.batch_size,
-                             max_length=train_config(ctx, method).max_length)
-    return run_posthoc(ctx, method, collect, evaluate_splits)
-
-
-def evaluate_splits(ctx: Context, method: str, out: Path, temperature: float | None = None,
-                    model=None) -> dict[str, Any]:
-    """Predictions and metrics of one model (logits divided by `temperature` if given) on
-    val / test / test_ood, written to `out` as Parquet until the store stage."""
-    from ..evaluation.evaluate import compute_metrics, predict
-    model, tok = model or load_for(ctx, ctx.model_path(method))
-    e = ctx.cfg.eval
-    preds, mets = [], []
-    for split in SPLITS:
-        p = predict(model, tok, ctx.examples[split], k=e.topk, batch_size=e.batch_size,
-                    max_length=train_config(ctx, method).max_length, temperature=temperature)
-        m = compute_metrics(p, n_bins=e.n_bins, n_boot=e.n_boot, seed=ctx.cfg.seed)
-        preds.append(p.assign(split=split))
-        mets.append(m.assign(split=split))
-    out.mkdir(parents=True, exist_ok=True)
-    pd.concat(preds, ignore_index=True).to_parquet(out / "predictions.parquet")
-    pd.concat(mets, ignore_index=True).to_parquet(out / "metrics.parquet")
-    return {"dir": str(out)}
-
-
-def stage_store(ctx: Context) -> dict[str, Any]:
-    """Write every table of this pipeline to DuckDB in one transaction (`write_store`)."""
-    def coverage() -> pd.DataFrame:
-        from ..knowledge.coverage import coverage_table
-        from ..knowledge.manifest import ANSWER, read_manifest
-        return coverage_table(read_manifest(ctx.path("topk", "train"), ANSWER))
-
-    return write_store(ctx, coverage, examples_frame(ctx))
-
-
-def examples_frame(ctx: Context) -> pd.DataFrame:
-    dataset = ctx.record("data")["dataset_hash"]
-    return pd.DataFrame([{"dataset": dataset, "split": split, "example_id": ex.id,
-                          "question": ex.question, "context": ex.context,
-                          "labels": list(ex.labels), "choices": list(ex.choices),
-                          "answer": ex.answer}
-                         for split in SPLITS for ex in ctx.examples[split]])
-
-
 # ---------------------------------------------------------------- orchestration
-
-
-MULTIPLE_CHOICE = Setting(
-    name="multiple choice", data=stage_mc_data, models=stage_models, finetune=stage_finetune,
-    topk=stage_topk, calibrate=stage_calibrate, distill=stage_distill,
-    evaluate=stage_evaluate, posthoc=stage_posthoc, store=stage_store)
 
 
 def setting_for(cfg: RunConfig) -> Setting:
@@ -200,6 +46,7 @@ def setting_for(cfg: RunConfig) -> Setting:
     if cfg.data.kind == "instruct":
         from .instruct_stages import INSTRUCTION
         return INSTRUCTION
+    from .mc_stages import MULTIPLE_CHOICE
     return MULTIPLE_CHOICE
 
 

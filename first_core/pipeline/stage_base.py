@@ -222,6 +222,32 @@ def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float
             "first_ts": ("first", cal["c"], None)}[method]
 
 
+def load_split_topk(ctx: Context, split: str, layout: str):
+    """A split's stored top-k (`layout`: `manifest.ANSWER` or `manifest.TOKENS`), refused
+    unless it came from this run's teacher, data and vocabulary."""
+    from ..knowledge.reader import load_topk
+    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
+                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
+                     expect_teacher=ctx.cfg.model.teacher, layout=layout)
+
+
+def distill_student(ctx: Context, method: str, topk: Any,
+                    train: Callable[..., Path]) -> dict[str, Any]:
+    """A distillation stage of either setting: `method`'s teacher targets (`student_targets`)
+    from the stored train top-k, a fresh student from its init, and the setting's
+    `train(model, tokenizer, targets, out, train_config, **options)` (`distill.distill` or
+    `distill.distill_tokens` over the setting's examples)."""
+    from ..training.distill import teacher_targets
+    mode, c, delta = student_targets(ctx, method)
+    targets = teacher_targets(topk.probs, mode, c, delta)
+    model, tok = load_for(ctx, ctx.init_path("student"))
+    d = ctx.cfg.distill
+    out = train(model, tok, targets, ctx.path("models", method), ctx.cfg.student_train,
+                student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed,
+                section="student_train")
+    return {"model": str(out), "mode": mode, "c": c, "delta": delta}
+
+
 def run_posthoc(ctx: Context, method: str, collect: Callable[[Any, Any], Any],
                 evaluate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The `posthoc_<method>` stage of either setting (`first_core.calibration.posthoc`): the
@@ -313,7 +339,7 @@ class Stage:
 class Setting:
     """One setting's stage functions: what `build_stages` makes the stage list of.
 
-    The multiple-choice setting (`runner.MULTIPLE_CHOICE`) and the instruction setting
+    The multiple-choice setting (`mc_stages.MULTIPLE_CHOICE`) and the instruction setting
     (`instruct_stages.INSTRUCTION`) each give one; `runner.setting_for(cfg)` picks it by
     `[data] kind`. A stage taking a method trains or evaluates that method's model."""
 
