@@ -86,7 +86,8 @@ class Manifest:
                   layout: str | None = None) -> Manifest:
         """Read a manifest of either layout; `StoreError` when it is not one, is of another
         layout than `layout` (when given), too new, or lacks a field."""
-        have = {None: ANSWER, TOKENS: TOKENS}.get(raw.get("layout"))
+        on_disk = raw.get("layout")
+        have = ANSWER if on_disk is None else TOKENS if on_disk == TOKENS else None
         if have is None or (layout is not None and have != layout):
             raise StoreError(f"{where}: not {_NAMES.get(layout, 'a')} top-k store "
                              f"(layout {raw.get('layout')!r})")
