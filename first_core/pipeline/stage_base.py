@@ -1,11 +1,12 @@
 """What the stages of both settings share, one floor below them.
 
-`pipeline` (the multiple-choice stages and the orchestration: run, resume, locks, config
-checks) and `instruct_pipeline` (the instruction-tuning stages) both build on this module:
-the run `Context` (where each model lives, the teacher used as given included), atomic stage
-records, the data and model-building steps, the calibration search, the teacher targets, the
-one-transaction store write and the ordered stage list. Neither setting imports the other's
-module, so there is no import cycle between them (tests/test_import_cycles.py).
+`mc_stages` (the multiple-choice stages) and `instruct_stages` (the instruction-tuning
+stages) both build on this module, and `runner` runs what they give: the run `Context`
+(where each model lives, the teacher used as given included), the data and model-building
+steps, the split top-k loader, the calibration search, the teacher targets and the
+distillation stage body, post-hoc scaling, the one-transaction store write, and the typed
+`Setting` that `build_stages` turns into the ordered stage list. Neither setting imports the
+other's module, so there is no import cycle between them (tests/test_import_cycles.py).
 """
 
 from __future__ import annotations
