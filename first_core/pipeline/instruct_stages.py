@@ -42,9 +42,9 @@ from ..errors import FirstError
 from ..atomic_files import write_json_atomic
 from ..data.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                                   check_instruct_file, load_instruct)
-from .stage_base import (Context, Setting, build_models, dataset_hash, distill_student,
-                         load_for, load_split_topk, run_posthoc, search_calibration,
-                         stage_mc_data, train_config, write_store)
+from .knowledge_steps import distill_student, extract_splits, load_split_topk
+from .stage_base import (Context, Setting, build_models, dataset_hash, load_for, run_posthoc,
+                         search_calibration, stage_mc_data, train_config, write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 
@@ -122,28 +122,12 @@ def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:
-    from ..knowledge.manifest import TOKENS, store_matches
+    """The teacher's top-k at every response token of train / val / test, a finished split
+    kept (`knowledge_steps.extract_splits`)."""
+    from ..knowledge.manifest import TOKENS
     from ..knowledge.token_topk import extract_token_topk, instruct_examples_hash
-    t = ctx.cfg.topk
-    info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
-            "config_hash": ctx.cfg.hash()}
-    model = tok = None
-    out, kept = {}, []
-    for split in INSTRUCT_SPLITS:
-        examples = instruct_examples(ctx)[split]
-        folder = ctx.path("topk", split)
-        out[split] = str(folder)
-        if store_matches(folder, layout=TOKENS, config_hash=info["config_hash"], k=t.k,
-                         examples_hash=instruct_examples_hash(examples)):
-            kept.append(split)  # finished before a kill: resume after it
-            continue
-        if model is None:
-            model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
-        extract_token_topk(model, tok, examples, folder, k=t.k, coverage_k=t.coverage_k,
-                           dtype=t.dtype, shard_size=t.shard_size, batch_size=t.batch_size,
-                           max_length=ctx.cfg.teacher_train.max_length,
-                           manifest_info={**info, "split": split})
-    return {"dirs": out, "kept": kept}
+    return extract_splits(ctx, instruct_examples(ctx), TOKENS, instruct_examples_hash,
+                          extract_token_topk)
 
 
 def stage_calibrate(ctx: Context) -> dict[str, Any]:

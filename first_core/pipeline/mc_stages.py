@@ -21,9 +21,9 @@ import pandas as pd
 from ..atomic_files import write_json_atomic
 from ..calibration import transforms as calibrate
 from ..data import examples as data
-from .stage_base import (SPLITS, Context, Setting, build_models, distill_student, load_for,
-                         load_split_topk, run_posthoc, search_calibration, stage_mc_data,
-                         train_config, write_store)
+from .knowledge_steps import distill_student, extract_splits, load_split_topk
+from .stage_base import (SPLITS, Context, Setting, build_models, load_for, run_posthoc,
+                         search_calibration, stage_mc_data, train_config, write_store)
 
 
 def stage_models(ctx: Context) -> dict[str, Any]:
@@ -45,30 +45,12 @@ def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:
-    """Concentrated knowledge: the fine-tuned teacher's top-k on train (and val/test for c).
-    A split whose finished store matches is kept (resume after a kill), as in the
-    instruction setting (`manifest.store_matches`)."""
+    """Concentrated knowledge: the fine-tuned teacher's top-k at the answer position of
+    train (and val / test for c), a finished split kept (`knowledge_steps.extract_splits`)."""
     from ..knowledge.answer_topk import examples_hash, extract_topk
-    from ..knowledge.manifest import ANSWER, store_matches
-    t = ctx.cfg.topk
-    info = {"teacher": ctx.cfg.model.teacher, "dataset_hash": ctx.record("data")["dataset_hash"],
-            "config_hash": ctx.cfg.hash()}
-    model = tok = None
-    out = {}
-    for split in ("train", "val", "test"):
-        examples, folder = ctx.examples[split], ctx.path("topk", split)
-        out[split] = str(folder)
-        if store_matches(folder, layout=ANSWER, config_hash=info["config_hash"], k=t.k,
-                         examples_hash=examples_hash(examples)):
-            continue  # finished before a kill: resume after it
-        if model is None:
-            model, tok = load_for(ctx, ctx.model_path("teacher_ft"))
-        extract_topk(model, tok, examples, folder,
-                     k=t.k, coverage_k=t.coverage_k, dtype=t.dtype,
-                     shard_size=t.shard_size, batch_size=t.batch_size,
-                     max_length=ctx.cfg.teacher_train.max_length,
-                     manifest_info={**info, "split": split})
-    return {"dirs": out}
+    from ..knowledge.manifest import ANSWER
+    return extract_splits(ctx, {s: ctx.examples[s] for s in ("train", "val", "test")}, ANSWER,
+                          examples_hash, extract_topk)
 
 
 def _topk(ctx: Context, split: str):

@@ -3,10 +3,11 @@
 `mc_stages` (the multiple-choice stages) and `instruct_stages` (the instruction-tuning
 stages) both build on this module, and `runner` runs what they give: the run `Context`
 (where each model lives, the teacher used as given included), the data and model-building
-steps, the split top-k loader, the calibration search, the teacher targets and the
-distillation stage body, post-hoc scaling, the one-transaction store write, and the typed
-`Setting` that `build_stages` turns into the ordered stage list. Neither setting imports the
-other's module, so there is no import cycle between them (tests/test_import_cycles.py).
+steps, the calibration search, the teacher targets, post-hoc scaling, the one-transaction
+store write, and the typed `Setting` that `build_stages` turns into the ordered stage list
+(the teacher-knowledge steps both settings share are in `knowledge_steps`). Neither setting
+imports the other's module, so there is no import cycle between them
+(tests/test_import_cycles.py).
 """
 
 from __future__ import annotations
@@ -221,32 +222,6 @@ def student_targets(ctx: Context, method: str) -> tuple[str, float | None, float
     return {"student_distill": ("renorm", None, None),
             "first_ls": ("ls", None, cal["delta"]),
             "first_ts": ("first", cal["c"], None)}[method]
-
-
-def load_split_topk(ctx: Context, split: str, layout: str):
-    """A split's stored top-k (`layout`: `manifest.ANSWER` or `manifest.TOKENS`), refused
-    unless it came from this run's teacher, data and vocabulary."""
-    from ..knowledge.reader import load_topk
-    return load_topk(ctx.path("topk", split), expect_vocab_size=teacher_vocab_size(ctx),
-                     expect_dataset_hash=ctx.record("data")["dataset_hash"],
-                     expect_teacher=ctx.cfg.model.teacher, layout=layout)
-
-
-def distill_student(ctx: Context, method: str, topk: Any,
-                    train: Callable[..., Path]) -> dict[str, Any]:
-    """A distillation stage of either setting: `method`'s teacher targets (`student_targets`)
-    from the stored train top-k, a fresh student from its init, and the setting's
-    `train(model, tokenizer, targets, out, train_config, **options)` (`distill.distill` or
-    `distill.distill_tokens` over the setting's examples)."""
-    from ..training.distill import teacher_targets
-    mode, c, delta = student_targets(ctx, method)
-    targets = teacher_targets(topk.probs, mode, c, delta)
-    model, tok = load_for(ctx, ctx.init_path("student"))
-    d = ctx.cfg.distill
-    out = train(model, tok, targets, ctx.path("models", method), ctx.cfg.student_train,
-                student_side=d.student_side, ce_weight=d.ce_weight, seed=ctx.cfg.seed,
-                section="student_train")
-    return {"model": str(out), "mode": mode, "c": c, "delta": delta}
 
 
 def run_posthoc(ctx: Context, method: str, collect: Callable[[Any, Any], Any],
