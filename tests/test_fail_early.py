@@ -8,6 +8,7 @@ fail before the first stage, so they cost a process start; one finished tiny run
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -414,7 +415,9 @@ def test_a_changed_config_never_resumes_a_checkpoint_made_under_the_old_one(
     def stage_finetune(ctx, method):
         seen.append(old.exists())
         raise RuntimeError("stop here")
-    monkeypatch.setattr(pipeline, "stage_finetune", stage_finetune)
+    from first_core.pipeline import mc_stages
+    monkeypatch.setattr(mc_stages, "MULTIPLE_CHOICE",  # the setting `runner.setting_for` picks
+                        dataclasses.replace(mc_stages.MULTIPLE_CHOICE, finetune=stage_finetune))
     cfg = load_config(TINY, [f"runs_dir='{run_dir.parent}'", f"store='{copy / 'first.duckdb'}'",
                              made_with(copy), *SMALL, PLAIN, "student_train.learning_rate=1e-4"])
     with pytest.raises(RuntimeError, match="stop here"):
