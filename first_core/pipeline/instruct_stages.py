@@ -126,8 +126,9 @@ def stage_topk(ctx: Context) -> dict[str, Any]:
     kept (`knowledge_steps.extract_splits`)."""
     from ..knowledge.manifest import TOKENS
     from ..knowledge.token_topk import extract_token_topk, instruct_examples_hash
-    return extract_splits(ctx, instruct_examples(ctx), TOKENS, instruct_examples_hash,
-                          extract_token_topk)
+    examples = instruct_examples(ctx)
+    return extract_splits(ctx, {s: examples[s] for s in INSTRUCT_SPLITS}, TOKENS,
+                          instruct_examples_hash, extract_token_topk)
 
 
 def stage_calibrate(ctx: Context) -> dict[str, Any]:
