@@ -16,8 +16,10 @@ Exit 0 when everything is equal, 1 otherwise. An old commit's fingerprints are k
 same commit runs only the new side; `--no-cache` runs both.
 
 `--control` makes a deliberate one-ulp change on the new side (every Trainer's learning
-rate is moved to the next float64 up, through a `sitecustomize` on its PYTHONPATH, which
-touches no project file): the check must then report DIFF, which shows it can fail.
+rate is moved to the next float32 up, the precision the weights train in, through a
+`sitecustomize` on its PYTHONPATH, which touches no project file): the check must then
+report DIFF, which shows it can fail. (A float64 ulp is not enough: it vanishes in the first
+float32 product, and the check then rightly reports every file identical.)
 
     python scripts/refactor_check.py 21e4f1d             # about 10 minutes on 2 cores
     python scripts/refactor_check.py 21e4f1d --control   # must print DIFF and exit 1
@@ -56,15 +58,16 @@ TABLES = {
     "examples": "dataset, split, example_id",
 }
 CONTROL = """\
-# refactor_check --control: one ulp more learning rate in every Trainer
-import math
+# refactor_check --control: one float32 ulp more learning rate in every Trainer (the weights
+# are float32: a float64 ulp would vanish in the first float32 product)
+import numpy as np
 import transformers
 
 _init = transformers.TrainingArguments.__post_init__
 
 def _post_init(self):
     _init(self)
-    self.learning_rate = math.nextafter(self.learning_rate, math.inf)
+    self.learning_rate = float(np.nextafter(np.float32(self.learning_rate), np.float32(np.inf)))
 
 transformers.TrainingArguments.__post_init__ = _post_init
 """
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("old", help="the commit before the refactor")
     ap.add_argument("--new", help="a commit to compare instead of this checkout as it is")
     ap.add_argument("--control", action="store_true",
-                    help="one ulp more learning rate on the new side: the check must fail")
+                    help="one float32 ulp more learning rate on the new side: the check must fail")
     ap.add_argument("--no-cache", action="store_true", help="run the old side again")
     args = ap.parse_args(argv)
     try:
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(a, indent=1))
         print(f"new {new[:12] if new else 'this checkout'}"
-              f"{' (control: learning rate + 1 ulp)' if args.control else ''}: running",
+              f"{' (control: learning rate + 1 float32 ulp)' if args.control else ''}: running",
               flush=True)
         tree = Path(tmp, "new")
         copy_commit(new, tree) if new else copy_checkout(tree)
