@@ -37,7 +37,7 @@ def quiet_transformers() -> None:
 
 def parse_args(doc: str | None, **extra: tuple[type, object, str]) -> argparse.Namespace:
     """`--quick` (seconds instead of minutes), `--threads`, plus `extra` options given as
-    (type, default, help). Sets torch's thread count.
+    (type, default, help), a `bool` type making a switch. Sets torch's thread count.
 
     One thread by default: on a small shared machine several threads per process fight over
     the cores and turn timings into noise; ratios hardly depend on the thread count.
@@ -49,7 +49,10 @@ def parse_args(doc: str | None, **extra: tuple[type, object, str]) -> argparse.N
                    help="tiny sizes and few repeats: checks that it runs, figures are noisy")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     for name, (tp, default, help_) in extra.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=default, help=help_)
+        if tp is bool:  # a switch: present or not
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=help_)
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=default, help=help_)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     return args

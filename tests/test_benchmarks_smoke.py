@@ -43,7 +43,9 @@ EXPECTED = {
     "bench_lmeval_import.py": ["lmeval_import_s[3x150]", "lmeval_import_cpu_s[3x150]"],
     "bench_pages.py": ["examples_read_before/after", "examples_rows_read",
                        "reliability_arrays_before/after"],
-    "bench_cpu_kernels.py": ["pinned_over_native[tiny]", "pinned_over_native[llama-h576-L6-V49k]"],
+    "bench_cpu_kernels.py": [f"{c}_over_native[{m}]" for c in ("pinned", "pinned_onednn")
+                             for m in ("tiny", "tiny-student", "llama-h576-L6-V49k")]
+                            + ["demo_wall_s"],
     "bench_dashboard.py": ["risk_coverage_ms[100k]", "naive_loop/risk_coverage[100k]",
                            "np_sort/radix_sort[100k]"],
 }
