@@ -43,8 +43,9 @@ from ..atomic_files import write_json_atomic
 from ..data.instruct_data import (ALPACA_INPUT, ALPACA_NO_INPUT, InstructExample, InstructTemplate,
                                   check_instruct_file, load_instruct)
 from .knowledge_steps import distill_student, extract_splits, load_split_topk
-from .stage_base import (Context, Setting, build_models, dataset_hash, load_for, run_posthoc,
-                         search_calibration, stage_mc_data, train_config, write_store)
+from .stage_base import (Context, Setting, build_models, dataset_hash, finetune_stage, load_for,
+                         run_posthoc, search_calibration, stage_mc_data, train_config,
+                         write_store)
 
 INSTRUCT_SPLITS = ("train", "val", "test")
 
@@ -111,14 +112,9 @@ def stage_models(ctx: Context) -> dict[str, Any]:
 
 
 def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
+    """SFT on the response tokens: the teacher, and the 'fine-tuned student' baseline."""
     from ..training.sft import finetune_responses
-    role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
-                       else ("student", ctx.cfg.student_train))
-    model, tok = load_for(ctx, ctx.init_path(role))
-    out = finetune_responses(model, tok, instruct_examples(ctx)["train"],
-                             ctx.path("models", method), train_cfg, seed=ctx.cfg.seed,
-                             section=f"{role}_train")
-    return {"model": str(out)}
+    return finetune_stage(ctx, method, finetune_responses, instruct_examples(ctx)["train"])
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from ..atomic_files import write_json_atomic
 from ..calibration import transforms as calibrate
 from ..data import examples as data
 from .knowledge_steps import distill_student, extract_splits, load_split_topk
-from .stage_base import (SPLITS, Context, Setting, build_models, load_for, run_posthoc,
-                         search_calibration, stage_mc_data, train_config, write_store)
+from .stage_base import (SPLITS, Context, Setting, build_models, finetune_stage, load_for,
+                         run_posthoc, search_calibration, stage_mc_data, train_config,
+                         write_store)
 
 
 def stage_models(ctx: Context) -> dict[str, Any]:
@@ -36,12 +37,7 @@ def stage_models(ctx: Context) -> dict[str, Any]:
 def stage_finetune(ctx: Context, method: str) -> dict[str, Any]:
     """Supervised fine-tuning: the teacher, and the 'fine-tuned student' baseline."""
     from ..training.sft import finetune
-    role, train_cfg = (("teacher", ctx.cfg.teacher_train) if method == "teacher_ft"
-                       else ("student", ctx.cfg.student_train))
-    model, tok = load_for(ctx, ctx.init_path(role))
-    out = finetune(model, tok, ctx.examples["train"], ctx.path("models", method),
-                   train_cfg, seed=ctx.cfg.seed, section=f"{role}_train")
-    return {"model": str(out)}
+    return finetune_stage(ctx, method, finetune, ctx.examples["train"])
 
 
 def stage_topk(ctx: Context) -> dict[str, Any]:

@@ -189,6 +189,19 @@ def load_for(ctx: Context, path: str | Path):
     return load_model(str(path), trust_remote_code=m.trust_remote_code, dtype=m.dtype)
 
 
+def finetune_stage(ctx: Context, method: str, sft: Callable[..., Path],
+                   train_examples: Any) -> dict[str, Any]:
+    """Supervised fine-tuning of the teacher (`teacher_ft`) or of the 'fine-tuned student'
+    baseline, in either setting: `sft` is the setting's trainer (`training.sft.finetune` or
+    `finetune_responses`), called as sft(model, tokenizer, train_examples, out_dir, train_cfg,
+    seed=, section=)."""
+    role = "teacher" if method == "teacher_ft" else "student"
+    model, tok = load_for(ctx, ctx.init_path(role))
+    out = sft(model, tok, train_examples, ctx.path("models", method), train_config(ctx, method),
+              seed=ctx.cfg.seed, section=f"{role}_train")
+    return {"model": str(out)}
+
+
 def search_calibration(c: CalibrationConfig, val: Any, test: Any,
                        train_probs: np.ndarray) -> dict[str, dict[str, Any]]:
     """c ("TS", by `[calibration] strategy`: grid = lowest ECE, or nll) and the smoothing
