@@ -13,7 +13,7 @@ from first_core.inference import forward as inference, logit_reduce
 from first_core.kernels import topk as T
 from first_core.evaluation.evaluate import predict
 from first_core.inference.forward import (PromptIds, answer_top, batch_order, in_order_index,
-                                          model_device, to_host)
+                                          model_device, span_rows, to_host)
 from first_core.evaluation.instruct_eval import token_confidences
 from first_core.models.encoding import encode_examples
 from first_core.knowledge.answer_topk import extract_topk
@@ -125,6 +125,15 @@ def test_in_order_index_undoes_any_batch_order(seed):
     want = [(i, j) for i in range(n) for j in range(counts[i])]
     assert [rows[g] for g in in_order_index(order, counts)] == want
     assert (order[in_order_index(order)] == np.arange(n)).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_span_rows_lists_each_span_in_turn(seed):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 5, 30)
+    starts = rng.integers(0, 100, 30)
+    want = [s + j for s, c in zip(starts, counts) for j in range(c)]
+    assert span_rows(starts, counts).tolist() == want
 
 
 def test_batch_order_sorts_longest_first_and_stable_only_when_asked():

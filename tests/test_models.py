@@ -135,6 +135,7 @@ def test_encode_examples_appends_single_answer_token(student_dir):
     examples = make_examples(6)
     enc = encode_examples(tok, examples, max_length=64)
     letter = dict(zip(LETTERS, tok.convert_tokens_to_ids(list(LETTERS))))
+    assert enc.target_counts().tolist() == [1] * len(examples)
     for i, (ex, ids, pos, eid) in enumerate(zip(examples, enc.input_ids, enc.target_start,
                                                 enc.example_ids)):
         ans = ids[pos]

@@ -158,8 +158,15 @@ def in_order_index(order: np.ndarray, counts: np.ndarray | None = None) -> np.nd
     sizes = counts[order]
     first = np.empty(len(order), np.int64)  # where item i's rows start in `order`'s layout
     first[order] = np.cumsum(sizes) - sizes
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(first, counts) + within
+    return span_rows(first, counts)
+
+
+def span_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The row indices of consecutive spans, span after span: starts[i], starts[i] + 1, ...,
+    starts[i] + counts[i] - 1 (item i's rows in a table laid out item by item)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return (np.repeat(np.asarray(starts, dtype=np.int64) - (np.cumsum(counts) - counts), counts)
+            + np.arange(counts.sum()))
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -87,7 +87,7 @@ def iter_token_batches(model: torch.nn.Module, tokenizer, examples: Sequence[Ins
     def run_window(start: int):
         chunk = examples[start:start + window]
         enc = encode_responses(tokenizer, chunk, max_length)
-        counts = np.array([enc.n_targets(i) for i in range(len(enc))], dtype=np.int64)
+        counts = enc.target_counts()
         parts = list(to_host(run(enc, batch_order([len(s) for s in enc.input_ids],
                                                    batch_size, sort))))
         index = torch.from_numpy(in_order_index(np.concatenate([r for r, _ in parts]), counts))

@@ -25,6 +25,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate, answer_text, format_prompt
 from ..data.instruct_data import InstructExample
 from ..errors import ConfigError, FirstError
@@ -50,6 +52,11 @@ class Encoded:
 
     def n_targets(self, i: int) -> int:
         return len(self.input_ids[i]) - self.target_start[i]
+
+    def target_counts(self) -> np.ndarray:
+        """`n_targets` of every sequence, int64 `[N]`."""
+        return np.array([len(s) - r for s, r in zip(self.input_ids, self.target_start)],
+                        dtype=np.int64)
 
     def n_tokens(self) -> int:
         """Target tokens over all sequences."""

@@ -142,7 +142,7 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
 
 
 def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
-    """The KL at every response token (`stage_base.distill_student`)."""
+    """The KL at every response token (`knowledge_steps.distill_student`)."""
     from ..training.distill import distill_tokens
     topk = _topk(ctx, "train")
 

@@ -72,7 +72,7 @@ def stage_calibrate(ctx: Context) -> dict[str, Any]:
 
 def stage_distill(ctx: Context, method: str) -> dict[str, Any]:
     """Knowledge matching: a fresh student trained with KL to the recalibrated top-k
-    (`stage_base.distill_student`)."""
+    (`knowledge_steps.distill_student`)."""
     from ..training.distill import distill
     topk = _topk(ctx, "train")
 

@@ -160,7 +160,7 @@ def align_rows(encoded: Encoded, store_example_ids: Sequence[str], topk_ids: np.
         missing = [example_ids[i] for i in np.flatnonzero(where < 0)[:5]]
         raise FirstError(f"top-k: no stored rows for {int((where < 0).sum())} training "
                          f"example(s), e.g. {missing}; re-run top-k extraction on this data")
-    n_targets = np.array([encoded.n_targets(i) for i in range(len(encoded))])
+    n_targets = encoded.target_counts()
     bad = np.flatnonzero(counts[where] != n_targets)
     if len(bad):
         i = int(bad[0])
@@ -169,8 +169,7 @@ def align_rows(encoded: Encoded, store_example_ids: Sequence[str], topk_ids: np.
                          "store of another tokenizer or max_length); re-extract with this "
                          "tokenizer and max_length")
     start = firsts[where]
-    rows = (np.repeat(start - np.r_[0, np.cumsum(n_targets)[:-1]], n_targets)
-            + np.arange(n_targets.sum()))
+    rows = inference.span_rows(start, n_targets)
 
     def example_of(row: int) -> str:  # the training example of the row-th target
         return example_ids[int(np.searchsorted(np.cumsum(n_targets), row, side="right"))]
@@ -211,9 +210,7 @@ class DistillCollator(TargetCollator):
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = super().__call__(items)
         idx = batch["index"].numpy()
-        n = self.counts[idx]
-        rows = torch.from_numpy(np.repeat(self.starts[idx] - np.r_[0, np.cumsum(n)[:-1]], n)
-                                + np.arange(n.sum()))
+        rows = torch.from_numpy(inference.span_rows(self.starts[idx], self.counts[idx]))
         batch.update(topk_ids=self.topk_ids[rows], topk_targets=self.topk_targets[rows])
         return batch
 
@@ -254,8 +251,8 @@ def distill_trainer(model: Any, tokenizer, encoded: Encoded, store_example_ids: 
     student = as_model(model)
     starts, ids, targets = align_rows(encoded, store_example_ids, topk_ids, topk_targets,
                                       inference.vocab_size(student), store_token_ids)
-    counts = np.array([encoded.n_targets(i) for i in range(len(encoded))])
-    collator = DistillCollator(tokenizer.pad_token_id, "answer", starts, counts, ids, targets)
+    collator = DistillCollator(tokenizer.pad_token_id, "answer", starts,
+                               encoded.target_counts(), ids, targets)
     return DistillTrainer(model=student, args=training_arguments(out_dir, train_cfg, seed),
                           train_dataset=TargetDataset(encoded), processing_class=tokenizer,
                           data_collator=collator, callbacks=list(callbacks),
