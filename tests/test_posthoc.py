@@ -5,6 +5,7 @@ dashboard's fit, and the instruction pipeline's `+ts` rows."""
 from __future__ import annotations
 
 import json
+import os
 
 import duckdb
 import numpy as np
@@ -267,3 +268,37 @@ def test_learn_page_shows_the_rescaling_lesson(monkeypatch, tmp_path):
     at.slider(key="learn_ood_s").set_value(5.0).run()
     assert not at.exception
     assert any("s = 5" in c.value for c in at.caption)
+
+
+def test_the_fit_is_the_same_bits_on_a_cpu_without_avx512(tmp_path):
+    """fit.json must be the same on every x86 CPU (the pinned configs' promise): the ECE
+    curve came from numpy's float64 exp, whose AVX-512 kernel gave other last bits than its
+    AVX2 path, so scripts/cpu_repro_check.py found every student's fit.json different on a
+    simulated CPU. A fresh interpreter told there is no AVX-512 (numpy's and numba's own
+    switches) must now store the same fit, and give the same confidences (one last bit of
+    a confidence is mostly absorbed by the ECE's sums), bit for bit. More rows and columns
+    than one block of the compiled kernel."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    from cpu_repro_check import no_avx512_env
+
+    z, gold = random_logits(11, n=700, m=600)
+    np.save(tmp_path / "z.npy", z.astype(np.float32))
+    np.save(tmp_path / "gold.npy", gold)
+    code = f"""
+import json, numpy as np, torch
+from first_core.calibration import posthoc
+held = posthoc.HeldLogits()
+z, gold = np.load({str(tmp_path / "z.npy")!r}), np.load({str(tmp_path / "gold.npy")!r})
+held.add(torch.from_numpy(z), gold)
+conf = [posthoc.top1_confidence(held.rows(), t).tolist() for t in (0.37, 1.0, 2.3)]
+print(json.dumps([posthoc.fit_posthoc(held).to_dict(), conf]))
+"""
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                           text=True, check=True, env={**os.environ, **env}).stdout
+            for env in ({}, no_avx512_env())]
+    assert json.loads(runs[0]) == json.loads(runs[1])

@@ -27,12 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numba
 import numpy as np
 import torch
 
 from ..metrics.binning import expected_calibration_error
 from ..data.examples import DEFAULT_TEMPLATE, Example, PromptTemplate
 from ..inference.forward import PromptIds, answer_reduced
+from ..kernels.ece import fast_exp
 from ..models.encoding import label_token_ids
 from .temperature_fit import fit_temperature
 
@@ -139,17 +141,48 @@ class PosthocFit:
         return asdict(self)
 
 
-def top1_confidence(rows: np.ndarray, temperature: float, chunk: int = 256) -> np.ndarray:
-    """max softmax(z / T) of each row: 1 / sum_j exp((z_j - max z) / T), in float64 over
-    blocks of rows."""
+def top1_confidence(rows: np.ndarray, temperature: float) -> np.ndarray:
+    """max softmax(z / T) of each row: 1 / sum_j exp((z_j - max z) / T), in float64.
+
+    Compiled (`_top1_confidence`) with the project's own exp (`kernels.ece.fast_exp`) rather
+    than numpy's: numpy's float64 exp has an AVX-512 kernel of its own, so its last bits, and
+    with them the stored ECE curve of `fit.json`, differed between CPUs with and without
+    AVX-512 (scripts/cpu_repro_check.py found it)."""
+    rows = np.ascontiguousarray(rows)
     out = np.empty(len(rows))
-    for lo in range(0, len(rows), chunk):
-        z = rows[lo:lo + chunk].astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        z /= temperature
-        np.exp(z, out=z)
-        out[lo:lo + chunk] = 1.0 / z.sum(axis=1)
+    _top1_confidence(rows, float(temperature), out, np.empty((_COLUMNS, _GROUP)))
     return out
+
+
+_GROUP, _COLUMNS = 64, 512  # a block of rows x columns, transposed into a float64 buffer
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
+def _top1_confidence(rows: np.ndarray, temperature: float, out: np.ndarray,
+                     buf: np.ndarray) -> None:
+    """`top1_confidence` into `out`. Blocks of `_GROUP` rows are copied column-major into
+    `buf`, so the inner loop runs across rows, one vector lane per row, on contiguous memory
+    (across rows in place, a row of a real vocabulary is 200 KB away from the next). Each
+    row's terms are added in column order in its own lane: the bits do not depend on the
+    vector width (AVX2 or AVX-512)."""
+    n, m = rows.shape
+    top = np.empty(_GROUP)
+    total = np.empty(_GROUP)
+    for lo in range(0, n, _GROUP):
+        g = min(_GROUP, n - lo)
+        for i in range(g):
+            top[i] = rows[lo + i].max()
+            total[i] = 0.0
+        for c0 in range(0, m, _COLUMNS):
+            c1 = min(m, c0 + _COLUMNS)
+            for i in range(g):
+                for j in range(c0, c1):
+                    buf[j - c0, i] = rows[lo + i, j]
+            for j in range(c1 - c0):
+                for i in range(g):
+                    total[i] += fast_exp((buf[j, i] - top[i]) / temperature)
+        for i in range(g):
+            out[lo + i] = 1.0 / total[i]
 
 
 def fit_posthoc(held: HeldLogits, n_bins: int = 10) -> PosthocFit:
