@@ -11,6 +11,7 @@ garbage `?t=` falls back; no page requests anything from a host other than local
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -274,3 +275,20 @@ def test_threshold_cards_and_risk_coverage_curve_in_chromium(server, browser):
     thumb.wait_for(timeout=30_000)
     sync_api.expect(thumb).to_have_attribute("aria-valuetext", "0.50", timeout=30_000)
     assert garbage.locator('[data-testid="stException"]').count() == 0
+
+
+def test_the_readme_screenshot_script_draws_both_reliability_diagrams(fixture_path, tmp_path):
+    """scripts/readme_screenshot.py (the README's picture) waits for both runs' diagrams; a
+    store that is not there is one error line, not a traceback."""
+    out = tmp_path / "shot.png"
+    script = str(ROOT / "scripts" / "readme_screenshot.py")
+    proc = subprocess.run([sys.executable, script, "--store", str(fixture_path), "--out",
+                           str(out)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from PIL import Image
+
+    assert Image.open(out).size == (1400, 1250)
+    proc = subprocess.run([sys.executable, script, "--store", str(tmp_path / "none.duckdb")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
