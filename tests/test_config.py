@@ -115,7 +115,7 @@ def test_hash_is_stable_and_sensitive() -> None:
     ("seeds=[0, 4294967296]", r"seeds: expected distinct integers in \[0, 4294967295\]"),
     ("calibration.n_bins=0", r"calibration.n_bins: must be in \[1, 10000\], got 0"),
     ("eval.n_bins=0", r"eval.n_bins: must be in \[1, 10000\]"),
-    ("eval.n_boot=-1", r"eval.n_boot: must be in \[0, 100000\]"),
+    ("eval.n_boot=0", r"eval.n_boot: must be in \[1, 100000\]"),
     ("topk.shard_size=0", "topk.shard_size: must be >= 1"),
     ("teacher_train.warmup_ratio=-0.1", r"teacher_train.warmup_ratio: must be in \[0, 1\)"),
     ("student_train.warmup_ratio=1.0", r"student_train.warmup_ratio: must be in \[0, 1\)"),
@@ -137,7 +137,7 @@ def test_out_of_range_values_name_file_section_and_key(override: str, message: s
 
 
 @pytest.mark.parametrize("override", ["seed=0", "seed=4294967295", "teacher_train.warmup_ratio=0",
-                                      "eval.n_boot=0", "name='run-2.b_c'", "data.max_train=1",
+                                      "eval.n_boot=1", "name='run-2.b_c'", "data.max_train=1",
                                       "methods=['student_ft']"])
 def test_edge_values_inside_the_range_are_accepted(override: str) -> None:
     load_config(ROOT / "configs" / "tiny.toml", [override])
@@ -175,7 +175,7 @@ def test_seeds_give_one_config_and_run_directory_per_seed() -> None:
     ("topk.k=0", r"topk.k: must be in \[1, 1000\], got 0"),
     ("topk.coverage_k=10001", r"topk.coverage_k: must be in \[1, 10000\]"),
     ("eval.n_bins=10001", r"eval.n_bins: must be in \[1, 10000\]"),
-    ("eval.n_boot=100001", r"eval.n_boot: must be in \[0, 100000\]"),
+    ("eval.n_boot=100001", r"eval.n_boot: must be in \[1, 100000\]"),
     ("instruct.n_val=0", "instruct.n_val: must be >= 1"),
     ("model.dtype='int8'", r"model.dtype: expected one of \('float32', 'bfloat16', 'float16'\)"),
     ("data.fmt='csv'", r"data.fmt: expected one of \('auto', 'csqa', 'boolq', 'jsonl'\)"),

@@ -147,7 +147,7 @@ def test_diverged_training_fails_the_stage_and_marks_nothing_done(tmp_path: Path
     ("eval.batch_size=0", ("eval.batch_size", ">= 1")),
     ("seed=-1", ("seed", "[0, 4294967295]")),
     ("calibration.n_bins=0", ("calibration.n_bins", "[1, 10000]")),
-    ("eval.n_boot=-1", ("eval.n_boot", "[0, 100000]")),
+    ("eval.n_boot=0", ("eval.n_boot", "[1, 100000]")),
     ("topk.shard_size=0", ("topk.shard_size", ">= 1")),
     ("student_train.warmup_ratio=1.5", ("student_train.warmup_ratio", "[0, 1)")),
     ("teacher_train.learning_rate=inf", ("teacher_train.learning_rate", "finite")),

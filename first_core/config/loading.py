@@ -80,7 +80,7 @@ _LIMITS: dict[tuple[type, str], Range] = {
     (DistillConfig, "ce_weight"): Range(0, 1),  # (1 - w) * KL + w * CE
     (EvalConfig, "batch_size"): _AT_LEAST_1,
     (EvalConfig, "n_bins"): Range(1, MAX_BINS),
-    (EvalConfig, "n_boot"): Range(0, MAX_BOOT),
+    (EvalConfig, "n_boot"): Range(1, MAX_BOOT),  # the metrics resample at least once
     (EvalConfig, "topk"): Range(1, MAX_TOPK),
     **{(InstructConfig, k): _AT_LEAST_1 for k in ("n_train", "n_val", "n_test")},
 }
