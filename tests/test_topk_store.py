@@ -99,3 +99,11 @@ def test_float16_rows_rounded_to_nearest_by_older_versions_are_repaired(name, tm
     probs = load_topk(folder, layout=layout).probs
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(probs, np.tile(confident, (len(probs), 1)), atol=2.0 ** -10)
+    if layout == TOKENS:  # the dashboard's per-token view and coverage read the same rows
+        from first_core.views.token_views import token_coverage_by_position, token_topk_view
+
+        example = str(pq.read_table(folder / read_manifest(folder).shards[0]["file"])
+                      .column("example_id")[0])
+        view = np.array(token_topk_view(folder, example, 0.3)["raw_probs"].tolist())
+        np.testing.assert_allclose(view.sum(1), 1.0, rtol=0, atol=1e-12)
+        assert (token_coverage_by_position(folder)["mean_topk"] <= 1.0 + 1e-12).all()

@@ -27,17 +27,18 @@ def token_coverage_by_position(store_dir: str | os.PathLike[str],
     """
     import pyarrow.compute as pc
 
-    from ..knowledge.manifest import TOKENS
-    from ..knowledge.reader import iter_shards
+    from ..knowledge.manifest import TOKENS, read_manifest
+    from ..knowledge.reader import fit_rounding, iter_shards
 
+    manifest = read_manifest(store_dir, TOKENS)
     counts = top1 = topk = np.zeros(0)
     for table in iter_shards(store_dir, columns=["position", "topk_probs"], layout=TOKENS):
         pos = table.column("position").to_numpy().astype(np.int64)
         if max_position is not None:
             pos = np.minimum(pos, max_position)  # the last bin gathers the long tail
         k = table.column("topk_probs").type.list_size
-        probs = pc.list_flatten(table.column("topk_probs")).to_numpy().astype(
-            np.float64).reshape(-1, k)
+        probs = fit_rounding(pc.list_flatten(table.column("topk_probs")).to_numpy().astype(
+            np.float64).reshape(-1, k), manifest, Path(store_dir))  # old float16 rows: as read
         width = max(len(counts), int(pos.max()) + 1 if len(pos) else 0)
         grow = lambda a: np.pad(a, (0, width - len(a)))  # noqa: E731
         counts = grow(counts) + np.bincount(pos, minlength=width)
@@ -59,6 +60,7 @@ def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float
 
     from ..calibration.transforms import temperature_scale
     from ..knowledge.manifest import TOKENS, read_manifest
+    from ..knowledge.reader import fit_rounding
 
     check_temperature(c)
     m = read_manifest(store_dir, TOKENS)
@@ -68,7 +70,9 @@ def token_topk_view(store_dir: str | os.PathLike[str], example_id: str, c: float
     if table.num_rows == 0:
         raise ValueError(f"example_id: {example_id!r} is not in {store_dir}")
     frame = table.to_pandas().sort_values("position", ignore_index=True)
-    raw = np.stack(frame["topk_probs"].to_numpy()).astype(np.float64)
+    # float16 rows of older versions can sum a hair above 1: repaired as `load_topk` does
+    raw = fit_rounding(np.stack(frame["topk_probs"].to_numpy()).astype(np.float64), m,
+                       Path(store_dir))
     ids = np.stack(frame["topk_ids"].to_numpy()).astype(np.int64)
     out = pd.DataFrame({"position": frame["position"], "token_id": frame["token_id"],
                         "gold_rank": frame["gold_rank_in_topk"], "topk_ids": ids.tolist(),
