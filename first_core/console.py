@@ -19,7 +19,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
 from typing import Any, TextIO
 
 CLEAR = "\r\033[K"  # back to the start of the terminal line and erase it
@@ -62,6 +65,22 @@ def configure_datasets() -> None:
     was never called). `hf_data` calls this once it has imported datasets."""
     if _STATE.verbose is not None:
         _datasets_switches(quiet=_STATE.quiet)
+
+
+@contextmanager
+def quiet_module_bars(module: ModuleType):
+    """When quiet (`configure`): inside this block the tqdm bars that `module` draws with its
+    own `tqdm` import, which no library switch reaches, are off. Transformers' GGUF
+    conversion is one such module: it drew a bar of 17 frames into the demo's log."""
+    bar = getattr(module, "tqdm", None)
+    if not _STATE.quiet or bar is None:
+        yield
+        return
+    module.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = bar
 
 
 def _datasets_switches(quiet: bool) -> None:

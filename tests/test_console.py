@@ -194,3 +194,49 @@ def test_datasets_bars_follow_the_console(tmp_path, mode) -> None:
                           env={**os.environ, "PYTHONPATH": str(Path(TINY).parents[1])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("Generating train split" in proc.stderr) == (mode == "verbose"), proc.stderr
+
+
+GGUF_RUN = """
+import sys
+from first_core import console
+from first_core.models.builds import convert_gguf
+from transformers import modeling_gguf_pytorch_utils as gguf_loading
+console.configure(verbose=False)  # as the CLI without --verbose
+before = gguf_loading.tqdm
+convert_gguf(sys.argv[1], sys.argv[2])
+assert gguf_loading.tqdm is before, "the module's tqdm was not given back"
+"""
+
+
+def test_the_gguf_conversion_draws_no_bar_when_quiet(tmp_path) -> None:
+    """Transformers' GGUF conversion imports tqdm itself, out of reach of its progress-bar
+    switch: the demo's log held its 17-frame "de-quantizing" bar."""
+    from helpers.smollm2 import smollm2_missing
+
+    from first_core.pipeline.pretrained_coverage import MODEL
+    if (why := smollm2_missing()) is not None:
+        pytest.skip(why)
+    proc = subprocess.run([sys.executable, "-c", GGUF_RUN, MODEL, str(tmp_path / "built")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(TINY).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "built" / "model.safetensors").exists()
+    assert "de-quantizing" not in proc.stderr and "it/s]" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("verbose", [False, True, None])
+def test_a_modules_own_bars_are_off_only_while_quiet(verbose) -> None:
+    from tqdm import tqdm
+
+    from first_core.console import configure, quiet_module_bars
+    module = SimpleNamespace(tqdm=tqdm)
+    configure(verbose)
+    try:
+        with quiet_module_bars(module):
+            out = io.StringIO()
+            for _ in module.tqdm(range(3), file=out, desc="bar"):
+                pass
+        assert ("bar" in out.getvalue()) == (verbose is not False)
+        assert module.tqdm is tqdm
+    finally:
+        configure(None)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import console
 from ..errors import ConfigError, FirstError
 from .files import check_model_files
 from .presets import is_preset
@@ -96,12 +97,14 @@ def convert_gguf(spec: str | os.PathLike[str], out_dir: str | os.PathLike[str]) 
         raise FirstError(f"model {spec}: reading GGUF needs the `gguf` package; install it "
                          f"with `python -m pip install --no-deps -r {GGUF_EXTRAS}`") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
 
     log.info("converting %s to safetensors in %s (once)", path, out_dir)
     where = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
-        loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
+        with console.quiet_module_bars(gguf_loading):  # its de-quantizing bar
+            loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     except (OSError, ValueError, struct.error) as exc:  # struct.error: a header cut short
         raise FirstError(f"model {spec}: cannot read GGUF file {path}: damaged or cut short "
                          f"({type(exc).__name__}: {exc})") from None
