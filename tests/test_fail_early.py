@@ -337,6 +337,20 @@ def test_leakage_below_the_limit_is_a_warning_with_counts(tmp_path: Path) -> Non
     assert data.check_leakage({**splits, "test": ex[20:]}, files) is None
 
 
+def test_the_leakage_warning_is_said_once_for_several_seeds(tmp_path: Path) -> None:
+    """Each seed checks the same data again; the three-seed demo printed the line thrice."""
+    train = [csqa(i, "ABCD"[i % 4]) for i in range(12)]
+    test = train[:1] + [csqa(200 + i, "ABCD"[i % 4]) for i in range(19)]  # 1 of 20: 5%
+    folder = user_data(tmp_path / "d", train=train, test=test)
+    proc = cli(*run_args(tmp_path, PLAIN, "teacher_train.epochs=0.1",
+                         "student_train.epochs=0.1", data_dir=folder,
+                         extra=("--seeds", "0", "1")), cwd=tmp_path)  # its own logging
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("train/test leakage: 1 of 20 test examples (5.0%)") == 1, \
+        proc.stderr
+    assert "[seed 1, 2/2]" in proc.stdout
+
+
 # ---------------------------------------------------------------- 8
 
 

@@ -34,6 +34,7 @@ from ..errors import FirstError
 from ..atomic_files import write_json_atomic
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # the data warnings this process has given (see `warn_once`)
 
 SPLITS = ("val", "test", "test_ood")
 STUDENT_METHODS = ("student_distill", "first_ls", "first_ts")
@@ -149,10 +150,18 @@ def stage_mc_data(ctx: Context) -> dict[str, Any]:
     splits = {s: data.load_examples(f, d.fmt) for s, f in files.items()}
     leakage = data.check_leakage(splits, files)
     if leakage:
-        log.warning("%s", leakage)
+        warn_once(leakage)
     counts = {s: len(exs) for s, exs in splits.items()}
     return {"files": files, "counts": counts, "dataset_hash": dataset_hash(files),
             "overlap_with_train": data.split_overlap(splits)}
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time this process meets it: each seed checks the same data
+    again, and the three-seed demo said the same leakage line three times."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 def dataset_hash(files: dict[str, str]) -> str:
